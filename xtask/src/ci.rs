@@ -1,0 +1,176 @@
+//! `cargo xtask ci`: every check and every test, with the services the tests need.
+//!
+//! Steps, in order (each can be skipped for a quick local loop, never in CI):
+//! 1. `cargo fmt --check`
+//! 2. `cargo clippy --workspace --all-targets -- -D warnings`
+//! 3. services: a `redis-server` on a free loopback port (installed with apt-get when missing), and a
+//!    Python venv with xllamacpp + gguf plus the generated tiny GGUF model (the real llama.cpp engine)
+//! 4. `cargo test --workspace`, with the services announced through environment variables:
+//!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`.
+//!
+//! Tests that need a service read those variables and fail, naming the service, when they are unset.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// The pinned llama.cpp wheel (its `CommonParams` changes between releases).
+const XLLAMACPP: &str = "xllamacpp==2026.10.11549";
+
+#[derive(clap::Args)]
+pub(crate) struct CiArgs {
+    /// Skip `cargo fmt --check` and clippy (local loop only).
+    #[arg(long)]
+    skip_lints: bool,
+    /// Extra arguments passed to `cargo test` (e.g. `-p kvlab-lab`).
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+pub(crate) fn run(args: CiArgs) -> Result<()> {
+    let sh = Shell::new()?;
+    let root = workspace_root();
+    sh.change_dir(&root);
+
+    if !args.skip_lints {
+        step("cargo fmt --check");
+        cmd!(sh, "cargo fmt --all -- --check").run().context("formatting differs: run `cargo fmt --all`")?;
+        step("cargo clippy");
+        cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings")
+            .run()
+            .context("clippy found warnings")?;
+    }
+
+    step("services");
+    let redis = Redis::start(&root).context("starting redis-server for the redis-tier tests")?;
+    println!("redis-server on {}", redis.url());
+    let py = PythonEngine::ensure(&sh, &root).context("setting up the llama.cpp engine (Python venv)")?;
+    println!("llama.cpp: python {} model {}", py.python.display(), py.model.display());
+
+    step("cargo test");
+    let test_args = &args.test_args;
+    cmd!(sh, "cargo test --workspace --locked {test_args...}")
+        .env("KVLAB_REDIS_URL", redis.url())
+        .env("KVLAB_PYTHON", &py.python)
+        .env("KVLAB_LLAMACPP_MODEL", &py.model)
+        .run()
+        .context("tests failed")?;
+    drop(redis);
+    println!("ci: all checks passed");
+    Ok(())
+}
+
+fn step(name: &str) {
+    println!("\n==> {name}");
+}
+
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// A private redis-server on a free loopback port, stopped on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(root: &Path) -> Result<Redis> {
+        if which("redis-server").is_none() {
+            apt_install(&["redis-server"])?;
+        }
+        let port = free_port()?;
+        let dir = root.join("target/ci-redis");
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("could not run redis-server (install it: apt-get install redis-server)")?;
+        let mut redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = redis.child.try_wait()? {
+                bail!("redis-server exited at start ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen on 127.0.0.1:{port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real engine for end-to-end tests: llama.cpp's server through the xllamacpp wheel, with a
+/// deterministic random-weight tiny model.
+struct PythonEngine {
+    python: PathBuf,
+    model: PathBuf,
+}
+
+impl PythonEngine {
+    fn ensure(sh: &Shell, root: &Path) -> Result<PythonEngine> {
+        let venv = root.join(".venv");
+        let python = venv.join("bin/python");
+        let ready = python.exists()
+            && Command::new(&python)
+                .args(["-c", "import xllamacpp, gguf, numpy"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ready {
+            let py3 = which("python3").context("python3 is missing: apt-get install python3 python3-venv")?;
+            cmd!(sh, "{py3} -m venv {venv}").run().context("python3 -m venv failed (apt-get install python3-venv)")?;
+            cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {XLLAMACPP} gguf numpy")
+                .run()
+                .context("pip could not install xllamacpp, gguf and numpy")?;
+        }
+        let model = root.join(".kvlab/models/tiny.gguf");
+        let script = root.join("crates/lab/python/gen_model.py");
+        if !model.exists() {
+            std::fs::create_dir_all(model.parent().expect("has a parent"))?;
+            cmd!(sh, "{python} {script} {model}").run().context("generating the tiny GGUF model")?;
+        }
+        Ok(PythonEngine { python, model })
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    println!("installing {} with apt-get", packages.join(" "));
+    let sh = Shell::new()?;
+    cmd!(sh, "apt-get update -qq").run().context("apt-get update failed (are you root?)")?;
+    cmd!(sh, "apt-get install -y -qq --no-install-recommends {packages...}")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+        .with_context(|| format!("apt-get install {} failed", packages.join(" ")))?;
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
