@@ -1,0 +1,334 @@
+//! `summary.json`: aggregate statistics over a run's request records.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{RequestRecord, Slo, TokenSource, SUMMARY_VERSION};
+
+/// What [`summarize`] needs besides the records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryConfig {
+    /// Engine name (`"emulated"`, `"vllm-docker"`, ...), copied into the summary.
+    pub engine: String,
+    /// Tier name (`"baseline"`, `"cpu"`, `"disk"`, `"redis"`), copied into the summary.
+    pub tier: String,
+    /// True when the numbers come from kvlab's emulated engine; every rendering says so.
+    pub emulated: bool,
+    /// Service-level objectives for goodput; `None` (or an empty [`Slo`]) leaves
+    /// `request_goodput` null, as `vllm bench serve` without `--goodput`.
+    pub slo: Option<Slo>,
+    /// Above this p99 client lag (ms) the run is flagged `client_limited`.
+    pub client_lag_threshold_ms: f64,
+}
+
+impl Default for SummaryConfig {
+    fn default() -> Self {
+        SummaryConfig {
+            engine: String::new(),
+            tier: String::new(),
+            emulated: false,
+            slo: None,
+            client_lag_threshold_ms: 10.0,
+        }
+    }
+}
+
+/// Where the output token counts of the completed requests came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputTokenSource {
+    /// Every completed request reported `usage`.
+    Usage,
+    /// Every completed request was counted from its chunks.
+    Chunks,
+    /// Some of each.
+    Mixed,
+    /// No request completed.
+    None,
+}
+
+impl OutputTokenSource {
+    /// The serialized name: `"usage"`, `"chunks"`, `"mixed"` or `"none"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputTokenSource::Usage => "usage",
+            OutputTokenSource::Chunks => "chunks",
+            OutputTokenSource::Mixed => "mixed",
+            OutputTokenSource::None => "none",
+        }
+    }
+}
+
+/// The `summary.json` format (version [`SUMMARY_VERSION`]).
+///
+/// Invariants: `completed + failed == sent`; `sent` and every statistic exclude warm-up requests
+/// (counted in `warmup_excluded`); latency statistics cover completed requests only and are 0
+/// when none completed. Latencies are in milliseconds, `duration` in seconds, throughputs per
+/// second of `duration`. TPOT statistics cover requests with more than one output token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub v: u32,
+    pub engine: String,
+    pub tier: String,
+    pub emulated: bool,
+    /// Non-warm-up requests sent.
+    pub sent: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Warm-up requests (completed or not), excluded from everything else.
+    pub warmup_excluded: u64,
+    /// Failure class (see `RequestError::class`) → count, over non-warm-up requests.
+    pub failed_by_class: BTreeMap<String, u64>,
+    /// Seconds from the first non-warm-up send to the last non-warm-up end.
+    pub duration: f64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub cached_tokens_total: u64,
+    pub request_throughput: f64,
+    /// Completed requests meeting every SLO, per second; `None` without SLOs.
+    pub request_goodput: Option<f64>,
+    pub output_throughput: f64,
+    pub total_token_throughput: f64,
+    pub max_concurrent_requests: u64,
+    pub mean_ttft_ms: f64,
+    pub median_ttft_ms: f64,
+    pub std_ttft_ms: f64,
+    pub p50_ttft_ms: f64,
+    pub p90_ttft_ms: f64,
+    pub p95_ttft_ms: f64,
+    pub p99_ttft_ms: f64,
+    pub mean_tpot_ms: f64,
+    pub median_tpot_ms: f64,
+    pub std_tpot_ms: f64,
+    pub p50_tpot_ms: f64,
+    pub p90_tpot_ms: f64,
+    pub p95_tpot_ms: f64,
+    pub p99_tpot_ms: f64,
+    pub mean_itl_ms: f64,
+    pub median_itl_ms: f64,
+    pub std_itl_ms: f64,
+    pub p50_itl_ms: f64,
+    pub p90_itl_ms: f64,
+    pub p95_itl_ms: f64,
+    pub p99_itl_ms: f64,
+    pub mean_e2el_ms: f64,
+    pub median_e2el_ms: f64,
+    pub std_e2el_ms: f64,
+    pub p50_e2el_ms: f64,
+    pub p90_e2el_ms: f64,
+    pub p95_e2el_ms: f64,
+    pub p99_e2el_ms: f64,
+    /// `sent - intended` over non-warm-up requests, in ms.
+    pub client_lag_mean_ms: f64,
+    pub client_lag_p50_ms: f64,
+    pub client_lag_p99_ms: f64,
+    pub client_lag_max_ms: f64,
+    /// The client, not the server, limited the rate: lag p99 above the configured threshold.
+    pub client_limited: bool,
+    pub output_token_source: OutputTokenSource,
+}
+
+/// Percentile `p` (0..=100) of `values` with numpy's default (linear) interpolation:
+/// rank `p/100 * (n-1)` between the neighbouring order statistics. 0 for an empty slice.
+/// `values` need not be sorted; NaNs sort last.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile_sorted(&sorted, p)
+}
+
+fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+}
+
+/// Arithmetic mean; 0 for an empty slice.
+pub fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// Population standard deviation (numpy's default, `ddof = 0`); 0 for an empty slice.
+pub fn std_dev(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let m = mean(values);
+    (values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64).sqrt()
+}
+
+/// Inter-token latencies of one record, in seconds.
+///
+/// The first content chunk ends the TTFT and yields no ITL. Each later chunk carrying `k` tokens
+/// contributes `k` values of `gap / k`, where `gap` is the time since the previous chunk, so a
+/// server that batches tokens into chunks still gets one ITL per token. Chunks with 0 tokens
+/// are ignored.
+pub fn itl_values(record: &RequestRecord) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut last: Option<f64> = None;
+    for &(t, k) in record.chunks.iter().filter(|(_, k)| *k > 0) {
+        if let Some(prev) = last {
+            let share = (t - prev) / f64::from(k);
+            out.extend(std::iter::repeat_n(share, k as usize));
+        }
+        last = Some(t);
+    }
+    out
+}
+
+struct Dist {
+    mean: f64,
+    median: f64,
+    std: f64,
+    p50: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+}
+
+impl Dist {
+    /// Statistics of `seconds`, reported in milliseconds.
+    fn of_ms(seconds: &[f64]) -> Dist {
+        let mut ms: Vec<f64> = seconds.iter().map(|s| s * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let p = |q| percentile_sorted(&ms, q);
+        Dist {
+            mean: mean(&ms),
+            median: p(50.0),
+            std: std_dev(&ms),
+            p50: p(50.0),
+            p90: p(90.0),
+            p95: p(95.0),
+            p99: p(99.0),
+        }
+    }
+}
+
+/// Peak number of requests in flight (intervals `[sent, end)`).
+fn max_concurrency(records: &[&RequestRecord]) -> u64 {
+    let mut events: Vec<(f64, i64)> = records.iter().flat_map(|r| [(r.sent, 1), (r.end, -1)]).collect();
+    // Ends before starts at equal times: a request that ends as another starts does not overlap.
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut now = 0i64;
+    let mut peak = 0i64;
+    for (_, delta) in events {
+        now += delta;
+        peak = peak.max(now);
+    }
+    peak as u64
+}
+
+/// Summarize a run. See [`Summary`] for the invariants. Never fails: an empty or all-failed run
+/// gives zeros with `completed == 0`.
+pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
+    let (warmup, measured): (Vec<&RequestRecord>, Vec<&RequestRecord>) =
+        records.iter().partition(|r| r.warmup);
+    let completed: Vec<&RequestRecord> = measured.iter().copied().filter(|r| r.error.is_none()).collect();
+
+    let mut failed_by_class = BTreeMap::new();
+    for error in measured.iter().filter_map(|r| r.error.as_ref()) {
+        *failed_by_class.entry(error.class().to_string()).or_insert(0) += 1;
+    }
+
+    let duration = match (
+        measured.iter().map(|r| r.sent).reduce(f64::min),
+        measured.iter().map(|r| r.end).reduce(f64::max),
+    ) {
+        (Some(first), Some(last)) => (last - first).max(0.0),
+        _ => 0.0,
+    };
+    let per_second = |x: f64| if duration > 0.0 { x / duration } else { 0.0 };
+
+    let total_input_tokens: u64 = completed.iter().map(|r| u64::from(r.prompt_tokens.unwrap_or(0))).sum();
+    let total_output_tokens: u64 = completed.iter().map(|r| u64::from(r.output_tokens)).sum();
+    let cached_tokens_total: u64 = completed.iter().map(|r| u64::from(r.cached_tokens.unwrap_or(0))).sum();
+
+    let ttfts: Vec<f64> = completed.iter().map(|r| r.ttft()).collect();
+    let tpots: Vec<f64> = completed.iter().filter_map(|r| r.tpot()).collect();
+    let itls: Vec<f64> = completed.iter().flat_map(|r| itl_values(r)).collect();
+    let e2els: Vec<f64> = completed.iter().map(|r| r.e2el()).collect();
+    let (ttft, tpot, itl, e2el) =
+        (Dist::of_ms(&ttfts), Dist::of_ms(&tpots), Dist::of_ms(&itls), Dist::of_ms(&e2els));
+
+    let mut lags: Vec<f64> = measured.iter().map(|r| r.client_lag() * 1000.0).collect();
+    lags.sort_by(f64::total_cmp);
+    let client_lag_p99_ms = percentile_sorted(&lags, 99.0);
+
+    let request_goodput = cfg.slo.as_ref().filter(|slo| !slo.is_empty()).map(|slo| {
+        let good = completed.iter().filter(|r| slo.is_met_by(r)).count();
+        per_second(good as f64)
+    });
+
+    let output_token_source = {
+        let usage = completed.iter().filter(|r| r.token_source == TokenSource::Usage).count();
+        match (usage, completed.len() - usage) {
+            (0, 0) => OutputTokenSource::None,
+            (_, 0) => OutputTokenSource::Usage,
+            (0, _) => OutputTokenSource::Chunks,
+            _ => OutputTokenSource::Mixed,
+        }
+    };
+
+    Summary {
+        v: SUMMARY_VERSION,
+        engine: cfg.engine.clone(),
+        tier: cfg.tier.clone(),
+        emulated: cfg.emulated,
+        sent: measured.len() as u64,
+        completed: completed.len() as u64,
+        failed: (measured.len() - completed.len()) as u64,
+        warmup_excluded: warmup.len() as u64,
+        failed_by_class,
+        duration,
+        total_input_tokens,
+        total_output_tokens,
+        cached_tokens_total,
+        request_throughput: per_second(completed.len() as f64),
+        request_goodput,
+        output_throughput: per_second(total_output_tokens as f64),
+        total_token_throughput: per_second((total_input_tokens + total_output_tokens) as f64),
+        max_concurrent_requests: max_concurrency(&measured),
+        mean_ttft_ms: ttft.mean,
+        median_ttft_ms: ttft.median,
+        std_ttft_ms: ttft.std,
+        p50_ttft_ms: ttft.p50,
+        p90_ttft_ms: ttft.p90,
+        p95_ttft_ms: ttft.p95,
+        p99_ttft_ms: ttft.p99,
+        mean_tpot_ms: tpot.mean,
+        median_tpot_ms: tpot.median,
+        std_tpot_ms: tpot.std,
+        p50_tpot_ms: tpot.p50,
+        p90_tpot_ms: tpot.p90,
+        p95_tpot_ms: tpot.p95,
+        p99_tpot_ms: tpot.p99,
+        mean_itl_ms: itl.mean,
+        median_itl_ms: itl.median,
+        std_itl_ms: itl.std,
+        p50_itl_ms: itl.p50,
+        p90_itl_ms: itl.p90,
+        p95_itl_ms: itl.p95,
+        p99_itl_ms: itl.p99,
+        mean_e2el_ms: e2el.mean,
+        median_e2el_ms: e2el.median,
+        std_e2el_ms: e2el.std,
+        p50_e2el_ms: e2el.p50,
+        p90_e2el_ms: e2el.p90,
+        p95_e2el_ms: e2el.p95,
+        p99_e2el_ms: e2el.p99,
+        client_lag_mean_ms: mean(&lags),
+        client_lag_p50_ms: percentile_sorted(&lags, 50.0),
+        client_lag_p99_ms,
+        client_lag_max_ms: lags.last().copied().unwrap_or(0.0),
+        client_limited: client_lag_p99_ms > cfg.client_lag_threshold_ms,
+        output_token_source,
+    }
+}
