@@ -33,7 +33,7 @@ pub(crate) struct CiArgs {
 
 pub(crate) fn run(args: CiArgs) -> Result<()> {
     let sh = Shell::new()?;
-    let root = workspace_root();
+    let root = crate::workspace_root();
     sh.change_dir(&root);
 
     if !args.skip_lints {
@@ -68,9 +68,6 @@ fn step(name: &str) {
     println!("\n==> {name}");
 }
 
-pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
-}
 
 /// A private redis-server on a free loopback port, stopped on drop.
 struct Redis {

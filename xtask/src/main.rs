@@ -1,7 +1,9 @@
 //! `cargo xtask`: kvlab's one command line. Thin glue over the library crates: parse flags, call
 //! a crate, print. One module per subcommand.
 
+mod bench;
 mod ci;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -14,13 +16,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// One tiered experiment (or an experiment matrix): engine, workload, samplers, result directory.
+    Bench(bench::BenchArgs),
+    /// The emulated engine alone, on 127.0.0.1.
+    Serve(serve::ServeArgs),
     /// Every test, with the services the tests need (fmt, clippy, the whole test suite).
     Ci(ci::CiArgs),
+}
+
+/// The workspace root: configs/, .env and results/ are found from here.
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_owned)
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Bench(args) => bench::run(args),
+        Cmd::Serve(args) => serve::run(args),
         Cmd::Ci(args) => ci::run(args),
     };
     match result {

@@ -1,0 +1,170 @@
+//! The calls into the sibling crates (workload, loadgen, samplers, emulator), each behind one
+//! small function so the run lifecycle reads as lab types only.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{LabError, Result};
+
+/// What the lab asks the workload crate for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkloadRequest {
+    pub workload: String,
+    pub num_requests: u32,
+    pub prompt_len: u32,
+    pub gen_len: u32,
+    /// Requests per second; infinite sends everything at once.
+    pub request_rate: f64,
+    /// 1.0 = Poisson; `vllm bench serve` semantics.
+    pub burstiness: f64,
+    pub max_concurrency: Option<u32>,
+    pub warmup: u32,
+    pub time_limit_s: Option<f64>,
+    pub seed: u64,
+    /// Text prompts (1 ASCII character = 1 token) instead of token IDs.
+    pub text_prompts: bool,
+}
+
+/// Builds the plan: `shared-prefix` (groups of requests sharing a long prefix), `multi-turn`
+/// (sessions whose every turn resends the conversation), `random` (no reuse).
+pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
+    use workload::{
+        ArrivalSpec, LengthDist, PromptFormat, RandomSpec, Schedule, SecondsDist, SessionsSpec,
+        SharedPrefixSpec, Source, WorkloadSpec,
+    };
+    let n = u64::from(w.num_requests);
+    let source = match w.workload.as_str() {
+        "shared-prefix" => {
+            let suffix = (w.prompt_len / 16).clamp(1, 256);
+            Source::SharedPrefix(SharedPrefixSpec {
+                num_requests: n,
+                groups: (w.num_requests / 5).clamp(1, 8),
+                prefix_len: w.prompt_len.saturating_sub(suffix).max(1),
+                suffix_len: LengthDist::fixed(suffix),
+                output_len: LengthDist::fixed(w.gen_len),
+            })
+        }
+        "multi-turn" => {
+            let turns = 4;
+            Source::Sessions(SessionsSpec {
+                sessions: w.num_requests.div_ceil(turns).max(1),
+                turns: LengthDist::fixed(turns),
+                system_prompt_len: (w.prompt_len / 2).max(1),
+                tools_len: 0,
+                user_len: LengthDist::fixed((w.prompt_len / 8).max(1)),
+                output_len: LengthDist::fixed(w.gen_len),
+                think_time: SecondsDist::Fixed { value: 0.2 },
+            })
+        }
+        "random" => Source::Random(RandomSpec {
+            num_requests: n,
+            prompt_len: LengthDist::fixed(w.prompt_len),
+            output_len: LengthDist::fixed(w.gen_len),
+            prefix_len: 0,
+        }),
+        other => return Err(LabError::Invalid(crate::config::check_workload(other).unwrap_err())),
+    };
+    let spec = WorkloadSpec {
+        source,
+        format: if w.text_prompts { PromptFormat::Text } else { PromptFormat::Tokens },
+        vocab: Default::default(),
+    };
+    let schedule = if w.request_rate.is_infinite() {
+        Schedule::Constant { rate: f64::INFINITY }
+    } else if (w.burstiness - 1.0).abs() < f64::EPSILON {
+        Schedule::Poisson { rate: w.request_rate }
+    } else {
+        Schedule::Gamma { rate: w.request_rate, burstiness: w.burstiness }
+    };
+    let arrival = ArrivalSpec {
+        schedule,
+        max_concurrency: w.max_concurrency,
+        warmup: w.warmup,
+        duration_s: w.time_limit_s,
+    };
+    workload::build_plan(&spec, &arrival, w.seed, None)
+        .map_err(|e| LabError::Invalid(format!("workload: {e}")))
+}
+
+/// Samplers of a run: disk (on the tier's directory), system CPU, the engine's process tree,
+/// the engine's `/metrics`, NVML where present.
+pub(crate) struct Samplers {
+    set: samplers::SamplerSet,
+}
+
+pub(crate) fn start_samplers(
+    dir: &Path,
+    origin: Instant,
+    disk_dir: &Path,
+    pid: Option<u32>,
+    metrics_url: Option<String>,
+) -> Result<Samplers> {
+    use samplers::{cpu, disk, engine, gpu, SamplerSet, SamplerSetConfig};
+    let mut set = SamplerSet::new(SamplerSetConfig::new(dir, origin)).map_err(other)?;
+    let mut add =
+        |name: &str, s: std::result::Result<Box<dyn samplers::Sampler>, samplers::SamplerError>| match s {
+            Ok(s) => {
+                if let Err(e) = set.spawn(s) {
+                    set.record_unavailable(name, &e);
+                }
+            }
+            Err(e) => set.record_unavailable(name, &e),
+        };
+    add("disk", disk::DiskSampler::for_dir(disk_dir).map(|s| Box::new(s) as Box<dyn samplers::Sampler>));
+    add("cpu", Ok(Box::new(cpu::SystemSampler::new())));
+    let pid = pid.unwrap_or_else(std::process::id);
+    add(
+        "process",
+        cpu::ProcessSampler::new(cpu::ProcessConfig { pid: pid as i32, scope: cpu::ProcessScope::Tree })
+            .map(|s| Box::new(s) as Box<dyn samplers::Sampler>),
+    );
+    if let Some(url) = metrics_url {
+        add("engine", Ok(Box::new(engine::EngineMetricsSampler::new(engine::EngineMetricsConfig::new(url)))));
+    }
+    add("gpu", gpu::NvmlSampler::new().map(|s| Box::new(s) as Box<dyn samplers::Sampler>));
+    Ok(Samplers { set })
+}
+
+impl Samplers {
+    /// Stops every sampler; returns their statuses as JSON for env.json.
+    pub(crate) fn stop(self) -> serde_json::Value {
+        serde_json::to_value(self.set.stop()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// GPU and driver as NVML sees them, or why not.
+pub(crate) fn gpu_info() -> serde_json::Value {
+    match samplers::gpu::NvmlSampler::new() {
+        Ok(nvml) => serde_json::json!({
+            "devices": nvml.devices().map(|d| serde_json::to_value(d).unwrap_or_default()).unwrap_or_default(),
+            "driver": nvml.driver_version().ok(),
+        }),
+        Err(e) => serde_json::json!({ "devices": [], "absent": e.to_string() }),
+    }
+}
+
+/// Drives the plan with the load generator, writing requests.jsonl/csv and summary.json into
+/// `dir`. Returns the summary.
+pub(crate) async fn drive(
+    plan: &workload::Plan,
+    base_url: &str,
+    model: &str,
+    summary: stats::SummaryConfig,
+    dir: &Path,
+    origin: Instant,
+    progress: bool,
+) -> Result<stats::Summary> {
+    let mut cfg = loadgen::LoadgenConfig::new(base_url);
+    cfg.model = Some(model.to_owned());
+    cfg.progress = progress;
+    cfg.max_failed_fraction = 1.0;
+    cfg.stall_timeout = std::time::Duration::from_secs(120);
+    cfg.summary = summary;
+    let mut writer = loadgen::ResultWriter::in_dir(dir).map_err(other)?;
+    let outcome = loadgen::run(plan, &cfg, &mut writer, origin).await.map_err(other)?;
+    Ok(outcome.summary)
+}
+
+fn other(e: impl std::fmt::Display) -> LabError {
+    LabError::Other(e.to_string())
+}

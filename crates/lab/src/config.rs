@@ -1,0 +1,485 @@
+//! Configuration files: tiers (`configs/tiers/*.toml`) and experiments (`configs/experiments/*.toml`).
+//!
+//! Every file is parsed with unknown keys rejected; errors name the file, the 1-based line and
+//! column, and the key. Values a schema cannot check (tier names, sizes, workloads) are kept with
+//! their spans so their errors point at the right line too.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::{LabError, Result};
+use crate::lmcache::{LmValue, LmcacheConfig, Origin};
+
+/// A KV-cache tier. `scalability` is accepted as an alias of `redis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// The engine's own GPU prefix cache only.
+    Baseline,
+    /// LMCache `local_cpu`.
+    Cpu,
+    /// LMCache `local_disk`.
+    Disk,
+    /// LMCache `remote_url = "redis://…"`.
+    Redis,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Baseline, Tier::Cpu, Tier::Disk, Tier::Redis];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Cpu => "cpu",
+            Tier::Disk => "disk",
+            Tier::Redis => "redis",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Tier> {
+        match s {
+            "baseline" => Ok(Tier::Baseline),
+            "cpu" => Ok(Tier::Cpu),
+            "disk" => Ok(Tier::Disk),
+            "redis" | "scalability" => Ok(Tier::Redis),
+            other => Err(LabError::Invalid(format!(
+                "unknown tier `{other}`; expected one of baseline, cpu, disk, redis (alias scalability)"
+            ))),
+        }
+    }
+}
+
+/// Parses TOML text into `T`, turning serde errors into `file:line:col: message`.
+pub(crate) fn parse_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        LabError::at(file, text, offset, e.message().trim().to_owned())
+    })
+}
+
+pub(crate) fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))
+}
+
+/// Capacities of the emulated engine for one tier file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatorTierSettings {
+    /// Caps the GPU KV blocks (vLLM's `num_gpu_blocks_override`); `None`: what fits the GPU.
+    #[serde(default)]
+    pub num_gpu_blocks: Option<u64>,
+    /// Offload-tier capacity in GiB of modelled KV bytes (as LMCache's sizes); 0 for baseline.
+    #[serde(default)]
+    pub offload_gib: f64,
+    /// Stored bytes per modelled KV byte, in (0, 1]: the offload store keeps this fraction of each
+    /// chunk's real size, so a laptop disk or Redis can hold an 8B model's cache. In env.json.
+    #[serde(default = "one")]
+    pub byte_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// vLLM settings for a tier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VllmTierSettings {
+    pub gpu_memory_utilization: f64,
+}
+
+/// llama.cpp settings for a tier. A tier llama.cpp cannot express has `supported = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamacppTierSettings {
+    pub supported: bool,
+    /// Host-RAM prompt cache (`cache_ram_mib`); 0 turns it off.
+    #[serde(default)]
+    pub cache_ram_mib: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierFile {
+    description: String,
+    #[serde(default)]
+    lmcache: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    vllm: VllmTierSettings,
+    emulator: EmulatorTierSettings,
+    llamacpp: LlamacppTierSettings,
+}
+
+/// One tier file, checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TierConfig {
+    pub tier: Tier,
+    pub description: String,
+    /// `None` for a tier without LMCache (baseline): vLLM runs without a KV connector.
+    /// String values may hold `{disk_dir}` and `{redis_url}`, replaced when a run resolves.
+    pub lmcache: Option<LmcacheConfig>,
+    pub vllm: VllmTierSettings,
+    pub emulator: EmulatorTierSettings,
+    pub llamacpp: LlamacppTierSettings,
+}
+
+impl TierConfig {
+    /// Reads `<configs>/tiers/<tier>.toml`.
+    pub fn load(configs_dir: &Path, tier: Tier) -> Result<TierConfig> {
+        let path = configs_dir.join("tiers").join(format!("{tier}.toml"));
+        let text = read(&path)?;
+        TierConfig::parse(tier, &path.display().to_string(), &text)
+    }
+
+    /// Parses a tier file's text; `file` names it in errors.
+    pub fn parse(tier: Tier, file: &str, text: &str) -> Result<TierConfig> {
+        let raw: TierFile = parse_toml(file, text)?;
+        let lmcache = raw.lmcache.map(|table| lmcache_from_toml(file, text, &table)).transpose()?;
+        if !(raw.emulator.byte_scale > 0.0 && raw.emulator.byte_scale <= 1.0) {
+            return Err(LabError::Invalid(format!("{file}: emulator.byte_scale must be in (0, 1]")));
+        }
+        Ok(TierConfig {
+            tier,
+            description: raw.description,
+            lmcache,
+            vllm: raw.vllm,
+            emulator: raw.emulator,
+            llamacpp: raw.llamacpp,
+        })
+    }
+}
+
+/// Converts a `[lmcache]` TOML table into a checked [`LmcacheConfig`].
+pub(crate) fn lmcache_from_toml(
+    file: &str,
+    text: &str,
+    table: &BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+) -> Result<LmcacheConfig> {
+    let mut config = LmcacheConfig::default();
+    for (key, value) in table {
+        let (line, _) = crate::error::line_col(text, key.span().start);
+        let origin = Origin { file, line };
+        let v = match value.get_ref() {
+            toml::Value::Boolean(b) => LmValue::Bool(*b),
+            toml::Value::Integer(i) => LmValue::Int(*i),
+            toml::Value::Float(f) => LmValue::Float(*f),
+            toml::Value::String(s) => LmValue::Str(s.clone()),
+            other => {
+                return Err(LabError::at(
+                    file,
+                    text,
+                    value.span().start,
+                    format!("LMCache key `{}`: a {} is not supported here", key.get_ref(), other.type_str()),
+                ))
+            }
+        };
+        config.set(key.get_ref(), v, origin)?;
+    }
+    Ok(config)
+}
+
+/// A size such as `"512MiB"`, `"2GiB"`, `"1.5GB"` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return None,
+    };
+    let bytes = num * mult;
+    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+}
+
+/// A duration: seconds as a number, or a string with a unit (`"90s"`, `"5m"`, `"1h"`).
+pub fn parse_duration_secs(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0).then_some(v * mult)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationLit {
+    Secs(f64),
+    Text(String),
+}
+
+/// Settings of one experiment point that defaults and per-workload overrides may set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PointSettings {
+    num_prompts: Option<u32>,
+    time_limit: Option<Spanned<DurationLit>>,
+    prompt_len: Option<u32>,
+    gen_len: Option<u32>,
+    burstiness: Option<f64>,
+    max_concurrency: Option<u32>,
+    seed: Option<u64>,
+    warmup: Option<u32>,
+    /// Prefill only: every request asks for one output token.
+    mock_decoding: Option<bool>,
+    /// Conversation-aware eviction where the engine supports it (the emulator does).
+    conversation_aware_eviction: Option<bool>,
+    /// Goodput SLOs in `vllm bench serve` form: `"ttft:300 tpot:50"` (milliseconds).
+    goodput: Option<String>,
+    engine: Option<String>,
+    gpu: Option<String>,
+}
+
+impl PointSettings {
+    /// `self` with the keys `over` sets replaced.
+    fn overlay(&self, over: &PointSettings) -> PointSettings {
+        macro_rules! pick {
+            ($($f:ident),*) => { PointSettings { $($f: over.$f.clone().or_else(|| self.$f.clone())),* } };
+        }
+        pick!(
+            num_prompts,
+            time_limit,
+            prompt_len,
+            gen_len,
+            burstiness,
+            max_concurrency,
+            seed,
+            warmup,
+            mock_decoding,
+            conversation_aware_eviction,
+            goodput,
+            engine,
+            gpu
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Matrix {
+    models: Vec<Spanned<String>>,
+    tiers: Vec<Spanned<String>>,
+    workloads: Vec<Spanned<String>>,
+    #[serde(default)]
+    request_rates: Vec<Spanned<f64>>,
+    #[serde(default)]
+    cache_sizes: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExperimentFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    defaults: PointSettings,
+    matrix: Matrix,
+    /// Per-workload (per-dataset) overrides of `defaults`.
+    #[serde(default)]
+    workload_overrides: BTreeMap<Spanned<String>, PointSettings>,
+    /// LMCache keys applied on top of each tier's `[lmcache]` (checked like them).
+    #[serde(default)]
+    lmcache: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+}
+
+/// The workloads a run can drive.
+pub const WORKLOADS: &[&str] = &["shared-prefix", "multi-turn", "random"];
+
+/// An experiment file: a matrix of models x tiers x workloads x request rates x cache sizes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Experiment {
+    pub name: String,
+    pub description: String,
+    /// The points in matrix order (models outermost, cache sizes innermost).
+    pub points: Vec<Point>,
+    /// Extra LMCache settings for every point, already checked.
+    pub lmcache: Option<LmcacheConfig>,
+}
+
+/// One point of an experiment matrix, with defaults and overrides applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    pub model: String,
+    pub tier: Tier,
+    pub workload: String,
+    /// Requests per second; `f64::INFINITY` sends everything at once.
+    pub request_rate: f64,
+    /// Offload-tier capacity in bytes (the GPU cache for the baseline tier); `None`: the tier's.
+    pub cache_size: Option<u64>,
+    pub num_prompts: Option<u32>,
+    pub time_limit_s: Option<f64>,
+    pub prompt_len: Option<u32>,
+    pub gen_len: Option<u32>,
+    pub burstiness: Option<f64>,
+    pub max_concurrency: Option<u32>,
+    pub seed: Option<u64>,
+    pub warmup: Option<u32>,
+    pub mock_decoding: bool,
+    pub conversation_aware_eviction: bool,
+    pub goodput: Option<String>,
+    pub engine: Option<String>,
+    pub gpu: Option<String>,
+}
+
+impl Experiment {
+    pub fn load(path: &Path) -> Result<Experiment> {
+        let text = read(path)?;
+        Experiment::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses and expands an experiment file's text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Experiment> {
+        let raw: ExperimentFile = parse_toml(file, text)?;
+        let err = |span: std::ops::Range<usize>, msg: String| LabError::at(file, text, span.start, msg);
+        let m = &raw.matrix;
+        for (name, list) in [("models", &m.models), ("tiers", &m.tiers), ("workloads", &m.workloads)] {
+            if list.is_empty() {
+                return Err(LabError::Invalid(format!("{file}: matrix.{name} must not be empty")));
+            }
+        }
+        let tiers = m
+            .tiers
+            .iter()
+            .map(|t| t.get_ref().parse::<Tier>().map_err(|e| err(t.span(), strip_invalid(e))))
+            .collect::<Result<Vec<_>>>()?;
+        for w in &m.workloads {
+            check_workload(w.get_ref()).map_err(|msg| err(w.span(), msg))?;
+        }
+        for w in raw.workload_overrides.keys() {
+            if !m.workloads.iter().any(|x| x.get_ref() == w.get_ref()) {
+                return Err(err(
+                    w.span(),
+                    format!("workload_overrides.{}: not a workload of matrix.workloads", w.get_ref()),
+                ));
+            }
+        }
+        let rates = if m.request_rates.is_empty() {
+            vec![f64::INFINITY]
+        } else {
+            m.request_rates
+                .iter()
+                .map(|r| match *r.get_ref() {
+                    v if v > 0.0 => Ok(v),
+                    v => Err(err(r.span(), format!("request rate {v} must be > 0 (or inf)"))),
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let sizes = if m.cache_sizes.is_empty() {
+            vec![None]
+        } else {
+            m.cache_sizes
+                .iter()
+                .map(|s| {
+                    parse_size(s.get_ref()).map(Some).ok_or_else(|| {
+                        err(
+                            s.span(),
+                            format!("cache size `{}`: expected e.g. \"512MiB\" or \"2GiB\"", s.get_ref()),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let check_settings = |s: &PointSettings| -> Result<Option<f64>> {
+            match &s.time_limit {
+                None => Ok(None),
+                Some(t) => match t.get_ref() {
+                    DurationLit::Secs(v) if *v > 0.0 => Ok(Some(*v)),
+                    DurationLit::Text(s) if parse_duration_secs(s).is_some() => Ok(parse_duration_secs(s)),
+                    _ => Err(err(t.span(), "time_limit: expected seconds or e.g. \"90s\", \"5m\"".into())),
+                },
+            }
+        };
+        check_settings(&raw.defaults)?;
+        for o in raw.workload_overrides.values() {
+            check_settings(o)?;
+        }
+        let lmcache = raw.lmcache.as_ref().map(|t| lmcache_from_toml(file, text, t)).transpose()?;
+
+        let mut points = Vec::new();
+        for model in &m.models {
+            for &tier in &tiers {
+                for workload in &m.workloads {
+                    let over = raw
+                        .workload_overrides
+                        .iter()
+                        .find(|(k, _)| k.get_ref() == workload.get_ref())
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    let s = raw.defaults.overlay(&over);
+                    let time_limit_s = check_settings(&s)?;
+                    for &request_rate in &rates {
+                        for &cache_size in &sizes {
+                            points.push(Point {
+                                model: model.get_ref().clone(),
+                                tier,
+                                workload: workload.get_ref().clone(),
+                                request_rate,
+                                cache_size,
+                                num_prompts: s.num_prompts,
+                                time_limit_s,
+                                prompt_len: s.prompt_len,
+                                gen_len: s.gen_len,
+                                burstiness: s.burstiness,
+                                max_concurrency: s.max_concurrency,
+                                seed: s.seed,
+                                warmup: s.warmup,
+                                mock_decoding: s.mock_decoding.unwrap_or(false),
+                                conversation_aware_eviction: s.conversation_aware_eviction.unwrap_or(false),
+                                goodput: s.goodput.clone(),
+                                engine: s.engine.clone(),
+                                gpu: s.gpu.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Experiment { name: raw.name, description: raw.description, points, lmcache })
+    }
+}
+
+fn strip_invalid(e: LabError) -> String {
+    match e {
+        LabError::Invalid(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// Checks a workload name: one of [`WORKLOADS`].
+pub fn check_workload(name: &str) -> std::result::Result<(), String> {
+    if WORKLOADS.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("unknown workload `{name}`; expected one of {}", WORKLOADS.join(", ")))
+    }
+}

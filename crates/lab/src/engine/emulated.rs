@@ -1,0 +1,122 @@
+//! The emulated engine: kvlab's own engine, in-process on a tokio task bound to 127.0.0.1.
+
+use std::io::Write as _;
+
+use super::{Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine};
+use crate::config::Tier;
+use crate::error::{LabError, Result};
+
+/// The emulator configuration for a launch: the tier's capacities, the run's overrides.
+pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorConfig> {
+    use emulator::{EmulatorConfig, TierPreset};
+    let redis_url =
+        spec.emulator.redis_url.clone().unwrap_or_else(|| crate::run::DEFAULT_REDIS_URL.to_owned());
+    let preset = match spec.tier.tier {
+        Tier::Baseline => TierPreset::Baseline,
+        Tier::Cpu => TierPreset::Cpu,
+        Tier::Disk => TierPreset::Disk { dir: spec.disk_dir.clone() },
+        Tier::Redis => TierPreset::Redis { url: redis_url },
+    };
+    let mut cfg = EmulatorConfig::for_tier(preset);
+    cfg.model = spec.model.clone();
+    if let Some(gpu) = &spec.gpu_type {
+        cfg.gpu = gpu.clone();
+    }
+    let t = &spec.tier.emulator;
+    cfg.byte_scale = t.byte_scale;
+    cfg.scheduler.num_gpu_blocks = t.num_gpu_blocks;
+    let offload = spec.emulator.offload_bytes.unwrap_or((t.offload_gib * (1u64 << 30) as f64) as u64);
+    match spec.tier.tier {
+        Tier::Baseline => {}
+        Tier::Cpu => cfg.offload.cpu_bytes = offload,
+        Tier::Disk => {
+            if let Some(d) = cfg.offload.disk.as_mut() {
+                d.bytes = offload;
+            }
+        }
+        Tier::Redis => {
+            if let Some(r) = cfg.offload.remote.as_mut() {
+                r.bytes = offload;
+            }
+        }
+    }
+    if let Some(crate::lmcache::LmValue::Int(chunk)) = spec.lmcache.as_ref().and_then(|l| l.get("chunk_size"))
+    {
+        cfg.offload.chunk_tokens = *chunk as u32;
+    }
+    if spec.emulator.conversation_aware_eviction {
+        return Err(LabError::Invalid(
+            "conversation_aware_eviction = true: this emulator build has no conversation-aware eviction \
+             policy yet (kvcache offers lru, fifo)"
+                .to_owned(),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// The in-process engine; stopping shuts the server down and waits for it.
+pub(crate) struct InProcessGuard {
+    server: emulator::Server,
+}
+
+impl InProcessGuard {
+    pub(crate) async fn stop(self) -> Result<()> {
+        self.server
+            .shutdown()
+            .await
+            .map_err(|e| LabError::launch("emulated", format!("the emulator failed: {e}")))
+    }
+}
+
+pub(crate) struct EmulatedLauncher;
+
+impl Launcher for EmulatedLauncher {
+    fn name(&self) -> &'static str {
+        "emulated"
+    }
+
+    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
+        Box::pin(async move {
+            let cfg = emulator_config(spec)?;
+            let port = spec.port.unwrap_or(0);
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+                LabError::launch(
+                    "emulated",
+                    format!("port {port} on 127.0.0.1 is not available ({e}); choose another with --port"),
+                )
+            })?;
+            let addr = listener.local_addr().map_err(|e| LabError::launch("emulated", e.to_string()))?;
+            let base_url = format!("http://{addr}");
+            let log = spec.run_dir.join("engine.log");
+            let mut file = std::fs::File::create(&log).map_err(|e| LabError::io(&log, e))?;
+            let _ = writeln!(
+                file,
+                "emulated engine (in-process, numbers are EMULATED) listening on {base_url}\nconfig: {}",
+                serde_json::to_string(&cfg).unwrap_or_default()
+            );
+            let server = emulator::Server::start(&cfg, listener)
+                .await
+                .map_err(|e| LabError::launch("emulated", e.to_string()))?;
+            let guard = InProcessGuard { server };
+            let mut live = AlwaysAlive;
+            super::process::wait_ready(
+                "emulated",
+                &base_url,
+                spec.ready_timeout,
+                &mut live,
+                &log,
+                &spec.secrets,
+            )
+            .await?;
+            Ok(RunningEngine { base_url, pid: None, guard: Guard::InProcess(guard) })
+        })
+    }
+}
+
+struct AlwaysAlive;
+
+impl super::process::Liveness for AlwaysAlive {
+    fn exited(&mut self) -> Option<String> {
+        None
+    }
+}

@@ -1,0 +1,335 @@
+//! Engine launchers: the seam between a run and the server it measures.
+//!
+//! A [`Launcher`] starts an engine for a [`LaunchSpec`] and returns a [`RunningEngine`] (base URL,
+//! pid when there is a process). Invariants for every launcher: the engine listens on 127.0.0.1,
+//! its output goes to `engine.log` in the run directory, readiness is awaited on `/health` and
+//! `/v1/models` with a timeout, and [`RunningEngine::stop`] (or dropping it) stops and reaps it:
+//! SIGTERM, then SIGKILL; `docker rm -f` for containers.
+
+pub mod docker;
+pub(crate) mod emulated;
+pub mod llamacpp;
+pub(crate) mod process;
+pub mod vllm;
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::TierConfig;
+use crate::error::{LabError, Result};
+use crate::lmcache::LmcacheConfig;
+use crate::secrets::Secrets;
+
+/// Which engine serves the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    /// vllm-docker where an NVIDIA GPU and a container runtime are found, else emulated.
+    Auto,
+    Emulated,
+    VllmDocker,
+    Docker,
+    Vllm,
+    Llamacpp,
+    External,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Emulated => "emulated",
+            EngineKind::VllmDocker => "vllm-docker",
+            EngineKind::Docker => "docker",
+            EngineKind::Vllm => "vllm",
+            EngineKind::Llamacpp => "llamacpp",
+            EngineKind::External => "external",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<EngineKind> {
+        Ok(match s {
+            "auto" => EngineKind::Auto,
+            "emulated" => EngineKind::Emulated,
+            "vllm-docker" => EngineKind::VllmDocker,
+            "docker" => EngineKind::Docker,
+            "vllm" => EngineKind::Vllm,
+            "llamacpp" => EngineKind::Llamacpp,
+            "external" => EngineKind::External,
+            other => {
+                return Err(LabError::Invalid(format!(
+                    "unknown engine `{other}`; expected auto, emulated, vllm-docker, docker, vllm, llamacpp or external"
+                )))
+            }
+        })
+    }
+}
+
+/// What the host offers, for `--engine auto` and for clear refusals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostProbe {
+    /// `nvidia-smi` on PATH or `/dev/nvidia0` present.
+    pub nvidia_gpu: bool,
+    /// `docker` or `podman` on PATH.
+    pub container_runtime: Option<String>,
+}
+
+impl HostProbe {
+    pub fn detect() -> HostProbe {
+        HostProbe {
+            nvidia_gpu: find_on_path("nvidia-smi").is_some() || Path::new("/dev/nvidia0").exists(),
+            container_runtime: ["docker", "podman"]
+                .into_iter()
+                .find(|r| find_on_path(r).is_some())
+                .map(str::to_owned),
+        }
+    }
+
+    /// Resolves `auto`; returns the engine and a sentence saying why.
+    pub fn choose(&self, requested: EngineKind) -> (EngineKind, String) {
+        if requested != EngineKind::Auto {
+            return (requested, format!("engine `{requested}` was requested"));
+        }
+        match (self.nvidia_gpu, &self.container_runtime) {
+            (true, Some(rt)) => (
+                EngineKind::VllmDocker,
+                format!("auto: an NVIDIA GPU and `{rt}` were found, so vLLM + LMCache runs in a container"),
+            ),
+            (false, _) => (
+                EngineKind::Emulated,
+                "auto: no NVIDIA GPU (nvidia-smi, /dev/nvidia0) was found, so the emulated engine runs; \
+                 its numbers are labelled emulated"
+                    .to_owned(),
+            ),
+            (true, None) => (
+                EngineKind::Emulated,
+                "auto: an NVIDIA GPU but no container runtime (docker, podman) was found, so the emulated \
+                 engine runs; install Docker or Podman for vllm-docker, or pass --engine vllm"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// The first executable called `name` on PATH.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// GPUs given to the engine: `--gpus N` or a device list `--gpus 0,2`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum GpuSelection {
+    /// Whatever the engine sees (all GPUs for containers).
+    All,
+    Count(u32),
+    Devices(Vec<u32>),
+}
+
+impl GpuSelection {
+    /// How many GPUs this selection gives, if known.
+    pub fn count(&self) -> Option<u32> {
+        match self {
+            GpuSelection::All => None,
+            GpuSelection::Count(n) => Some(*n),
+            GpuSelection::Devices(d) => Some(d.len() as u32),
+        }
+    }
+
+    /// The device ids (`CUDA_VISIBLE_DEVICES`), if the selection names them.
+    pub fn device_list(&self) -> Option<String> {
+        match self {
+            GpuSelection::All => None,
+            GpuSelection::Count(n) => Some((0..*n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+            GpuSelection::Devices(d) => Some(d.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+        }
+    }
+}
+
+impl FromStr for GpuSelection {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<GpuSelection> {
+        let bad =
+            || LabError::Invalid(format!("--gpus `{s}`: expected `all`, a count (2) or a device list (0,2)"));
+        if s == "all" {
+            return Ok(GpuSelection::All);
+        }
+        if s.contains(',') {
+            let devices = s.split(',').map(|d| d.trim().parse::<u32>()).collect::<Result<Vec<_>, _>>();
+            return devices.map(GpuSelection::Devices).map_err(|_| bad());
+        }
+        let n: u32 = s.parse().map_err(|_| bad())?;
+        if n == 0 {
+            return Err(bad());
+        }
+        Ok(GpuSelection::Count(n))
+    }
+}
+
+/// Everything a launcher needs for one run.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub engine: EngineKind,
+    /// Unique id of the run: container name and labels carry it.
+    pub run_id: String,
+    /// Where `engine.log` and generated files (LMCache YAML, launcher scripts) go.
+    pub run_dir: PathBuf,
+    pub tier: TierConfig,
+    /// The tier's LMCache configuration with the run's overrides, if the tier has one. Its
+    /// `{disk_dir}` / `{redis_url}` placeholders are substituted by the launcher, which knows
+    /// where the disk directory appears to the engine.
+    pub lmcache: Option<LmcacheConfig>,
+    /// The disk tier's directory on the host.
+    pub disk_dir: PathBuf,
+    /// Model name as the engine knows it (a Hugging Face id for vLLM).
+    pub model: String,
+    /// Tensor parallelism (from the model registry).
+    pub tensor_parallel: u32,
+    pub gpus: GpuSelection,
+    /// GPU type for the emulator's cost model (`--gpu`).
+    pub gpu_type: Option<String>,
+    /// `None`: pick a free port on 127.0.0.1.
+    pub port: Option<u16>,
+    pub image: Option<String>,
+    pub url: Option<String>,
+    pub secrets: Secrets,
+    pub ready_timeout: Duration,
+    /// llama.cpp: the GGUF model and the Python with xllamacpp.
+    pub llamacpp_model: Option<PathBuf>,
+    pub python: Option<PathBuf>,
+    /// Emulator: extra settings of the run.
+    pub emulator: EmulatorRunSettings,
+}
+
+/// Emulator settings that come from the run rather than the tier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EmulatorRunSettings {
+    /// Offload capacity override in bytes (an experiment's cache size).
+    pub offload_bytes: Option<u64>,
+    pub conversation_aware_eviction: bool,
+    pub redis_url: Option<String>,
+    pub seed: u64,
+}
+
+/// A future a launcher returns.
+pub type LaunchFuture<'a> = Pin<Box<dyn Future<Output = Result<RunningEngine>> + Send + 'a>>;
+
+/// Starts one kind of engine.
+pub trait Launcher: Send + Sync {
+    /// The engine's name as it appears in results.
+    fn name(&self) -> &'static str;
+    /// Starts the engine and waits until it is ready.
+    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a>;
+}
+
+/// A started engine. Dropping it without [`RunningEngine::stop`] still kills and removes it.
+pub struct RunningEngine {
+    pub base_url: String,
+    /// The engine's process, for process samplers (`None` in-process or external; the
+    /// container runtime's client for containers).
+    pub pid: Option<u32>,
+    pub(crate) guard: Guard,
+}
+
+pub(crate) enum Guard {
+    None,
+    Process(process::ProcessGuard),
+    Container(docker::ContainerGuard),
+    InProcess(emulated::InProcessGuard),
+}
+
+impl RunningEngine {
+    /// Stops the engine and waits for it to be gone.
+    pub async fn stop(self) -> Result<()> {
+        match self.guard {
+            Guard::None => Ok(()),
+            Guard::Process(p) => p.stop().await,
+            Guard::Container(c) => c.stop().await,
+            Guard::InProcess(e) => e.stop().await,
+        }
+    }
+
+    /// Whether the lab runs this engine inside its own process (the emulator).
+    pub fn in_process(&self) -> bool {
+        matches!(self.guard, Guard::InProcess(_))
+    }
+}
+
+/// The launcher for an engine kind (not `auto`: resolve it with [`HostProbe::choose`] first).
+pub fn launcher(kind: EngineKind) -> Box<dyn Launcher> {
+    match kind {
+        EngineKind::Auto | EngineKind::Emulated => Box::new(emulated::EmulatedLauncher),
+        EngineKind::VllmDocker | EngineKind::Docker => Box::new(docker::DockerLauncher { kind }),
+        EngineKind::Vllm => Box::new(vllm::VllmLauncher),
+        EngineKind::Llamacpp => Box::new(llamacpp::LlamacppLauncher),
+        EngineKind::External => Box::new(ExternalLauncher),
+    }
+}
+
+struct ExternalLauncher;
+
+impl Launcher for ExternalLauncher {
+    fn name(&self) -> &'static str {
+        "external"
+    }
+    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
+        Box::pin(async move {
+            let url = spec.url.clone().ok_or_else(|| {
+                LabError::launch("external", "--engine external needs --url http://HOST:PORT")
+            })?;
+            std::fs::write(
+                spec.run_dir.join("engine.log"),
+                format!("external engine at {url}; nothing started\n"),
+            )
+            .map_err(|e| LabError::io(spec.run_dir.join("engine.log"), e))?;
+            Ok(RunningEngine {
+                base_url: url.trim_end_matches('/').to_owned(),
+                pid: None,
+                guard: Guard::None,
+            })
+        })
+    }
+}
+
+/// Binds 127.0.0.1:`port` (or a free port) and returns the port, failing clearly if it is taken.
+pub(crate) fn reserve_port(engine: &str, port: Option<u16>) -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).map_err(|e| {
+        LabError::launch(
+            engine,
+            format!(
+                "port {} on 127.0.0.1 is not available ({e}); choose another with --port, or leave it out \
+                 to use a free one",
+                port.unwrap_or(0)
+            ),
+        )
+    })?;
+    let port = listener.local_addr().map_err(|e| LabError::launch(engine, e.to_string()))?.port();
+    Ok(port)
+}
+
+/// Refuses a model that needs more GPUs than the selection gives.
+pub fn check_gpu_count(model: &str, tensor_parallel: u32, gpus: &GpuSelection) -> Result<()> {
+    match gpus.count() {
+        Some(n) if n < tensor_parallel => Err(LabError::Invalid(format!(
+            "model `{model}` needs {tensor_parallel} GPUs (tensor parallel) but only {n} were given; \
+             pass --gpus {tensor_parallel} or a device list"
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,55 @@
+//! The lab's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the lab. Messages are meant for the person at the terminal:
+/// they name the file, line and key for configuration errors, and what is missing and how to
+/// get it for launch errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A configuration file is malformed: unknown key, wrong type, bad value.
+    #[error("{file}:{line}:{col}: {message}")]
+    Config { file: String, line: usize, col: usize, message: String },
+    /// A configuration value is invalid where no position is known (for example a flag).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// An engine could not be started, or died, or never became ready.
+    #[error("engine `{engine}` failed: {message}")]
+    Launch { engine: String, message: String },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Another crate (loadgen, samplers, emulator) reported an error.
+    #[error("{0}")]
+    Other(String),
+    /// The run was interrupted (Ctrl-C); what was written is kept.
+    #[error("interrupted; the partial results are kept in {}", .0.display())]
+    Interrupted(PathBuf),
+}
+
+impl LabError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> LabError {
+        LabError::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn launch(engine: &str, message: impl Into<String>) -> LabError {
+        LabError::Launch { engine: engine.to_owned(), message: message.into() }
+    }
+
+    /// An error at a byte offset of a file's text.
+    pub(crate) fn at(file: &str, text: &str, offset: usize, message: impl Into<String>) -> LabError {
+        let (line, col) = line_col(text, offset);
+        LabError::Config { file: file.to_owned(), line, col, message: message.into() }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+pub(crate) type Result<T, E = LabError> = std::result::Result<T, E>;

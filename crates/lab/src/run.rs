@@ -1,0 +1,591 @@
+//! The run lifecycle: resolve → write run.toml/env.json → start engine and samplers → drive the
+//! workload → stop everything → summary, report. One result directory per run
+//! (`<out>/<label>_<YYYYmmdd-HHMMSS>/`); an experiment writes one per point plus `index.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::adapters::{self, WorkloadRequest};
+use crate::config::{Experiment, Point, Tier, TierConfig};
+use crate::engine::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
+use crate::error::{LabError, Result};
+use crate::lmcache::LmcacheConfig;
+use crate::secrets::Secrets;
+
+/// Redis for the redis tier when neither `--redis-url` nor `KVLAB_REDIS_URL` is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The model when none is given (a model of the emulator's registry; a Hugging Face id for vLLM).
+pub const DEFAULT_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+/// The default workload: reuse-heavy, so offload tiers see traffic.
+pub const DEFAULT_WORKLOAD: &str = "shared-prefix";
+/// Version of `run.toml` and `env.json`.
+pub const RUN_FORMAT_VERSION: u32 = 1;
+
+/// Everything `bench` takes: the command-line flags. Build with [`BenchOptions::new`].
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The workspace root: `configs/`, `.env`, `.venv`, `.kvlab/` are found under it.
+    pub root: PathBuf,
+    pub tier: Tier,
+    pub engine: EngineKind,
+    pub model: Option<String>,
+    pub workload: Option<String>,
+    /// Run a whole experiment matrix instead of one run.
+    pub experiment: Option<PathBuf>,
+    pub prompt_len: Option<u32>,
+    pub gen_len: Option<u32>,
+    pub num_requests: Option<u32>,
+    pub request_rate: Option<f64>,
+    pub burstiness: Option<f64>,
+    pub max_concurrency: Option<u32>,
+    pub seed: Option<u64>,
+    pub label: Option<String>,
+    /// Parent of the result directories (default `<root>/results`).
+    pub out: Option<PathBuf>,
+    pub url: Option<String>,
+    pub image: Option<String>,
+    /// GPU type for the emulator's cost model (`H100`, ...).
+    pub gpu: Option<String>,
+    pub gpus: GpuSelection,
+    /// SLOs in `vllm bench serve` form (`ttft:300 tpot:50`).
+    pub goodput: Option<String>,
+    /// Refuse to run without an NVIDIA GPU (so nothing is silently emulated).
+    pub require_gpu: bool,
+    pub port: Option<u16>,
+    pub redis_url: Option<String>,
+    /// llama.cpp: GGUF file and Python with xllamacpp.
+    pub model_path: Option<PathBuf>,
+    pub python: Option<PathBuf>,
+    pub ready_timeout: Duration,
+    /// Show the load generator's progress bar.
+    pub progress: bool,
+}
+
+impl BenchOptions {
+    /// Defaults for everything but the root and the tier; environment variables
+    /// (`KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`) fill what they name.
+    pub fn new(root: impl Into<PathBuf>, tier: Tier) -> BenchOptions {
+        BenchOptions {
+            root: root.into(),
+            tier,
+            engine: EngineKind::Auto,
+            model: None,
+            workload: None,
+            experiment: None,
+            prompt_len: None,
+            gen_len: None,
+            num_requests: None,
+            request_rate: None,
+            burstiness: None,
+            max_concurrency: None,
+            seed: None,
+            label: None,
+            out: None,
+            url: None,
+            image: None,
+            gpu: None,
+            gpus: GpuSelection::All,
+            goodput: None,
+            require_gpu: false,
+            port: None,
+            redis_url: std::env::var("KVLAB_REDIS_URL").ok().filter(|v| !v.is_empty()),
+            python: std::env::var_os("KVLAB_PYTHON").map(PathBuf::from),
+            model_path: std::env::var_os("KVLAB_LLAMACPP_MODEL").map(PathBuf::from),
+            ready_timeout: Duration::from_secs(600),
+            progress: true,
+        }
+    }
+}
+
+/// What one finished run produced.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub dir: PathBuf,
+    pub engine: EngineKind,
+    pub emulated: bool,
+    pub summary: stats::Summary,
+    /// The summary table as `vllm bench serve` prints it (labelled EMULATED when it is).
+    pub table: String,
+}
+
+/// The resolved configuration of one run: `run.toml`. No secret is ever part of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedRun {
+    pub v: u32,
+    pub label: String,
+    pub run_id: String,
+    pub engine: EngineKind,
+    pub engine_reason: String,
+    pub emulated: bool,
+    pub tier: Tier,
+    pub model: String,
+    pub gpu: Option<String>,
+    pub gpus: GpuSelection,
+    pub tensor_parallel: u32,
+    pub workload: WorkloadRequest,
+    pub mock_decoding: bool,
+    pub conversation_aware_eviction: bool,
+    pub cache_size_bytes: Option<u64>,
+    pub goodput: Option<String>,
+    pub url: Option<String>,
+    pub image: Option<String>,
+    pub disk_dir: PathBuf,
+    pub redis_url: Option<String>,
+    pub tier_config: TierConfig,
+    pub lmcache: Option<LmcacheConfig>,
+    pub experiment: Option<String>,
+}
+
+/// Runs the bench: one run, or every point of `--experiment` (then also `index.json`).
+/// Prints each summary table and the result directory.
+pub async fn bench(opts: &BenchOptions) -> Result<Vec<RunReport>> {
+    let Some(exp_path) = &opts.experiment else {
+        let point = point_from_flags(opts)?;
+        let report = run_point(opts, &point, None, None).await?;
+        return Ok(vec![report]);
+    };
+    let exp = Experiment::load(exp_path)?;
+    let out = out_dir(opts);
+    let root = out.join(format!("{}_{}", sanitize(&exp.name), timestamp()));
+    std::fs::create_dir_all(&root).map_err(|e| LabError::io(&root, e))?;
+    let mut reports = Vec::new();
+    let mut index = Vec::new();
+    for (i, point) in exp.points.iter().enumerate() {
+        let mut point = point.clone();
+        apply_flag_overrides(opts, &mut point);
+        eprintln!("kvlab: experiment {}: point {}/{}", exp.name, i + 1, exp.points.len());
+        let result = run_point(opts, &point, Some((&exp, &root, i)), exp.lmcache.as_ref()).await;
+        let entry = match &result {
+            Ok(r) => serde_json::json!({
+                "point": i, "dir": r.dir.file_name().map(|f| f.to_string_lossy().into_owned()),
+                "model": point.model, "tier": point.tier, "workload": point.workload,
+                "request_rate": json_rate(point.request_rate), "cache_size": point.cache_size,
+                "engine": r.engine, "emulated": r.emulated, "completed": r.summary.completed,
+                "failed": r.summary.failed,
+            }),
+            Err(e) => serde_json::json!({
+                "point": i, "model": point.model, "tier": point.tier, "workload": point.workload,
+                "request_rate": json_rate(point.request_rate), "cache_size": point.cache_size,
+                "error": e.to_string(),
+            }),
+        };
+        index.push(entry);
+        let index_json =
+            serde_json::json!({ "v": RUN_FORMAT_VERSION, "experiment": exp.name, "points": index });
+        write(&root.join("index.json"), &serde_json::to_string_pretty(&index_json).unwrap_or_default())?;
+        match result {
+            Ok(r) => reports.push(r),
+            Err(e @ LabError::Interrupted(_)) => return Err(e),
+            Err(e) => eprintln!("kvlab: point {} failed: {e}", i + 1),
+        }
+    }
+    if reports.is_empty() {
+        return Err(LabError::Other(format!("every point of {} failed; see {}", exp.name, root.display())));
+    }
+    Ok(reports)
+}
+
+fn json_rate(r: f64) -> serde_json::Value {
+    if r.is_finite() {
+        serde_json::json!(r)
+    } else {
+        serde_json::json!("inf")
+    }
+}
+
+fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
+    let workload = opts.workload.clone().unwrap_or_else(|| DEFAULT_WORKLOAD.to_owned());
+    crate::config::check_workload(&workload).map_err(LabError::Invalid)?;
+    let mut point = Point {
+        model: opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
+        tier: opts.tier,
+        workload,
+        request_rate: 4.0,
+        cache_size: None,
+        num_prompts: None,
+        time_limit_s: None,
+        prompt_len: None,
+        gen_len: None,
+        burstiness: None,
+        max_concurrency: None,
+        seed: None,
+        warmup: None,
+        mock_decoding: false,
+        conversation_aware_eviction: false,
+        goodput: None,
+        engine: None,
+        gpu: None,
+    };
+    apply_flag_overrides(opts, &mut point);
+    Ok(point)
+}
+
+/// Flags given on the command line win over the experiment file.
+fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
+    if let Some(m) = &opts.model {
+        p.model = m.clone();
+    }
+    if let Some(w) = &opts.workload {
+        p.workload = w.clone();
+    }
+    macro_rules! set {
+        ($($o:ident => $f:ident),*) => { $( if let Some(v) = opts.$o.clone() { p.$f = Some(v); } )* };
+    }
+    set!(num_requests => num_prompts, prompt_len => prompt_len, gen_len => gen_len,
+         burstiness => burstiness, max_concurrency => max_concurrency, seed => seed,
+         goodput => goodput, gpu => gpu);
+    if let Some(r) = opts.request_rate {
+        p.request_rate = r;
+    }
+}
+
+fn out_dir(opts: &BenchOptions) -> PathBuf {
+    opts.out.clone().unwrap_or_else(|| opts.root.join("results"))
+}
+
+fn timestamp() -> String {
+    let now = time::OffsetDateTime::now_local().unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    now.format(&fmt).unwrap_or_else(|_| "00000000-000000".to_owned())
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| LabError::io(path, e))
+}
+
+/// A fresh directory `<parent>/<name>`, suffixed `-2`, `-3`, … if it exists.
+fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(parent).map_err(|e| LabError::io(parent, e))?;
+    for i in 1.. {
+        let dir = if i == 1 { parent.join(name) } else { parent.join(format!("{name}-{i}")) };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(LabError::io(&dir, e)),
+        }
+    }
+    unreachable!("an unbounded loop returns")
+}
+
+/// Tensor parallelism of a model (from the model registry, when it knows the model).
+fn tensor_parallel(_root: &Path, _model: &str) -> u32 {
+    1
+}
+
+async fn run_point(
+    opts: &BenchOptions,
+    point: &Point,
+    experiment: Option<(&Experiment, &Path, usize)>,
+    exp_lmcache: Option<&LmcacheConfig>,
+) -> Result<RunReport> {
+    let secrets = Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env();
+    let probe = HostProbe::detect();
+    let requested = match &point.engine {
+        Some(e) if opts.engine == EngineKind::Auto => e.parse()?,
+        _ => opts.engine,
+    };
+    let (engine_kind, reason) = probe.choose(requested);
+    if opts.require_gpu && !probe.nvidia_gpu {
+        return Err(LabError::Invalid(
+            "--require-gpu: no NVIDIA GPU was found (no nvidia-smi on PATH, no /dev/nvidia0); install the \
+             NVIDIA driver, or drop --require-gpu to run on the emulated engine"
+                .to_owned(),
+        ));
+    }
+    if opts.require_gpu && matches!(engine_kind, EngineKind::Emulated | EngineKind::External) {
+        return Err(LabError::Invalid(format!(
+            "--require-gpu: engine `{engine_kind}` does not measure a GPU; use --engine vllm-docker or vllm"
+        )));
+    }
+    eprintln!("kvlab: {reason}");
+    let emulated = engine_kind == EngineKind::Emulated;
+
+    let configs = opts.root.join("configs");
+    let tier = TierConfig::load(&configs, point.tier)?;
+    let mut lmcache = tier.lmcache.clone();
+    if let (Some(base), Some(extra)) = (lmcache.as_mut(), exp_lmcache) {
+        for (k, v) in extra.entries() {
+            base.set(k, v.clone(), crate::lmcache::Origin { file: "experiment", line: 0 })?;
+        }
+    }
+    if let (Some(l), Some(bytes)) = (lmcache.as_mut(), point.cache_size) {
+        let gb = crate::lmcache::LmValue::Float(bytes as f64 / 1e9);
+        let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0 };
+        match point.tier {
+            Tier::Cpu => l.set("max_local_cpu_size", gb, origin)?,
+            Tier::Disk => l.set("max_local_disk_size", gb, origin)?,
+            Tier::Baseline | Tier::Redis => {}
+        }
+    }
+
+    let model = match (engine_kind, &opts.model_path) {
+        (EngineKind::Llamacpp, Some(path)) if opts.model.is_none() => {
+            path.file_stem().map_or("tiny".to_owned(), |s| s.to_string_lossy().into_owned())
+        }
+        (EngineKind::Llamacpp, None) if opts.model.is_none() => "tiny".to_owned(),
+        _ => point.model.clone(),
+    };
+    let tp = tensor_parallel(&opts.root, &model);
+    engine::check_gpu_count(&model, tp, &opts.gpus)?;
+
+    let label = opts.label.clone().map_or_else(
+        || match experiment {
+            Some((exp, _, i)) => {
+                format!("{}-{i:03}-{}-{}", sanitize(&exp.name), point.tier, sanitize(&point.workload))
+            }
+            None => format!("{}-{}", point.tier, engine_kind),
+        },
+        |l| match experiment {
+            Some((_, _, i)) => format!("{}-{i:03}", sanitize(&l)),
+            None => sanitize(&l),
+        },
+    );
+    let parent = experiment.map_or_else(|| out_dir(opts), |(_, root, _)| root.to_owned());
+    let dir = fresh_dir(&parent, &format!("{label}_{}", timestamp()))?;
+    let run_id = format!(
+        "{}-{}",
+        dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    )
+    .to_lowercase();
+    let disk_dir = dir.join("kvcache");
+    std::fs::create_dir_all(&disk_dir).map_err(|e| LabError::io(&disk_dir, e))?;
+    std::fs::create_dir_all(dir.join("samples")).map_err(|e| LabError::io(dir.join("samples"), e))?;
+
+    let workload = WorkloadRequest {
+        workload: point.workload.clone(),
+        num_requests: point.num_prompts.unwrap_or(100),
+        prompt_len: point.prompt_len.unwrap_or(2048),
+        gen_len: if point.mock_decoding { 1 } else { point.gen_len.unwrap_or(32) },
+        request_rate: point.request_rate,
+        burstiness: point.burstiness.unwrap_or(1.0),
+        max_concurrency: point.max_concurrency,
+        warmup: point.warmup.unwrap_or(0),
+        time_limit_s: point.time_limit_s,
+        seed: point.seed.unwrap_or(0),
+        text_prompts: engine_kind == EngineKind::Llamacpp,
+    };
+    let redis_url = (point.tier == Tier::Redis)
+        .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()));
+    let resolved = ResolvedRun {
+        v: RUN_FORMAT_VERSION,
+        label: label.clone(),
+        run_id: run_id.clone(),
+        engine: engine_kind,
+        engine_reason: reason.clone(),
+        emulated,
+        tier: point.tier,
+        model: model.clone(),
+        gpu: point.gpu.clone(),
+        gpus: opts.gpus.clone(),
+        tensor_parallel: tp,
+        workload: workload.clone(),
+        mock_decoding: point.mock_decoding,
+        conversation_aware_eviction: point.conversation_aware_eviction,
+        cache_size_bytes: point.cache_size,
+        goodput: point.goodput.clone(),
+        url: opts.url.clone(),
+        image: opts.image.clone(),
+        disk_dir: disk_dir.clone(),
+        redis_url: redis_url.clone(),
+        tier_config: tier.clone(),
+        lmcache: lmcache.clone(),
+        experiment: experiment.map(|(e, _, _)| e.name.clone()),
+    };
+    let run_toml = toml::to_string(&resolved).map_err(|e| LabError::Other(format!("run.toml: {e}")))?;
+    write(&dir.join("run.toml"), &secrets.redact(&run_toml))?;
+
+    let plan = adapters::build_plan(&workload)?;
+    let slo = match &point.goodput {
+        None => None,
+        Some(g) => {
+            let parts: Vec<&str> = g.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+            Some(stats::Slo::parse(&parts).map_err(|e| LabError::Invalid(format!("--goodput `{g}`: {e}")))?)
+        }
+    };
+    let summary_cfg = stats::SummaryConfig {
+        engine: engine_kind.to_string(),
+        tier: point.tier.to_string(),
+        emulated,
+        slo,
+        ..Default::default()
+    };
+
+    let spec = LaunchSpec {
+        engine: engine_kind,
+        run_id,
+        run_dir: dir.clone(),
+        tier: tier.clone(),
+        lmcache,
+        disk_dir: disk_dir.clone(),
+        model: model.clone(),
+        tensor_parallel: tp,
+        gpus: opts.gpus.clone(),
+        gpu_type: point.gpu.clone(),
+        port: opts.port,
+        image: opts.image.clone(),
+        url: opts.url.clone(),
+        secrets: secrets.clone(),
+        ready_timeout: opts.ready_timeout,
+        llamacpp_model: opts.model_path.clone().or_else(|| {
+            let p = opts.root.join(".kvlab/models/tiny.gguf");
+            p.is_file().then_some(p)
+        }),
+        python: opts.python.clone().or_else(|| {
+            let p = opts.root.join(".venv/bin/python");
+            p.is_file().then_some(p)
+        }),
+        emulator: EmulatorRunSettings {
+            offload_bytes: point.cache_size,
+            conversation_aware_eviction: point.conversation_aware_eviction,
+            redis_url: redis_url.clone(),
+            seed: workload.seed,
+        },
+    };
+
+    let mut env = env_json(&resolved, &probe, &tier);
+    let launcher = engine::launcher(engine_kind);
+    let running = tokio::select! {
+        r = launcher.start(&spec) => r,
+        _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted(dir.clone())),
+    };
+    let running = match running {
+        Ok(r) => r,
+        Err(e) => {
+            env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
+            write(
+                &dir.join("env.json"),
+                &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()),
+            )?;
+            return Err(e);
+        }
+    };
+    eprintln!("kvlab: {engine_kind} engine ready at {}", running.base_url);
+
+    let origin = Instant::now();
+    let pid = if running.in_process() { None } else { running.pid };
+    let samplers = adapters::start_samplers(
+        &dir.join("samples"),
+        origin,
+        &disk_dir,
+        pid,
+        Some(format!("{}/metrics", running.base_url)),
+    );
+    let driven = match &samplers {
+        Ok(_) => tokio::select! {
+            r = adapters::drive(&plan, &running.base_url, &model, summary_cfg, &dir, origin, opts.progress) => r,
+            _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted(dir.clone())),
+        },
+        Err(e) => Err(LabError::Other(format!("samplers: {e}"))),
+    };
+    let sampler_status = samplers.map(|s| s.stop()).unwrap_or(serde_json::Value::Null);
+    let stopped = running.stop().await;
+    env["samplers"] = sampler_status;
+    if let Err(e) = &driven {
+        env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
+    }
+    write(&dir.join("env.json"), &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()))?;
+    let summary = driven?;
+    stopped?;
+
+    let table = stats::render_table(&summary);
+    write(&dir.join("report.md"), &secrets.redact(&crate::report::report_md(&resolved, &summary, &table)))?;
+    println!("{}", secrets.redact(&table));
+    println!("results: {}", dir.display());
+    Ok(RunReport { dir, engine: engine_kind, emulated, summary, table })
+}
+
+fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig) -> serde_json::Value {
+    let version = |cmd: &str, arg: &str| -> Option<String> {
+        let out = std::process::Command::new(cmd).arg(arg).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_owned())
+    };
+    serde_json::json!({
+        "v": RUN_FORMAT_VERSION,
+        "git_revision": std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+        "kvlab_version": env!("CARGO_PKG_VERSION"),
+        "tools": {
+            "rustc": version("rustc", "--version"),
+            "docker": probe.container_runtime.as_deref().and_then(|r| version(r, "--version")),
+            "nvidia_smi": version("nvidia-smi", "--version"),
+        },
+        "gpu": adapters::gpu_info(),
+        "host": {
+            "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()),
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        },
+        "engine": run.engine,
+        "engine_reason": run.engine_reason,
+        "emulated": run.emulated,
+        "tier": run.tier,
+        "probe": probe,
+        "emulator_byte_scale": run.emulated.then_some(tier.emulator.byte_scale),
+    })
+}
+
+/// Options of `serve`: the emulated engine alone.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub root: PathBuf,
+    pub tier: Tier,
+    pub model: Option<String>,
+    pub gpu: Option<String>,
+    pub port: Option<u16>,
+    pub redis_url: Option<String>,
+    /// Where the disk tier's files go (default `<root>/.kvlab/serve/kvcache`).
+    pub disk_dir: Option<PathBuf>,
+}
+
+/// Runs the emulated engine until Ctrl-C (or until `stop` resolves); `on_ready` gets its URL.
+pub async fn serve_emulated(
+    opts: &ServeOptions,
+    on_ready: impl FnOnce(&str),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let tier = TierConfig::load(&opts.root.join("configs"), opts.tier)?;
+    let state = opts.root.join(".kvlab").join("serve");
+    let disk_dir = opts.disk_dir.clone().unwrap_or_else(|| state.join("kvcache"));
+    std::fs::create_dir_all(&disk_dir).map_err(|e| LabError::io(&disk_dir, e))?;
+    let spec = LaunchSpec {
+        engine: EngineKind::Emulated,
+        run_id: format!("serve-{}", std::process::id()),
+        run_dir: state.clone(),
+        lmcache: tier.lmcache.clone(),
+        tier,
+        disk_dir,
+        model: opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
+        tensor_parallel: 1,
+        gpus: GpuSelection::All,
+        gpu_type: opts.gpu.clone(),
+        port: opts.port,
+        image: None,
+        url: None,
+        secrets: Secrets::default(),
+        ready_timeout: Duration::from_secs(30),
+        llamacpp_model: None,
+        python: None,
+        emulator: EmulatorRunSettings {
+            redis_url: Some(opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
+            ..Default::default()
+        },
+    };
+    let running = engine::launcher(EngineKind::Emulated).start(&spec).await?;
+    on_ready(&running.base_url);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = stop => {}
+    }
+    running.stop().await
+}

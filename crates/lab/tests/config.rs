@@ -1,0 +1,170 @@
+//! Configuration files: tiers, experiments, LMCache keys. Errors name file, line and key.
+
+use std::path::{Path, PathBuf};
+
+use lab::config::{Experiment, Tier, TierConfig};
+use lab::lmcache::LmcacheConfig;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Parses an experiment text; returns the error message, or a one-line-per-point listing.
+fn check_experiment(text: &str, expect: &str) {
+    let got = match Experiment::parse("exp.toml", text) {
+        Ok(e) => e
+            .points
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} rate={} cache={:?} n={:?} t={:?} mock={}",
+                    p.model,
+                    p.tier,
+                    p.workload,
+                    p.request_rate,
+                    p.cache_size,
+                    p.num_prompts,
+                    p.time_limit_s,
+                    p.mock_decoding
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(got.trim(), expect.trim(), "\n--- got:\n{got}\n");
+}
+
+const HEAD: &str = "name = \"x\"\n";
+
+#[test]
+fn experiment_typo_names_file_line_and_key() {
+    check_experiment(
+        &format!("{HEAD}[defaults]\nnum_prompts = 3\ntmie_limit = \"5s\"\n[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"random\"]\n"),
+        "exp.toml:4:1: unknown field `tmie_limit`, expected one of `num_prompts`, `time_limit`, `prompt_len`, `gen_len`, `burstiness`, `max_concurrency`, `seed`, `warmup`, `mock_decoding`, `conversation_aware_eviction`, `goodput`, `engine`, `gpu`",
+    );
+}
+
+#[test]
+fn experiment_bad_values_point_at_their_line() {
+    check_experiment(
+        &format!("{HEAD}[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\", \"ssd\"]\nworkloads=[\"random\"]\n"),
+        "exp.toml:4:16: unknown tier `ssd`; expected one of baseline, cpu, disk, redis (alias scalability)",
+    );
+    check_experiment(
+        &format!("{HEAD}[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"random\"]\ncache_sizes=[\"4 parsecs\"]\n"),
+        "exp.toml:6:14: cache size `4 parsecs`: expected e.g. \"512MiB\" or \"2GiB\"",
+    );
+    check_experiment(
+        &format!("{HEAD}[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"sharegpt\"]\n"),
+        "exp.toml:5:12: unknown workload `sharegpt`; expected one of shared-prefix, multi-turn, random",
+    );
+    check_experiment(
+        &format!("{HEAD}[defaults]\ntime_limit = \"soon\"\n[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"random\"]\n"),
+        "exp.toml:3:14: time_limit: expected seconds or e.g. \"90s\", \"5m\"",
+    );
+}
+
+#[test]
+fn experiment_matrix_overrides_and_aliases() {
+    check_experiment(
+        &format!(
+            "{HEAD}[defaults]\nnum_prompts = 10\ntime_limit = 30\n[matrix]\nmodels=[\"m\"]\ntiers=[\"scalability\"]\n\
+             workloads=[\"random\", \"multi-turn\"]\nrequest_rates=[1.5, inf]\ncache_sizes=[\"1GiB\"]\n\
+             [workload_overrides.multi-turn]\nnum_prompts = 4\ntime_limit = \"2m\"\nmock_decoding = true\n"
+        ),
+        "m redis random rate=1.5 cache=Some(1073741824) n=Some(10) t=Some(30.0) mock=false\n\
+         m redis random rate=inf cache=Some(1073741824) n=Some(10) t=Some(30.0) mock=false\n\
+         m redis multi-turn rate=1.5 cache=Some(1073741824) n=Some(4) t=Some(120.0) mock=true\n\
+         m redis multi-turn rate=inf cache=Some(1073741824) n=Some(4) t=Some(120.0) mock=true",
+    );
+}
+
+#[test]
+fn shipped_experiments_parse() {
+    let smoke = Experiment::load(&root().join("configs/experiments/smoke.toml")).unwrap();
+    assert_eq!(smoke.points.len(), 4);
+    let sweep = Experiment::load(&root().join("configs/experiments/offload-sweep.toml")).unwrap();
+    assert_eq!(sweep.points.len(), 16);
+    let mt = sweep.points.iter().find(|p| p.workload == "multi-turn").unwrap();
+    assert_eq!((mt.num_prompts, mt.prompt_len, mt.time_limit_s), (Some(32), Some(4096), Some(600.0)));
+    assert!(sweep.lmcache.is_some());
+}
+
+#[test]
+fn experiment_lmcache_typo_is_rejected() {
+    check_experiment(
+        &format!("{HEAD}[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"random\"]\n[lmcache]\nmax_local_disk_szie = 5.0\n"),
+        "exp.toml:7:1: unknown LMCache key `max_local_disk_szie` (LMCache would only warn and ignore it); did you mean `max_local_disk_size`?",
+    );
+}
+
+#[test]
+fn tier_files_parse_and_lmcache_typo_is_rejected() {
+    for tier in Tier::ALL {
+        let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
+        assert_eq!(cfg.lmcache.is_none(), tier == Tier::Baseline, "{tier}");
+    }
+    let text = std::fs::read_to_string(root().join("configs/tiers/disk.toml")).unwrap();
+    let typo = text.replace("max_local_disk_size", "max_local_disk_szie");
+    let err = TierConfig::parse(Tier::Disk, "disk.toml", &typo).unwrap_err().to_string();
+    let line = typo.lines().position(|l| l.starts_with("max_local_disk_szie")).unwrap() + 1;
+    assert_eq!(
+        err,
+        format!(
+            "disk.toml:{line}:1: unknown LMCache key `max_local_disk_szie` (LMCache would only warn and ignore \
+             it); did you mean `max_local_disk_size`?"
+        )
+    );
+    let unknown = text.replace("[vllm]", "[vllm]\ngpu_mem = 0.5");
+    let err = TierConfig::parse(Tier::Disk, "disk.toml", &unknown).unwrap_err().to_string();
+    assert!(err.starts_with("disk.toml:") && err.contains("unknown field `gpu_mem`"), "{err}");
+}
+
+#[test]
+fn lmcache_values_are_typed() {
+    let text = std::fs::read_to_string(root().join("configs/tiers/cpu.toml")).unwrap();
+    let bad = text.replace("local_cpu = true", "local_cpu = \"yes\"");
+    let err = TierConfig::parse(Tier::Cpu, "cpu.toml", &bad).unwrap_err().to_string();
+    assert!(err.ends_with("LMCache key `local_cpu` must be true or false"), "{err}");
+}
+
+fn check_yaml(text: &str, expect: &str) {
+    let got = match LmcacheConfig::check_yaml("lmcache.yaml", text) {
+        Ok(c) => c.to_yaml(),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(got.trim(), expect.trim());
+}
+
+#[test]
+fn user_lmcache_yaml_is_checked() {
+    check_yaml(
+        "chunk_size: 256\nlocal_cpu: False\n# comment\nlocal_disk: \"file:///tmp/x/\"  # trailing\nextra_config:\n  a: 1\n",
+        "# LMCache configuration generated by kvlab; keys checked.\nchunk_size: 256\nlocal_cpu: false\nlocal_disk: \"file:///tmp/x/\"",
+    );
+    check_yaml(
+        "chunk_size: 256\nremote_ulr: \"redis://127.0.0.1:6379\"\n",
+        "lmcache.yaml:2:1: unknown LMCache key `remote_ulr` (LMCache would only warn and ignore it); did you mean `remote_url`?",
+    );
+    check_yaml(
+        "local_disk: /tmp/x\n",
+        "lmcache.yaml:1:1: LMCache key `local_disk` must be a \"file:///path/\" URL",
+    );
+}
+
+#[test]
+fn shipped_lmcache_files_match_the_tiers() {
+    for tier in [Tier::Cpu, Tier::Disk, Tier::Redis] {
+        let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
+        let yaml = cfg.lmcache.unwrap().to_yaml();
+        let path = root().join(format!("configs/lmcache/{tier}.yaml"));
+        if std::env::var_os("KVLAB_BLESS").is_some() {
+            std::fs::write(&path, &yaml).unwrap();
+        }
+        let shipped = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(shipped, yaml, "{} is out of date: run this test with KVLAB_BLESS=1", path.display());
+        // The shipped file passes the same check a user's file gets.
+        LmcacheConfig::check_yaml(&path.display().to_string(), &shipped).unwrap();
+    }
+}

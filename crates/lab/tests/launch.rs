@@ -1,0 +1,146 @@
+//! Launch failures give a clear error naming what is missing, with the engine's last log lines.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lab::config::{Tier, TierConfig};
+use lab::engine::{launcher, EmulatorRunSettings, EngineKind, GpuSelection, LaunchSpec};
+use lab::secrets::Secrets;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
+    let tier = TierConfig::load(&root().join("configs"), tier).unwrap();
+    let model = dir.join("tiny.gguf");
+    std::fs::write(&model, b"not really a model").unwrap();
+    LaunchSpec {
+        engine,
+        run_id: "test".into(),
+        run_dir: dir.to_owned(),
+        lmcache: tier.lmcache.clone(),
+        tier,
+        disk_dir: dir.join("kvcache"),
+        model: "tiny".into(),
+        tensor_parallel: 1,
+        gpus: GpuSelection::All,
+        gpu_type: None,
+        port: None,
+        image: None,
+        url: None,
+        secrets: Secrets::default(),
+        ready_timeout: Duration::from_secs(2),
+        llamacpp_model: Some(model),
+        python: None,
+        emulator: EmulatorRunSettings::default(),
+    }
+}
+
+/// A fake "python" shell script.
+fn fake_python(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("fake-python");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+async fn start_err(spec: &LaunchSpec) -> String {
+    match launcher(spec.engine).start(spec).await {
+        Ok(r) => {
+            r.stop().await.unwrap();
+            panic!("the engine started")
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn engine_that_exits_at_start_shows_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
+    s.python = Some(fake_python(dir.path(), "echo 'error: unknown model architecture' >&2; exit 3"));
+    let err = start_err(&s).await;
+    assert!(
+        err.starts_with("engine `llamacpp` failed: the engine exited at start (exit status: 3)"),
+        "{err}"
+    );
+    assert!(err.contains("error: unknown model architecture"), "{err}");
+}
+
+#[tokio::test]
+async fn readiness_timeout_is_reported_and_the_process_is_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Cpu);
+    let pid_file = dir.path().join("pid");
+    s.python = Some(fake_python(
+        dir.path(),
+        &format!("echo loading; echo $$ > {}; exec sleep 60", pid_file.display()),
+    ));
+    s.ready_timeout = Duration::from_millis(500);
+    let err = start_err(&s).await;
+    assert!(err.contains("not ready after 0 s"), "{err}");
+    assert!(err.contains("loading"), "{err}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    // kill_on_drop: the child is gone (give the runtime a moment to reap it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false);
+    assert!(!alive, "engine process {pid} still running");
+}
+
+#[tokio::test]
+async fn port_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
+    s.python = Some(fake_python(dir.path(), "exit 0"));
+    s.port = Some(port);
+    let err = start_err(&s).await;
+    assert!(err.contains(&format!("port {port} on 127.0.0.1 is not available")), "{err}");
+    assert!(err.contains("choose another with --port"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_pieces_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
+    s.llamacpp_model = Some(dir.path().join("missing.gguf"));
+    let err = start_err(&s).await;
+    assert!(err.contains("missing.gguf does not exist") && err.contains("gen_model.py"), "{err}");
+
+    let s = spec(dir.path(), EngineKind::Llamacpp, Tier::Disk);
+    let err = start_err(&s).await;
+    assert!(err.contains("llama.cpp cannot express the `disk` tier"), "{err}");
+
+    let s = spec(dir.path(), EngineKind::External, Tier::Baseline);
+    assert_eq!(
+        start_err(&s).await,
+        "engine `external` failed: --engine external needs --url http://HOST:PORT"
+    );
+
+    let s = spec(dir.path(), EngineKind::Docker, Tier::Baseline);
+    let err = start_err(&s).await;
+    assert!(
+        err.contains("--engine docker needs --image IMAGE") || err.contains("no container runtime"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn vllm_docker_without_gpu_or_runtime_is_refused() {
+    let probe = lab::engine::HostProbe::detect();
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), EngineKind::VllmDocker, Tier::Disk);
+    let err = start_err(&s).await;
+    match (&probe.container_runtime, probe.nvidia_gpu) {
+        (None, _) => assert!(err.contains("no container runtime") && err.contains("install Docker"), "{err}"),
+        (Some(_), false) => {
+            assert!(err.contains("no NVIDIA GPU found") && err.contains("--engine emulated"), "{err}")
+        }
+        (Some(_), true) => assert!(!err.is_empty()),
+    }
+}
