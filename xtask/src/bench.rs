@@ -17,32 +17,11 @@ pub(crate) struct BenchArgs {
     pub(crate) engine: String,
     #[arg(long)]
     pub(crate) model: Option<String>,
-    /// shared-prefix (default), multi-turn, random.
-    #[arg(long, conflicts_with = "experiment")]
-    pub(crate) workload: Option<String>,
     /// Run every point of an experiment file (configs/experiments/*.toml).
     #[arg(long)]
     pub(crate) experiment: Option<PathBuf>,
-    #[arg(long)]
-    pub(crate) prompt_len: Option<u32>,
-    #[arg(long)]
-    pub(crate) gen_len: Option<u32>,
-    #[arg(long)]
-    pub(crate) num_requests: Option<u32>,
-    /// Requests per second; `inf` sends all at once.
-    #[arg(long)]
-    pub(crate) request_rate: Option<f64>,
-    #[arg(long)]
-    pub(crate) burstiness: Option<f64>,
-    #[arg(long)]
-    pub(crate) max_concurrency: Option<u32>,
-    #[arg(long)]
-    pub(crate) seed: Option<u64>,
-    #[arg(long)]
-    pub(crate) label: Option<String>,
-    /// Parent directory of the result directories (default: results/).
-    #[arg(long)]
-    pub(crate) out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) workload: WorkloadArgs,
     /// The engine's URL (--engine external).
     #[arg(long)]
     pub(crate) url: Option<String>,
@@ -55,9 +34,6 @@ pub(crate) struct BenchArgs {
     /// GPUs for the engine: a count (2) or a device list (0,2); default all.
     #[arg(long, default_value = "all")]
     pub(crate) gpus: String,
-    /// SLOs for goodput, e.g. "ttft:300 tpot:50" (milliseconds).
-    #[arg(long)]
-    pub(crate) goodput: Option<String>,
     /// Fail instead of running without an NVIDIA GPU.
     #[arg(long)]
     pub(crate) require_gpu: bool,
@@ -78,26 +54,67 @@ pub(crate) struct BenchArgs {
 }
 
 
+/// Workload flags shared by `bench` and `loadgen` (names follow `vllm bench serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct WorkloadArgs {
+    /// shared-prefix (default), multi-turn, random.
+    #[arg(long)]
+    pub(crate) workload: Option<String>,
+    #[arg(long)]
+    pub(crate) prompt_len: Option<u32>,
+    #[arg(long)]
+    pub(crate) gen_len: Option<u32>,
+    #[arg(long)]
+    pub(crate) num_requests: Option<u32>,
+    /// Requests per second; `inf` sends all at once.
+    #[arg(long)]
+    pub(crate) request_rate: Option<f64>,
+    #[arg(long)]
+    pub(crate) burstiness: Option<f64>,
+    #[arg(long)]
+    pub(crate) max_concurrency: Option<u32>,
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+    /// Parent directory of the result directories (default: results/).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// SLOs for goodput, e.g. "ttft:300 tpot:50" (milliseconds).
+    #[arg(long)]
+    pub(crate) goodput: Option<String>,
+    /// Exit non-zero when more than this fraction of the requests failed (0: any failure).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) max_failed_fraction: f64,
+}
+
+impl WorkloadArgs {
+    pub(crate) fn apply(self, opts: &mut lab::run::BenchOptions) {
+        opts.workload = self.workload;
+        opts.prompt_len = self.prompt_len;
+        opts.gen_len = self.gen_len;
+        opts.num_requests = self.num_requests;
+        opts.request_rate = self.request_rate;
+        opts.burstiness = self.burstiness;
+        opts.max_concurrency = self.max_concurrency;
+        opts.seed = self.seed;
+        opts.label = self.label;
+        opts.out = self.out;
+        opts.goodput = self.goodput;
+    }
+}
+
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), args.tier.parse()?);
     opts.engine = args.engine.parse()?;
     opts.model = args.model;
-    opts.workload = args.workload;
     opts.experiment = args.experiment;
-    opts.prompt_len = args.prompt_len;
-    opts.gen_len = args.gen_len;
-    opts.num_requests = args.num_requests;
-    opts.request_rate = args.request_rate;
-    opts.burstiness = args.burstiness;
-    opts.max_concurrency = args.max_concurrency;
-    opts.seed = args.seed;
-    opts.label = args.label;
-    opts.out = args.out;
+    let max_failed_fraction = args.workload.max_failed_fraction;
+    args.workload.apply(&mut opts);
     opts.url = args.url;
     opts.image = args.image;
     opts.gpu = args.gpu;
     opts.gpus = args.gpus.parse()?;
-    opts.goodput = args.goodput;
     opts.require_gpu = args.require_gpu;
     opts.port = args.port;
     opts.redis_url = args.redis_url.or(opts.redis_url);
@@ -112,6 +129,27 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             reports.len(),
             reports[0].dir.parent().unwrap_or(Path::new(".")).display()
         );
+    }
+    check_failures(&reports, max_failed_fraction)
+}
+
+/// Unlike `vllm bench serve`, a run where requests failed never looks like a success: the exit
+/// code is non-zero when the failed fraction of any run exceeds `max_failed_fraction`.
+pub(crate) fn check_failures(reports: &[lab::run::RunReport], max_failed_fraction: f64) -> anyhow::Result<()> {
+    for report in reports {
+        let s = &report.summary;
+        let sent = s.completed + s.failed;
+        let fraction = if sent == 0 { 1.0 } else { s.failed as f64 / sent as f64 };
+        if sent == 0 || fraction > max_failed_fraction {
+            anyhow::bail!(
+                "{}: {} of {} requests failed (allowed fraction {}); records are in {}",
+                report.dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                s.failed,
+                sent,
+                max_failed_fraction,
+                report.dir.join("requests.jsonl").display()
+            );
+        }
     }
     Ok(())
 }

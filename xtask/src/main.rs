@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod loadgen;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 enum Cmd {
     /// One tiered experiment (or an experiment matrix): engine, workload, samplers, result directory.
     Bench(bench::BenchArgs),
+    /// The load generator alone, against any OpenAI-compatible server.
+    Loadgen(loadgen::LoadgenArgs),
     /// The emulated engine alone, on 127.0.0.1.
     Serve(serve::ServeArgs),
     /// Every test, with the services the tests need (fmt, clippy, the whole test suite).
@@ -37,6 +40,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Serve(args) => serve::run(args),
+        Cmd::Loadgen(args) => loadgen::run(args),
         Cmd::Ci(args) => ci::run(args),
     };
     match result {

@@ -1,0 +1,40 @@
+//! `cargo xtask loadgen --url URL`: the bundled load generator alone, against any
+//! OpenAI-compatible server. The same lifecycle as `bench --engine external`: the result
+//! directory, the samplers (the engine's `/metrics` included) and the summary are identical.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::bench::WorkloadArgs;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct LoadgenArgs {
+    /// Base URL of the server, e.g. http://127.0.0.1:8000 (with or without /v1).
+    #[arg(long)]
+    url: String,
+    /// Model name to request (default: the first one /v1/models lists).
+    #[arg(long)]
+    model: Option<String>,
+    /// The KV tier the server was started with; only recorded (baseline, cpu, disk, redis).
+    #[arg(long, default_value = "baseline")]
+    tier: String,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Seconds to wait for the server's /health and /v1/models.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+}
+
+pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), args.tier.parse()?);
+    opts.engine = lab::engine::EngineKind::External;
+    opts.url = Some(args.url);
+    opts.model = args.model;
+    opts.ready_timeout = Duration::from_secs(args.ready_timeout);
+    let max_failed_fraction = args.workload.max_failed_fraction;
+    args.workload.apply(&mut opts);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let reports = rt.block_on(lab::run::bench(&opts))?;
+    crate::bench::check_failures(&reports, max_failed_fraction)
+}

@@ -1,0 +1,272 @@
+//! `cargo xtask sim`: replay traces over the KV-cache model; sweep policies x capacities; write
+//! `sim.csv`, `sim.json` and hit-ratio curves (`plots/hit_ratio_<trace>.svg`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kvcache::{PolicyKind, Tier, TierConfig};
+use sim::{Capacity, InputFormat, LoadOptions, PolicySpec, SimTrace, SweepConfig};
+
+#[derive(clap::Args)]
+pub(crate) struct SimArgs {
+    /// Trace files (Mooncake or Bailian JSONL, conversation CSV); repeat or comma-separate.
+    #[arg(long, required = true, value_delimiter = ',')]
+    trace: Vec<PathBuf>,
+    /// Eviction policies: lru, fifo, lfu, s3fifo, sieve, belady, conversation-aware, learned.
+    #[arg(long, value_delimiter = ',', default_value = "lru,fifo,lfu,s3fifo,sieve,belady")]
+    policy: Vec<String>,
+    /// Capacities of the swept tier: blocks (1000, 10k), tokens (10k-tokens), bytes (2GiB, needs
+    /// --model) or inf. Default: 12 steps from 1% to 100% of the trace's unique blocks, and inf.
+    #[arg(long, value_delimiter = ',')]
+    capacity: Vec<String>,
+    /// Simulated block size in tokens (default: the trace's own, 512 for Mooncake, 16 for
+    /// Bailian); must be a multiple or a divisor of it.
+    #[arg(long)]
+    block_size: Option<u32>,
+    /// The trace format (default: detected from the first line).
+    #[arg(long, value_parser = ["mooncake", "bailian", "conversation-csv"])]
+    format: Option<String>,
+    /// Tokens per synthesised block for conversation CSVs.
+    #[arg(long, default_value_t = 16)]
+    csv_block_size: u32,
+    /// The tier whose capacity is swept.
+    #[arg(long, default_value = "cpu")]
+    tier: String,
+    /// Other tiers at a fixed capacity, e.g. `--fixed-tier gpu=20000 --fixed-tier disk=50GiB`.
+    #[arg(long)]
+    fixed_tier: Vec<String>,
+    /// Model from the registry: KV geometry for byte capacities, and the TTFT estimate with --gpu.
+    #[arg(long)]
+    model: Option<String>,
+    /// GPU from the registry (with --model): estimate the TTFT saved.
+    #[arg(long)]
+    gpu: Option<String>,
+    /// vLLM's max_num_batched_tokens for the TTFT estimate.
+    #[arg(long, default_value_t = 8192)]
+    max_num_batched_tokens: u32,
+    /// Count and report malformed lines instead of failing on the first.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Grid-search the weights of this policy (only `conversation-aware`) on the first part of
+    /// each trace and report the best on the held-out rest.
+    #[arg(long)]
+    tune: Option<String>,
+    /// Fraction of each trace's time used for training (learned) and tuning.
+    #[arg(long, default_value_t = 0.5)]
+    train_fraction: f64,
+    /// Convert the (conversation CSV) trace to Bailian JSONL at this path and stop.
+    #[arg(long)]
+    convert_to: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "results/sim")]
+    out: PathBuf,
+}
+
+fn parse_format(s: Option<&str>) -> Option<InputFormat> {
+    match s {
+        Some("mooncake") => Some(InputFormat::Mooncake),
+        Some("bailian") => Some(InputFormat::Bailian),
+        Some("conversation-csv") => Some(InputFormat::ConversationCsv),
+        _ => None,
+    }
+}
+
+pub(crate) fn run(args: SimArgs) -> Result<()> {
+    let opts = LoadOptions {
+        format: parse_format(args.format.as_deref()),
+        block_tokens: args.block_size,
+        skip_bad_lines: args.skip_bad_lines,
+        csv_block_tokens: Some(args.csv_block_size),
+    };
+    if let Some(dest) = &args.convert_to {
+        return convert(&args.trace, dest, &opts);
+    }
+    if !(0.0..1.0).contains(&args.train_fraction) || args.train_fraction == 0.0 {
+        bail!("--train-fraction must be in (0, 1), got {}", args.train_fraction);
+    }
+    let tier: Tier = args.tier.parse()?;
+    let mut fixed = Vec::new();
+    for f in &args.fixed_tier {
+        let (t, c) = f.split_once('=').with_context(|| format!("--fixed-tier {f:?}: expected TIER=CAPACITY"))?;
+        fixed.push((t.parse::<Tier>()?, Capacity::parse(c)?));
+    }
+    let policies: Vec<PolicySpec> = args
+        .policy
+        .iter()
+        .map(|p| p.trim().parse::<PolicyKind>().map(PolicySpec::from))
+        .collect::<Result<_, _>>()?;
+
+    let registry = costmodel::Registry::builtin();
+    let model = args.model.as_deref().map(|m| registry.model(m)).transpose()?;
+    let cost = match (model, args.gpu.as_deref()) {
+        (Some(m), Some(g)) => Some(costmodel::CostModel::new(m, registry.gpu(g)?, &registry.cost)),
+        (None, Some(_)) => bail!("--gpu needs --model"),
+        _ => None,
+    };
+
+    let mut traces = Vec::new();
+    for path in &args.trace {
+        traces.push(load(path, &opts)?);
+    }
+    for t in &traces {
+        println!(
+            "{}: {} requests, {} block accesses, {} unique blocks; {}{}",
+            t.name,
+            t.requests.len(),
+            t.accesses(),
+            t.unique_blocks,
+            t.granularity,
+            if t.bad_lines > 0 { format!("; {} malformed lines skipped", t.bad_lines) } else { String::new() }
+        );
+    }
+    let capacities: Vec<Capacity> = if args.capacity.is_empty() {
+        default_capacities(&traces)
+    } else {
+        args.capacity.iter().map(|c| Capacity::parse(c)).collect::<Result<_, _>>()?
+    };
+    let cfg = SweepConfig {
+        tier,
+        fixed,
+        kv: model.map(|m| m.kv),
+        cost,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        train_fraction: args.train_fraction,
+    };
+    let started = std::time::Instant::now();
+    let rows = sim::sweep(&traces, &policies, &capacities, &cfg)?;
+    let elapsed = started.elapsed();
+
+    let mut learned = Vec::new();
+    if policies.contains(&PolicyKind::Learned.into()) {
+        for t in &traces {
+            let trained = sim::sweep::train_learned(t, args.train_fraction, 300.0);
+            let tiers = swept_tiers(t, &cfg, middle(&capacities))?;
+            let model = PolicySpec::Learned { model: trained.model };
+            let eval = sim::sweep::held_out(t, model, &tiers, trained.split_ms);
+            let lru = sim::sweep::held_out(t, PolicyKind::Lru.into(), &tiers, trained.split_ms);
+            println!(
+                "learned ({}): log loss train {:.3} / test {:.3}; token hit at {} blocks: train {:.2}% test {:.2}% (lru {:.2}% / {:.2}%)",
+                t.name,
+                trained.train_log_loss,
+                trained.test_log_loss,
+                eval.capacity_blocks,
+                100.0 * eval.train_token_hit_ratio,
+                100.0 * eval.test_token_hit_ratio,
+                100.0 * lru.train_token_hit_ratio,
+                100.0 * lru.test_token_hit_ratio,
+            );
+            learned.push(serde_json::json!({ "trace": t.name, "training": trained, "held_out": eval, "lru": lru }));
+        }
+    }
+    let mut tuned = Vec::new();
+    match args.tune.as_deref() {
+        None => {}
+        Some("conversation-aware") => {
+            for t in &traces {
+                let tiers = swept_tiers(t, &cfg, middle(&capacities))?;
+                let r = sim::sweep::tune_conversation_aware(t, &tiers, args.train_fraction);
+                println!(
+                    "tuned conversation-aware ({}): {:?}; token hit at {} blocks: train {:.2}% test {:.2}% (lru {:.2}% / {:.2}%)",
+                    t.name,
+                    r.best,
+                    r.tuned.capacity_blocks,
+                    100.0 * r.tuned.train_token_hit_ratio,
+                    100.0 * r.tuned.test_token_hit_ratio,
+                    100.0 * r.lru.train_token_hit_ratio,
+                    100.0 * r.lru.test_token_hit_ratio,
+                );
+                tuned.push(serde_json::json!({ "trace": t.name, "result": r }));
+            }
+        }
+        Some(other) => bail!("--tune {other:?}: only `conversation-aware` can be tuned"),
+    }
+
+    print!("{}", sim::output::table(&rows));
+    println!("{} points in {:.2} s", rows.len(), elapsed.as_secs_f64());
+
+    std::fs::create_dir_all(args.out.join("plots")).with_context(|| format!("creating {}", args.out.display()))?;
+    write(&args.out.join("sim.csv"), &sim::output::csv(&rows))?;
+    let json = serde_json::json!({
+        "v": 1,
+        "swept_tier": tier,
+        "capacities": capacities.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "model": args.model,
+        "gpu": args.gpu,
+        "traces": traces,
+        "rows": rows,
+        "learned": learned,
+        "tuned": tuned,
+        "definitions": {
+            "block_hit_ratio": "pooled: leading resident blocks over queried blocks, over all requests",
+            "token_hit_ratio": "pooled: hit tokens over prompt tokens (a prompt's last block may be partial)",
+            "mean_request_token_hit_ratio": "mean over requests of each request's token hit ratio",
+            "prefill_tokens_saved": "hit tokens, at most prompt - 1 per request",
+            "ttft_saved_s": "sum over requests of the cost model's TTFT without cache minus with the hit, alone on the engine",
+        },
+    });
+    write(&args.out.join("sim.json"), &serde_json::to_string_pretty(&json)?)?;
+    for t in &traces {
+        let stem: String =
+            t.name.rsplit('/').next().unwrap_or(&t.name).chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect();
+        write(&args.out.join("plots").join(format!("hit_ratio_{stem}.svg")), &sim::output::svg(&rows, &t.name))?;
+    }
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn load(path: &Path, opts: &LoadOptions) -> Result<SimTrace> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(sim::trace::load(&path.display().to_string(), &text, opts)?)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// 12 capacities from 1% to 100% of the largest trace's unique blocks (geometric), and inf.
+fn default_capacities(traces: &[SimTrace]) -> Vec<Capacity> {
+    let unique = traces.iter().map(|t| t.unique_blocks).max().unwrap_or(1).max(1) as f64;
+    let mut caps: Vec<Capacity> = (0..12)
+        .map(|i| Capacity::Blocks((unique * 0.01 * 100f64.powf(f64::from(i) / 11.0)).round().max(1.0) as u64))
+        .collect();
+    caps.dedup();
+    caps.push(Capacity::Infinite);
+    caps
+}
+
+/// The middle finite capacity (for held-out reports).
+fn middle(caps: &[Capacity]) -> Capacity {
+    let finite: Vec<Capacity> = caps.iter().copied().filter(|c| *c != Capacity::Infinite).collect();
+    finite.get(finite.len() / 2).copied().unwrap_or(Capacity::Infinite)
+}
+
+fn swept_tiers(t: &SimTrace, cfg: &SweepConfig, cap: Capacity) -> Result<Vec<TierConfig>> {
+    let mut tiers = vec![TierConfig { tier: cfg.tier, capacity_blocks: cap.blocks(t.block_tokens, cfg.kv.as_ref())? }];
+    for &(tier, c) in &cfg.fixed {
+        tiers.push(TierConfig { tier, capacity_blocks: c.blocks(t.block_tokens, cfg.kv.as_ref())? });
+    }
+    tiers.sort_by_key(|t| t.tier);
+    Ok(tiers)
+}
+
+fn convert(traces: &[PathBuf], dest: &Path, opts: &LoadOptions) -> Result<()> {
+    let [path] = traces else { bail!("--convert-to takes exactly one --trace") };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.display().to_string();
+    let trace = sim::trace::conversation_csv_to_trace(
+        &text,
+        &name,
+        opts.csv_block_tokens.unwrap_or(16),
+        opts.skip_bad_lines,
+    )?;
+    write(dest, &sim::trace::to_bailian_jsonl(&trace))?;
+    println!(
+        "{} -> {}: {} requests, {}-token blocks (assumes each turn's prompt starts with the conversation's history){}",
+        path.display(),
+        dest.display(),
+        trace.entries.len(),
+        opts.csv_block_tokens.unwrap_or(16),
+        if trace.bad_lines > 0 { format!("; {} malformed lines skipped", trace.bad_lines) } else { String::new() }
+    );
+    Ok(())
+}
