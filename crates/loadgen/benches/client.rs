@@ -1,0 +1,95 @@
+//! Client capacity on one core: a current-thread runtime drives the load generator against a
+//! zero-delay streaming server on another thread (127.0.0.1).
+//!
+//! - `stream/chunks`: one long stream; throughput = streamed chunks per second.
+//! - `stream/chunks_x16`: 16 concurrent long streams.
+//! - `requests/short`: requests of one token, 64 in flight; throughput = requests per second.
+//! - after the criterion groups, `concurrent streams`: about 1,000 streams in flight (open loop,
+//!   one token every 50 ms each), reporting the client's send lag p50/p99/max.
+//!
+//! Run: `cargo bench -p kvlab-loadgen --bench client`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, plan, start, Behavior};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use loadgen::ResultWriter;
+use workload::{Mode, Plan};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime")
+}
+
+async fn run(plan: &Plan, url: &str) -> loadgen::RunOutcome {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut sink = ResultWriter::in_dir(tmp.path()).expect("result dir");
+    let out = loadgen::run(plan, &config(url), &mut sink, Instant::now()).await.expect("run");
+    assert_eq!(out.summary.failed, 0, "{:?}", out.summary.failed_by_class);
+    out
+}
+
+fn streams(c: &mut Criterion) {
+    let server = start(Behavior { events_per_frame: 64, ..Default::default() });
+    let rt = runtime();
+    let mut g = c.benchmark_group("stream");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    for (name, n, tokens) in [("chunks", 1u64, 50_000u32), ("chunks_x16", 16, 5_000)] {
+        g.throughput(Throughput::Elements(n * u64::from(tokens)));
+        let p = plan(n, tokens, Mode::Open);
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.to_async(&rt).iter(|| run(&p, &server.url))
+        });
+    }
+    g.finish();
+}
+
+fn requests(c: &mut Criterion) {
+    let server = start(Behavior::default());
+    let rt = runtime();
+    let mut g = c.benchmark_group("requests");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    let n = 2_000;
+    g.throughput(Throughput::Elements(n));
+    let p = plan(n, 1, Mode::Closed { concurrency: 64 });
+    g.bench_function("short", |b| b.to_async(&rt).iter(|| run(&p, &server.url)));
+    g.finish();
+}
+
+/// About 1,000 streams in flight for a few seconds; prints the client lag percentiles.
+fn concurrent_streams() {
+    let server = start(Behavior { itl: Duration::from_millis(50), ..Default::default() });
+    let rt = runtime();
+    // 40 tokens every 50 ms = 2 s per stream; 3,000 arrivals over 6 s → about 1,000 in flight,
+    // 20,000 chunks/s. The first 1,000 (connection set-up) are warm-up.
+    let n = 3_000u32;
+    let mut p = plan(u64::from(n), 40, Mode::Open);
+    for (i, r) in p.requests.iter_mut().enumerate() {
+        r.send_at = Some(Duration::from_secs(6) * i as u32 / n);
+    }
+    p.limits.warmup = 1_000;
+    let out = rt.block_on(run(&p, &server.url));
+    let s = &out.summary;
+    let chunks: usize = out.records.iter().map(|r| r.chunks.len()).sum();
+    println!(
+        "concurrent streams: peak {} in flight, {} requests, {chunks} chunks; client lag p50 {:.3} ms, \
+         p99 {:.3} ms, max {:.3} ms; TTFT p99 {:.3} ms; ITL p99 {:.3} ms",
+        s.max_concurrent_requests,
+        out.sent,
+        s.client_lag_p50_ms,
+        s.client_lag_p99_ms,
+        s.client_lag_max_ms,
+        s.p99_ttft_ms,
+        s.p99_itl_ms,
+    );
+}
+
+criterion_group!(benches, streams, requests);
+
+fn main() {
+    benches();
+    concurrent_streams();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,627 @@
+//! One streaming request, from body to [`RequestRecord`].
+//!
+//! The hot path: per-request state lives in the request's future, chunk times go into a `Vec`
+//! sized for `max_tokens`, chunk JSON is parsed without copying text, and nothing is sent
+//! anywhere per token. The response body is cut at SSE event boundaries before the event parser
+//! sees it, so a read that carries many events does not make the parser copy its buffer once per
+//! line (long, fast streams stay linear).
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
+use stats::{RequestError, RequestRecord, TokenSource, RECORD_VERSION};
+use tokio::time::{Instant, Sleep};
+use workload::{ChatMessage, Prompt, Request};
+
+use crate::chunk::Chunk;
+use crate::config::{Api, LoadgenConfig};
+use crate::Error;
+
+/// Longest HTTP error body excerpt kept in a record, in bytes.
+const BODY_EXCERPT: usize = 512;
+/// Longest excerpt of a bad event kept in an error message, in bytes.
+const EVENT_EXCERPT: usize = 200;
+/// Chunk vectors are preallocated to `max_tokens`, up to this many entries.
+const MAX_PREALLOC: usize = 1 << 16;
+
+/// The endpoint a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Completions,
+    Chat,
+}
+
+/// The part of the configuration a request needs, with the model resolved.
+pub(crate) struct Client {
+    http: reqwest::Client,
+    completions_url: String,
+    chat_url: String,
+    model: String,
+    api: Api,
+    auth: Option<HeaderValue>,
+    request_timeout: Duration,
+    stall_timeout: Duration,
+    ignore_eos: bool,
+    send_min_tokens: bool,
+    continuous_usage: bool,
+}
+
+/// When a request is sent, relative to what, and how it is flagged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// When the schedule wanted it sent.
+    pub(crate) intended: Instant,
+    /// The run clock's zero.
+    pub(crate) origin: Instant,
+    pub(crate) warmup: bool,
+    /// Closed loop: the intended time is the actual send time.
+    pub(crate) intended_is_sent: bool,
+}
+
+impl Client {
+    /// Builds the HTTP client and resolves the model (asking `GET /v1/models` when unset).
+    pub(crate) async fn connect(cfg: &LoadgenConfig) -> Result<Client, Error> {
+        let root = cfg.root_url()?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(usize::MAX)
+            .build()
+            .map_err(Error::Client)?;
+        let auth = match &cfg.api_key {
+            Some(key) => {
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::BaseUrl {
+                        url: cfg.base_url.clone(),
+                        reason: "the API key is not a valid header value".into(),
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let model = match &cfg.model {
+            Some(m) => m.clone(),
+            None => discover_model(&http, root, auth.as_ref(), cfg.stall_timeout).await?,
+        };
+        Ok(Client {
+            http,
+            completions_url: format!("{root}/v1/completions"),
+            chat_url: format!("{root}/v1/chat/completions"),
+            model,
+            api: cfg.api,
+            auth,
+            request_timeout: cfg.request_timeout,
+            stall_timeout: cfg.stall_timeout,
+            ignore_eos: cfg.ignore_eos,
+            send_min_tokens: cfg.send_min_tokens,
+            continuous_usage: cfg.continuous_usage,
+        })
+    }
+
+    /// The model requests name.
+    pub(crate) fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Where `prompt` goes under the configured [`Api`], or why it cannot be sent.
+    pub(crate) fn endpoint(api: Api, prompt: &Prompt) -> Result<Endpoint, &'static str> {
+        match (api, prompt) {
+            (Api::Auto | Api::Completions, Prompt::Tokens(_) | Prompt::Text(_)) => Ok(Endpoint::Completions),
+            (Api::Auto | Api::Chat, Prompt::Chat(_)) | (Api::Chat, Prompt::Text(_)) => Ok(Endpoint::Chat),
+            (Api::Completions, Prompt::Chat(_)) => {
+                Err("a chat prompt cannot go to /v1/completions (use the chat API)")
+            }
+            (Api::Chat, Prompt::Tokens(_)) => {
+                Err("a token-ID prompt cannot go to /v1/chat/completions (use the completions API)")
+            }
+        }
+    }
+
+    /// The JSON body of `req`. The plan was validated, so the endpoint is known to exist.
+    pub(crate) fn body(&self, req: &Request) -> Vec<u8> {
+        let endpoint = Client::endpoint(self.api, &req.prompt).unwrap_or(Endpoint::Completions);
+        let (prompt, messages) = match (&req.prompt, endpoint) {
+            (Prompt::Tokens(t), _) => (Some(PromptField::Tokens(t)), None),
+            (Prompt::Text(t), Endpoint::Completions) => (Some(PromptField::Text(t)), None),
+            (Prompt::Text(t), Endpoint::Chat) => {
+                (None, Some(Messages::User([UserMessage { role: "user", content: t }])))
+            }
+            (Prompt::Chat(m), _) => (None, Some(Messages::Chat(m))),
+        };
+        let body = Body {
+            model: &self.model,
+            prompt,
+            messages,
+            max_tokens: req.max_tokens,
+            min_tokens: self.send_min_tokens.then_some(req.max_tokens),
+            ignore_eos: self.ignore_eos.then_some(true),
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+                continuous_usage_stats: self.continuous_usage,
+            },
+        };
+        // Serializing plain structs, string slices and integers into a Vec cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// Sends `req` and follows its stream to the end. Never fails: a failure is classified in
+    /// the record's `error`.
+    pub(crate) async fn send(&self, req: &Request, when: Timing) -> RequestRecord {
+        let endpoint = Client::endpoint(self.api, &req.prompt).unwrap_or(Endpoint::Completions);
+        let url = match endpoint {
+            Endpoint::Completions => &self.completions_url,
+            Endpoint::Chat => &self.chat_url,
+        };
+        let body = self.body(req);
+        let mut builder = self.http.post(url.as_str()).header(CONTENT_TYPE, "application/json").body(body);
+        if let Some(auth) = &self.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+
+        let mut st = Partial::new(req.max_tokens, when.origin);
+        let sent = Instant::now();
+        let result = match tokio::time::timeout(self.request_timeout, self.exchange(builder, &mut st)).await {
+            Ok(r) => r,
+            Err(_) => Err(RequestError::Timeout {
+                message: format!("request exceeded the total timeout of {}", secs(self.request_timeout)),
+            }),
+        };
+        let end = st.end.unwrap_or_else(Instant::now);
+        st.finish(req, when, sent, end, result.err())
+    }
+
+    async fn exchange(&self, builder: reqwest::RequestBuilder, st: &mut Partial) -> Result<(), RequestError> {
+        let resp = match tokio::time::timeout(self.stall_timeout, builder.send()).await {
+            Err(_) => {
+                return Err(RequestError::Timeout {
+                    message: format!(
+                        "no response headers within the stall timeout of {}",
+                        secs(self.stall_timeout)
+                    ),
+                })
+            }
+            Ok(Err(e)) => return Err(RequestError::Connect { message: chain(&e) }),
+            Ok(Ok(resp)) => resp,
+        };
+        st.first_byte = Some(st.secs(Instant::now()));
+        let status = resp.status();
+        let mut body = GuardedBody::new(Box::pin(resp.bytes_stream()), self.stall_timeout);
+        if !status.is_success() {
+            let body = read_excerpt(&mut body).await;
+            return Err(RequestError::HttpStatus { status: status.as_u16(), body });
+        }
+
+        let mut events = body.eventsource();
+        while let Some(event) = events.next().await {
+            let now = Instant::now();
+            if st.done {
+                // Drained after `[DONE]` so the connection goes back to the pool; whatever comes
+                // (or fails) now does not change the result.
+                if event.is_err() {
+                    break;
+                }
+                continue;
+            }
+            let event = event.map_err(|e| self.classify(e))?;
+            if event.data == "[DONE]" {
+                st.done = true;
+                st.end = Some(now);
+                continue;
+            }
+            let chunk = Chunk::parse(&event.data).map_err(|e| RequestError::MalformedEvent {
+                message: format!("{e} in event {:?}", excerpt(&event.data, EVENT_EXCERPT)),
+            })?;
+            if chunk.error.is_some() {
+                return Err(RequestError::StreamCut {
+                    message: format!("server sent an error event: {}", excerpt(&event.data, EVENT_EXCERPT)),
+                });
+            }
+            st.on_chunk(&chunk, now);
+        }
+        if !st.done && !st.finish_reason {
+            return Err(RequestError::StreamCut {
+                message: "the stream ended before [DONE] and before any finish_reason".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn classify(&self, e: EventStreamError<BodyError>) -> RequestError {
+        match e {
+            EventStreamError::Transport(BodyError::Stall) => RequestError::Timeout {
+                message: format!("no data for the stall timeout of {}", secs(self.stall_timeout)),
+            },
+            EventStreamError::Transport(BodyError::Http(e)) => RequestError::StreamCut { message: chain(&e) },
+            EventStreamError::Utf8(e) => {
+                RequestError::MalformedEvent { message: format!("invalid UTF-8: {e}") }
+            }
+            EventStreamError::Parser(e) => {
+                RequestError::MalformedEvent { message: format!("invalid SSE: {e}") }
+            }
+        }
+    }
+}
+
+/// `GET /v1/models` → the first model's id.
+async fn discover_model(
+    http: &reqwest::Client,
+    root: &str,
+    auth: Option<&HeaderValue>,
+    timeout: Duration,
+) -> Result<String, Error> {
+    #[derive(Deserialize)]
+    struct Models {
+        data: Vec<Model>,
+    }
+    #[derive(Deserialize)]
+    struct Model {
+        id: String,
+    }
+    let url = format!("{root}/v1/models");
+    let fail = |reason: String| Error::ModelDiscovery { url: url.clone(), reason };
+    let mut req = http.get(&url);
+    if let Some(auth) = auth {
+        req = req.header(AUTHORIZATION, auth.clone());
+    }
+    let fetch = async {
+        let resp = req.send().await.map_err(|e| chain(&e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| chain(&e))?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {}", excerpt(&text, BODY_EXCERPT)));
+        }
+        let models: Models = serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
+        models.data.into_iter().next().map(|m| m.id).ok_or_else(|| "the server lists no model".to_string())
+    };
+    match tokio::time::timeout(timeout, fetch).await {
+        Ok(r) => r.map_err(fail),
+        Err(_) => Err(fail(format!("no answer within {}", secs(timeout)))),
+    }
+}
+
+/// What is known about one response so far. Lives in the request's future.
+struct Partial {
+    origin: Instant,
+    first_byte: Option<f64>,
+    first_token: Option<f64>,
+    end: Option<Instant>,
+    chunks: Vec<(f64, u32)>,
+    /// Cumulative `completion_tokens` of the last chunk that had usage.
+    last_completion: Option<u32>,
+    prompt_tokens: Option<u32>,
+    cached_tokens: Option<u32>,
+    done: bool,
+    finish_reason: bool,
+}
+
+impl Partial {
+    fn new(max_tokens: u32, origin: Instant) -> Partial {
+        Partial {
+            origin,
+            first_byte: None,
+            first_token: None,
+            end: None,
+            chunks: Vec::with_capacity((max_tokens as usize).min(MAX_PREALLOC)),
+            last_completion: None,
+            prompt_tokens: None,
+            cached_tokens: None,
+            done: false,
+            finish_reason: false,
+        }
+    }
+
+    fn secs(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.origin).as_secs_f64()
+    }
+
+    /// A content chunk counts `k` tokens: the growth of a cumulative usage when the server sends
+    /// one in every chunk (continuous usage; for the first content chunk, its whole count),
+    /// otherwise 1. Never 0, so every content chunk is a token arrival.
+    fn on_chunk(&mut self, chunk: &Chunk, now: Instant) {
+        let completion = chunk.usage.as_ref().and_then(|u| u.completion_tokens);
+        if chunk.has_content() {
+            let k = match (completion, self.last_completion) {
+                (Some(c), Some(prev)) => c.saturating_sub(prev),
+                (Some(c), None) if self.chunks.is_empty() => c,
+                _ => 1,
+            };
+            let t = self.secs(now);
+            self.first_token.get_or_insert(t);
+            self.chunks.push((t, k.max(1)));
+        }
+        if let Some(usage) = &chunk.usage {
+            self.prompt_tokens = usage.prompt_tokens.or(self.prompt_tokens);
+            self.cached_tokens =
+                usage.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).or(self.cached_tokens);
+        }
+        if completion.is_some() {
+            self.last_completion = completion;
+        }
+        self.finish_reason |= chunk.is_finished();
+    }
+
+    fn finish(
+        self,
+        req: &Request,
+        when: Timing,
+        sent: Instant,
+        end: Instant,
+        error: Option<RequestError>,
+    ) -> RequestRecord {
+        let sent_s = self.secs(sent);
+        let (output_tokens, token_source) = match self.last_completion {
+            Some(n) => (n, TokenSource::Usage),
+            None => (self.chunks.iter().map(|&(_, k)| k).sum(), TokenSource::Chunks),
+        };
+        let prompt_tokens = self.prompt_tokens.or(match req.prompt {
+            Prompt::Tokens(_) => Some(req.prompt_len),
+            Prompt::Text(_) | Prompt::Chat(_) => None,
+        });
+        RequestRecord {
+            v: RECORD_VERSION,
+            id: req.id,
+            warmup: when.warmup,
+            intended: if when.intended_is_sent { sent_s } else { self.secs(when.intended) },
+            sent: sent_s,
+            first_byte: self.first_byte,
+            first_token: self.first_token,
+            end: self.secs(end),
+            prompt_tokens,
+            output_tokens,
+            cached_tokens: self.cached_tokens,
+            token_source,
+            error,
+            session: req.meta.session,
+            turn: req.meta.turn,
+            chunks: self.chunks,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<PromptField<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Messages<'a>>,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignore_eos: Option<bool>,
+    stream: bool,
+    stream_options: StreamOptions,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PromptField<'a> {
+    Tokens(&'a [u32]),
+    Text(&'a str),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Messages<'a> {
+    Chat(&'a [ChatMessage]),
+    User([UserMessage<'a>; 1]),
+}
+
+#[derive(Serialize)]
+struct UserMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    continuous_usage_stats: bool,
+}
+
+/// Why the body stream failed.
+#[derive(Debug)]
+enum BodyError {
+    Http(reqwest::Error),
+    /// No byte for the stall timeout.
+    Stall,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Http(e) => e.fmt(f),
+            BodyError::Stall => f.write_str("stall timeout"),
+        }
+    }
+}
+
+/// The response body with a stall timer (no byte for `stall` ends it with [`BodyError::Stall`]),
+/// cut so that each item holds at most one complete SSE event.
+struct GuardedBody<S> {
+    inner: S,
+    pending: Bytes,
+    stall: Duration,
+    last_byte: Instant,
+    /// Armed at a deadline no later than `last_byte + stall`; moved forward only when it fires,
+    /// so a fast stream does not touch the timer wheel per read.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<S> GuardedBody<S> {
+    fn new(inner: S, stall: Duration) -> GuardedBody<S> {
+        let now = Instant::now();
+        GuardedBody {
+            inner,
+            pending: Bytes::new(),
+            stall,
+            last_byte: now,
+            timer: Box::pin(tokio::time::sleep_until(now + stall)),
+        }
+    }
+
+    /// The next piece of `pending`: up to and including the first blank line (`\n\n`), or all.
+    fn next_piece(&mut self) -> Bytes {
+        let cut = self.pending.windows(2).position(|w| w == b"\n\n").map_or(self.pending.len(), |i| i + 2);
+        self.pending.split_to(cut)
+    }
+}
+
+impl<S> Stream for GuardedBody<S>
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+{
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if !this.pending.is_empty() {
+            return Poll::Ready(Some(Ok(this.next_piece())));
+        }
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                this.last_byte = Instant::now();
+                this.pending = bytes;
+                Poll::Ready(Some(Ok(this.next_piece())))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Http(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => loop {
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let deadline = this.last_byte + this.stall;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Some(Err(BodyError::Stall)));
+                }
+                this.timer.as_mut().reset(deadline);
+            },
+        }
+    }
+}
+
+/// The first [`BODY_EXCERPT`] bytes of an error body (as text), whatever else happens.
+async fn read_excerpt<S>(body: &mut GuardedBody<S>) -> String
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+{
+    let mut buf = Vec::new();
+    while buf.len() < BODY_EXCERPT {
+        match body.next().await {
+            Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
+            Some(Err(_)) | None => break,
+        }
+    }
+    excerpt(&String::from_utf8_lossy(&buf), BODY_EXCERPT).to_string()
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn excerpt(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// An error and its sources, `: `-separated (reqwest hides the cause in the sources).
+fn chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_cut_at_char_boundaries() {
+        assert_eq!(excerpt("abc", 5), "abc");
+        assert_eq!(excerpt("abcdef", 3), "abc");
+        assert_eq!(excerpt("aé", 2), "a");
+        assert_eq!(excerpt("", 0), "");
+    }
+
+    fn body_of(api: Api, prompt: Prompt, cfg: impl FnOnce(&mut LoadgenConfig)) -> String {
+        let mut c = LoadgenConfig::new("http://127.0.0.1:1");
+        c.api = api;
+        cfg(&mut c);
+        let client = Client {
+            http: reqwest::Client::new(),
+            completions_url: String::new(),
+            chat_url: String::new(),
+            model: "m".into(),
+            api: c.api,
+            auth: None,
+            request_timeout: c.request_timeout,
+            stall_timeout: c.stall_timeout,
+            ignore_eos: c.ignore_eos,
+            send_min_tokens: c.send_min_tokens,
+            continuous_usage: c.continuous_usage,
+        };
+        let req = Request {
+            id: 0,
+            prompt,
+            prompt_len: 3,
+            max_tokens: 4,
+            send_at: None,
+            depends_on: None,
+            meta: Default::default(),
+        };
+        String::from_utf8(client.body(&req)).unwrap()
+    }
+
+    #[test]
+    fn bodies() {
+        insta::assert_snapshot!(body_of(Api::Auto, Prompt::Tokens(vec![1, 2, 3]), |_| ()), @r#"{"model":"m","prompt":[1,2,3],"max_tokens":4,"min_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}"#);
+        insta::assert_snapshot!(body_of(Api::Completions, Prompt::Text("a\"b".into()), |c| {
+            c.ignore_eos = false;
+            c.send_min_tokens = false;
+            c.continuous_usage = true;
+        }), @r#"{"model":"m","prompt":"a\"b","max_tokens":4,"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#);
+        insta::assert_snapshot!(body_of(Api::Chat, Prompt::Text("hi".into()), |_| ()), @r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"min_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}"#);
+        insta::assert_snapshot!(body_of(Api::Auto, Prompt::Chat(vec![ChatMessage { role: "system".into(), content: "s".into() }, ChatMessage { role: "user".into(), content: "u".into() }]), |_| ()), @r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"u"}],"max_tokens":4,"min_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}"#);
+    }
+
+    #[test]
+    fn endpoints() {
+        let tokens = Prompt::Tokens(vec![1]);
+        let text = Prompt::Text("t".into());
+        let chat = Prompt::Chat(vec![]);
+        assert_eq!(Client::endpoint(Api::Auto, &tokens), Ok(Endpoint::Completions));
+        assert_eq!(Client::endpoint(Api::Auto, &text), Ok(Endpoint::Completions));
+        assert_eq!(Client::endpoint(Api::Auto, &chat), Ok(Endpoint::Chat));
+        assert_eq!(Client::endpoint(Api::Chat, &text), Ok(Endpoint::Chat));
+        assert!(Client::endpoint(Api::Chat, &tokens).is_err());
+        assert!(Client::endpoint(Api::Completions, &chat).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! What the load generator needs to know besides the plan.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Which OpenAI endpoint requests go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// Chosen per request from its prompt: token IDs and text go to `/v1/completions`, chat
+    /// messages to `/v1/chat/completions`.
+    #[default]
+    Auto,
+    /// `/v1/completions`; a chat prompt is refused before anything is sent.
+    Completions,
+    /// `/v1/chat/completions`; a text prompt becomes one user message, token IDs are refused.
+    Chat,
+}
+
+/// How to reach the engine and how to judge the run.
+///
+/// Build with [`LoadgenConfig::new`] and adjust fields; the defaults suit vLLM and the emulator.
+#[derive(Clone)]
+pub struct LoadgenConfig {
+    /// `http://host:port`, with or without a trailing `/v1`. Plain HTTP only (engines under test
+    /// listen on loopback or a private network).
+    pub base_url: String,
+    pub api: Api,
+    /// The `model` field. `None`: the first model of `GET /v1/models`.
+    pub model: Option<String>,
+    /// Sent as `Authorization: Bearer ...` when set; never logged, printed or recorded.
+    pub api_key: Option<String>,
+    /// Whole-request limit, from send to the end of the stream. Failure class `timeout`.
+    pub request_timeout: Duration,
+    /// Longest silence allowed while waiting for headers or between two reads of the body.
+    /// Failure class `timeout`. Must exceed the longest prefill the run expects.
+    pub stall_timeout: Duration,
+    /// Send `ignore_eos: true`, so the engine generates exactly `max_tokens`.
+    pub ignore_eos: bool,
+    /// Send `min_tokens = max_tokens` (vLLM and the emulator take it; others ignore it).
+    pub send_min_tokens: bool,
+    /// Ask for `stream_options.continuous_usage_stats` (vLLM): a cumulative usage in every chunk,
+    /// which gives the exact token count of chunks that carry several tokens.
+    pub continuous_usage: bool,
+    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+    /// The run fails when more than this fraction of the (non-warm-up) requests sent failed.
+    /// A run with no completed request fails whatever this is.
+    pub max_failed_fraction: f64,
+    /// Engine, tier and SLOs for `summary.json`.
+    pub summary: stats::SummaryConfig,
+}
+
+impl LoadgenConfig {
+    /// Defaults: automatic API, discovered model, 30 min request timeout, 5 min stall timeout,
+    /// `ignore_eos` and `min_tokens` sent, no continuous usage, progress bar on, no failure
+    /// tolerated.
+    pub fn new(base_url: impl Into<String>) -> LoadgenConfig {
+        LoadgenConfig {
+            base_url: base_url.into(),
+            api: Api::Auto,
+            model: None,
+            api_key: None,
+            request_timeout: Duration::from_secs(30 * 60),
+            stall_timeout: Duration::from_secs(5 * 60),
+            ignore_eos: true,
+            send_min_tokens: true,
+            continuous_usage: false,
+            progress: true,
+            max_failed_fraction: 0.0,
+            summary: stats::SummaryConfig::default(),
+        }
+    }
+
+    /// The base URL without a trailing `/` or `/v1`: endpoints are appended as `/v1/...`.
+    pub(crate) fn root_url(&self) -> Result<&str, crate::Error> {
+        let url = self.base_url.trim_end_matches('/');
+        let url = url.strip_suffix("/v1").unwrap_or(url);
+        let bad = |reason: &str| crate::Error::BaseUrl { url: self.base_url.clone(), reason: reason.into() };
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            bad(if url.starts_with("https://") {
+                "https is not supported; engines under test are reached over plain http"
+            } else {
+                "expected http://host:port"
+            })
+        })?;
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(bad("expected http://host:port"));
+        }
+        Ok(url)
+    }
+}
+
+impl fmt::Debug for LoadgenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadgenConfig")
+            .field("base_url", &self.base_url)
+            .field("api", &self.api)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("request_timeout", &self.request_timeout)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("ignore_eos", &self.ignore_eos)
+            .field("send_min_tokens", &self.send_min_tokens)
+            .field("continuous_usage", &self.continuous_usage)
+            .field("progress", &self.progress)
+            .field("max_failed_fraction", &self.max_failed_fraction)
+            .field("summary", &self.summary)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(base: &str, expect: &str) {
+        let cfg = LoadgenConfig::new(base);
+        let got = match cfg.root_url() {
+            Ok(u) => u.to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn base_urls() {
+        check("http://127.0.0.1:8000", "http://127.0.0.1:8000");
+        check("http://127.0.0.1:8000/", "http://127.0.0.1:8000");
+        check("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000");
+        check("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000");
+        check("https://x", "invalid base URL \"https://x\": https is not supported; engines under test are reached over plain http");
+        check("127.0.0.1:8000", "invalid base URL \"127.0.0.1:8000\": expected http://host:port");
+        check("http://", "invalid base URL \"http://\": expected http://host:port");
+    }
+
+    #[test]
+    fn debug_redacts_api_key() {
+        let mut cfg = LoadgenConfig::new("http://127.0.0.1:1");
+        cfg.api_key = Some("sk-secret-value".into());
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("sk-secret-value"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+}

@@ -1,0 +1,468 @@
+//! The load generator against a scripted server on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, plan, request, run, start, Behavior, Fault, MODEL};
+use loadgen::{Api, Error, LoadgenConfig, ResultWriter};
+use stats::{RequestRecord, TokenSource};
+use workload::{ChatMessage, Dependency, Limits, Mode, Plan, Prompt};
+
+// ---------------------------------------------------------------------------------------------
+// Fault matrix
+
+/// Three requests of 6 tokens against a server with `fault` (or a closed port); the outcome is
+/// rendered as `sent completed failed | class: detail` of each distinct failure.
+async fn check(fault: Option<Fault>, expect: &str) {
+    let server = fault.map(|fault| start(Behavior { fault, ..Default::default() }));
+    let url = server.as_ref().map_or_else(common::refused_url, |s| s.url.clone());
+    let mut cfg = config(&url);
+    cfg.stall_timeout = Duration::from_millis(300);
+    let (out, dir) = run(&plan(3, 6, Mode::Open), &cfg).await;
+
+    let mut failures: Vec<String> = out
+        .records
+        .iter()
+        .filter_map(|r| r.error.as_ref())
+        .map(|e| {
+            let detail = match e {
+                stats::RequestError::HttpStatus { status, body } => {
+                    format!("{status} body {} bytes", body.len())
+                }
+                e => e.detail().replace(&url, "URL"),
+            };
+            format!("{}: {detail}", e.class())
+        })
+        .collect();
+    failures.dedup();
+    let completed = out.records.iter().filter(|r| r.error.is_none()).count();
+    let got = format!(
+        "sent={} completed={completed} failed={} | {}",
+        out.sent,
+        out.summary.failed,
+        failures.join(" / ")
+    );
+    assert_eq!(got, expect);
+    assert_eq!(out.sent, 3);
+    assert_eq!(out.records.len(), 3);
+    assert_eq!(out.is_success(), completed == 3);
+    let lines = std::fs::read_to_string(dir.path().join("requests.jsonl")).expect("requests.jsonl");
+    assert_eq!(lines.lines().count(), 3);
+}
+
+#[tokio::test]
+async fn fault_matrix() {
+    check(Some(Fault::None), "sent=3 completed=3 failed=0 | ").await;
+    check(Some(Fault::Status(500)), "sent=3 completed=0 failed=3 | http_status: 500 body 512 bytes").await;
+    check(Some(Fault::Status(429)), "sent=3 completed=0 failed=3 | http_status: 429 body 512 bytes").await;
+    check(
+        Some(Fault::MalformedAfter(2)),
+        "sent=3 completed=0 failed=3 | malformed_event: EOF while parsing an object at line 1 column 25 in event \"{\\\"choices\\\": [{\\\"text\\\": \\\"a\\\"\"",
+    )
+    .await;
+    check(
+        Some(Fault::ErrorEventAfter(1)),
+        "sent=3 completed=0 failed=3 | stream_cut: server sent an error event: {\"error\":{\"object\":\"error\",\"message\":\"engine died\",\"code\":500}}",
+    )
+    .await;
+    check(
+        Some(Fault::EndAfter(2)),
+        "sent=3 completed=0 failed=3 | stream_cut: the stream ended before [DONE] and before any finish_reason",
+    )
+    .await;
+    check(
+        Some(Fault::StallAfter(2)),
+        "sent=3 completed=0 failed=3 | timeout: no data for the stall timeout of 0.3 s",
+    )
+    .await;
+    check(
+        Some(Fault::StallHeaders),
+        "sent=3 completed=0 failed=3 | timeout: no response headers within the stall timeout of 0.3 s",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_and_dropped_connections() {
+    for (fault, class, cause) in [
+        (None, "connect", "error sending request"),
+        (Some(Fault::DropAfter(2)), "stream_cut", "error decoding response body"),
+    ] {
+        // Chunks 10 ms apart, so the headers and two chunks are out before the connection drops.
+        let server = fault
+            .map(|fault| start(Behavior { fault, itl: Duration::from_millis(10), ..Default::default() }));
+        let url = server.as_ref().map_or_else(common::refused_url, |s| s.url.clone());
+        let (out, _dir) = run(&plan(3, 6, Mode::Open), &config(&url)).await;
+        assert_eq!((out.sent, out.summary.completed, out.summary.failed), (3, 0, 3));
+        assert!(!out.is_success());
+        for r in &out.records {
+            let e = r.error.as_ref().expect("failed");
+            assert_eq!(e.class(), class, "{e:?}");
+            assert!(e.detail().contains(cause), "{e:?}");
+        }
+        let msg = out.failure_message().expect("a failed run says why");
+        assert!(
+            msg.starts_with(&format!("3 of 3 requests failed (100.0%, allowed 0.0%): {class} 3")),
+            "{msg}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn request_timeout_is_a_timeout() {
+    let server = start(Behavior {
+        ttft: Duration::from_millis(10),
+        itl: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let mut cfg = config(&server.url);
+    cfg.request_timeout = Duration::from_millis(200);
+    let (out, _dir) = run(&plan(1, 100, Mode::Open), &cfg).await;
+    let r = &out.records[0];
+    assert_eq!(
+        r.error,
+        Some(stats::RequestError::Timeout { message: "request exceeded the total timeout of 0.2 s".into() })
+    );
+    assert!(r.chunks.len() >= 2, "the chunks before the timeout are kept: {}", r.chunks.len());
+    assert_eq!(r.token_source, TokenSource::Chunks);
+}
+
+#[tokio::test]
+async fn tolerated_failures() {
+    let server =
+        start(Behavior { fault: Fault::Status(503), fault_if_max_tokens: Some(7), ..Default::default() });
+    let mut p = plan(4, 5, Mode::Open);
+    p.requests[3].max_tokens = 7;
+    let mut cfg = config(&server.url);
+    cfg.max_failed_fraction = 0.25;
+    let (out, _dir) = run(&p, &cfg).await;
+    assert_eq!((out.summary.completed, out.summary.failed), (3, 1));
+    assert!(out.is_success());
+    cfg.max_failed_fraction = 0.2;
+    let (out, _dir) = run(&p, &cfg).await;
+    assert!(!out.is_success());
+    assert_eq!(
+        out.failure_message().as_deref(),
+        Some("1 of 4 requests failed (25.0%, allowed 20.0%): http_status 1")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token accounting
+
+#[tokio::test]
+async fn chat_role_chunk_is_not_a_token_and_usage_less_streams_count_chunks() {
+    let server = start(Behavior { ttft: Duration::from_millis(50), usage: false, ..Default::default() });
+    let msgs = vec![ChatMessage { role: "user".into(), content: "hello".into() }];
+    let p = Plan {
+        requests: vec![request(0, Prompt::Chat(msgs), 5, None)],
+        mode: Mode::Open,
+        limits: Limits::default(),
+    };
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    let r = &out.records[0];
+    assert_eq!(r.error, None);
+    let first_byte = r.first_byte.expect("first byte");
+    let first_token = r.first_token.expect("first token");
+    assert!(first_token - first_byte >= 0.045, "the role-only chunk at once is not the first token: {r:?}");
+    assert_eq!((r.output_tokens, r.token_source), (5, TokenSource::Chunks));
+    assert_eq!(r.chunks.len(), 5);
+    assert_eq!((r.prompt_tokens, r.cached_tokens), (None, None));
+}
+
+#[tokio::test]
+async fn usage_gives_tokens_and_cached_tokens() {
+    let server = start(Behavior { cached_tokens: Some(2), ..Default::default() });
+    let mut p = plan(1, 9, Mode::Open);
+    p.requests[0].prompt_len = 0; // the record must hold the server's count, not the plan's
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    let r = &out.records[0];
+    assert_eq!(
+        (r.output_tokens, r.token_source, r.prompt_tokens, r.cached_tokens),
+        (9, TokenSource::Usage, Some(4), Some(2))
+    );
+}
+
+/// Chunks of 4 tokens every 20 ms with continuous usage: 4 tokens per chunk, 5 ms per token.
+#[tokio::test]
+async fn multi_token_chunks_keep_itl_right() {
+    let server = start(Behavior {
+        ttft: Duration::from_millis(30),
+        itl: Duration::from_millis(20),
+        tokens_per_chunk: 4,
+        ..Default::default()
+    });
+    let mut cfg = config(&server.url);
+    cfg.continuous_usage = true;
+    let (out, _dir) = run(&plan(2, 16, Mode::Closed { concurrency: 1 }), &cfg).await;
+    for r in &out.records {
+        assert_eq!(r.error, None);
+        assert_eq!(r.chunks.iter().map(|c| c.1).collect::<Vec<_>>(), [4, 4, 4, 4]);
+        assert_eq!((r.output_tokens, r.token_source), (16, TokenSource::Usage));
+    }
+    let itl = out.summary.median_itl_ms;
+    assert!((itl - 5.0).abs() <= 1.0, "ITL per token {itl} ms");
+    // Without continuous usage, each chunk counts 1 and the final usage still gives 16.
+    cfg.continuous_usage = false;
+    let (out, _dir) = run(&plan(1, 16, Mode::Open), &cfg).await;
+    let r = &out.records[0];
+    assert_eq!(r.chunks.iter().map(|c| c.1).collect::<Vec<_>>(), [1, 1, 1, 1]);
+    assert_eq!((r.output_tokens, r.token_source), (16, TokenSource::Usage));
+}
+
+/// A 100k-token prompt (about 600 KB of JSON) whose echo comes back as one 600 KB event.
+#[tokio::test]
+async fn long_prompt_round_trip() {
+    let server = start(Behavior { echo: true, ..Default::default() });
+    let tokens: Vec<u32> = (0..100_000u32).map(|i| 10_000 + i % 90_000).collect();
+    let mut req = request(0, Prompt::Tokens(tokens), 2_000, None);
+    req.prompt_len = 0;
+    let p = Plan { requests: vec![req], mode: Mode::Open, limits: Limits::default() };
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    let r = &out.records[0];
+    assert_eq!(r.error, None);
+    assert_eq!((r.prompt_tokens, r.output_tokens, r.chunks.len()), (Some(100_000), 2_000, 2_000));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduling
+
+#[tokio::test]
+async fn open_loop_follows_the_schedule() {
+    let server = start(Behavior { ttft: Duration::from_millis(150), ..Default::default() });
+    let at = |ms| Some(Duration::from_millis(ms));
+    let requests = [0, 50, 100, 150]
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| request(i as u64, Prompt::Text("x".into()), 2, at(t)))
+        .collect();
+    let mut p = Plan { requests, mode: Mode::Open, limits: Limits::default() };
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    let base = out.records[0].intended;
+    for (r, want) in out.records.iter().zip([0.0, 0.05, 0.1, 0.15]) {
+        assert!((r.intended - base - want).abs() < 1e-3, "{r:?}");
+        assert!(r.client_lag() < 0.005, "open loop does not wait for responses: lag {}", r.client_lag());
+    }
+    // Capped at 1 in flight: requests wait for a slot, and the wait shows as lag.
+    p.limits.max_concurrency = Some(1);
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    let lags: Vec<f64> = out.records.iter().map(RequestRecord::client_lag).collect();
+    assert!(lags[0] < 0.005 && lags[1] > 0.09 && lags[3] > lags[2], "{lags:?}");
+    for w in out.records.windows(2) {
+        assert!(w[1].sent >= w[0].end, "one at a time");
+    }
+}
+
+#[tokio::test]
+async fn sessions_wait_for_their_parent_and_think() {
+    let server = start(Behavior {
+        ttft: Duration::from_millis(20),
+        fault: Fault::Status(500),
+        fault_if_max_tokens: Some(3),
+        ..Default::default()
+    });
+    let think = Duration::from_millis(100);
+    let mut requests = vec![
+        request(0, Prompt::Text("turn 1".into()), 3, Some(Duration::ZERO)),
+        request(1, Prompt::Text("turn 2".into()), 4, None),
+        request(2, Prompt::Text("turn 3".into()), 4, None),
+    ];
+    requests[1].depends_on = Some(Dependency { parent: 0, think_time: think });
+    requests[2].depends_on = Some(Dependency { parent: 1, think_time: think });
+    for (turn, r) in requests.iter_mut().enumerate() {
+        r.meta.session = Some(7);
+        r.meta.turn = Some(turn as u32);
+    }
+    for mode in [Mode::Open, Mode::Closed { concurrency: 4 }] {
+        let p = Plan { requests: requests.clone(), mode, limits: Limits::default() };
+        let (out, _dir) = run(&p, &config(&server.url)).await;
+        let r = &out.records;
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].error.as_ref().map(|e| e.class()), Some("http_status"), "the parent failed");
+        assert_eq!((r[1].error.as_ref(), r[2].error.as_ref()), (None, None), "children are still sent");
+        for (parent, child) in [(&r[0], &r[1]), (&r[1], &r[2])] {
+            let gap = child.sent - parent.end;
+            assert!((0.099..0.110).contains(&gap), "{mode:?}: think time {gap}");
+            assert!((child.intended - parent.end - 0.1).abs() < 1e-3, "{mode:?}: intended {child:?}");
+        }
+        assert_eq!((r[2].session, r[2].turn), (Some(7), Some(2)));
+    }
+}
+
+#[tokio::test]
+async fn duration_limit_stops_sending() {
+    let server = start(Behavior::default());
+    let at = |ms| Some(Duration::from_millis(ms));
+    let requests = [0, 20, 10_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| request(i as u64, Prompt::Text("x".into()), 2, at(t)))
+        .collect();
+    let p = Plan {
+        requests,
+        mode: Mode::Open,
+        limits: Limits { duration: Some(Duration::from_millis(200)), ..Default::default() },
+    };
+    let started = Instant::now();
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "does not wait for unsent requests");
+    assert_eq!((out.sent, out.not_sent, out.records.len()), (2, 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_is_flagged_and_excluded() {
+    let server = start(Behavior::default());
+    let mut p = plan(5, 3, Mode::Closed { concurrency: 2 });
+    p.limits.warmup = 2;
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    let flags: Vec<bool> = out.records.iter().map(|r| r.warmup).collect();
+    assert_eq!(flags, [true, true, false, false, false]);
+    assert_eq!((out.summary.sent, out.summary.warmup_excluded), (3, 2));
+    for r in &out.records {
+        assert_eq!(r.intended, r.sent, "closed loop: intended is the send time");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and files
+
+#[tokio::test]
+async fn model_is_discovered() {
+    let server = start(Behavior::default());
+    let mut cfg = config(&format!("{}/v1/", server.url));
+    cfg.model = None;
+    let (out, _dir) = run(&plan(1, 2, Mode::Open), &cfg).await;
+    assert_eq!(out.model, MODEL);
+    assert_eq!(out.summary.completed, 1);
+
+    let mut cfg = config(&common::refused_url());
+    cfg.model = None;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = ResultWriter::in_dir(tmp.path()).unwrap();
+    let err = loadgen::run(&plan(1, 2, Mode::Open), &cfg, &mut sink, Instant::now()).await.unwrap_err();
+    assert!(matches!(err, Error::ModelDiscovery { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn bad_plans_are_refused_before_sending() {
+    async fn check(p: &Plan, cfg: &LoadgenConfig, expect: &str) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = ResultWriter::in_dir(tmp.path()).unwrap();
+        let err = loadgen::run(p, cfg, &mut sink, Instant::now()).await.unwrap_err();
+        assert_eq!(err.to_string(), expect);
+    }
+    let mut cfg = config("http://127.0.0.1:9");
+    let msgs = vec![ChatMessage { role: "user".into(), content: "x".into() }];
+    let mut p = Plan {
+        requests: vec![request(0, Prompt::Chat(msgs), 2, None)],
+        mode: Mode::Open,
+        limits: Limits::default(),
+    };
+    cfg.api = Api::Completions;
+    check(&p, &cfg, "request 0: a chat prompt cannot go to /v1/completions (use the chat API)").await;
+    cfg.api = Api::Auto;
+    p.requests[0].depends_on = Some(Dependency { parent: 0, think_time: Duration::ZERO });
+    check(&p, &cfg, "request 0: depends on request 0, which does not come before it").await;
+    p.requests[0].id = 5;
+    check(&p, &cfg, "request 5: found at index 0; request ids must equal their index").await;
+    p.requests.clear();
+    check(&p, &cfg, "the plan has no requests").await;
+}
+
+#[tokio::test]
+async fn result_files() {
+    let server = start(Behavior { cached_tokens: Some(1), ..Default::default() });
+    let mut cfg = config(&server.url);
+    cfg.summary.engine = "external".into();
+    cfg.summary.tier = "baseline".into();
+    let (out, dir) = run(&plan(3, 4, Mode::Open), &cfg).await;
+    let jsonl = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
+    let mut from_file: Vec<RequestRecord> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    from_file.sort_by_key(|r| r.id);
+    assert_eq!(from_file, out.records);
+    let csv = std::fs::read_to_string(dir.path().join("requests.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    assert!(csv.starts_with(&stats::csv_header().join(",")), "{csv}");
+    let summary: stats::Summary =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary, out.summary);
+    assert_eq!(
+        (summary.engine.as_str(), summary.tier.as_str(), summary.completed, summary.total_output_tokens),
+        ("external", "baseline", 3, 12)
+    );
+    assert_eq!(summary.cached_tokens_total, 3);
+}
+
+/// A run killed mid-way keeps every request that finished: they are in the file while it runs.
+#[tokio::test]
+async fn finished_records_are_on_disk_while_the_run_goes_on() {
+    let server =
+        start(Behavior { fault: Fault::StallAfter(1), fault_if_max_tokens: Some(99), ..Default::default() });
+    let mut p = plan(3, 2, Mode::Open);
+    p.requests[2].max_tokens = 99; // stalls until the stall timeout (10 s)
+    let cfg = config(&server.url);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = ResultWriter::in_dir(tmp.path()).unwrap();
+    let path = tmp.path().join("requests.jsonl");
+    let mut run = Box::pin(loadgen::run(&p, &cfg, &mut sink, Instant::now()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        tokio::select! {
+            r = run.as_mut() => panic!("the run should still wait for the stalled request: {:?}", r.map(|o| o.sent)),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() == 2 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "records not on disk: {text:?}");
+    };
+    // "Kill" the run: what is on disk is complete lines of the finished requests.
+    drop(run);
+    let ids: Vec<u64> = lines.lines().map(|l| serde_json::from_str::<RequestRecord>(l).unwrap().id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, [0, 1]);
+}
+
+/// A full disk: the run stops with an error naming the file; nothing panics.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn write_errors_name_the_file() {
+    let server = start(Behavior::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = ResultWriter::in_dir(tmp.path()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", tmp.path().join("requests.jsonl")).unwrap();
+    let err = loadgen::run(&plan(2, 2, Mode::Open), &config(&server.url), &mut sink, Instant::now())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("writing ") && msg.contains("requests.jsonl"), "{msg}");
+    assert!(msg.contains("No space left on device"), "{msg}");
+}
+
+/// The `requests.jsonl` line format, times redacted.
+#[tokio::test]
+async fn record_format() {
+    let server = start(Behavior { cached_tokens: Some(2), tokens_per_chunk: 2, ..Default::default() });
+    let mut cfg = config(&server.url);
+    cfg.continuous_usage = true;
+    let mut p = plan(2, 4, Mode::Open);
+    p.requests[1].meta.session = Some(3);
+    p.requests[1].meta.turn = Some(1);
+    p.requests[1].max_tokens = 5;
+    let (out, dir) = run(&p, &cfg).await;
+    let jsonl = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
+    let mut lines: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines.sort_by_key(|l| l["id"].as_u64());
+    assert_eq!(lines.len(), out.records.len());
+    insta::assert_json_snapshot!(lines, {
+        "[].intended" => "[time]",
+        "[].sent" => "[time]",
+        "[].first_byte" => "[time]",
+        "[].first_token" => "[time]",
+        "[].end" => "[time]",
+        "[].chunks[][0]" => "[time]",
+    });
+}
