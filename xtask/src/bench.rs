@@ -53,7 +53,6 @@ pub(crate) struct BenchArgs {
     pub(crate) ready_timeout: u64,
 }
 
-
 /// Workload flags shared by `bench` and `loadgen` (names follow `vllm bench serve`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct WorkloadArgs {
@@ -135,7 +134,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Unlike `vllm bench serve`, a run where requests failed never looks like a success: the exit
 /// code is non-zero when the failed fraction of any run exceeds `max_failed_fraction`.
-pub(crate) fn check_failures(reports: &[lab::run::RunReport], max_failed_fraction: f64) -> anyhow::Result<()> {
+pub(crate) fn check_failures(
+    reports: &[lab::run::RunReport],
+    max_failed_fraction: f64,
+) -> anyhow::Result<()> {
     for report in reports {
         let s = &report.summary;
         let sent = s.completed + s.failed;

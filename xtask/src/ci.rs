@@ -68,7 +68,6 @@ fn step(name: &str) {
     println!("\n==> {name}");
 }
 
-
 /// A private redis-server on a free loopback port, stopped on drop.
 struct Redis {
     child: Child,
@@ -137,7 +136,9 @@ impl PythonEngine {
                 .is_ok_and(|s| s.success());
         if !ready {
             let py3 = which("python3").context("python3 is missing: apt-get install python3 python3-venv")?;
-            cmd!(sh, "{py3} -m venv {venv}").run().context("python3 -m venv failed (apt-get install python3-venv)")?;
+            cmd!(sh, "{py3} -m venv {venv}")
+                .run()
+                .context("python3 -m venv failed (apt-get install python3-venv)")?;
             cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {XLLAMACPP} gguf numpy")
                 .run()
                 .context("pip could not install xllamacpp, gguf and numpy")?;

@@ -5,6 +5,7 @@ mod bench;
 mod ci;
 mod loadgen;
 mod serve;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Cmd {
     Loadgen(loadgen::LoadgenArgs),
     /// The emulated engine alone, on 127.0.0.1.
     Serve(serve::ServeArgs),
+    /// Trace-driven cache simulation: hit ratios of eviction policies and capacities.
+    Sim(sim::SimArgs),
     /// Every test, with the services the tests need (fmt, clippy, the whole test suite).
     Ci(ci::CiArgs),
 }
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Serve(args) => serve::run(args),
         Cmd::Loadgen(args) => loadgen::run(args),
+        Cmd::Sim(args) => sim::run(args),
         Cmd::Ci(args) => ci::run(args),
     };
     match result {

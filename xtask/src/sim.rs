@@ -87,7 +87,8 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     let tier: Tier = args.tier.parse()?;
     let mut fixed = Vec::new();
     for f in &args.fixed_tier {
-        let (t, c) = f.split_once('=').with_context(|| format!("--fixed-tier {f:?}: expected TIER=CAPACITY"))?;
+        let (t, c) =
+            f.split_once('=').with_context(|| format!("--fixed-tier {f:?}: expected TIER=CAPACITY"))?;
         fixed.push((t.parse::<Tier>()?, Capacity::parse(c)?));
     }
     let policies: Vec<PolicySpec> = args
@@ -116,7 +117,11 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
             t.accesses(),
             t.unique_blocks,
             t.granularity,
-            if t.bad_lines > 0 { format!("; {} malformed lines skipped", t.bad_lines) } else { String::new() }
+            if t.bad_lines > 0 {
+                format!("; {} malformed lines skipped", t.bad_lines)
+            } else {
+                String::new()
+            }
         );
     }
     let capacities: Vec<Capacity> = if args.capacity.is_empty() {
@@ -155,7 +160,9 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
                 100.0 * lru.train_token_hit_ratio,
                 100.0 * lru.test_token_hit_ratio,
             );
-            learned.push(serde_json::json!({ "trace": t.name, "training": trained, "held_out": eval, "lru": lru }));
+            learned.push(
+                serde_json::json!({ "trace": t.name, "training": trained, "held_out": eval, "lru": lru }),
+            );
         }
     }
     let mut tuned = Vec::new();
@@ -184,7 +191,8 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     print!("{}", sim::output::table(&rows));
     println!("{} points in {:.2} s", rows.len(), elapsed.as_secs_f64());
 
-    std::fs::create_dir_all(args.out.join("plots")).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(args.out.join("plots"))
+        .with_context(|| format!("creating {}", args.out.display()))?;
     write(&args.out.join("sim.csv"), &sim::output::csv(&rows))?;
     let json = serde_json::json!({
         "v": 1,
@@ -206,9 +214,18 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     });
     write(&args.out.join("sim.json"), &serde_json::to_string_pretty(&json)?)?;
     for t in &traces {
-        let stem: String =
-            t.name.rsplit('/').next().unwrap_or(&t.name).chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect();
-        write(&args.out.join("plots").join(format!("hit_ratio_{stem}.svg")), &sim::output::svg(&rows, &t.name))?;
+        let stem: String = t
+            .name
+            .rsplit('/')
+            .next()
+            .unwrap_or(&t.name)
+            .chars()
+            .map(|c| if c.is_alphanumeric() { c } else { '_' })
+            .collect();
+        write(
+            &args.out.join("plots").join(format!("hit_ratio_{stem}.svg")),
+            &sim::output::svg(&rows, &t.name),
+        )?;
     }
     println!("wrote {}", args.out.display());
     Ok(())
@@ -241,7 +258,8 @@ fn middle(caps: &[Capacity]) -> Capacity {
 }
 
 fn swept_tiers(t: &SimTrace, cfg: &SweepConfig, cap: Capacity) -> Result<Vec<TierConfig>> {
-    let mut tiers = vec![TierConfig { tier: cfg.tier, capacity_blocks: cap.blocks(t.block_tokens, cfg.kv.as_ref())? }];
+    let mut tiers =
+        vec![TierConfig { tier: cfg.tier, capacity_blocks: cap.blocks(t.block_tokens, cfg.kv.as_ref())? }];
     for &(tier, c) in &cfg.fixed {
         tiers.push(TierConfig { tier, capacity_blocks: c.blocks(t.block_tokens, cfg.kv.as_ref())? });
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{EvictionPolicy, KeyMap, PolicyKind};
+use crate::policy::{AccessInfo, EvictionPolicy, KeyMap, PolicyKind};
 use crate::BlockHash;
 
 /// A storage tier, ordered as LMCache looks blocks up: GPU, then CPU, then disk, then remote.
@@ -204,6 +204,14 @@ impl TieredCache {
     /// listed twice gets the sum of its capacities (see [`CacheConfig::validate`] to refuse
     /// such configs instead); tiers of capacity 0 are left out.
     pub fn new(cfg: CacheConfig) -> Self {
+        let kind = cfg.policy;
+        TieredCache::with_policies(cfg, &mut |_| kind.build())
+    }
+
+    /// Like [`TieredCache::new`], with each tier's policy built by `make` (called once per tier
+    /// of non-zero capacity, in lookup order) instead of from `cfg.policy`: the seam for policies
+    /// that carry parameters ([`crate::ConversationAware`], [`crate::Learned`]).
+    pub fn with_policies(cfg: CacheConfig, make: &mut dyn FnMut(Tier) -> Box<dyn EvictionPolicy>) -> Self {
         let mut sorted = cfg.tiers.clone();
         sorted.sort_by_key(|t| t.tier);
         let mut merged: Vec<TierConfig> = Vec::new();
@@ -242,7 +250,11 @@ impl TieredCache {
             block_tokens: u64::from(cfg.block_tokens),
             tiers: merged
                 .iter()
-                .map(|t| TierState { capacity: t.capacity_blocks, policy: cfg.policy.build() })
+                .map(|t| {
+                    let mut policy = make(t.tier);
+                    policy.set_capacity(t.capacity_blocks);
+                    TierState { capacity: t.capacity_blocks, policy }
+                })
                 .collect(),
             stats,
             resident: KeyMap::default(),
@@ -285,33 +297,60 @@ impl TieredCache {
     /// Returns every movement, in the order made, so an I/O shell can move real bytes.
     pub fn store(&mut self, keys: &[BlockHash]) -> Vec<Movement> {
         let mut moves = Vec::new();
+        self.store_inner(keys, &[], Some(&mut moves));
+        moves
+    }
+
+    /// [`TieredCache::store`] for a simulator: `infos[i]` is what is known about the access of
+    /// `keys[i]` (keys past the end of `infos` get [`AccessInfo::UNKNOWN`]), and no movement
+    /// list is built.
+    pub fn touch(&mut self, keys: &[BlockHash], infos: &[AccessInfo]) {
+        self.store_inner(keys, infos, None);
+    }
+
+    fn store_inner(
+        &mut self,
+        keys: &[BlockHash],
+        infos: &[AccessInfo],
+        mut moves: Option<&mut Vec<Movement>>,
+    ) {
         if self.tiers.is_empty() {
-            return moves;
+            return;
         }
-        for &key in keys {
+        for (n, &key) in keys.iter().enumerate() {
+            let info = infos.get(n).unwrap_or(&AccessInfo::UNKNOWN);
             match self.resident.get(&key).copied() {
-                Some(0) => self.tiers[0].policy.on_access(key),
+                Some(0) => {
+                    // A hit in the top tier changes no tier's size.
+                    self.tiers[0].policy.on_access_with(key, info);
+                    continue;
+                }
                 Some(i) => {
                     self.tiers[i as usize].policy.on_remove(key);
                     self.stats.tiers[i as usize].promoted_out += 1;
-                    self.tiers[0].policy.on_insert(key);
+                    self.tiers[0].policy.on_insert_with(key, info);
                     self.resident.insert(key, 0);
-                    moves.push(Movement {
-                        key,
-                        from: Some(self.tier_at(i as usize)),
-                        to: Some(self.tier_at(0)),
-                    });
+                    if let Some(m) = moves.as_deref_mut() {
+                        m.push(Movement {
+                            key,
+                            from: Some(self.tier_at(i as usize)),
+                            to: Some(self.tier_at(0)),
+                        });
+                    }
                 }
                 None => {
-                    self.tiers[0].policy.on_insert(key);
+                    self.tiers[0].policy.on_insert_with(key, info);
                     self.stats.tiers[0].inserted += 1;
                     self.resident.insert(key, 0);
-                    moves.push(Movement { key, from: None, to: Some(self.tier_at(0)) });
+                    if let Some(m) = moves.as_deref_mut() {
+                        m.push(Movement { key, from: None, to: Some(self.tier_at(0)) });
+                    }
                 }
             }
-            self.rebalance(&mut moves);
+            if self.tiers[0].policy.len() as u64 > self.tiers[0].capacity {
+                self.rebalance(moves.as_deref_mut());
+            }
         }
-        moves
     }
 
     /// Removes `key` wherever it is resident (e.g. after a tier I/O error); returns its tier.
@@ -364,22 +403,24 @@ impl TieredCache {
     }
 
     /// Restores every tier to its capacity, top down, demoting victims.
-    fn rebalance(&mut self, moves: &mut Vec<Movement>) {
+    fn rebalance(&mut self, mut moves: Option<&mut Vec<Movement>>) {
         for i in 0..self.tiers.len() {
             while self.tiers[i].policy.len() as u64 > self.tiers[i].capacity {
-                let Some(victim) = self.tiers[i].policy.victim() else { break };
-                self.tiers[i].policy.on_remove(victim);
+                let Some((victim, info)) = self.tiers[i].policy.evict_with_info() else { break };
                 self.stats.tiers[i].evicted += 1;
                 let from = Some(self.tier_at(i));
-                if i + 1 < self.tiers.len() {
-                    self.tiers[i + 1].policy.on_insert(victim);
+                let to = if i + 1 < self.tiers.len() {
+                    self.tiers[i + 1].policy.on_insert_with(victim, &info);
                     self.stats.tiers[i + 1].demoted_in += 1;
                     self.resident.insert(victim, (i + 1) as u8);
-                    moves.push(Movement { key: victim, from, to: Some(self.tier_at(i + 1)) });
+                    Some(self.tier_at(i + 1))
                 } else {
                     self.resident.remove(&victim);
                     self.stats.dropped += 1;
-                    moves.push(Movement { key: victim, from, to: None });
+                    None
+                };
+                if let Some(m) = moves.as_deref_mut() {
+                    m.push(Movement { key: victim, from, to });
                 }
             }
         }

@@ -20,7 +20,9 @@ pub use hash::{
     block_hashes, chunk_keys, vllm_none_hash, vllm_sha256_cbor_hashes, vllm_sha256_cbor_hashes_with_root,
     BlockHash, ExtraKey, HashAlgo, HashConfig, VLLM_DEFAULT_HASH_SEED,
 };
-pub use policy::{EvictionPolicy, PolicyKind};
+pub use policy::{
+    AccessInfo, ConversationAware, ConversationWeights, EvictionPolicy, Learned, LogisticModel, PolicyKind,
+};
 
 /// A name (tier, policy) that is not one of the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,43 @@
+//! The trace-driven KV-cache simulator: replays production traces over [`kvcache::TieredCache`]
+//! to predict the hit ratio of eviction policies and cache sizes before any GPU is spent.
+//!
+//! Pure: the caller reads files and passes their text ([`trace::load`]); nothing here does I/O.
+//!
+//! - [`trace`]: Mooncake / Bailian JSONL and conversation CSVs become a [`SimTrace`] of dense
+//!   block keys at an explicit block size (trace, engine and LMCache granularities kept apart);
+//! - [`replay()`]: one trace through one cache (a request hits the run of its leading resident
+//!   blocks, GPU, CPU, disk, remote; then touches all of its blocks);
+//! - [`sweep()`]: trace x policy x capacity in parallel, plus the learned policy's training and
+//!   the conversation-aware grid search;
+//! - [`output`]: `sim.csv`, a table, hit-ratio curves as SVG.
+
+pub mod capacity;
+pub mod output;
+pub mod replay;
+pub mod sweep;
+pub mod trace;
+
+pub use crate::capacity::Capacity;
+pub use crate::replay::{replay, PolicySpec, ReplayConfig, ReplayResult};
+pub use crate::sweep::{sweep, Row, SweepConfig};
+pub use crate::trace::{InputFormat, LoadOptions, SimTrace};
+
+/// Why a simulation could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimError {
+    /// A malformed or unusable input: `file:line: message` (line 0: the file as a whole).
+    #[error("{file}:{line}: {message}")]
+    Input { file: String, line: u64, message: String },
+    /// A trace the workload readers rejected.
+    #[error(transparent)]
+    Trace(#[from] workload::Error),
+    /// Parameters that cannot be honoured; the message names the parameter.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SimError {
+    pub(crate) fn input(file: &str, line: u64, message: &str) -> SimError {
+        SimError::Input { file: file.to_owned(), line, message: message.to_owned() }
+    }
+}

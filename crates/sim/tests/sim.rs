@@ -1,0 +1,302 @@
+//! The simulator on small inline traces: formats, granularity, errors, metrics, and the policy
+//! properties (belady is an upper bound, all agree at infinite capacity, LRU is monotone) with
+//! proptest on random traces.
+
+use kvcache::{PolicyKind, Tier, TierConfig};
+use proptest::prelude::*;
+use sim::{Capacity, InputFormat, LoadOptions, ReplayConfig, SimTrace};
+
+fn mooncake(lines: &[(u64, u32, &[u64])]) -> String {
+    lines
+        .iter()
+        .map(|(ts, len, ids)| {
+            format!("{{\"timestamp\": {ts}, \"input_length\": {len}, \"output_length\": 10, \"hash_ids\": {ids:?}}}\n")
+        })
+        .collect()
+}
+
+fn load(text: &str, opts: &LoadOptions) -> SimTrace {
+    sim::trace::load("t.jsonl", text, opts).expect("valid trace")
+}
+
+/// Replays `text` at one capacity and renders the measured numbers.
+fn check(text: &str, opts: &LoadOptions, policy: PolicyKind, capacity: u64, expect: &str) {
+    let trace = load(text, opts);
+    let r = sim::replay(&trace, &ReplayConfig::single(Tier::Cpu, capacity, policy.into()));
+    let got = format!(
+        "requests {} blocks {}/{} tokens {}/{} saved {} tiers {:?} granularity: {}",
+        r.requests,
+        r.hit_blocks,
+        r.query_blocks,
+        r.hit_tokens,
+        r.query_tokens,
+        r.prefill_tokens_saved,
+        r.tier_hit_blocks,
+        trace.granularity
+    );
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn prefix_hits_and_token_weights() {
+    // Request 2 shares blocks 0,1 with request 1; request 3 repeats request 2 entirely (its last
+    // block has 100 of 512 tokens, so a full hit saves input - 1 tokens).
+    let t = mooncake(&[(0, 1536, &[0, 1, 2]), (1, 1124, &[0, 1, 3]), (2, 1124, &[0, 1, 3])]);
+    check(
+        &t,
+        &LoadOptions::default(),
+        PolicyKind::Lru,
+        100,
+        "requests 3 blocks 5/9 tokens 2148/3784 saved 2147 tiers [0, 5, 0, 0] \
+         granularity: trace blocks of 512 tokens used as they are",
+    );
+}
+
+#[test]
+fn block_sizes_regroup_or_split_trace_blocks() {
+    let t = mooncake(&[(0, 1536, &[0, 1, 2]), (1, 1124, &[0, 1, 3])]);
+    check(
+        &t,
+        &LoadOptions { block_tokens: Some(1024), ..LoadOptions::default() },
+        PolicyKind::Lru,
+        100,
+        "requests 2 blocks 1/4 tokens 1024/2660 saved 1024 tiers [0, 1, 0, 0] \
+         granularity: 2 trace blocks of 512 tokens grouped into one simulated block of 1024 \
+         (a partial last group is keyed by its last trace block)",
+    );
+    check(
+        &t,
+        &LoadOptions { block_tokens: Some(256), ..LoadOptions::default() },
+        PolicyKind::Lru,
+        100,
+        "requests 2 blocks 4/11 tokens 1024/2660 saved 1024 tiers [0, 4, 0, 0] \
+         granularity: each trace block of 512 tokens split into 2 simulated blocks of 256; \
+         sharing below 512 tokens is unknown, so hit ratios are a lower bound",
+    );
+    let err =
+        sim::trace::load("t.jsonl", &t, &LoadOptions { block_tokens: Some(300), ..LoadOptions::default() });
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "--block-size 300 is neither a multiple nor a divisor of the trace's 512-token blocks"
+    );
+}
+
+#[test]
+fn bailian_and_conversation_csv() {
+    let bailian = "\
+{\"chat_id\": 1, \"parent_chat_id\": -1, \"timestamp\": 0.0, \"input_length\": 40, \"output_length\": 5, \"type\": \"text\", \"turn\": 1, \"hash_ids\": [7, 8, 9]}
+{\"chat_id\": 2, \"parent_chat_id\": 1, \"timestamp\": 1.5, \"input_length\": 64, \"output_length\": 5, \"type\": \"text\", \"turn\": 2, \"hash_ids\": [7, 8, 10, 11]}
+";
+    let tr = load(bailian, &LoadOptions::default());
+    assert_eq!(tr.format, InputFormat::Bailian);
+    assert_eq!((tr.requests[1].session, tr.requests[1].turn, tr.requests[1].at_ms), (1, 2, 1500));
+    check(
+        bailian,
+        &LoadOptions::default(),
+        PolicyKind::Lru,
+        100,
+        "requests 2 blocks 2/7 tokens 32/104 saved 32 tiers [0, 2, 0, 0] \
+         granularity: trace blocks of 16 tokens used as they are",
+    );
+    // A conversation CSV: turn 2 of conversation a starts with turn 1's 40 tokens (2 full
+    // 16-token blocks shared); conversation b shares nothing.
+    let csv = "timestamp,conversation_id,prompt_tokens,output_tokens\n0,a,40,10\n0.5,b,33,3\n2,a,70,10\n";
+    let opts = LoadOptions { skip_bad_lines: false, ..LoadOptions::default() };
+    check(
+        csv,
+        &opts,
+        PolicyKind::Lru,
+        100,
+        "requests 3 blocks 2/11 tokens 32/143 saved 32 tiers [0, 2, 0, 0] \
+         granularity: trace blocks of 16 tokens used as they are",
+    );
+    // The converter writes Bailian JSONL that reads back to the same replay.
+    let trace = sim::trace::conversation_csv_to_trace(csv, "c.csv", 16, false).unwrap();
+    let jsonl = sim::trace::to_bailian_jsonl(&trace);
+    insta::assert_snapshot!("converted_csv", jsonl);
+    check(
+        &jsonl,
+        &LoadOptions::default(),
+        PolicyKind::Lru,
+        100,
+        "requests 3 blocks 2/11 tokens 32/143 saved 32 tiers [0, 2, 0, 0] \
+         granularity: trace blocks of 16 tokens used as they are",
+    );
+}
+
+#[test]
+fn bad_input_names_file_line_and_field() {
+    let check_err = |text: &str, opts: &LoadOptions, expect: &str| {
+        let err = sim::trace::load("t.jsonl", text, opts).unwrap_err();
+        assert_eq!(err.to_string(), expect);
+    };
+    let t = "{\"timestamp\": 0, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": [0]}\n\
+             {\"timestamp\": 1, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": \"x\"}\n";
+    check_err(t, &LoadOptions::default(), "t.jsonl:2: field \"hash_ids\": expected array");
+    let skipped = load(t, &LoadOptions { skip_bad_lines: true, ..LoadOptions::default() });
+    assert_eq!((skipped.requests.len(), skipped.bad_lines), (1, 1));
+    check_err(
+        "{\"v\": 1, \"id\": 0, \"sent\": 0.1, \"first_token\": 0.2, \"token_source\": \"usage\"}\n",
+        &LoadOptions::default(),
+        "t.jsonl:1: this is a kvlab requests.jsonl: it records prompt_tokens (a count), session and turn, \
+         but not the prompt's token ids or block hashes, so which prefixes repeat is unknown and it cannot be \
+         replayed (missing field: `hash_ids` or the prompt token ids)",
+    );
+    check_err(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n",
+        &LoadOptions::default(),
+        "t.jsonl:1: an Azure LLM inference CSV carries no prefix or conversation data (TIMESTAMP, \
+         ContextTokens, GeneratedTokens only): nothing to replay",
+    );
+    check_err(
+        "timestamp,conversation_id,prompt_tokens,output_tokens\n0,a,4x,1\n",
+        &LoadOptions::default(),
+        "t.jsonl:2: field \"prompt_tokens\": expected a non-negative integer, found \"4x\"",
+    );
+}
+
+#[test]
+fn capacities_parse_and_convert() {
+    let kv = costmodel::KvGeometry { layers: 32, kv_heads: 8, head_dim: 128, dtype_bytes: 2 }; // 128 KiB/token
+    let check = |s: &str, expect: Result<u64, &str>| {
+        let got = Capacity::parse(s).and_then(|c| c.blocks(16, Some(&kv))).map_err(|e| e.to_string());
+        assert_eq!(got, expect.map_err(str::to_owned), "{s}");
+    };
+    check("1000", Ok(1000));
+    check("10k", Ok(10_000));
+    check("10k-tokens", Ok(625));
+    check("2GiB", Ok(1024)); // 2 GiB / (16 x 128 KiB)
+    check("inf", Ok(u64::MAX));
+    check(
+        "ten",
+        Err("capacity \"ten\": expected blocks (1000, 10k), tokens (10k-tokens), bytes (2GiB, 500MB) or inf"),
+    );
+    let no_model = Capacity::parse("1GB").unwrap().blocks(16, None).unwrap_err().to_string();
+    assert_eq!(no_model, "capacity 1000000000B: a capacity in bytes needs --model (its KV geometry)");
+}
+
+#[test]
+fn tiers_split_hits_and_ttft_is_saved() {
+    let t = mooncake(&[(0, 1024, &[0, 1]), (1, 1536, &[2, 3, 4]), (2, 1024, &[0, 1])]);
+    let trace = load(&t, &LoadOptions::default());
+    let registry = costmodel::Registry::builtin();
+    let cost = costmodel::CostModel::new(
+        registry.model("llama-3-8b").unwrap(),
+        registry.gpu("h100").unwrap(),
+        &registry.cost,
+    );
+    let cfg = ReplayConfig {
+        tiers: vec![
+            TierConfig { tier: Tier::Gpu, capacity_blocks: 3 },
+            TierConfig { tier: Tier::Cpu, capacity_blocks: 10 },
+        ],
+        policy: PolicyKind::Lru.into(),
+        from_ms: 0,
+        to_ms: u64::MAX,
+        cost: Some(&cost),
+        max_num_batched_tokens: 8192,
+    };
+    let r = sim::replay(&trace, &cfg);
+    // Blocks 0 and 1 were demoted to CPU by request 2's three blocks.
+    assert_eq!(r.tier_hit_blocks, [0, 2, 0, 0]);
+    assert_eq!(r.hit_tokens, 1024);
+    let saved = r.ttft_saved_s.expect("a cost model was given");
+    assert!(saved > 0.0 && saved < 1.0, "{saved}");
+}
+
+/// A random trace: requests continue random earlier prefixes, like conversations.
+fn random_trace() -> impl Strategy<Value = String> {
+    prop::collection::vec((0usize..8, 0usize..4, 1usize..5), 1..40).prop_map(|reqs| {
+        let mut prompts: Vec<Vec<u64>> = Vec::new();
+        let mut next = 0u64;
+        let mut lines = Vec::new();
+        for (i, (parent, keep, add)) in reqs.into_iter().enumerate() {
+            let mut ids = match prompts.get(parent) {
+                Some(p) => p[..keep.min(p.len())].to_vec(),
+                None => Vec::new(),
+            };
+            for _ in 0..add {
+                ids.push(next);
+                next += 1;
+            }
+            lines.push((i as u64 * 1000, ids.len() as u32 * 512, ids.clone()));
+            prompts.push(ids);
+        }
+        lines
+            .iter()
+            .map(|(ts, len, ids)| {
+                format!("{{\"timestamp\": {ts}, \"input_length\": {len}, \"output_length\": 1, \"hash_ids\": {ids:?}}}\n")
+            })
+            .collect()
+    })
+}
+
+fn hits(trace: &SimTrace, policy: PolicyKind, capacity: u64) -> u64 {
+    sim::replay(trace, &ReplayConfig::single(Tier::Cpu, capacity, policy.into())).hit_blocks
+}
+
+proptest! {
+    #[test]
+    fn belady_bounds_every_policy_and_all_agree_at_infinity(text in random_trace(), capacity in 1u64..30) {
+        let trace = load(&text, &LoadOptions::default());
+        let best = hits(&trace, PolicyKind::Belady, capacity);
+        let unbounded = hits(&trace, PolicyKind::Lru, u64::MAX);
+        for p in PolicyKind::ALL {
+            prop_assert!(hits(&trace, p, capacity) <= best, "{} beats belady at {}", p, capacity);
+            prop_assert_eq!(hits(&trace, p, u64::MAX), unbounded, "{} at infinite capacity", p);
+        }
+    }
+
+    #[test]
+    fn lru_never_loses_hits_as_capacity_grows(text in random_trace()) {
+        let trace = load(&text, &LoadOptions::default());
+        let mut last = 0;
+        for capacity in 0..40 {
+            let h = hits(&trace, PolicyKind::Lru, capacity);
+            prop_assert!(h >= last, "capacity {}: {} < {}", capacity, h, last);
+            last = h;
+        }
+    }
+}
+
+#[test]
+fn sweep_writes_csv_and_curves() {
+    let t = mooncake(&[
+        (0, 1536, &[0, 1, 2]),
+        (1000, 1024, &[0, 1]),
+        (2000, 1536, &[0, 3, 4]),
+        (3000, 1536, &[0, 1, 2]),
+    ]);
+    let trace = load(&t, &LoadOptions::default());
+    let policies = [PolicyKind::Lru.into(), PolicyKind::Belady.into()];
+    let caps = [Capacity::Blocks(2), Capacity::Tokens(2048), Capacity::Infinite];
+    let rows = sim::sweep(&[trace], &policies, &caps, &sim::SweepConfig::default()).unwrap();
+    insta::assert_snapshot!("sweep_csv", sim::output::csv(&rows));
+    let svg = sim::output::svg(&rows, "t.jsonl");
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert_eq!(svg.matches("stroke-dasharray").count(), 2, "belady's line and legend are dashed: {svg}");
+}
+
+#[test]
+fn tuning_and_training_report_both_ranges() {
+    let t = mooncake(&[
+        (0, 1536, &[0, 1, 2]),
+        (1000, 1536, &[5, 6, 7]),
+        (2000, 2048, &[0, 1, 2, 3]),
+        (3000, 2048, &[5, 6, 7, 8]),
+        (4000, 2560, &[0, 1, 2, 3, 4]),
+    ]);
+    let trace = load(&t, &LoadOptions::default());
+    let tiers = [TierConfig { tier: Tier::Cpu, capacity_blocks: 4 }];
+    let tuned = sim::sweep::tune_conversation_aware(&trace, &tiers, 0.5);
+    assert_eq!((tuned.split_ms, tuned.candidates), (2000, 100));
+    // The best setting is at least as good as LRU where it was chosen.
+    assert!(tuned.tuned.train_token_hit_ratio >= tuned.lru.train_token_hit_ratio, "{tuned:?}");
+    let trained = sim::sweep::train_learned(&trace, 0.5, 300.0);
+    assert_eq!(trained.split_ms, 2000);
+    assert_eq!(trained.train_samples, 6, "accesses before 2 s");
+    assert!(
+        trained.test_log_loss.is_finite() && trained.train_log_loss < std::f64::consts::LN_2,
+        "{trained:?}"
+    );
+}
