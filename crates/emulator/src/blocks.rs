@@ -6,10 +6,36 @@
 //! reverse order, so a request's tail blocks are evicted before its head blocks.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use kvcache::BlockHash;
 
 const NIL: u32 = u32::MAX;
+
+/// Hashes a [`BlockHash`] (already a well-mixed 64-bit hash) with one multiply instead of
+/// SipHash: the pool's map is the emulator's hottest path. Deterministic; the map is never
+/// iterated, so its order does not matter anyway.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct BlockHashHasher(u64);
+
+impl Hasher for BlockHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `BlockHash` (it writes one u64); FNV-1a keeps any other key correct.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type BlockMap = HashMap<BlockHash, u32, BuildHasherDefault<BlockHashHasher>>;
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -27,7 +53,7 @@ pub(crate) struct BlockPool {
     tail: u32,
     num_free: u32,
     /// Cached full blocks by hash. Only looked up, never iterated (determinism).
-    cached: HashMap<BlockHash, u32>,
+    cached: BlockMap,
 }
 
 impl BlockPool {
@@ -40,7 +66,7 @@ impl BlockPool {
             head: NIL,
             tail: NIL,
             num_free: 0,
-            cached: HashMap::new(),
+            cached: BlockMap::default(),
         };
         for id in 0..num_blocks {
             pool.push_tail(id);

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{self, CostModel, Link};
-use crate::Error;
+use costmodel::{CostModel, LinkSpec, TierLink};
 use kvcache::{PolicyKind, Tier};
+
+use crate::cost;
+use crate::Error;
 
 /// Everything that shapes the emulated engine. Read from TOML (`deny_unknown_fields`) or built in
 /// code; every field has a default, see [`EmulatorConfig::default`].
@@ -17,14 +19,20 @@ use kvcache::{PolicyKind, Tier};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmulatorConfig {
-    /// A model of the built-in registry, e.g. `meta-llama/Llama-3.1-8B-Instruct`.
+    /// A model of the built-in registry (`configs/models.toml`), by name (`llama-3-8b`) or
+    /// Hugging Face id (`meta-llama/Meta-Llama-3-8B-Instruct`), case-insensitive. Its
+    /// tensor-parallel degree sets how many GPUs the engine has.
     pub model: String,
     /// The name `/v1/models` reports and requests must use; defaults to `model`.
     pub served_model_name: Option<String>,
-    /// A GPU of the built-in registry: `H100`, `H200`, `A100-80GB`, `L40S`, `L4`.
+    /// A GPU of the built-in registry (`configs/gpus.toml`), case-insensitive: `h100`, `h200`,
+    /// `a100-80g`, `l40s`, `l4`.
     pub gpu: String,
     pub scheduler: SchedulerConfig,
     pub offload: OffloadConfig,
+    /// Overrides of the registry's disk and remote links (`[cost.disk]`, `[cost.remote]` of
+    /// `gpus.toml`), e.g. the network to a particular Redis.
+    pub links: LinkOverrides,
     /// Stored bytes per modelled KV byte in the offload tiers (0 < scale <= 1). The real KV of
     /// 10k tokens of an 8B model is 1.3 GB; the default 1/64 stores 20 MB for it. The lab
     /// records this factor in `env.json`.
@@ -38,6 +46,9 @@ pub struct EmulatorConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
+    /// Longest prompt + output accepted; 0 (the default) = the model's `max_model_len` from the
+    /// registry, as vLLM without `--max-model-len`. A larger value is accepted (as vLLM with
+    /// `VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`): the cost model extrapolates.
     pub max_model_len: u32,
     pub max_num_seqs: u32,
     pub max_num_batched_tokens: u32,
@@ -62,6 +73,16 @@ pub struct OffloadConfig {
     pub remote: Option<RemoteTierConfig>,
     /// Eviction policy of every offload tier.
     pub policy: PolicyKind,
+}
+
+/// Links that replace the registry's; `None` keeps the registry's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkOverrides {
+    /// Local disk into host memory (the disk tier).
+    pub disk: Option<LinkSpec>,
+    /// Network into host memory (the remote tier).
+    pub remote: Option<LinkSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,11 +119,12 @@ const GIB: u64 = 1 << 30;
 impl Default for EmulatorConfig {
     fn default() -> Self {
         EmulatorConfig {
-            model: "meta-llama/Llama-3.1-8B-Instruct".to_owned(),
+            model: "llama-3-8b".to_owned(),
             served_model_name: None,
-            gpu: "H100".to_owned(),
+            gpu: "h100".to_owned(),
             scheduler: SchedulerConfig::default(),
             offload: OffloadConfig::default(),
+            links: LinkOverrides::default(),
             byte_scale: 1.0 / 64.0,
             time_scale: 1.0,
         }
@@ -112,7 +134,7 @@ impl Default for EmulatorConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
-            max_model_len: 32_768,
+            max_model_len: 0,
             max_num_seqs: 256,
             max_num_batched_tokens: 8192,
             block_size: 16,
@@ -175,47 +197,68 @@ impl EmulatorConfig {
         if !(self.time_scale >= 0.0 && self.time_scale.is_finite()) {
             return bad("time_scale", "must be >= 0");
         }
-        let cost = CostModel { model: cost::model(&self.model)?, gpu: cost::gpu(&self.gpu)? };
+        let registry = cost::registry();
+        let model = cost::model(registry, &self.model)?;
+        let gpu = cost::gpu(registry, &self.gpu)?;
+        for (field, link) in [("links.disk", &self.links.disk), ("links.remote", &self.links.remote)] {
+            if let Some(l) = link {
+                if !(l.bandwidth_gbs.is_finite() && l.bandwidth_gbs > 0.0) {
+                    return bad(&format!("{field}.bandwidth_gbs"), "must be a positive number");
+                }
+                if !(l.latency_us.is_finite() && l.latency_us >= 0.0) {
+                    return bad(&format!("{field}.latency_us"), "must be 0 or a positive number");
+                }
+            }
+        }
+        let mut params = registry.cost;
+        params.disk = self.links.disk.unwrap_or(params.disk);
+        params.remote = self.links.remote.unwrap_or(params.remote);
+        let cost = CostModel::new(model, gpu, &params);
+        let mut cfg = self.clone();
+        if cfg.scheduler.max_model_len == 0 {
+            cfg.scheduler.max_model_len = model.max_model_len;
+        }
+        let max_model_len = cfg.scheduler.max_model_len;
         let block_bytes = cost.kv_bytes(u64::from(s.block_size));
-        let free = cost.gpu.mem_bytes * s.gpu_memory_utilization - cost.model.weight_bytes;
-        let fit = if free > 0.0 { (free / block_bytes as f64) as u64 } else { 0 };
+        // vLLM: each GPU keeps `gpu_memory_utilization` of its memory, less its share of the
+        // weights, for KV; the blocks of the whole group hold every GPU's share of a token.
+        let gpus = f64::from(model.gpus().max(1));
+        let memory = gpus * gpu.memory_gib * GIB as f64;
+        let free = memory * s.gpu_memory_utilization - model.weight_bytes() as f64;
+        let fit = if free > 0.0 && block_bytes > 0 { (free / block_bytes as f64) as u64 } else { 0 };
         let num_gpu_blocks = s.num_gpu_blocks.map_or(fit, |cap| cap.min(fit));
-        let min_blocks = u64::from(s.max_model_len.div_ceil(s.block_size));
+        let min_blocks = u64::from(max_model_len.div_ceil(s.block_size));
         if num_gpu_blocks < min_blocks {
             return Err(Error::Config(format!(
                 "{} on {} leaves {num_gpu_blocks} KV blocks, fewer than one max_model_len \
                  request needs ({min_blocks}); lower scheduler.max_model_len",
-                self.model, self.gpu
+                model.name, gpu.name
             )));
         }
         let chunk_bytes = cost.kv_bytes(u64::from(o.chunk_tokens));
         let stored_chunk_bytes = ((chunk_bytes as f64 * self.byte_scale).ceil() as u64).max(16);
         let mut tiers = Vec::new();
         if o.cpu_bytes > 0 {
-            tiers.push(TierSpec {
-                tier: Tier::Cpu,
-                capacity_chunks: o.cpu_bytes / chunk_bytes,
-                link: Link { latency_s: 20e-6, bytes_per_s: cost.gpu.pcie_bw * 0.5 },
-            });
+            tiers.push(TierSpec { tier: Tier::Cpu, capacity_chunks: o.cpu_bytes / chunk_bytes });
         }
         if let Some(d) = &o.disk {
-            tiers.push(TierSpec {
-                tier: Tier::Disk,
-                capacity_chunks: d.bytes / chunk_bytes,
-                link: Link { latency_s: 200e-6, bytes_per_s: 5e9 },
-            });
+            tiers.push(TierSpec { tier: Tier::Disk, capacity_chunks: d.bytes / chunk_bytes });
         }
         if let Some(r) = &o.remote {
             if !r.url.starts_with("redis://") {
                 return bad("offload.remote.url", "must start with redis://");
             }
-            tiers.push(TierSpec {
-                tier: Tier::Remote,
-                capacity_chunks: r.bytes / chunk_bytes,
-                link: Link { latency_s: 500e-6, bytes_per_s: 1.25e9 },
-            });
+            tiers.push(TierSpec { tier: Tier::Remote, capacity_chunks: r.bytes / chunk_bytes });
         }
-        Ok(Resolved { cfg: self.clone(), cost, num_gpu_blocks, chunk_bytes, stored_chunk_bytes, tiers })
+        Ok(Resolved {
+            cfg,
+            hf_id: model.hf_id.clone(),
+            cost,
+            num_gpu_blocks,
+            chunk_bytes,
+            stored_chunk_bytes,
+            tiers,
+        })
     }
 }
 
@@ -223,13 +266,26 @@ impl EmulatorConfig {
 pub(crate) struct TierSpec {
     pub(crate) tier: Tier,
     pub(crate) capacity_chunks: u64,
-    pub(crate) link: Link,
+}
+
+impl TierSpec {
+    /// The cost model's link of this tier.
+    pub(crate) fn link(&self) -> TierLink {
+        match self.tier {
+            Tier::Gpu | Tier::Cpu => TierLink::Cpu,
+            Tier::Disk => TierLink::Disk,
+            Tier::Remote => TierLink::Remote,
+        }
+    }
 }
 
 /// A validated configuration with the derived numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Resolved {
+    /// The configuration, `scheduler.max_model_len` resolved (never 0).
     pub(crate) cfg: EmulatorConfig,
+    /// The model's Hugging Face id.
+    pub(crate) hf_id: String,
     pub(crate) cost: CostModel,
     pub(crate) num_gpu_blocks: u64,
     /// Modelled bytes of one offload chunk.
@@ -246,7 +302,9 @@ mod tests {
     fn check(toml: &str, expect: &str) {
         let got = match EmulatorConfig::from_toml(toml, "emu.toml").and_then(|c| c.resolve()) {
             Ok(r) => format!(
-                "blocks={} chunk_bytes={} stored={} tiers={:?}",
+                "{} max_model_len={} blocks={} chunk_bytes={} stored={} tiers={:?}",
+                r.hf_id,
+                r.cfg.scheduler.max_model_len,
                 r.num_gpu_blocks,
                 r.chunk_bytes,
                 r.stored_chunk_bytes,
@@ -259,26 +317,61 @@ mod tests {
 
     #[test]
     fn resolves_blocks_and_tiers() {
-        // (80e9 x 0.9 - 16.06e9) / (16 x 131072) = 26_674 blocks.
-        check("", "blocks=26674 chunk_bytes=33554432 stored=524288 tiers=[]");
+        // (80 GiB x 0.9 - 16.06e9 B of weights) / (16 tokens x 128 KiB) = 29_205 blocks; the
+        // registry's max_model_len (8192) when none is set.
         check(
-            "[scheduler]\nnum_gpu_blocks = 4096\n[offload]\ncpu_bytes = 1073741824\n\
-             [offload.disk]\ndir = \"d\"\nbytes = 2147483648\n",
-            "blocks=4096 chunk_bytes=33554432 stored=524288 tiers=[(\"cpu\", 32), (\"disk\", 64)]",
+            "",
+            "meta-llama/Meta-Llama-3-8B-Instruct max_model_len=8192 blocks=29205 chunk_bytes=33554432 \
+             stored=524288 tiers=[]",
         );
-        // (24e9 x 0.9 - 16.06e9) / 2 MiB = 2641 blocks, enough for 32768 tokens (2048 blocks).
-        check("gpu = \"L4\"", "blocks=2641 chunk_bytes=33554432 stored=524288 tiers=[]");
         check(
-            "model = \"meta-llama/Llama-3.1-70B-Instruct\"",
-            "emulator config: meta-llama/Llama-3.1-70B-Instruct on H100 leaves 0 KV blocks, fewer \
-             than one max_model_len request needs (2048); lower scheduler.max_model_len",
+            "[scheduler]\nnum_gpu_blocks = 4096\nmax_model_len = 16384\n[offload]\ncpu_bytes = 1073741824\n\
+             [offload.disk]\ndir = \"d\"\nbytes = 2147483648\n",
+            "meta-llama/Meta-Llama-3-8B-Instruct max_model_len=16384 blocks=4096 chunk_bytes=33554432 \
+             stored=524288 tiers=[(\"cpu\", 32), (\"disk\", 64)]",
+        );
+        // (24 GiB x 0.9 - 16.06e9) / 2 MiB = 3400 blocks.
+        check(
+            "gpu = \"L4\"",
+            "meta-llama/Meta-Llama-3-8B-Instruct max_model_len=8192 blocks=3400 chunk_bytes=33554432 \
+             stored=524288 tiers=[]",
+        );
+        // TP 4: (4 x 80 GiB x 0.9 - 141.1e9) / (16 x 320 KiB) = 32_068 blocks.
+        check(
+            "model = \"llama-3-70b-tp4\"",
+            "meta-llama/Meta-Llama-3-70B-Instruct max_model_len=8192 blocks=32068 chunk_bytes=83886080 \
+             stored=1310720 tiers=[]",
+        );
+        check(
+            "model = \"llama-3-70b-tp4\"\ngpu = \"l4\"",
+            "emulator config: llama-3-70b-tp4 on l4 leaves 0 KV blocks, fewer than one max_model_len \
+             request needs (512); lower scheduler.max_model_len",
         );
         check(
             "model = \"gpt-5\"",
-            "unknown model \"gpt-5\" (known: meta-llama/Llama-3.1-8B-Instruct, \
-             Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.2-1B-Instruct, \
-             meta-llama/Llama-3.1-70B-Instruct)",
+            "unknown model \"gpt-5\" (known: llama-3-8b, llama-3-70b-tp4, llama-3-70b-tp8, qwen3-8b, \
+             mistral-7b, tiny-llama)",
         );
+        check(
+            "[links.remote]\nbandwidth_gbs = 0.0\nlatency_us = 10.0\n",
+            "emulator config: links.remote.bandwidth_gbs: must be a positive number",
+        );
+    }
+
+    #[test]
+    fn link_overrides_replace_the_registry_s_links() {
+        let gb = 1_000_000_000;
+        let time = |toml: &str, link| {
+            let r = EmulatorConfig::from_toml(toml, "emu.toml").and_then(|c| c.resolve()).unwrap();
+            r.cost.load_time(link, gb)
+        };
+        let slow = "[links.remote]\nbandwidth_gbs = 1.0\nlatency_us = 0.0\n";
+        // The registry's 25 GbE (3.125 GB/s) against 1 GB/s: 2.2 s more for 1 GB over the
+        // network; the PCIe part and the other tiers are unchanged.
+        let delta = time(slow, TierLink::Remote) - time("", TierLink::Remote);
+        assert!((delta - (1.0 - 1.0 / 3.125 - 200e-6)).abs() < 1e-9, "{delta}");
+        assert_eq!(time(slow, TierLink::Disk), time("", TierLink::Disk));
+        assert_eq!(time(slow, TierLink::Cpu), time("", TierLink::Cpu));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! kvlab's embedded engine: an emulated vLLM + LMCache.
 //!
 //! One scheduler core (vLLM v1's shape: continuous batching, token budget, chunked prefill,
-//! prefix caching over a GPU block pool, preemption by recomputation), one cost model (a roofline
-//! of the model on the GPU, plus load time per offload tier) and one offload index (the
-//! `kvcache` crate's model, shared with the simulator), behind two clocks:
+//! prefix caching over a GPU block pool, preemption by recomputation), kvlab's one cost model
+//! (the `costmodel` crate: models and GPUs from its registry, step, load and store times, shared
+//! with the simulator) and one offload index (the `kvcache` crate's model, also shared with the
+//! simulator), behind two clocks:
 //!
 //! - real time: [`serve`] runs an OpenAI-compatible HTTP server; an engine task steps the core
 //!   and sleeps each step's modelled duration. The offload tiers store real bytes (RAM, chunk
@@ -31,7 +32,8 @@ mod store;
 mod virt;
 
 pub use config::{
-    DiskTierConfig, EmulatorConfig, OffloadConfig, RemoteTierConfig, SchedulerConfig, TierPreset,
+    DiskTierConfig, EmulatorConfig, LinkOverrides, OffloadConfig, RemoteTierConfig, SchedulerConfig,
+    TierPreset,
 };
 pub use server::{serve, Server};
 pub use virt::run_virtual;

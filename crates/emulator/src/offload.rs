@@ -93,10 +93,9 @@ impl OffloadIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cost::Link;
 
     fn spec(tier: Tier, capacity_chunks: u64) -> TierSpec {
-        TierSpec { tier, capacity_chunks, link: Link { latency_s: 0.0, bytes_per_s: 1.0 } }
+        TierSpec { tier, capacity_chunks }
     }
 
     #[test]

@@ -7,11 +7,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use costmodel::{PrefillChunk, StepShape, TierLink};
 use kvcache::{BlockHash, HashAlgo, HashConfig, Tier};
 
 use crate::blocks::BlockPool;
 use crate::config::Resolved;
-use crate::cost::StepShape;
 use crate::metrics::{EngineMetrics, Gauges};
 
 /// A request handed to the scheduler.
@@ -90,6 +90,9 @@ pub(crate) struct Core {
     now: f64,
     scheduled: Vec<(u64, u32)>,
     hit_ids: Vec<u32>,
+    shape: StepShape,
+    /// Modelled KV bytes loaded in this step, per tier (indexed by `Tier as usize`).
+    load_bytes: [u64; 4],
 }
 
 impl Core {
@@ -108,6 +111,8 @@ impl Core {
             now: 0.0,
             scheduled: Vec::new(),
             hit_ids: Vec::new(),
+            shape: StepShape::default(),
+            load_bytes: [0; 4],
         }
     }
 
@@ -184,12 +189,37 @@ impl Core {
         self.metrics.preemptions += 1;
     }
 
+    /// Modelled seconds of the step just scheduled: its loads from the offload tiers (one
+    /// transfer per tier, before the forward pass, not overlapped), the forward pass, then the
+    /// copy to host memory of the chunks that requests completing their prefill store (LMCache
+    /// saves synchronously at the end of the step; the disk and remote writes that follow run in
+    /// the background and cost no step time).
+    fn step_duration(&self) -> f64 {
+        let cost = &self.r.cost;
+        let load: f64 =
+            self.r.tiers.iter().map(|t| cost.load_time(t.link(), self.load_bytes[t.tier as usize])).sum();
+        let mut store_chunks = 0u64;
+        if !self.r.tiers.is_empty() {
+            for &(id, n) in &self.scheduled {
+                let req = &self.reqs[&id];
+                if !req.stored && req.computed + n >= req.num_tokens() {
+                    // Chunks an offload tier already holds are not written again.
+                    store_chunks += req.chunk_keys.len().saturating_sub(req.offload_hits.len()) as u64;
+                }
+            }
+        }
+        let chunk_tokens = u64::from(self.r.cfg.offload.chunk_tokens);
+        let store = cost.store_time(TierLink::Cpu, cost.kv_bytes(store_chunks * chunk_tokens));
+        load + cost.step_time(&self.shape) + store
+    }
+
     /// Schedules and runs one step starting at `now`. `None` when nothing can run (idle).
     pub(crate) fn step(&mut self, now: f64) -> Option<&StepOutput> {
         let bs = self.hash_cfg.block_size;
         let mut budget = self.r.cfg.scheduler.max_num_batched_tokens;
-        let mut shape = StepShape::default();
-        let mut load_time = 0.0;
+        self.shape.prefills.clear();
+        self.shape.decodes.clear();
+        self.load_bytes = [0; 4];
         self.scheduled.clear();
         let mut preempted = false;
 
@@ -221,7 +251,12 @@ impl Core {
             }
             self.scheduled.push((id, n_new));
             budget -= n_new;
-            shape.add(u64::from(computed), u64::from(n_new));
+            let decoding = computed >= self.reqs[&id].prompt_len && n_new == 1;
+            if decoding {
+                self.shape.decodes.push(computed);
+            } else {
+                self.shape.prefills.push(PrefillChunk { new_tokens: n_new, context_tokens: computed });
+            }
             i += 1;
         }
 
@@ -254,15 +289,14 @@ impl Core {
                 break;
             }
             req.blocks.splice(0..0, self.hit_ids.iter().copied());
-            // Load [gpu_hit, gpu_hit + ext) chunk by chunk from the tier holding each chunk.
+            // Load [gpu_hit, gpu_hit + ext), each chunk from the tier holding it; the step pays
+            // one transfer per tier (see `Core::step`).
             let mut pos = gpu_hit;
             while pos < start {
                 let c = pos / chunk;
                 let end = ((c + 1) * chunk).min(start);
                 let tier = req.offload_hits[c as usize];
-                let spec = self.r.tiers.iter().find(|t| t.tier == tier);
-                let bytes = self.r.cost.kv_bytes(u64::from(end - pos));
-                load_time += spec.map_or(0.0, |s| s.link.time(bytes));
+                self.load_bytes[tier as usize] += self.r.cost.kv_bytes(u64::from(end - pos));
                 self.metrics.tier_hit_tokens[tier as usize] += u64::from(end - pos);
                 pos = end;
             }
@@ -283,7 +317,7 @@ impl Core {
             }
             self.scheduled.push((id, n_new));
             budget -= n_new;
-            shape.add(u64::from(start), u64::from(n_new));
+            self.shape.prefills.push(PrefillChunk { new_tokens: n_new, context_tokens: start });
             self.waiting.pop_front();
             self.running.push(id);
         }
@@ -291,7 +325,7 @@ impl Core {
         if self.scheduled.is_empty() {
             return None;
         }
-        let end = now + self.r.cost.step_time(&shape) + load_time;
+        let end = now + self.step_duration();
         self.now = end;
         let out = &mut self.out;
         out.start = now;

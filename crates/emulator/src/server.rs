@@ -275,7 +275,7 @@ async fn models(State(sh): State<Arc<Shared>>) -> Response {
             "object": "model",
             "created": sh.created,
             "owned_by": "kvlab-emulated",
-            "root": sh.resolved.cfg.model,
+            "root": sh.resolved.hf_id,
             "parent": null,
             "max_model_len": sh.resolved.cfg.scheduler.max_model_len,
         }]
