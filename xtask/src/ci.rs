@@ -4,7 +4,7 @@
 //! 1. `cargo fmt --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 3. services: a `redis-server` on a free loopback port (installed with apt-get when missing), and a
-//!    Python venv with xllamacpp + gguf plus the generated tiny GGUF model (the real llama.cpp engine)
+//!    Python venv with xllamacpp + gguf plus the generated small GGUF model (the real llama.cpp engine)
 //! 4. `cargo test --workspace`, with the services announced through environment variables:
 //!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`.
 //!
@@ -145,10 +145,9 @@ impl PythonEngine {
         }
         let model = root.join(".kvlab/models/tiny.gguf");
         let script = root.join("crates/lab/python/gen_model.py");
-        if !model.exists() {
-            std::fs::create_dir_all(model.parent().expect("has a parent"))?;
-            cmd!(sh, "{python} {script} {model}").run().context("generating the tiny GGUF model")?;
-        }
+        // Always regenerated (about a second): the file then matches the script in this checkout.
+        std::fs::create_dir_all(model.parent().expect("has a parent"))?;
+        cmd!(sh, "{python} {script} {model}").run().context("generating the GGUF model")?;
         Ok(PythonEngine { python, model })
     }
 }

@@ -84,6 +84,16 @@ async fn read_file(path: &std::path::Path, len: usize) -> Result<Option<Vec<u8>>
     Ok(Some(data))
 }
 
+/// Writes a chunk file and waits until it reached the device (`fdatasync`), as an offload tier
+/// that must survive the page cache does: the write is real device traffic, which the disk sampler
+/// sees in /proc/diskstats while the run goes, not seconds later at writeback.
+async fn write_durable(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path).await?;
+    file.write_all(data).await?;
+    file.sync_data().await
+}
+
 fn redis_key(key: BlockHash) -> String {
     format!("kvlab:chunk:{key}")
 }
@@ -183,7 +193,7 @@ impl Stores {
                         true
                     }
                     Tier::Disk => match &self.disk {
-                        Some(dir) => tokio::fs::write(dir.join(file_name(key)), data).await.is_ok(),
+                        Some(dir) => write_durable(&dir.join(file_name(key)), &data).await.is_ok(),
                         None => false,
                     },
                     Tier::Remote => self.redis_set(key, data).await,

@@ -1,8 +1,8 @@
 //! Experiments: configuration schema, tiers, engine launchers, the run lifecycle and result
 //! directories. This is what `cargo xtask bench` and `cargo xtask serve` drive.
 //!
-//! The entry points are [`run::bench`] (one run, or a whole experiment matrix) and
-//! [`run::serve_emulated`]. Engines start behind the [`engine::Launcher`] seam; every engine the
+//! The entry points are [`run::bench`] (one run, or a whole experiment matrix; [`run::bench_until`]
+//! takes the shutdown signal as a future) and [`run::serve_emulated`]. Engines start behind the [`engine::Launcher`] seam; every engine the
 //! lab starts listens on 127.0.0.1 and is stopped and reaped on exit, error or Ctrl-C.
 
 pub mod config;

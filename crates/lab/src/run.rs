@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::adapters::{self, WorkloadRequest};
 use crate::config::{Experiment, Point, Tier, TierConfig};
@@ -16,8 +17,9 @@ use crate::secrets::Secrets;
 
 /// Redis for the redis tier when neither `--redis-url` nor `KVLAB_REDIS_URL` is given.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// The model when none is given (a model of the emulator's registry; a Hugging Face id for vLLM).
-pub const DEFAULT_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+/// The model when none is given: a name of the model registry (`configs/models.toml`); vLLM is
+/// given its Hugging Face id.
+pub const DEFAULT_MODEL: &str = "llama-3-8b";
 /// The default workload: reuse-heavy, so offload tiers see traffic.
 pub const DEFAULT_WORKLOAD: &str = "shared-prefix";
 /// Version of `run.toml` and `env.json`.
@@ -124,6 +126,9 @@ pub struct ResolvedRun {
     pub gpu: Option<String>,
     pub gpus: GpuSelection,
     pub tensor_parallel: u32,
+    pub pipeline_parallel: u32,
+    /// The model's entry in the model registry, when it has one.
+    pub registry_model: Option<String>,
     pub workload: WorkloadRequest,
     pub mock_decoding: bool,
     pub conversation_aware_eviction: bool,
@@ -132,6 +137,7 @@ pub struct ResolvedRun {
     pub url: Option<String>,
     pub image: Option<String>,
     pub disk_dir: PathBuf,
+    /// The Redis of the redis tier, without user name or password.
     pub redis_url: Option<String>,
     pub tier_config: TierConfig,
     pub lmcache: Option<LmcacheConfig>,
@@ -139,11 +145,46 @@ pub struct ResolvedRun {
 }
 
 /// Runs the bench: one run, or every point of `--experiment` (then also `index.json`).
-/// Prints each summary table and the result directory.
+/// Prints each summary table and the result directory. Ctrl-C interrupts it as
+/// [`bench_until`] describes.
 pub async fn bench(opts: &BenchOptions) -> Result<Vec<RunReport>> {
+    bench_until(opts, async {
+        // Without a signal handler (an error here), the run is simply not interruptible.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
+    .await
+}
+
+/// [`bench`], interrupted when `shutdown` resolves (Ctrl-C for the command line).
+///
+/// On interruption: no new request is sent, the engine is stopped and reaped, and the result
+/// directory keeps every finished request in `requests.jsonl`, with `requests.csv` and a
+/// `summary.json` over exactly those records (`completed + failed` = lines of
+/// `requests.jsonl`) and `"interrupted": true` in `env.json`. Requests still in flight at that
+/// moment are abandoned and not recorded. Returns [`LabError::Interrupted`] naming the directory.
+pub async fn bench_until(
+    opts: &BenchOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Vec<RunReport>> {
+    let stop = CancellationToken::new();
+    let work = bench_points(opts, &stop);
+    tokio::pin!(work);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = &mut work => r,
+        () = &mut shutdown => {
+            stop.cancel();
+            work.await
+        }
+    }
+}
+
+async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<Vec<RunReport>> {
     let Some(exp_path) = &opts.experiment else {
         let point = point_from_flags(opts)?;
-        let report = run_point(opts, &point, None, None).await?;
+        let report = run_point(opts, &point, None, None, stop).await?;
         return Ok(vec![report]);
     };
     let exp = Experiment::load(exp_path)?;
@@ -156,7 +197,10 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<RunReport>> {
         let mut point = point.clone();
         apply_flag_overrides(opts, &mut point);
         eprintln!("kvlab: experiment {}: point {}/{}", exp.name, i + 1, exp.points.len());
-        let result = run_point(opts, &point, Some((&exp, &root, i)), exp.lmcache.as_ref()).await;
+        if stop.is_cancelled() {
+            return Err(LabError::Interrupted(root));
+        }
+        let result = run_point(opts, &point, Some((&exp, &root, i)), exp.lmcache.as_ref(), stop).await;
         let entry = match &result {
             Ok(r) => serde_json::json!({
                 "point": i, "dir": r.dir.file_name().map(|f| f.to_string_lossy().into_owned()),
@@ -273,9 +317,66 @@ fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf> {
     unreachable!("an unbounded loop returns")
 }
 
-/// Tensor parallelism of a model (from the model registry, when it knows the model).
-fn tensor_parallel(_root: &Path, _model: &str) -> u32 {
-    1
+/// Where a model runs: its name as the engine knows it and the GPUs it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelPlacement {
+    /// The name the engine serves (a registry name resolves to its Hugging Face id for vLLM).
+    pub served_name: String,
+    /// The registry entry, when the registry knows the model.
+    pub registry_name: Option<String>,
+    pub tensor_parallel: u32,
+    pub pipeline_parallel: u32,
+}
+
+impl ModelPlacement {
+    /// GPUs the model needs: tensor parallel x pipeline parallel.
+    pub fn gpus(&self) -> u32 {
+        self.tensor_parallel * self.pipeline_parallel
+    }
+}
+
+/// Resolves a model for an engine through the built-in model registry (`configs/models.toml`,
+/// looked up by registry name or Hugging Face id, ignoring ASCII case, first match wins as in
+/// the emulator).
+///
+/// - `emulated`, `vllm`, `vllm-docker`, `docker`: the registry must know the model (the error
+///   lists the known ones); it gives the parallelism. vLLM and containers are given the Hugging
+///   Face id; the emulator is given the name as written (it resolves it in the same registry).
+/// - `llamacpp`, `external`: the model is a local GGUF file or whatever the server serves: 1 GPU,
+///   no lookup.
+pub fn resolve_model(engine: EngineKind, model: &str) -> Result<ModelPlacement> {
+    let unplaced = || ModelPlacement {
+        served_name: model.to_owned(),
+        registry_name: None,
+        tensor_parallel: 1,
+        pipeline_parallel: 1,
+    };
+    if matches!(engine, EngineKind::Llamacpp | EngineKind::External) {
+        return Ok(unplaced());
+    }
+    let registry = costmodel::Registry::builtin();
+    let found = registry
+        .models
+        .iter()
+        .find(|m| m.name.eq_ignore_ascii_case(model) || m.hf_id.eq_ignore_ascii_case(model));
+    let Some(spec) = found else {
+        let known: Vec<String> =
+            registry.models.iter().map(|m| format!("{} ({})", m.name, m.hf_id)).collect();
+        return Err(LabError::Invalid(format!(
+            "unknown model `{model}` for engine `{engine}`; the model registry (configs/models.toml) knows: {}",
+            known.join(", ")
+        )));
+    };
+    let served_name = match engine {
+        EngineKind::Emulated | EngineKind::Auto => model.to_owned(),
+        _ => spec.hf_id.clone(),
+    };
+    Ok(ModelPlacement {
+        served_name,
+        registry_name: Some(spec.name.clone()),
+        tensor_parallel: spec.tensor_parallel,
+        pipeline_parallel: spec.pipeline_parallel,
+    })
 }
 
 async fn run_point(
@@ -283,6 +384,7 @@ async fn run_point(
     point: &Point,
     experiment: Option<(&Experiment, &Path, usize)>,
     exp_lmcache: Option<&LmcacheConfig>,
+    stop: &CancellationToken,
 ) -> Result<RunReport> {
     let secrets = Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env();
     let probe = HostProbe::detect();
@@ -331,8 +433,10 @@ async fn run_point(
         (EngineKind::Llamacpp, None) if opts.model.is_none() => "tiny".to_owned(),
         _ => point.model.clone(),
     };
-    let tp = tensor_parallel(&opts.root, &model);
-    engine::check_gpu_count(&model, tp, &opts.gpus)?;
+    let placement = resolve_model(engine_kind, &model)?;
+    engine::check_gpu_count(&model, placement.gpus(), &opts.gpus)?;
+    let tp = placement.tensor_parallel;
+    let model = placement.served_name.clone();
 
     let label = opts.label.clone().map_or_else(
         || match experiment {
@@ -385,6 +489,8 @@ async fn run_point(
         gpu: point.gpu.clone(),
         gpus: opts.gpus.clone(),
         tensor_parallel: tp,
+        pipeline_parallel: placement.pipeline_parallel,
+        registry_model: placement.registry_name.clone(),
         workload: workload.clone(),
         mock_decoding: point.mock_decoding,
         conversation_aware_eviction: point.conversation_aware_eviction,
@@ -393,7 +499,7 @@ async fn run_point(
         url: opts.url.clone(),
         image: opts.image.clone(),
         disk_dir: disk_dir.clone(),
-        redis_url: redis_url.clone(),
+        redis_url: redis_url.as_deref().map(engine::emulated::without_credentials),
         tier_config: tier.clone(),
         lmcache: lmcache.clone(),
         experiment: experiment.map(|(e, _, _)| e.name.clone()),
@@ -453,12 +559,15 @@ async fn run_point(
     let launcher = engine::launcher(engine_kind);
     let running = tokio::select! {
         r = launcher.start(&spec) => r,
-        _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted(dir.clone())),
+        () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
     };
     let running = match running {
         Ok(r) => r,
         Err(e) => {
             env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
+            if let LabError::Interrupted(_) = &e {
+                env["interrupted"] = serde_json::json!(true);
+            }
             write(
                 &dir.join("env.json"),
                 &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()),
@@ -479,8 +588,8 @@ async fn run_point(
     );
     let driven = match &samplers {
         Ok(_) => tokio::select! {
-            r = adapters::drive(&plan, &running.base_url, &model, summary_cfg, &dir, origin, opts.progress) => r,
-            _ = tokio::signal::ctrl_c() => Err(LabError::Interrupted(dir.clone())),
+            r = adapters::drive(&plan, &running.base_url, &model, summary_cfg.clone(), &dir, origin, opts.progress) => r,
+            () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
         },
         Err(e) => Err(LabError::Other(format!("samplers: {e}"))),
     };
@@ -489,6 +598,12 @@ async fn run_point(
     env["samplers"] = sampler_status;
     if let Err(e) = &driven {
         env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
+    }
+    if let Err(LabError::Interrupted(_)) = &driven {
+        env["interrupted"] = serde_json::json!(true);
+        if let Err(e) = adapters::finish_partial(&dir, &summary_cfg) {
+            env["partial_results_error"] = serde_json::json!(secrets.redact(&e.to_string()));
+        }
     }
     write(&dir.join("env.json"), &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()))?;
     let summary = driven?;

@@ -6,44 +6,12 @@ use std::path::{Path, PathBuf};
 
 use lab::config::Tier;
 use lab::engine::EngineKind;
-use lab::run::{bench, BenchOptions};
+use lab::error::LabError;
+use lab::run::{bench, bench_until, BenchOptions};
 
-const TOKEN: &str = "hf_e2ePlantedToken987";
+mod common;
 
-/// A workspace root with the repository's configs and a planted `.env`.
-fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    copy_dir(&repo.join("configs"), &dir.path().join("configs"));
-    std::fs::write(dir.path().join(".env"), format!("HF_TOKEN={TOKEN}\n")).unwrap();
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
+use common::{assert_no_secret, files, workspace};
 
 fn max_column(csv: &Path, column: &str) -> f64 {
     let text = std::fs::read_to_string(csv).unwrap();
@@ -81,13 +49,7 @@ async fn run_tier(tier: Tier, redis_url: Option<String>) -> PathBuf {
     assert_eq!(summary["emulated"], true);
     assert!(std::fs::read_to_string(r.dir.join("report.md")).unwrap().contains("EMULATED"));
     assert!(r.summary.cached_tokens_total > 0, "{tier}: a shared-prefix workload hits the cache");
-    for f in files(ws.path()) {
-        let bytes = std::fs::read(&f).unwrap();
-        if f.ends_with(".env") {
-            continue;
-        }
-        assert!(!String::from_utf8_lossy(&bytes).contains(TOKEN), "secret in {}", f.display());
-    }
+    assert_no_secret(ws.path());
     let dir = r.dir.clone();
     std::mem::forget(ws); // keep the files for the caller's checks
     dir
@@ -112,6 +74,23 @@ async fn baseline_and_cpu_tiers() {
     }
 }
 
+/// `SET` calls the Redis server has executed, and its number of keys.
+async fn redis_sets_and_keys(url: &str) -> (u64, u64) {
+    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("KVLAB_REDIS_URL={url}: {e}"));
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("no redis-server answers at KVLAB_REDIS_URL={url}: {e}"));
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+    let sets = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0);
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    (sets, keys)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_tier_against_redis_server() {
     let url = std::env::var("KVLAB_REDIS_URL").unwrap_or_else(|_| {
@@ -120,6 +99,67 @@ async fn redis_tier_against_redis_server() {
              (`cargo xtask ci` starts one and exports it)"
         )
     });
-    let dir = run_tier(Tier::Redis, Some(url)).await;
+    let (sets_before, _) = redis_sets_and_keys(&url).await;
+    let dir = run_tier(Tier::Redis, Some(url.clone())).await;
+    let (sets_after, keys) = redis_sets_and_keys(&url).await;
+    assert!(
+        sets_after > sets_before,
+        "the redis tier stored nothing in Redis ({sets_before} SETs before and after)"
+    );
+    assert!(keys > 0, "Redis holds no key after the run");
     let _ = std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap());
+}
+
+/// Ctrl-C in the middle of a run (a shutdown future here): sending stops, the engine is shut
+/// down, and the directory keeps every finished request with a summary that counts exactly them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupt_keeps_every_finished_request() {
+    let ws = workspace();
+    let out = ws.path().join("results");
+    let mut opts = BenchOptions::new(ws.path(), Tier::Cpu);
+    opts.engine = EngineKind::Emulated;
+    opts.num_requests = Some(400);
+    opts.request_rate = Some(20.0);
+    opts.progress = false;
+    opts.out = Some(out.clone());
+    opts.ready_timeout = std::time::Duration::from_secs(30);
+    let start = std::time::Instant::now();
+    let err = bench_until(&opts, common::after_finished(out, 5)).await.expect_err("the run was interrupted");
+    assert!(start.elapsed().as_secs() < 15, "the interrupted run took {:?}", start.elapsed());
+    let LabError::Interrupted(dir) = &err else { panic!("expected an interruption, got: {err}") };
+    assert!(err.to_string().contains("partial results are kept"), "{err}");
+    let n = common::assert_partial_accounting(dir);
+    assert!((5..400).contains(&n), "{n} finished requests recorded");
+    // The emulator was shut down: its port no longer accepts connections.
+    let log = std::fs::read_to_string(dir.join("engine.log")).unwrap();
+    let url = log.split("listening on http://").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
+    assert!(std::net::TcpStream::connect(url).is_err(), "the emulator still listens on {url}");
+    assert_no_secret(ws.path());
+}
+
+/// The redis tier refuses to start without a Redis that answers, and never shows its password.
+#[tokio::test]
+async fn redis_tier_without_redis_is_refused() {
+    let ws = workspace();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut opts = BenchOptions::new(ws.path(), Tier::Redis);
+    opts.engine = EngineKind::Emulated;
+    opts.progress = false;
+    opts.redis_url = Some(format!("redis://kvlab:s3cretPw@127.0.0.1:{port}/0"));
+    let err = bench(&opts).await.expect_err("no Redis listens there").to_string();
+    assert!(
+        err.starts_with(&format!(
+            "engine `emulated` failed: the redis tier needs a Redis server, and none answers at \
+             redis://127.0.0.1:{port}/0 ("
+        )),
+        "{err}"
+    );
+    assert!(err.contains("pass --redis-url / KVLAB_REDIS_URL"), "{err}");
+    assert!(!err.contains("s3cretPw"), "{err}");
+    for f in common::files(ws.path()) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        assert!(!text.contains("s3cretPw"), "the Redis password is in {}", f.display());
+    }
 }

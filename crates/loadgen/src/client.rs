@@ -182,8 +182,20 @@ impl Client {
     }
 
     async fn exchange(&self, builder: reqwest::RequestBuilder, st: &mut Partial) -> Result<(), RequestError> {
-        let resp = match tokio::time::timeout(self.stall_timeout, builder.send()).await {
-            Err(_) => {
+        // A server may close a kept-alive connection after a response while still advertising
+        // keep-alive (llama.cpp's server does; vLLM closes idle ones after 5 s). A request that
+        // went out on such a connection fails before any response byte; it is sent once more on
+        // a fresh connection, as browsers do. Any other failure is final.
+        let retry = builder.try_clone();
+        let resp = match self.response(builder).await {
+            Err(e) if is_stale_connection(&e) => match retry {
+                Some(retry) => self.response(retry).await,
+                None => Err(e),
+            },
+            other => other,
+        };
+        let resp = match resp {
+            Err(e) if e.is_timeout() => {
                 return Err(RequestError::Timeout {
                     message: format!(
                         "no response headers within the stall timeout of {}",
@@ -191,8 +203,8 @@ impl Client {
                     ),
                 })
             }
-            Ok(Err(e)) => return Err(RequestError::Connect { message: chain(&e) }),
-            Ok(Ok(resp)) => resp,
+            Err(e) => return Err(RequestError::Connect { message: chain(&e) }),
+            Ok(resp) => resp,
         };
         st.first_byte = Some(st.secs(Instant::now()));
         let status = resp.status();
@@ -235,6 +247,15 @@ impl Client {
             });
         }
         Ok(())
+    }
+
+    /// Sends and waits for the response headers, at most the stall timeout.
+    async fn response(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
+        match tokio::time::timeout(self.stall_timeout, builder.send()).await {
+            Err(_) => Err(SendError::HeadersTimeout),
+            Ok(Err(e)) => Err(SendError::Http(e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
     }
 
     fn classify(&self, e: EventStreamError<BodyError>) -> RequestError {
@@ -541,6 +562,58 @@ fn excerpt(s: &str, max: usize) -> &str {
 }
 
 /// An error and its sources, `: `-separated (reqwest hides the cause in the sources).
+/// Why no response headers arrived.
+#[derive(Debug)]
+enum SendError {
+    HeadersTimeout,
+    Http(reqwest::Error),
+}
+
+impl SendError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, SendError::HeadersTimeout)
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::HeadersTimeout => f.write_str("no response headers within the stall timeout"),
+            SendError::Http(e) => e.fmt(f),
+        }
+    }
+}
+
+impl StdError for SendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            SendError::HeadersTimeout => None,
+            SendError::Http(e) => e.source(),
+        }
+    }
+}
+
+/// The connection was closed or reset before any part of the response arrived (hyper's
+/// "incomplete message", or ECONNRESET / EPIPE while sending): the request met a connection the
+/// server had already given up. A refused connection is not stale: it is not retried.
+fn is_stale_connection(e: &SendError) -> bool {
+    use std::io::ErrorKind;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message()) {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn chain(e: &dyn StdError) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -466,3 +466,68 @@ async fn record_format() {
         "[].chunks[][0]" => "[time]",
     });
 }
+
+/// A raw HTTP/1.1 server that answers each request with a complete SSE stream, advertises
+/// keep-alive, and then closes the connection anyway (as llama.cpp's server does). A client that
+/// reuses the pooled connection meets a closed socket; the request must still complete.
+#[tokio::test]
+async fn server_closing_kept_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head and the body (Content-Length) of one request.
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let len = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= head_end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let body = concat!(
+                    "data: {\"choices\":[{\"index\":0,\"text\":\"a\",\"finish_reason\":null}]}\n\n",
+                    "data: {\"choices\":[{\"index\":0,\"text\":\"b\",\"finish_reason\":\"length\"}]}\n\n",
+                    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}\n\n",
+                    "data: [DONE]\n\n"
+                );
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                // Close a moment later, once the client has put the connection back in its pool
+                // and written the next request on it.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                drop(sock);
+            });
+        }
+    });
+    let (out, _dir) = run(&plan(6, 2, Mode::Closed { concurrency: 1 }), &config(&url)).await;
+    server.abort();
+    let errors: Vec<_> = out.records.iter().filter_map(|r| r.error.as_ref()).collect();
+    assert!(errors.is_empty(), "requests on closed kept-alive connections failed: {errors:?}");
+    assert_eq!((out.sent, out.summary.completed), (6, 6));
+    assert!(out.records.iter().all(|r| r.output_tokens == 2 && r.token_source == TokenSource::Usage));
+}

@@ -78,6 +78,14 @@ impl Launcher for EmulatedLauncher {
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
             let cfg = emulator_config(spec)?;
+            if spec.tier.tier == Tier::Redis {
+                let url = spec
+                    .emulator
+                    .redis_url
+                    .clone()
+                    .unwrap_or_else(|| crate::run::DEFAULT_REDIS_URL.to_owned());
+                check_redis(&url).await?;
+            }
             let port = spec.port.unwrap_or(0);
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
                 LabError::launch(
@@ -118,5 +126,41 @@ struct AlwaysAlive;
 impl super::process::Liveness for AlwaysAlive {
     fn exited(&mut self) -> Option<String> {
         None
+    }
+}
+
+/// The redis tier needs a Redis that answers: the emulator would otherwise count failed stores
+/// and go on, and the run would measure no offload at all.
+async fn check_redis(url: &str) -> Result<()> {
+    let shown = without_credentials(url);
+    let refuse = |why: String| {
+        LabError::launch(
+            "emulated",
+            format!(
+                "the redis tier needs a Redis server, and none answers at {shown} ({why}); start one \
+                 (redis-server --port 6379 --save '') or pass --redis-url / KVLAB_REDIS_URL"
+            ),
+        )
+    };
+    let client = redis::Client::open(url).map_err(|e| refuse(e.to_string()))?;
+    let ping = async {
+        let mut con = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut con).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(refuse(e.to_string())),
+        Err(_) => Err(refuse("no answer to PING within 5 s".to_owned())),
+    }
+}
+
+/// `redis://user:secret@host:port/0` → `redis://host:port/0`: a password never reaches a message.
+pub(crate) fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://{host}")
+        }
+        _ => url.to_owned(),
     }
 }

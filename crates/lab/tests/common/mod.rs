@@ -1,0 +1,123 @@
+//! Helpers shared by the end-to-end tests (each test file uses a subset).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The `.env` secret planted in every test workspace; no result file may contain it.
+pub(crate) const TOKEN: &str = "hf_e2ePlantedToken987";
+
+/// A workspace root with the repository's configs and a planted `.env`.
+pub(crate) fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    copy_dir(&repo.join("configs"), &dir.path().join("configs"));
+    std::fs::write(dir.path().join(".env"), format!("HF_TOKEN={TOKEN}\n")).unwrap();
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub(crate) fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Panics if a file under `dir` other than `.env` contains the planted secret.
+pub(crate) fn assert_no_secret(dir: &Path) {
+    for f in files(dir) {
+        if f.ends_with(".env") {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(TOKEN), "secret in {}", f.display());
+    }
+}
+
+/// The records of a result directory's `requests.jsonl` (each line must parse).
+pub(crate) fn records(dir: &Path) -> Vec<stats::RequestRecord> {
+    let path = dir.join("requests.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}: {l}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Lines of `requests.jsonl` under any result directory below `out` (0 while there is none).
+pub(crate) fn finished_requests_under(out: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(out) else { return 0 };
+    entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("requests.jsonl")).ok())
+        .map(|t| t.lines().count())
+        .sum()
+}
+
+/// Resolves once at least `n` requests have finished under `out`: a stand-in for Ctrl-C.
+pub(crate) async fn after_finished(out: PathBuf, n: usize) {
+    while finished_requests_under(&out) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pids of live (non-zombie) processes whose command line mentions `needle`.
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
+            continue;
+        }
+        let zombie = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
+        if !zombie {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Checks the summary of an interrupted run against its `requests.jsonl`: every finished
+/// request is there once, `completed + failed` counts exactly them, and `requests.csv` has a
+/// row for each. Returns the number of records.
+pub(crate) fn assert_partial_accounting(dir: &Path) -> usize {
+    let records = records(dir);
+    let mut ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), records.len(), "a request id appears twice in requests.jsonl");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let completed = summary["completed"].as_u64().unwrap();
+    let failed = summary["failed"].as_u64().unwrap();
+    assert_eq!(completed + failed, records.len() as u64, "summary.json: {summary}");
+    assert_eq!(completed, records.iter().filter(|r| r.error.is_none()).count() as u64);
+    let csv = std::fs::read_to_string(dir.join("requests.csv")).unwrap();
+    assert_eq!(csv.lines().count(), records.len() + 1, "requests.csv: header + one row per record");
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("env.json")).unwrap()).unwrap();
+    assert_eq!(env["interrupted"], true, "env.json: {env}");
+    records.len()
+}
