@@ -3,8 +3,9 @@
 //! Steps, in order (each can be skipped for a quick local loop, never in CI):
 //! 1. `cargo fmt --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`
-//! 3. services: a `redis-server` on a free loopback port (installed with apt-get when missing), and a
-//!    Python venv with xllamacpp + gguf plus the generated small GGUF model (the real llama.cpp engine)
+//! 3. services: a `redis-server` on a free loopback port (installed with apt-get when missing), a
+//!    Python venv with xllamacpp + gguf plus the generated GGUF model (the real llama.cpp engine), and
+//!    chromium (the HTML report is opened in a real headless browser)
 //! 4. `cargo test --workspace`, with the services announced through environment variables:
 //!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`.
 //!
@@ -49,6 +50,10 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
     let redis = Redis::start(&root).context("starting redis-server for the redis-tier tests")?;
     println!("redis-server on {}", redis.url());
     let py = PythonEngine::ensure(&sh, &root).context("setting up the llama.cpp engine (Python venv)")?;
+    if which("chromium").is_none() {
+        // The HTML report is opened in a real headless browser.
+        apt_install(&["chromium"])?;
+    }
     println!("llama.cpp: python {} model {}", py.python.display(), py.model.display());
 
     step("cargo test");

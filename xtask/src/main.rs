@@ -4,6 +4,8 @@
 mod bench;
 mod ci;
 mod loadgen;
+mod regress;
+mod report;
 mod serve;
 mod sim;
 
@@ -26,6 +28,10 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Trace-driven cache simulation: hit ratios of eviction policies and capacities.
     Sim(sim::SimArgs),
+    /// report.md, report.html and plots/ for result directories, and a comparison table.
+    Report(report::ReportArgs),
+    /// Summaries against baselines; with no argument, the pinned emulated scenario.
+    Regress(regress::RegressArgs),
     /// Every test, with the services the tests need (fmt, clippy, the whole test suite).
     Ci(ci::CiArgs),
 }
@@ -45,6 +51,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Serve(args) => serve::run(args),
         Cmd::Loadgen(args) => loadgen::run(args),
         Cmd::Sim(args) => sim::run(args),
+        Cmd::Report(args) => report::run(args),
+        Cmd::Regress(args) => regress::run(args),
         Cmd::Ci(args) => ci::run(args),
     };
     match result {

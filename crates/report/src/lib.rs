@@ -1,0 +1,141 @@
+//! Reports, plots and regression gates over kvlab result directories.
+//!
+//! - [`RunData::load`] reads a result directory (`summary.json`, `requests.jsonl`, `run.toml`,
+//!   `samples/*.csv`).
+//! - [`write_report`] writes `report.md`, a self-contained `report.html` (inline SVG, no network)
+//!   and `plots/*.svg|png` for one or more runs, and returns the terminal comparison table.
+//! - [`compare::Comparison`] sets runs side by side: each summary metric, the delta to the first
+//!   run and whether it is beyond noise (seeded bootstrap confidence intervals).
+//! - [`regress`] checks summaries against baselines (insta snapshots under `results/baselines/`)
+//!   with the thresholds of `configs/regress.toml`; [`scenario`] is the pinned, deterministic
+//!   regression scenario on the emulated engine in virtual time.
+//!
+//! Anything from the emulated engine is labelled "emulated" in titles, legends and tables.
+
+pub mod compare;
+mod figure;
+mod html;
+mod markdown;
+pub mod plots;
+pub mod regress;
+mod render;
+mod result;
+pub mod scenario;
+
+use std::path::{Path, PathBuf};
+
+pub use crate::figure::{Figure, Panel, Series, SeriesKind};
+pub use crate::result::{read_records, read_summary, RunData, Table};
+
+/// Why a report or a regression check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A malformed input file; `line` is 1-based (0 when unknown).
+    #[error("{}:{line}: {message}", file.display())]
+    Parse { file: PathBuf, line: usize, message: String },
+    #[error("{}: field `{field}` has the wrong type", file.display())]
+    Field { file: PathBuf, field: String },
+    /// A semantic error in a config file, at `line`, on `key`.
+    #[error("{}:{line}: {key}: {message}", file.display())]
+    Config { file: PathBuf, line: usize, key: String, message: String },
+    #[error("no result directory matches `{0}` (a result directory holds summary.json)")]
+    NoMatch(String),
+    #[error("baseline `{name}` not found at {} (run with --bless to record it)", path.display())]
+    NoBaseline { name: String, path: PathBuf },
+    #[error("plot `{name}`: {message}")]
+    Plot { name: String, message: String },
+    /// The pinned scenario could not be built, run or written.
+    #[error("pinned scenario: {0}")]
+    Scenario(String),
+}
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone)]
+pub struct ReportOutput {
+    pub markdown: PathBuf,
+    pub html: PathBuf,
+    /// Every plot file, SVG and PNG.
+    pub plots: Vec<PathBuf>,
+    /// The comparison table for the terminal (tabled).
+    pub table: String,
+}
+
+/// Writes `report.md`, `report.html` and `plots/` for `runs` into `out` (created if missing).
+///
+/// The first run is the reference of the comparison. Plots that have no data (a timeline without
+/// samples, a sweep of fewer than two request rates) are left out, and the report says so.
+pub fn write_report(runs: &[RunData], out: &Path) -> Result<ReportOutput, Error> {
+    let io = io_err;
+    let plots_dir = out.join("plots");
+    std::fs::create_dir_all(&plots_dir).map_err(io(&plots_dir))?;
+    let figures = plots::figures(runs);
+    let comparison = compare::Comparison::new(runs);
+    let mut plot_files = Vec::new();
+    let mut svgs = Vec::new();
+    for figure in &figures {
+        let svg = render::svg(figure)?;
+        let png = render::png(figure)?;
+        let svg_path = plots_dir.join(format!("{}.svg", figure.name));
+        let png_path = plots_dir.join(format!("{}.png", figure.name));
+        std::fs::write(&svg_path, &svg).map_err(io(&svg_path))?;
+        std::fs::write(&png_path, &png).map_err(io(&png_path))?;
+        plot_files.push(svg_path);
+        plot_files.push(png_path);
+        svgs.push(svg);
+    }
+    let markdown = out.join("report.md");
+    let html = out.join("report.html");
+    let md = markdown::render(runs, &comparison, &figures);
+    std::fs::write(&markdown, md).map_err(io(&markdown))?;
+    let page = html::render(runs, &comparison, &figures, &svgs);
+    std::fs::write(&html, page).map_err(io(&html))?;
+    Ok(ReportOutput { markdown, html, plots: plot_files, table: comparison.terminal_table() })
+}
+
+/// Expands the command line's result directories: each argument is a directory or a glob
+/// pattern; a directory without `summary.json` whose subdirectories have one (an experiment's
+/// root) stands for those subdirectories, in name order. Errors on an argument that matches no
+/// result directory.
+pub fn expand_dirs<S: AsRef<str>>(args: &[S]) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    for arg in args {
+        let arg = arg.as_ref();
+        let matches: Vec<PathBuf> = if arg.contains(['*', '?', '[']) {
+            let paths = glob::glob(arg).map_err(|e| Error::Parse {
+                file: PathBuf::from(arg),
+                line: 0,
+                message: format!("bad glob pattern: {e}"),
+            })?;
+            let mut v: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+            v.sort();
+            v
+        } else {
+            vec![PathBuf::from(arg)]
+        };
+        let before = out.len();
+        for path in matches {
+            if path.join("summary.json").is_file() {
+                out.push(path);
+            } else if path.is_dir() {
+                let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
+                    .map_err(io_err(&path))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.join("summary.json").is_file())
+                    .collect();
+                children.sort();
+                out.extend(children);
+            }
+        }
+        if out.len() == before {
+            return Err(Error::NoMatch(arg.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,217 @@
+//! Reading a result directory: `run.toml`, `summary.json`, `requests.jsonl` and `samples/*.csv`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use stats::{RequestRecord, Summary};
+
+use crate::Error;
+
+/// One result directory, read back.
+///
+/// Invariants: `summary` and `records` come from the same directory; `samples` holds only the
+/// sample files that exist (a run without a GPU has no `gpu`), keyed by file stem.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// The directory it was read from.
+    pub dir: PathBuf,
+    /// `run.toml`'s `label`, else the directory name.
+    pub label: String,
+    /// `run.toml`'s `baseline`: the name of the regression baseline this run is checked against.
+    pub baseline: Option<String>,
+    /// The configured request rate (`run.toml` `workload.request_rate`); `None` when unset or
+    /// infinite (everything sent at once).
+    pub request_rate: Option<f64>,
+    pub summary: Summary,
+    /// Every line of `requests.jsonl`, warm-ups included.
+    pub records: Vec<RequestRecord>,
+    /// `samples/<stem>.csv`, by stem (`gpu`, `disk`, `cpu`, `process`, `engine`).
+    pub samples: BTreeMap<String, Table>,
+}
+
+impl RunData {
+    /// Reads a result directory. `summary.json` and `requests.jsonl` are required; `run.toml` and
+    /// the sample files are optional. Errors name the file, and the line and field where known.
+    pub fn load(dir: &Path) -> Result<RunData, Error> {
+        let summary = read_summary(&dir.join("summary.json"))?;
+        let records = read_records(&dir.join("requests.jsonl"))?;
+        let run_toml = dir.join("run.toml");
+        let mut label = None;
+        let mut baseline = None;
+        let mut request_rate = None;
+        if run_toml.exists() {
+            let text = read(&run_toml)?;
+            let value: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&run_toml, &text, &e))?;
+            let field = |key: &str| Error::Field { file: run_toml.clone(), field: key.to_owned() };
+            label = match value.get("label") {
+                None => None,
+                Some(v) => Some(v.as_str().ok_or_else(|| field("label"))?.to_owned()),
+            };
+            baseline = match value.get("baseline") {
+                None => None,
+                Some(v) => Some(v.as_str().ok_or_else(|| field("baseline"))?.to_owned()),
+            };
+            if let Some(rate) = value.get("workload").and_then(|w| w.get("request_rate")) {
+                let rate = match rate {
+                    toml::Value::Float(f) => *f,
+                    toml::Value::Integer(i) => *i as f64,
+                    _ => return Err(field("workload.request_rate")),
+                };
+                request_rate = rate.is_finite().then_some(rate);
+            }
+        }
+        let label = label.unwrap_or_else(|| {
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".to_owned())
+        });
+        let mut samples = BTreeMap::new();
+        for stem in ["gpu", "disk", "cpu", "process", "engine"] {
+            let path = dir.join("samples").join(format!("{stem}.csv"));
+            if path.exists() {
+                samples.insert(stem.to_owned(), Table::read(&path)?);
+            }
+        }
+        Ok(RunData { dir: dir.to_owned(), label, baseline, request_rate, summary, records, samples })
+    }
+
+    /// The label shown in legends and tables: `label`, with ` (emulated)` for emulated runs.
+    pub fn display_label(&self) -> String {
+        if self.summary.emulated {
+            format!("{} (emulated)", self.label)
+        } else {
+            self.label.clone()
+        }
+    }
+
+    /// Records that count in statistics: not warm-up, completed.
+    pub fn completed(&self) -> impl Iterator<Item = &RequestRecord> {
+        self.records.iter().filter(|r| !r.warmup && r.error.is_none())
+    }
+}
+
+/// Reads `summary.json`; errors name the file, line and the field serde complains about.
+pub fn read_summary(path: &Path) -> Result<Summary, Error> {
+    let text = read(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::Parse {
+        file: path.to_owned(),
+        line: e.line(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads `requests.jsonl` (blank lines are skipped).
+pub fn read_records(path: &Path) -> Result<Vec<RequestRecord>, Error> {
+    let text = read(path)?;
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(line).map_err(|e| Error::Parse {
+            file: path.to_owned(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })
+}
+
+/// A `toml` error as file:line: message (the message names the key).
+pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    let line = e.span().map_or(0, |span| line_of(text, span.start));
+    Error::Parse { file: path.to_owned(), line, message: e.message().to_owned() }
+}
+
+/// 1-based line of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// A sample CSV file: a header and rows of cells, read by column name.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Reads a CSV file with a header row. Every row must have as many cells as the header.
+    pub fn read(path: &Path) -> Result<Table, Error> {
+        let text = read(path)?;
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+        let parse = |e: csv::Error| Error::Parse {
+            file: path.to_owned(),
+            line: e.position().map_or(0, |p| p.line() as usize),
+            message: e.to_string(),
+        };
+        let columns = reader.headers().map_err(parse)?.iter().map(str::to_owned).collect();
+        let mut rows = Vec::new();
+        for row in reader.records() {
+            rows.push(row.map_err(parse)?.iter().map(str::to_owned).collect());
+        }
+        Ok(Table { columns, rows })
+    }
+
+    /// The index of a column.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == name)
+    }
+
+    /// `(t, value)` of a numeric column, rows with an empty or non-numeric cell left out; empty
+    /// when either column is missing.
+    pub fn series(&self, name: &str) -> Vec<(f64, f64)> {
+        let (Some(t), Some(c)) = (self.column("t"), self.column(name)) else {
+            return Vec::new();
+        };
+        self.rows
+            .iter()
+            .filter_map(|row| Some((row.get(t)?.parse().ok()?, row.get(c)?.parse().ok()?)))
+            .filter(|(t, v): &(f64, f64)| t.is_finite() && v.is_finite())
+            .collect()
+    }
+
+    /// Like [`Table::series`], with the values of rows at the same `t` combined (several GPUs):
+    /// summed, or averaged when `mean` is set.
+    pub fn series_combined(&self, name: &str, mean: bool) -> Vec<(f64, f64)> {
+        let mut out: Vec<(f64, f64, u32)> = Vec::new();
+        for (t, v) in self.series(name) {
+            match out.last_mut() {
+                Some(last) if last.0 == t => {
+                    last.1 += v;
+                    last.2 += 1;
+                }
+                _ => out.push((t, v, 1)),
+            }
+        }
+        out.into_iter().map(|(t, v, n)| (t, if mean { v / f64::from(n) } else { v })).collect()
+    }
+
+    /// `(t, value)` of one metric of a long-format `engine.csv` (`t,metric,labels,value`), the
+    /// values of all label sets at one scrape summed.
+    pub fn metric(&self, metric: &str) -> Vec<(f64, f64)> {
+        let (Some(t), Some(m), Some(v)) = (self.column("t"), self.column("metric"), self.column("value"))
+        else {
+            return Vec::new();
+        };
+        let mut out: Vec<(f64, f64)> = Vec::new();
+        for row in &self.rows {
+            if row.get(m).map(String::as_str) != Some(metric) {
+                continue;
+            }
+            let (Some(Ok(time)), Some(Ok(value))) =
+                (row.get(t).map(|c| c.parse::<f64>()), row.get(v).map(|c| c.parse::<f64>()))
+            else {
+                continue;
+            };
+            match out.last_mut() {
+                Some(last) if last.0 == time => last.1 += value,
+                _ => out.push((time, value)),
+            }
+        }
+        out
+    }
+}

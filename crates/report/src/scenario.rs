@@ -1,0 +1,101 @@
+//! The pinned regression scenario: a RAG workload on the emulated engine in virtual time, at the
+//! baseline and cpu tiers. Deterministic: the same build gives byte-identical summaries, so
+//! `cargo xtask regress` without arguments gates the emulator and the statistics in CI.
+//!
+//! Six documents of 4k–12k tokens, each asked about four times (Poisson arrivals at 1 req/s), on
+//! a GPU cache of 1100 blocks of 16 tokens: documents evict each other from the GPU, so reuse
+//! comes from the offload tier (cpu) or is recomputed (baseline).
+
+use std::path::Path;
+
+use emulator::{run_virtual, EmulatorConfig, TierPreset};
+use stats::{summarize, RequestRecord, Summary, SummaryConfig};
+use workload::{ArrivalSpec, LengthDist, RagSpec, Schedule, Source, WorkloadSpec};
+
+use crate::Error;
+
+/// The tiers of the pinned scenario.
+pub const TIERS: [&str; 2] = ["baseline", "cpu"];
+/// Seed of the workload.
+pub const SEED: u64 = 7;
+/// Arrival rate (requests per second).
+pub const REQUEST_RATE: f64 = 0.5;
+
+/// One tier of the pinned scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioRun {
+    /// The baseline it is checked against: `emulated-pinned-<tier>`.
+    pub name: String,
+    pub tier: &'static str,
+    pub records: Vec<RequestRecord>,
+    pub summary: Summary,
+}
+
+/// Runs the pinned scenario at every tier of [`TIERS`].
+pub fn pinned() -> Result<Vec<ScenarioRun>, Error> {
+    let spec = WorkloadSpec {
+        source: Source::Rag(RagSpec {
+            documents: 6,
+            doc_len: LengthDist::Uniform { min: 8192, max: 15360 },
+            queries_per_doc: 4,
+            question_len: LengthDist::fixed(64),
+            output_len: LengthDist::fixed(32),
+        }),
+        format: Default::default(),
+        vocab: Default::default(),
+    };
+    let arrival = ArrivalSpec::new(Schedule::Poisson { rate: REQUEST_RATE });
+    let plan =
+        workload::build_plan(&spec, &arrival, SEED, None).map_err(|e| Error::Scenario(e.to_string()))?;
+    TIERS
+        .iter()
+        .map(|&tier| {
+            let preset = match tier {
+                "cpu" => TierPreset::Cpu,
+                _ => TierPreset::Baseline,
+            };
+            let mut cfg = EmulatorConfig::for_tier(preset);
+            cfg.scheduler.max_model_len = 16_384;
+            cfg.scheduler.num_gpu_blocks = Some(1100);
+            let records = run_virtual(&cfg, &plan).map_err(|e| Error::Scenario(e.to_string()))?;
+            let summary = summarize(
+                &records,
+                &SummaryConfig {
+                    engine: "emulated".to_owned(),
+                    tier: tier.to_owned(),
+                    emulated: true,
+                    ..SummaryConfig::default()
+                },
+            );
+            Ok(ScenarioRun { name: format!("emulated-pinned-{tier}"), tier, records, summary })
+        })
+        .collect()
+}
+
+impl ScenarioRun {
+    /// Writes a minimal result directory (`run.toml`, `summary.json`, `requests.jsonl`) that
+    /// [`crate::RunData::load`] and `cargo xtask report` read.
+    pub fn write_result_dir(&self, dir: &Path) -> Result<(), Error> {
+        let io = crate::io_err;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let run_toml = format!(
+            "v = 1\nlabel = \"{name}\"\nbaseline = \"{name}\"\nengine = \"emulated\"\nemulated = true\n\
+             tier = \"{tier}\"\nvirtual_time = true\n\n[workload]\nworkload = \"rag\"\nrequest_rate = {REQUEST_RATE:?}\nseed = {SEED}\n",
+            name = self.name,
+            tier = self.tier,
+        );
+        let path = dir.join("run.toml");
+        std::fs::write(&path, run_toml).map_err(io(&path))?;
+        let path = dir.join("summary.json");
+        let json = serde_json::to_string_pretty(&self.summary).map_err(|e| Error::Scenario(e.to_string()))?;
+        std::fs::write(&path, json + "\n").map_err(io(&path))?;
+        let mut lines = String::new();
+        for r in &self.records {
+            lines.push_str(&serde_json::to_string(r).map_err(|e| Error::Scenario(e.to_string()))?);
+            lines.push('\n');
+        }
+        let path = dir.join("requests.jsonl");
+        std::fs::write(&path, lines).map_err(io(&path))?;
+        Ok(())
+    }
+}
