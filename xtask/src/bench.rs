@@ -51,6 +51,76 @@ pub(crate) struct BenchArgs {
     /// Seconds to wait for the engine to become ready.
     #[arg(long, default_value_t = 600)]
     pub(crate) ready_timeout: u64,
+    /// Boxed: the scheduler flags would make every subcommand as large as `bench`.
+    #[command(flatten)]
+    pub(crate) scheduler: Box<SchedulerArgs>,
+}
+
+/// Where an experiment runs: here, one point after another (`local`), or as a Slurm job array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scheduler {
+    Local,
+    Slurm,
+    /// Write a Kubernetes Indexed Job for the plan (`--emit DIR`); nothing is run.
+    K8s,
+}
+
+/// Flags of `--scheduler slurm` (each wins over the experiment's `[slurm]` table).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SchedulerArgs {
+    /// local runs the points here, one after another; slurm submits them as one job array.
+    #[arg(long, value_enum, default_value = "local")]
+    pub(crate) scheduler: Scheduler,
+    /// Submit, print the job id and return without waiting.
+    #[arg(long)]
+    pub(crate) detach: bool,
+    /// Watch a submitted Slurm run again (its result root).
+    #[arg(long, value_name = "ROOT", conflicts_with_all = ["resume", "experiment"])]
+    pub(crate) attach: Option<PathBuf>,
+    /// Submit again only the points of ROOT that are missing or failed.
+    #[arg(long, value_name = "ROOT", conflicts_with = "experiment")]
+    pub(crate) resume: Option<PathBuf>,
+    /// On Ctrl-C, cancel the run's jobs with scancel without asking.
+    #[arg(long)]
+    pub(crate) cancel_on_interrupt: bool,
+    #[arg(long)]
+    pub(crate) partition: Option<String>,
+    #[arg(long)]
+    pub(crate) account: Option<String>,
+    #[arg(long)]
+    pub(crate) qos: Option<String>,
+    /// At most this many array tasks at once (`--array=...%N`).
+    #[arg(long)]
+    pub(crate) max_parallel: Option<u32>,
+    /// Pack this many points into one array task (for points of a few seconds).
+    #[arg(long)]
+    pub(crate) points_per_task: Option<u32>,
+    #[arg(long)]
+    pub(crate) cpus_per_task: Option<u32>,
+    /// Memory per task in Slurm's syntax (16G).
+    #[arg(long)]
+    pub(crate) mem: Option<String>,
+    /// GPUs of one node (default: from sinfo's gres).
+    #[arg(long)]
+    pub(crate) gpus_per_node: Option<u32>,
+    /// --scheduler k8s: write the result root (plan, runner) and job.yaml under DIR.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) emit: Option<PathBuf>,
+    /// --scheduler k8s: the pod's image (holds the engines).
+    #[arg(long, default_value = "kvlab-lab:latest")]
+    pub(crate) pod_image: String,
+    /// --scheduler k8s: the ReadWriteMany PersistentVolumeClaim that holds the result root.
+    #[arg(long, default_value = "kvlab-results")]
+    pub(crate) results_claim: String,
+    /// --scheduler k8s: where the claim is mounted in the pod.
+    #[arg(long, default_value = "/results")]
+    pub(crate) mount_path: String,
+    /// Per-point runner of an array task: the result root of the plan.
+    #[arg(long, hide = true, requires = "index")]
+    pub(crate) root: Option<PathBuf>,
+    /// Per-point runner of an array task: the point's index in plan.json.
+    #[arg(long, hide = true, requires = "root")]
+    pub(crate) index: Option<usize>,
 }
 
 /// Workload flags shared by `bench` and `loadgen` (names follow `vllm bench serve`).
@@ -104,11 +174,162 @@ impl WorkloadArgs {
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let sched = (*args.scheduler).clone();
+    if let (Some(root), Some(index)) = (&sched.root, sched.index) {
+        return rt
+            .block_on(lab::slurm::run_planned_point(root, index, lab::slurm::terminated()))
+            .with_context(|| format!("point {index} of {}", root.join("plan.json").display()));
+    }
+    let watch =
+        lab::slurm::WatchConfig { cancel_on_interrupt: sched.cancel_on_interrupt, ..Default::default() };
+    if let Some(root) = &sched.attach {
+        return finish(rt.block_on(lab::slurm::watch(root, &watch, ctrl_c()))?);
+    }
+    if let Some(root) = &sched.resume {
+        let submitted = lab::slurm::resume(root)?;
+        if submitted.job_ids.is_empty() {
+            println!("every point of {} is complete; nothing to submit", submitted.root.display());
+            return finish(rt.block_on(lab::slurm::watch(&submitted.root, &watch, ctrl_c()))?);
+        }
+        return follow(&rt, &submitted, &sched, &watch);
+    }
+    if sched.scheduler != Scheduler::Local {
+        let max_failed_fraction = args.workload.max_failed_fraction;
+        let mut opts = options(args)?;
+        let cfg = lab::slurm::SubmitConfig {
+            flags: lab::config::SlurmSettings {
+                partition: sched.partition.clone(),
+                account: sched.account.clone(),
+                qos: sched.qos.clone(),
+                cpus_per_task: sched.cpus_per_task,
+                mem: sched.mem.clone(),
+                max_parallel: sched.max_parallel,
+                points_per_task: sched.points_per_task,
+                gpus_per_node: sched.gpus_per_node,
+                time_margin_s: None,
+            },
+            runner: lab::slurm::Runner {
+                exe: std::env::current_exe()
+                    .context("locating this program to copy it into the result root")?,
+                args: vec!["bench".to_owned()],
+            },
+            max_failed_fraction,
+        };
+        if sched.scheduler == Scheduler::K8s {
+            let emit = sched.emit.clone().context("--scheduler k8s needs --emit DIR")?;
+            opts.out = Some(emit);
+            let (plan, root) = lab::slurm::prepare(&opts, &cfg)?;
+            let k8s = lab::k8s::K8sConfig {
+                image: sched.pod_image.clone(),
+                results_claim: sched.results_claim.clone(),
+                mount_path: sched.mount_path.clone(),
+                root_name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            let job = root.join("job.yaml");
+            std::fs::write(&job, lab::k8s::indexed_job(&plan, &k8s))
+                .with_context(|| job.display().to_string())?;
+            println!("{}", job.display());
+            eprintln!(
+                "kvlab: emitted, not run: copy {} into the claim `{}`, then `kubectl apply -f {}`",
+                root.display(),
+                k8s.results_claim,
+                job.display()
+            );
+            return Ok(());
+        }
+        let submitted = lab::slurm::submit(&opts, &cfg)?;
+        return follow(&rt, &submitted, &sched, &watch);
+    }
+    let max_failed_fraction = args.workload.max_failed_fraction;
+    let opts = options(args)?;
+    let reports = rt.block_on(lab::run::bench(&opts))?;
+    if reports.len() > 1 {
+        println!(
+            "{} runs; index.json in {}",
+            reports.len(),
+            reports[0].dir.parent().unwrap_or(Path::new(".")).display()
+        );
+    }
+    check_failures(&reports, max_failed_fraction)
+}
+
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Prints the job ids, then returns (`--detach`) or watches the run to its end.
+fn follow(
+    rt: &tokio::runtime::Runtime,
+    submitted: &lab::slurm::Submitted,
+    sched: &SchedulerArgs,
+    watch: &lab::slurm::WatchConfig,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "kvlab: submitted {} point(s) as Slurm job {}; results in {}",
+        submitted.points.len(),
+        submitted.job_ids.join(", "),
+        submitted.root.display()
+    );
+    if sched.detach {
+        println!("{}", submitted.job_ids.join(","));
+        eprintln!("kvlab: watch it with `cargo xtask bench --attach {}`", submitted.root.display());
+        return Ok(());
+    }
+    finish(rt.block_on(lab::slurm::watch(&submitted.root, watch, ctrl_c()))?)
+}
+
+/// Prints the summary table; an error naming each failed point (state, node, log) when any failed.
+fn finish(end: lab::slurm::WatchEnd) -> anyhow::Result<()> {
+    let (outcome, verdict) = match end {
+        lab::slurm::WatchEnd::Finished(o) => (o, None),
+        lab::slurm::WatchEnd::Cancelled(o) => (o, Some("cancelled; nothing of the run is left in squeue")),
+        lab::slurm::WatchEnd::Detached(o) => {
+            println!("{}", lab::slurm::render_table(&o));
+            return Ok(());
+        }
+    };
+    println!("{}", lab::slurm::render_table(&outcome));
+    println!("index: {}", outcome.root.join("index.json").display());
+    let failed = outcome.failed();
+    if !failed.is_empty() {
+        let lines: Vec<String> = failed
+            .iter()
+            .map(|p| {
+                format!(
+                    "point {} ({}): {} on {}; log: {}",
+                    p.index,
+                    p.name,
+                    p.state,
+                    p.node.as_deref().unwrap_or("no node"),
+                    match &p.log {
+                        Some(l) if l.is_file() => l.display().to_string(),
+                        _ => "none (never started)".to_owned(),
+                    }
+                )
+            })
+            .collect();
+        anyhow::bail!(
+            "{} of {} points failed (resume with `cargo xtask bench --resume {}`):\n{}",
+            failed.len(),
+            outcome.points.len(),
+            outcome.root.display(),
+            lines.join("\n")
+        );
+    }
+    if let Some(v) = verdict {
+        anyhow::bail!("{v}");
+    }
+    Ok(())
+}
+
+fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions> {
     let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), args.tier.parse()?);
     opts.engine = args.engine.parse()?;
     opts.model = args.model;
     opts.experiment = args.experiment;
-    let max_failed_fraction = args.workload.max_failed_fraction;
     args.workload.apply(&mut opts);
     opts.url = args.url;
     opts.image = args.image;
@@ -120,16 +341,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     opts.model_path = args.model_path.or(opts.model_path);
     opts.python = args.python.or(opts.python);
     opts.ready_timeout = Duration::from_secs(args.ready_timeout);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let reports = rt.block_on(lab::run::bench(&opts))?;
-    if reports.len() > 1 {
-        println!(
-            "{} runs; index.json in {}",
-            reports.len(),
-            reports[0].dir.parent().unwrap_or(Path::new(".")).display()
-        );
-    }
-    check_failures(&reports, max_failed_fraction)
+    Ok(opts)
 }
 
 /// Unlike `vllm bench serve`, a run where requests failed never looks like a success: the exit

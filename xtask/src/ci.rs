@@ -5,9 +5,10 @@
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 3. services: a `redis-server` on a free loopback port (installed with apt-get when missing), a
 //!    Python venv with xllamacpp + gguf plus the generated GGUF model (the real llama.cpp engine), and
-//!    chromium (the HTML report is opened in a real headless browser)
+//!    chromium (the HTML report is opened in a real headless browser), and a real 2-node Slurm
+//!    cluster on loopback (munge, slurmctld, two slurmd; installed with apt-get when missing)
 //! 4. `cargo test --workspace`, with the services announced through environment variables:
-//!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`.
+//!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`, `SLURM_CONF`.
 //!
 //! Tests that need a service read those variables and fail, naming the service, when they are unset.
 
@@ -56,14 +57,22 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
     }
     println!("llama.cpp: python {} model {}", py.python.display(), py.model.display());
 
+    crate::slurm::down()?;
+    let slurm =
+        SlurmCluster(crate::slurm::up(2).context("starting the 2-node Slurm cluster the Slurm tests use")?);
+    println!("slurm: nodes {} up in {:.1} s", slurm.0.nodes.join(","), slurm.0.startup_s);
+
     step("cargo test");
     let test_args = &args.test_args;
     cmd!(sh, "cargo test --workspace --locked {test_args...}")
         .env("KVLAB_REDIS_URL", redis.url())
         .env("KVLAB_PYTHON", &py.python)
         .env("KVLAB_LLAMACPP_MODEL", &py.model)
+        .env("SLURM_CONF", &slurm.0.conf)
+        .env_remove("KVLAB_SKIP_SLURM")
         .run()
         .context("tests failed")?;
+    drop(slurm);
     drop(redis);
     println!("ci: all checks passed");
     Ok(())
@@ -71,6 +80,17 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
 
 fn step(name: &str) {
     println!("\n==> {name}");
+}
+
+/// The test cluster, stopped on every path out of `ci`.
+struct SlurmCluster(lab::slurm::cluster::ClusterHandle);
+
+impl Drop for SlurmCluster {
+    fn drop(&mut self) {
+        if let Err(e) = crate::slurm::down() {
+            eprintln!("warning: {e:#}");
+        }
+    }
 }
 
 /// A private redis-server on a free loopback port, stopped on drop.

@@ -8,6 +8,7 @@ mod regress;
 mod report;
 mod serve;
 mod sim;
+mod slurm;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,8 @@ enum Cmd {
     Report(report::ReportArgs),
     /// Summaries against baselines; with no argument, the pinned emulated scenario.
     Regress(regress::RegressArgs),
+    /// A real single-host Slurm cluster (several slurmd on loopback), for tests and trials.
+    Slurm(slurm::SlurmArgs),
     /// Every test, with the services the tests need (fmt, clippy, the whole test suite).
     Ci(ci::CiArgs),
 }
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Sim(args) => sim::run(args),
         Cmd::Report(args) => report::run(args),
         Cmd::Regress(args) => regress::run(args),
+        Cmd::Slurm(args) => slurm::run(args),
         Cmd::Ci(args) => ci::run(args),
     };
     match result {

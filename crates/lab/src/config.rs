@@ -17,7 +17,7 @@ use crate::error::{LabError, Result};
 use crate::lmcache::{LmValue, LmcacheConfig, Origin};
 
 /// A KV-cache tier. `scalability` is accepted as an alias of `redis`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     /// The engine's own GPU prefix cache only.
@@ -27,6 +27,7 @@ pub enum Tier {
     /// LMCache `local_disk`.
     Disk,
     /// LMCache `remote_url = "redis://…"`.
+    #[serde(alias = "scalability")]
     Redis,
 }
 
@@ -310,6 +311,31 @@ struct ExperimentFile {
     /// LMCache keys applied on top of each tier's `[lmcache]` (checked like them).
     #[serde(default)]
     lmcache: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    /// Scheduler settings for `--scheduler slurm` (flags win over them).
+    #[serde(default)]
+    slurm: SlurmSettings,
+}
+
+/// The `[slurm]` table of an experiment file: how the matrix is submitted as a job array.
+/// Every key is optional; a flag of the same name wins over it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSettings {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// `--cpus-per-task` of every array task.
+    pub cpus_per_task: Option<u32>,
+    /// `--mem` of every array task, in Slurm's syntax (`16G`, `500M`).
+    pub mem: Option<String>,
+    /// At most this many array tasks run at once (`--array=...%MAX`).
+    pub max_parallel: Option<u32>,
+    /// Points run one after another by each array task (for points of a few seconds).
+    pub points_per_task: Option<u32>,
+    /// GPUs of one node; a point needing more is refused before anything is submitted.
+    pub gpus_per_node: Option<u32>,
+    /// Seconds added to a point's time_limit for `--time` (engine start, model load).
+    pub time_margin_s: Option<f64>,
 }
 
 /// The workloads a run can drive.
@@ -324,15 +350,24 @@ pub struct Experiment {
     pub points: Vec<Point>,
     /// Extra LMCache settings for every point, already checked.
     pub lmcache: Option<LmcacheConfig>,
+    /// The `[slurm]` table (empty when absent).
+    pub slurm: SlurmSettings,
+    /// The file as given to [`Experiment::parse`], for error messages.
+    #[serde(skip)]
+    pub file: String,
+    /// The 1-based line of each entry of `matrix.models`, in order, for error messages.
+    #[serde(skip)]
+    pub model_lines: Vec<usize>,
 }
 
 /// One point of an experiment matrix, with defaults and overrides applied.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     pub model: String,
     pub tier: Tier,
     pub workload: String,
-    /// Requests per second; `f64::INFINITY` sends everything at once.
+    /// Requests per second; `f64::INFINITY` sends everything at once (`"inf"` in JSON).
+    #[serde(with = "rate_serde")]
     pub request_rate: f64,
     /// Offload-tier capacity in bytes (the GPU cache for the baseline tier); `None`: the tier's.
     pub cache_size: Option<u64>,
@@ -349,6 +384,35 @@ pub struct Point {
     pub goodput: Option<String>,
     pub engine: Option<String>,
     pub gpu: Option<String>,
+}
+
+/// A request rate in JSON: a number, or `"inf"` (JSON has no infinity).
+mod rate_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(rate: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if rate.is_finite() {
+            s.serialize_f64(*rate)
+        } else {
+            s.serialize_str("inf")
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Rate {
+            Num(f64),
+            Text(String),
+        }
+        match Rate::deserialize(d)? {
+            Rate::Num(v) => Ok(v),
+            Rate::Text(t) if t == "inf" => Ok(f64::INFINITY),
+            Rate::Text(t) => {
+                Err(serde::de::Error::custom(format!("request rate `{t}`: expected a number or \"inf\"")))
+            }
+        }
+    }
 }
 
 impl Experiment {
@@ -464,8 +528,35 @@ impl Experiment {
                 }
             }
         }
-        Ok(Experiment { name: raw.name, description: raw.description, points, lmcache })
+        if let Some(mem) = &raw.slurm.mem {
+            if !is_slurm_mem(mem) {
+                let offset =
+                    text.find("[slurm]").and_then(|at| Some(at + text[at..].find("mem")?)).unwrap_or(0);
+                return Err(LabError::at(
+                    file,
+                    text,
+                    offset,
+                    format!("slurm.mem `{mem}`: expected Slurm's syntax, e.g. \"16G\" or \"500M\""),
+                ));
+            }
+        }
+        let model_lines = m.models.iter().map(|s| crate::error::line_col(text, s.span().start).0).collect();
+        Ok(Experiment {
+            name: raw.name,
+            description: raw.description,
+            points,
+            lmcache,
+            slurm: raw.slurm,
+            file: file.to_owned(),
+            model_lines,
+        })
     }
+}
+
+/// `16G`, `500M`, `1024` (MiB): what `sbatch --mem` accepts.
+fn is_slurm_mem(s: &str) -> bool {
+    let digits = s.trim_end_matches(['K', 'M', 'G', 'T']);
+    !digits.is_empty() && digits.len() + 1 >= s.len() && digits.chars().all(|c| c.is_ascii_digit())
 }
 
 fn strip_invalid(e: LabError) -> String {

@@ -8,10 +8,12 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod k8s;
 pub mod lmcache;
 pub mod report;
 pub mod run;
 pub mod secrets;
+pub mod slurm;
 
 mod adapters;
 

@@ -200,7 +200,8 @@ async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<V
         if stop.is_cancelled() {
             return Err(LabError::Interrupted(root));
         }
-        let result = run_point(opts, &point, Some((&exp, &root, i)), exp.lmcache.as_ref(), stop).await;
+        let ctx = PointCtx { experiment: &exp.name, root: &root, index: i, exact_dir: None, env_extra: None };
+        let result = run_point(opts, &point, Some(ctx), exp.lmcache.as_ref(), stop).await;
         let entry = match &result {
             Ok(r) => serde_json::json!({
                 "point": i, "dir": r.dir.file_name().map(|f| f.to_string_lossy().into_owned()),
@@ -231,7 +232,7 @@ async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<V
     Ok(reports)
 }
 
-fn json_rate(r: f64) -> serde_json::Value {
+pub(crate) fn json_rate(r: f64) -> serde_json::Value {
     if r.is_finite() {
         serde_json::json!(r)
     } else {
@@ -267,7 +268,7 @@ fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
 }
 
 /// Flags given on the command line win over the experiment file.
-fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
+pub(crate) fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
     if let Some(m) = &opts.model {
         p.model = m.clone();
     }
@@ -285,21 +286,26 @@ fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
     }
 }
 
-fn out_dir(opts: &BenchOptions) -> PathBuf {
+/// The label of point `index` of an experiment: `<experiment>-<index>-<tier>-<workload>`.
+pub(crate) fn point_label(experiment: &str, index: usize, point: &Point) -> String {
+    format!("{}-{index:03}-{}-{}", sanitize(experiment), point.tier, sanitize(&point.workload))
+}
+
+pub(crate) fn out_dir(opts: &BenchOptions) -> PathBuf {
     opts.out.clone().unwrap_or_else(|| opts.root.join("results"))
 }
 
-fn timestamp() -> String {
+pub(crate) fn timestamp() -> String {
     let now = time::OffsetDateTime::now_local().unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
     now.format(&fmt).unwrap_or_else(|_| "00000000-000000".to_owned())
 }
 
-fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| LabError::io(path, e))
 }
 
@@ -318,7 +324,7 @@ fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Where a model runs: its name as the engine knows it and the GPUs it needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ModelPlacement {
     /// The name the engine serves (a registry name resolves to its Hugging Face id for vLLM).
     pub served_name: String,
@@ -379,10 +385,22 @@ pub fn resolve_model(engine: EngineKind, model: &str) -> Result<ModelPlacement> 
     })
 }
 
-async fn run_point(
+/// Where a point of an experiment goes.
+pub(crate) struct PointCtx<'a> {
+    pub(crate) experiment: &'a str,
+    /// The experiment's result root.
+    pub(crate) root: &'a Path,
+    pub(crate) index: usize,
+    /// Write into exactly this (new, empty) directory instead of a fresh `<label>_<time>` one.
+    pub(crate) exact_dir: Option<&'a Path>,
+    /// Merged into env.json (the scheduler's job, task and node).
+    pub(crate) env_extra: Option<(&'static str, serde_json::Value)>,
+}
+
+pub(crate) async fn run_point(
     opts: &BenchOptions,
     point: &Point,
-    experiment: Option<(&Experiment, &Path, usize)>,
+    experiment: Option<PointCtx<'_>>,
     exp_lmcache: Option<&LmcacheConfig>,
     stop: &CancellationToken,
 ) -> Result<RunReport> {
@@ -439,19 +457,23 @@ async fn run_point(
     let model = placement.served_name.clone();
 
     let label = opts.label.clone().map_or_else(
-        || match experiment {
-            Some((exp, _, i)) => {
-                format!("{}-{i:03}-{}-{}", sanitize(&exp.name), point.tier, sanitize(&point.workload))
-            }
+        || match &experiment {
+            Some(ctx) => point_label(ctx.experiment, ctx.index, point),
             None => format!("{}-{}", point.tier, engine_kind),
         },
-        |l| match experiment {
-            Some((_, _, i)) => format!("{}-{i:03}", sanitize(&l)),
+        |l| match &experiment {
+            Some(ctx) => format!("{}-{:03}", sanitize(&l), ctx.index),
             None => sanitize(&l),
         },
     );
-    let parent = experiment.map_or_else(|| out_dir(opts), |(_, root, _)| root.to_owned());
-    let dir = fresh_dir(&parent, &format!("{label}_{}", timestamp()))?;
+    let dir = match &experiment {
+        Some(PointCtx { exact_dir: Some(dir), .. }) => {
+            std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
+            dir.to_path_buf()
+        }
+        Some(ctx) => fresh_dir(ctx.root, &format!("{label}_{}", timestamp()))?,
+        None => fresh_dir(&out_dir(opts), &format!("{label}_{}", timestamp()))?,
+    };
     let run_id = format!(
         "{}-{}",
         dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -502,7 +524,7 @@ async fn run_point(
         redis_url: redis_url.as_deref().map(engine::emulated::without_credentials),
         tier_config: tier.clone(),
         lmcache: lmcache.clone(),
-        experiment: experiment.map(|(e, _, _)| e.name.clone()),
+        experiment: experiment.as_ref().map(|ctx| ctx.experiment.to_owned()),
     };
     let run_toml = toml::to_string(&resolved).map_err(|e| LabError::Other(format!("run.toml: {e}")))?;
     write(&dir.join("run.toml"), &secrets.redact(&run_toml))?;
@@ -556,6 +578,9 @@ async fn run_point(
     };
 
     let mut env = env_json(&resolved, &probe, &tier);
+    if let Some((key, value)) = experiment.as_ref().and_then(|ctx| ctx.env_extra.clone()) {
+        env[key] = value;
+    }
     let launcher = engine::launcher(engine_kind);
     let running = tokio::select! {
         r = launcher.start(&spec) => r,
@@ -610,7 +635,16 @@ async fn run_point(
     stopped?;
 
     let table = stats::render_table(&summary);
-    write(&dir.join("report.md"), &secrets.redact(&crate::report::report_md(&resolved, &summary, &table)))?;
+    // The full report (report.md, report.html, plots/) from the files just written; the short
+    // report stands in when it cannot be made, so a run never ends without one.
+    let full = report::RunData::load(&dir).and_then(|data| report::write_report(&[data], &dir));
+    if let Err(e) = full {
+        eprintln!("warning: the full report could not be written ({e}); report.md is the short one");
+        write(
+            &dir.join("report.md"),
+            &secrets.redact(&crate::report::report_md(&resolved, &summary, &table)),
+        )?;
+    }
     println!("{}", secrets.redact(&table));
     println!("results: {}", dir.display());
     Ok(RunReport { dir, engine: engine_kind, emulated, summary, table })

@@ -83,12 +83,30 @@ fn experiment_matrix_overrides_and_aliases() {
 #[test]
 fn shipped_experiments_parse() {
     let smoke = Experiment::load(&root().join("configs/experiments/smoke.toml")).unwrap();
-    assert_eq!(smoke.points.len(), 4);
+    assert_eq!(smoke.points.len(), 6);
+    assert_eq!(smoke.slurm.cpus_per_task, Some(1));
     let sweep = Experiment::load(&root().join("configs/experiments/offload-sweep.toml")).unwrap();
     assert_eq!(sweep.points.len(), 16);
     let mt = sweep.points.iter().find(|p| p.workload == "multi-turn").unwrap();
     assert_eq!((mt.num_prompts, mt.prompt_len, mt.time_limit_s), (Some(32), Some(4096), Some(600.0)));
     assert!(sweep.lmcache.is_some());
+}
+
+#[test]
+fn experiment_slurm_table_is_checked() {
+    let matrix = "[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"random\"]\n";
+    check_experiment(
+        &format!("{HEAD}{matrix}[slurm]\npartiton = \"gpu\"\n"),
+        "exp.toml:7:1: unknown field `partiton`, expected one of `partition`, `account`, `qos`, `cpus_per_task`, `mem`, `max_parallel`, `points_per_task`, `gpus_per_node`, `time_margin_s`",
+    );
+    check_experiment(
+        &format!("{HEAD}{matrix}[slurm]\nmem = \"lots\"\n"),
+        "exp.toml:7:1: slurm.mem `lots`: expected Slurm's syntax, e.g. \"16G\" or \"500M\"",
+    );
+    check_experiment(
+        &format!("{HEAD}{matrix}[slurm]\nmem = \"16G\"\n"),
+        "m disk random rate=inf cache=None n=None t=None mock=false",
+    );
 }
 
 #[test]

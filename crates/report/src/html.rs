@@ -71,6 +71,12 @@ pub(crate) fn render(
     if runs.iter().any(|r| r.summary.emulated) {
         let _ = writeln!(out, "<p class=\"banner\">{}</p>", escape(EMULATED_BANNER));
     }
+    for run in runs {
+        if let Some(why) = &run.incomplete {
+            let _ =
+                writeln!(out, "<p class=\"banner\">INCOMPLETE: {}: {}</p>", escape(&run.label), escape(why));
+        }
+    }
     out.push_str("<h2>Runs</h2>\n");
     let header: Vec<String> = RUNS_HEADER.iter().map(|s| (*s).to_owned()).collect();
     let rows: Vec<Vec<String>> = runs_rows(runs).into_iter().map(Vec::from).collect();

@@ -68,6 +68,11 @@ pub(crate) fn render(runs: &[RunData], comparison: &Comparison, figures: &[Figur
     if runs.iter().any(|r| r.summary.emulated) {
         let _ = writeln!(out, "> {EMULATED_BANNER}\n");
     }
+    for run in runs {
+        if let Some(why) = &run.incomplete {
+            let _ = writeln!(out, "> **INCOMPLETE**: `{}`: {why}\n", run.label);
+        }
+    }
     let _ = writeln!(out, "## Runs\n");
     let _ = writeln!(out, "| {} |", RUNS_HEADER.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(RUNS_HEADER.len()));

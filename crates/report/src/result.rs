@@ -27,6 +27,10 @@ pub struct RunData {
     pub records: Vec<RequestRecord>,
     /// `samples/<stem>.csv`, by stem (`gpu`, `disk`, `cpu`, `process`, `engine`).
     pub samples: BTreeMap<String, Table>,
+    /// Why the run is incomplete, when it is: interrupted (`env.json` says `"interrupted": true`),
+    /// or part of an experiment root whose `index.json` says `"complete": false` (a Slurm run
+    /// still going, or with failed points). Reports mark such runs.
+    pub incomplete: Option<String>,
 }
 
 impl RunData {
@@ -70,7 +74,17 @@ impl RunData {
                 samples.insert(stem.to_owned(), Table::read(&path)?);
             }
         }
-        Ok(RunData { dir: dir.to_owned(), label, baseline, request_rate, summary, records, samples })
+        let incomplete = incompleteness(dir);
+        Ok(RunData {
+            dir: dir.to_owned(),
+            label,
+            baseline,
+            request_rate,
+            summary,
+            records,
+            samples,
+            incomplete,
+        })
     }
 
     /// The label shown in legends and tables: `label`, with ` (emulated)` for emulated runs.
@@ -214,4 +228,19 @@ impl Table {
         }
         out
     }
+}
+
+/// Reads the markers of a partial run; unreadable or absent files say nothing.
+fn incompleteness(dir: &Path) -> Option<String> {
+    let json = |path: &Path| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    };
+    if json(&dir.join("env.json")).is_some_and(|env| env["interrupted"] == serde_json::Value::Bool(true)) {
+        return Some("the run was interrupted: the summary covers the requests that finished".to_owned());
+    }
+    let index = dir.parent().map(|root| root.join("index.json"))?;
+    if json(&index).is_some_and(|idx| idx["complete"] == serde_json::Value::Bool(false)) {
+        return Some(format!("its experiment is not complete ({} says complete = false)", index.display()));
+    }
+    None
 }

@@ -208,3 +208,39 @@ fn malformed_inputs_name_file_and_line() {
     let err = RunData::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("summary.json:2: invalid type: integer `3`, expected a string"), "{err}");
 }
+
+/// A partial run is marked: an interrupted run (env.json) and a run of an experiment root whose
+/// index.json says it is not complete (a Slurm run still going) both carry an INCOMPLETE banner.
+#[test]
+fn partial_runs_are_marked_incomplete() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cpu-emulated");
+    let copy = |to: &std::path::Path| {
+        std::fs::create_dir_all(to.join("samples")).unwrap();
+        for name in ["requests.jsonl", "run.toml", "summary.json"] {
+            std::fs::copy(fixture.join(name), to.join(name)).unwrap();
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+
+    let whole = tmp.path().join("whole");
+    copy(&whole);
+    let data = report::RunData::load(&whole).unwrap();
+    assert_eq!(data.incomplete, None);
+    let out = report::write_report(&[data], &whole).unwrap();
+    assert!(!std::fs::read_to_string(out.markdown).unwrap().contains("INCOMPLETE"));
+
+    let interrupted = tmp.path().join("interrupted");
+    copy(&interrupted);
+    std::fs::write(interrupted.join("env.json"), r#"{"interrupted": true}"#).unwrap();
+    let out = report::write_report(&[report::RunData::load(&interrupted).unwrap()], &interrupted).unwrap();
+    let md = std::fs::read_to_string(&out.markdown).unwrap();
+    assert!(md.contains("**INCOMPLETE**") && md.contains("interrupted"), "{md}");
+    assert!(std::fs::read_to_string(&out.html).unwrap().contains("INCOMPLETE"));
+
+    let root = tmp.path().join("experiment");
+    let point = root.join("p0");
+    copy(&point);
+    std::fs::write(root.join("index.json"), r#"{"complete": false, "points": []}"#).unwrap();
+    let data = report::RunData::load(&point).unwrap();
+    assert!(data.incomplete.as_deref().unwrap().contains("complete = false"), "{:?}", data.incomplete);
+}

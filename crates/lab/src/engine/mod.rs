@@ -27,7 +27,7 @@ use crate::lmcache::LmcacheConfig;
 use crate::secrets::Secrets;
 
 /// Which engine serves the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineKind {
     /// vllm-docker where an NVIDIA GPU and a container runtime are found, else emulated.
