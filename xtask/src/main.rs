@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod fuzz;
 mod loadgen;
 mod regress;
 mod report;
@@ -35,6 +36,8 @@ enum Cmd {
     Regress(regress::RegressArgs),
     /// A real single-host Slurm cluster (several slurmd on loopback), for tests and trials.
     Slurm(slurm::SlurmArgs),
+    /// Fuzz the parsers of outside input with cargo-fuzz (`--list` names the targets).
+    Fuzz(fuzz::FuzzArgs),
     /// Every test, with the services the tests need (fmt, clippy, the whole test suite).
     Ci(ci::CiArgs),
 }
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Report(args) => report::run(args),
         Cmd::Regress(args) => regress::run(args),
         Cmd::Slurm(args) => slurm::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Ci(args) => ci::run(args),
     };
     match result {

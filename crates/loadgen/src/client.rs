@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use stats::{RequestError, RequestRecord, TokenSource, RECORD_VERSION};
 use tokio::time::{Instant, Sleep};
@@ -29,6 +29,8 @@ use crate::Error;
 const BODY_EXCERPT: usize = 512;
 /// Longest excerpt of a bad event kept in an error message, in bytes.
 const EVENT_EXCERPT: usize = 200;
+/// Longest `GET /v1/models` answer read, in bytes.
+const MAX_MODELS_BODY: usize = 1 << 20;
 /// Chunk vectors are preallocated to `max_tokens`, up to this many entries.
 const MAX_PREALLOC: usize = 1 << 16;
 
@@ -49,6 +51,7 @@ pub(crate) struct Client {
     auth: Option<HeaderValue>,
     request_timeout: Duration,
     stall_timeout: Duration,
+    caps: Caps,
     ignore_eos: bool,
     send_min_tokens: bool,
     continuous_usage: bool,
@@ -102,6 +105,7 @@ impl Client {
             auth,
             request_timeout: cfg.request_timeout,
             stall_timeout: cfg.stall_timeout,
+            caps: Caps::of(cfg),
             ignore_eos: cfg.ignore_eos,
             send_min_tokens: cfg.send_min_tokens,
             continuous_usage: cfg.continuous_usage,
@@ -173,6 +177,8 @@ impl Client {
         let sent = Instant::now();
         let result = match tokio::time::timeout(self.request_timeout, self.exchange(builder, &mut st)).await {
             Ok(r) => r,
+            // The stream was complete; only the drain after `[DONE]` ran out of time.
+            Err(_) if st.done => Ok(()),
             Err(_) => Err(RequestError::Timeout {
                 message: format!("request exceeded the total timeout of {}", secs(self.request_timeout)),
             }),
@@ -208,45 +214,29 @@ impl Client {
         };
         st.first_byte = Some(st.secs(Instant::now()));
         let status = resp.status();
-        let mut body = GuardedBody::new(Box::pin(resp.bytes_stream()), self.stall_timeout);
+        let retry_after = header_text(resp.headers().get(RETRY_AFTER));
+        let content_type = header_text(resp.headers().get(CONTENT_TYPE));
+        let mut body = GuardedBody::new(Box::pin(resp.bytes_stream()), self.caps, Some(self.stall_timeout));
         if !status.is_success() {
-            let body = read_excerpt(&mut body).await;
+            // No retry, whatever Retry-After says: a benchmark must not hide overload.
+            let text = read_excerpt(&mut body).await;
+            let body = match retry_after {
+                Some(after) => format!("[Retry-After: {}] {text}", excerpt(&after, 64)),
+                None => text,
+            };
             return Err(RequestError::HttpStatus { status: status.as_u16(), body });
         }
-
-        let mut events = body.eventsource();
-        while let Some(event) = events.next().await {
-            let now = Instant::now();
-            if st.done {
-                // Drained after `[DONE]` so the connection goes back to the pool; whatever comes
-                // (or fails) now does not change the result.
-                if event.is_err() {
-                    break;
-                }
-                continue;
-            }
-            let event = event.map_err(|e| self.classify(e))?;
-            if event.data == "[DONE]" {
-                st.done = true;
-                st.end = Some(now);
-                continue;
-            }
-            let chunk = Chunk::parse(&event.data).map_err(|e| RequestError::MalformedEvent {
-                message: format!("{e} in event {:?}", excerpt(&event.data, EVENT_EXCERPT)),
-            })?;
-            if chunk.error.is_some() {
-                return Err(RequestError::StreamCut {
-                    message: format!("server sent an error event: {}", excerpt(&event.data, EVENT_EXCERPT)),
-                });
-            }
-            st.on_chunk(&chunk, now);
-        }
-        if !st.done && !st.finish_reason {
-            return Err(RequestError::StreamCut {
-                message: "the stream ended before [DONE] and before any finish_reason".into(),
+        if let Some(ct) = content_type.filter(|ct| !is_event_stream(ct)) {
+            let text = read_excerpt(&mut body).await;
+            return Err(RequestError::MalformedEvent {
+                message: format!(
+                    "expected an event stream (text/event-stream), got {:?}: {}",
+                    excerpt(&ct, 64),
+                    excerpt(&text, EVENT_EXCERPT)
+                ),
             });
         }
-        Ok(())
+        follow(body, st).await
     }
 
     /// Sends and waits for the response headers, at most the stall timeout.
@@ -255,21 +245,6 @@ impl Client {
             Err(_) => Err(SendError::HeadersTimeout),
             Ok(Err(e)) => Err(SendError::Http(e)),
             Ok(Ok(resp)) => Ok(resp),
-        }
-    }
-
-    fn classify(&self, e: EventStreamError<BodyError>) -> RequestError {
-        match e {
-            EventStreamError::Transport(BodyError::Stall) => RequestError::Timeout {
-                message: format!("no data for the stall timeout of {}", secs(self.stall_timeout)),
-            },
-            EventStreamError::Transport(BodyError::Http(e)) => RequestError::StreamCut { message: chain(&e) },
-            EventStreamError::Utf8(e) => {
-                RequestError::MalformedEvent { message: format!("invalid UTF-8: {e}") }
-            }
-            EventStreamError::Parser(e) => {
-                RequestError::MalformedEvent { message: format!("invalid SSE: {e}") }
-            }
         }
     }
 }
@@ -298,7 +273,16 @@ async fn discover_model(
     let fetch = async {
         let resp = req.send().await.map_err(|e| chain(&e))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| chain(&e))?;
+        // Read under a cap: a hostile server could answer with an endless body.
+        let mut body = resp.bytes_stream();
+        let mut bytes = Vec::new();
+        while let Some(piece) = body.next().await {
+            bytes.extend_from_slice(&piece.map_err(|e| chain(&e))?);
+            if bytes.len() > MAX_MODELS_BODY {
+                return Err(format!("the answer is longer than {MAX_MODELS_BODY} bytes"));
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
         if !status.is_success() {
             return Err(format!("HTTP {status}: {}", excerpt(&text, BODY_EXCERPT)));
         }
@@ -312,22 +296,22 @@ async fn discover_model(
 }
 
 /// What is known about one response so far. Lives in the request's future.
-struct Partial {
+pub(crate) struct Partial {
     origin: Instant,
     first_byte: Option<f64>,
     first_token: Option<f64>,
     end: Option<Instant>,
-    chunks: Vec<(f64, u32)>,
+    pub(crate) chunks: Vec<(f64, u32)>,
     /// Cumulative `completion_tokens` of the last chunk that had usage.
     last_completion: Option<u32>,
-    prompt_tokens: Option<u32>,
-    cached_tokens: Option<u32>,
-    done: bool,
+    pub(crate) prompt_tokens: Option<u32>,
+    pub(crate) cached_tokens: Option<u32>,
+    pub(crate) done: bool,
     finish_reason: bool,
 }
 
 impl Partial {
-    fn new(max_tokens: u32, origin: Instant) -> Partial {
+    pub(crate) fn new(max_tokens: u32, origin: Instant) -> Partial {
         Partial {
             origin,
             first_byte: None,
@@ -372,6 +356,16 @@ impl Partial {
         self.finish_reason |= chunk.is_finished();
     }
 
+    /// Output tokens: the last usage's count, or the content chunks' (see [`Partial::on_chunk`]).
+    pub(crate) fn output_tokens(&self) -> (u32, TokenSource) {
+        match self.last_completion {
+            Some(n) => (n, TokenSource::Usage),
+            None => {
+                (self.chunks.iter().map(|&(_, k)| k).fold(0u32, u32::saturating_add), TokenSource::Chunks)
+            }
+        }
+    }
+
     fn finish(
         self,
         req: &Request,
@@ -381,10 +375,7 @@ impl Partial {
         error: Option<RequestError>,
     ) -> RequestRecord {
         let sent_s = self.secs(sent);
-        let (output_tokens, token_source) = match self.last_completion {
-            Some(n) => (n, TokenSource::Usage),
-            None => (self.chunks.iter().map(|&(_, k)| k).sum(), TokenSource::Chunks),
-        };
+        let (output_tokens, token_source) = self.output_tokens();
         let prompt_tokens = self.prompt_tokens.or(match req.prompt {
             Prompt::Tokens(_) => Some(req.prompt_len),
             Prompt::Text(_) | Prompt::Chat(_) => None,
@@ -453,91 +444,352 @@ struct StreamOptions {
     continuous_usage_stats: bool,
 }
 
-/// Why the body stream failed.
-#[derive(Debug)]
-enum BodyError {
-    Http(reqwest::Error),
-    /// No byte for the stall timeout.
-    Stall,
+/// The size caps of a response body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps {
+    pub(crate) max_event_bytes: usize,
+    pub(crate) max_body_bytes: u64,
 }
 
-impl std::fmt::Display for BodyError {
+impl Caps {
+    pub(crate) fn of(cfg: &LoadgenConfig) -> Caps {
+        Caps { max_event_bytes: cfg.max_event_bytes, max_body_bytes: cfg.max_body_bytes }
+    }
+}
+
+/// Why the body stream failed.
+#[derive(Debug)]
+pub(crate) enum BodyError<E> {
+    Http(E),
+    /// No byte for the stall timeout.
+    Stall(Duration),
+    /// More than `max_event_bytes` since the last blank line.
+    EventTooLarge(usize),
+    /// More than `max_body_bytes` in all.
+    BodyTooLarge(u64),
+    /// Bytes that are not UTF-8 (an incomplete character at a read's end is not an error).
+    Utf8,
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for BodyError<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BodyError::Http(e) => e.fmt(f),
-            BodyError::Stall => f.write_str("stall timeout"),
+            BodyError::Stall(_) => f.write_str("stall timeout"),
+            BodyError::EventTooLarge(cap) => write!(f, "an SSE event longer than the cap of {cap} bytes"),
+            BodyError::BodyTooLarge(cap) => write!(f, "a response body longer than the cap of {cap} bytes"),
+            BodyError::Utf8 => f.write_str("invalid UTF-8 in the event stream"),
         }
     }
 }
 
-/// The response body with a stall timer (no byte for `stall` ends it with [`BodyError::Stall`]),
-/// cut so that each item holds at most one complete SSE event.
-struct GuardedBody<S> {
+/// The SSE line structure seen so far, carried across reads.
+#[derive(Debug, Clone, Copy)]
+struct Lines {
+    /// The last byte ended a line (or nothing came yet): a line end now is a blank line.
+    at_line_start: bool,
+    /// The last byte was `\r`: a `\n` now belongs to it.
+    after_cr: bool,
+}
+
+impl Lines {
+    /// The length of the next piece of `buf`: through the end of its first line and of the blank
+    /// line right after it (an event's end), or through a blank line, or all of `buf`. Also says
+    /// whether the piece ends an event. Each byte is looked at once.
+    fn cut(&mut self, buf: &[u8]) -> Cut {
+        if self.after_cr && buf.first() == Some(&b'\n') {
+            // The `\n` of a `\r\n` cut by the end of a read: a piece of its own (empty once
+            // line ends are normalized).
+            self.after_cr = false;
+            return Cut { len: 1, event_end: false, saw_cr: false };
+        }
+        let mut i = 0;
+        let mut ended_a_line = false;
+        let mut saw_cr = false;
+        while i < buf.len() {
+            let b = buf[i];
+            if b == b'\n' && self.after_cr {
+                self.after_cr = false;
+                i += 1;
+                continue;
+            }
+            if b == b'\n' || b == b'\r' {
+                let blank = self.at_line_start;
+                self.at_line_start = true;
+                self.after_cr = b == b'\r';
+                saw_cr |= self.after_cr;
+                i += 1;
+                if blank {
+                    if self.after_cr && buf.get(i) == Some(&b'\n') {
+                        self.after_cr = false;
+                        i += 1;
+                    }
+                    return Cut { len: i, event_end: true, saw_cr };
+                }
+                ended_a_line = true;
+                continue;
+            }
+            if ended_a_line {
+                return Cut { len: i, event_end: false, saw_cr };
+            }
+            self.at_line_start = false;
+            self.after_cr = false;
+            i += buf[i..].iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(buf.len() - i);
+        }
+        Cut { len: i, event_end: false, saw_cr }
+    }
+}
+
+/// Where [`Lines::cut`] cuts.
+struct Cut {
+    len: usize,
+    /// The piece ends with a blank line: an event's end.
+    event_end: bool,
+    /// The piece holds a `\r`.
+    saw_cr: bool,
+}
+
+/// `piece` with every line end (`\r\n`, `\r`, `\n`) as `\n`; `cr_before`: the byte before
+/// it was a `\r` (so a leading `\n` belongs to it). The event parser waits after a `\r` for
+/// the byte that tells whether a `\n` follows; with `\n` only, what is complete is parsed at
+/// once, however the body was split into reads.
+fn normalize_line_ends(piece: &[u8], cr_before: bool) -> Bytes {
+    let mut out = Vec::with_capacity(piece.len());
+    let mut prev_cr = cr_before;
+    for &b in piece {
+        match b {
+            b'\r' => out.push(b'\n'),
+            b'\n' if prev_cr => {}
+            b => out.push(b),
+        }
+        prev_cr = b == b'\r';
+    }
+    Bytes::from(out)
+}
+
+/// The response body with a stall timer (no byte for `stall` ends it with
+/// [`BodyError::Stall`]), size caps, UTF-8 validation and line ends normalized to `\n`, cut so
+/// that each item holds at most one line and the blank line after it: the event parser never
+/// copies a long buffer per line, and never holds more than `max_event_bytes` (plus one read).
+pub(crate) struct GuardedBody<S> {
     inner: S,
     pending: Bytes,
+    caps: Caps,
+    lines: Lines,
+    event_bytes: usize,
+    body_bytes: u64,
+    /// The bytes of a UTF-8 character cut by the end of a read.
+    utf8_carry: ([u8; 4], usize),
     stall: Duration,
     last_byte: Instant,
     /// Armed at a deadline no later than `last_byte + stall`; moved forward only when it fires,
-    /// so a fast stream does not touch the timer wheel per read.
-    timer: Pin<Box<Sleep>>,
+    /// so a fast stream does not touch the timer wheel per read. `None`: no stall timeout (the
+    /// body is in memory).
+    timer: Option<Pin<Box<Sleep>>>,
+    failed: bool,
 }
 
 impl<S> GuardedBody<S> {
-    fn new(inner: S, stall: Duration) -> GuardedBody<S> {
+    /// `stall: None` needs no runtime (for a body that is already in memory).
+    pub(crate) fn new(inner: S, caps: Caps, stall: Option<Duration>) -> GuardedBody<S> {
         let now = Instant::now();
         GuardedBody {
             inner,
             pending: Bytes::new(),
-            stall,
+            caps,
+            lines: Lines { at_line_start: true, after_cr: false },
+            event_bytes: 0,
+            body_bytes: 0,
+            utf8_carry: ([0; 4], 0),
+            stall: stall.unwrap_or(Duration::MAX),
             last_byte: now,
-            timer: Box::pin(tokio::time::sleep_until(now + stall)),
+            timer: stall.map(|stall| Box::pin(tokio::time::sleep_until(now + stall))),
+            failed: false,
         }
     }
 
-    /// The next piece of `pending`: up to and including the first blank line (`\n\n`), or all.
-    fn next_piece(&mut self) -> Bytes {
-        let cut = self.pending.windows(2).position(|w| w == b"\n\n").map_or(self.pending.len(), |i| i + 2);
-        self.pending.split_to(cut)
+    /// The next piece of `pending`, or the cap it passes.
+    fn next_piece<E>(&mut self) -> Result<Bytes, BodyError<E>> {
+        let cr_before = self.lines.after_cr;
+        let cut = self.lines.cut(&self.pending);
+        self.event_bytes = self.event_bytes.saturating_add(cut.len);
+        if self.event_bytes > self.caps.max_event_bytes {
+            return Err(BodyError::EventTooLarge(self.caps.max_event_bytes));
+        }
+        if cut.event_end {
+            self.event_bytes = 0;
+        }
+        let piece = self.pending.split_to(cut.len);
+        // Checked per piece, not per read: the events before a bad byte count the same however
+        // the body was split into reads.
+        if !self.check_utf8(&piece) {
+            return Err(BodyError::Utf8);
+        }
+        if cut.saw_cr || (cr_before && piece.first() == Some(&b'\n')) {
+            return Ok(normalize_line_ends(&piece, cr_before));
+        }
+        Ok(piece)
+    }
+
+    /// Checks that `bytes`, after what came before, is UTF-8 so far.
+    fn check_utf8(&mut self, mut bytes: &[u8]) -> bool {
+        let (carry, len) = &mut self.utf8_carry;
+        if *len > 0 {
+            let width = match carry[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (width - *len).min(bytes.len());
+            carry[*len..*len + take].copy_from_slice(&bytes[..take]);
+            *len += take;
+            bytes = &bytes[take..];
+            match std::str::from_utf8(&carry[..*len]) {
+                Ok(_) => *len = 0,
+                Err(e) if e.error_len().is_none() && bytes.is_empty() => return true,
+                Err(_) => return false,
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_none() => {
+                let tail = &bytes[e.valid_up_to()..];
+                carry[..tail.len()].copy_from_slice(tail);
+                *len = tail.len();
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
-impl<S> Stream for GuardedBody<S>
+impl<S, E> Stream for GuardedBody<S>
 where
-    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
-    type Item = Result<Bytes, BodyError>;
+    type Item = Result<Bytes, BodyError<E>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if !this.pending.is_empty() {
-            return Poll::Ready(Some(Ok(this.next_piece())));
+        if this.failed {
+            return Poll::Ready(None);
         }
-        match this.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                this.last_byte = Instant::now();
-                this.pending = bytes;
-                Poll::Ready(Some(Ok(this.next_piece())))
+        if this.pending.is_empty() {
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    this.last_byte = Instant::now();
+                    this.body_bytes = this.body_bytes.saturating_add(bytes.len() as u64);
+                    if this.body_bytes > this.caps.max_body_bytes {
+                        this.failed = true;
+                        return Poll::Ready(Some(Err(BodyError::BodyTooLarge(this.caps.max_body_bytes))));
+                    }
+                    this.pending = bytes;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Http(e)))),
+                Poll::Ready(None) => {
+                    if this.utf8_carry.1 > 0 {
+                        this.failed = true;
+                        return Poll::Ready(Some(Err(BodyError::Utf8)));
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    let Some(timer) = this.timer.as_mut() else { return Poll::Pending };
+                    loop {
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        let deadline = this.last_byte + this.stall;
+                        if Instant::now() >= deadline {
+                            return Poll::Ready(Some(Err(BodyError::Stall(this.stall))));
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Http(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => loop {
-                if this.timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let deadline = this.last_byte + this.stall;
-                if Instant::now() >= deadline {
-                    return Poll::Ready(Some(Err(BodyError::Stall)));
-                }
-                this.timer.as_mut().reset(deadline);
-            },
         }
+        let piece = this.next_piece();
+        this.failed = piece.is_err();
+        Poll::Ready(Some(piece))
     }
 }
 
-/// The first [`BODY_EXCERPT`] bytes of an error body (as text), whatever else happens.
-async fn read_excerpt<S>(body: &mut GuardedBody<S>) -> String
+/// Events after `[DONE]` read at most, in bytes, so that the connection can go back to the pool.
+const DRAIN_AFTER_DONE: usize = 64 << 10;
+
+/// Follows an event stream to its end, recording into `st`.
+pub(crate) async fn follow<S, E>(body: GuardedBody<S>, st: &mut Partial) -> Result<(), RequestError>
 where
-    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: StdError,
+{
+    let mut events = body.eventsource();
+    let mut drained = 0usize;
+    while let Some(event) = events.next().await {
+        let now = Instant::now();
+        if st.done {
+            // Drained after `[DONE]` so the connection goes back to the pool; whatever comes
+            // (or fails) now does not change the result, and is not read for long.
+            match event {
+                Ok(e) if drained < DRAIN_AFTER_DONE => drained += e.data.len() + 1,
+                _ => break,
+            }
+            continue;
+        }
+        let event = event.map_err(classify)?;
+        if event.data == "[DONE]" {
+            st.done = true;
+            st.end = Some(now);
+            continue;
+        }
+        let chunk = Chunk::parse(&event.data).map_err(|e| RequestError::MalformedEvent {
+            message: format!("{e} in event {:?}", excerpt(&event.data, EVENT_EXCERPT)),
+        })?;
+        if chunk.error.is_some() {
+            return Err(RequestError::StreamCut {
+                message: format!("server sent an error event: {}", excerpt(&event.data, EVENT_EXCERPT)),
+            });
+        }
+        st.on_chunk(&chunk, now);
+    }
+    if !st.done && !st.finish_reason {
+        return Err(RequestError::StreamCut {
+            message: "the stream ended before [DONE] and before any finish_reason".into(),
+        });
+    }
+    Ok(())
+}
+
+fn classify<E: StdError>(e: EventStreamError<BodyError<E>>) -> RequestError {
+    match e {
+        EventStreamError::Transport(BodyError::Stall(stall)) => {
+            RequestError::Timeout { message: format!("no data for the stall timeout of {}", secs(stall)) }
+        }
+        EventStreamError::Transport(BodyError::Http(e)) => RequestError::StreamCut { message: chain(&e) },
+        EventStreamError::Transport(e @ (BodyError::EventTooLarge(_) | BodyError::BodyTooLarge(_))) => {
+            RequestError::MalformedEvent { message: e.to_string() }
+        }
+        EventStreamError::Transport(BodyError::Utf8) | EventStreamError::Utf8(_) => {
+            RequestError::MalformedEvent { message: "invalid UTF-8 in the event stream".into() }
+        }
+        EventStreamError::Parser(e) => RequestError::MalformedEvent { message: format!("invalid SSE: {e}") },
+    }
+}
+
+/// A header's value as text, if it is text.
+fn header_text(v: Option<&HeaderValue>) -> Option<String> {
+    v.and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// `text/event-stream`, with or without parameters, in any case.
+fn is_event_stream(content_type: &str) -> bool {
+    content_type.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// The first [`BODY_EXCERPT`] bytes of an error body (as text), whatever else happens.
+async fn read_excerpt<S, E>(body: &mut GuardedBody<S>) -> String
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
     let mut buf = Vec::new();
     while buf.len() < BODY_EXCERPT {
@@ -657,6 +909,7 @@ mod tests {
             auth: None,
             request_timeout: c.request_timeout,
             stall_timeout: c.stall_timeout,
+            caps: Caps::of(&c),
             ignore_eos: c.ignore_eos,
             send_min_tokens: c.send_min_tokens,
             continuous_usage: c.continuous_usage,

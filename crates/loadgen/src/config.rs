@@ -3,6 +3,13 @@
 use std::fmt;
 use std::time::Duration;
 
+/// Default [`LoadgenConfig::max_event_bytes`]: 1 MiB (a 100k-token prompt echoed back is about
+/// 600 KB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+/// Default [`LoadgenConfig::max_body_bytes`]: 256 MiB (a 128k-token stream with usage in every
+/// chunk is about 50 MB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 256 << 20;
+
 /// Which OpenAI endpoint requests go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Api {
@@ -34,6 +41,12 @@ pub struct LoadgenConfig {
     /// Longest silence allowed while waiting for headers or between two reads of the body.
     /// Failure class `timeout`. Must exceed the longest prefill the run expects.
     pub stall_timeout: Duration,
+    /// Longest SSE event (or line) accepted, in bytes, counted from the previous blank line. A
+    /// longer one fails the request as `malformed_event` without being buffered whole.
+    pub max_event_bytes: usize,
+    /// Longest response body accepted, in bytes. A longer one fails the request as
+    /// `malformed_event` as soon as the cap is passed (the rest is never read).
+    pub max_body_bytes: u64,
     /// Send `ignore_eos: true`, so the engine generates exactly `max_tokens`.
     pub ignore_eos: bool,
     /// Send `min_tokens = max_tokens` (vLLM and the emulator take it; others ignore it).
@@ -52,6 +65,7 @@ pub struct LoadgenConfig {
 
 impl LoadgenConfig {
     /// Defaults: automatic API, discovered model, 30 min request timeout, 5 min stall timeout,
+    /// events up to [`DEFAULT_MAX_EVENT_BYTES`], bodies up to [`DEFAULT_MAX_BODY_BYTES`],
     /// `ignore_eos` and `min_tokens` sent, no continuous usage, progress bar on, no failure
     /// tolerated.
     pub fn new(base_url: impl Into<String>) -> LoadgenConfig {
@@ -62,6 +76,8 @@ impl LoadgenConfig {
             api_key: None,
             request_timeout: Duration::from_secs(30 * 60),
             stall_timeout: Duration::from_secs(5 * 60),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             ignore_eos: true,
             send_min_tokens: true,
             continuous_usage: false,
@@ -99,6 +115,8 @@ impl fmt::Debug for LoadgenConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("request_timeout", &self.request_timeout)
             .field("stall_timeout", &self.stall_timeout)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_body_bytes", &self.max_body_bytes)
             .field("ignore_eos", &self.ignore_eos)
             .field("send_min_tokens", &self.send_min_tokens)
             .field("continuous_usage", &self.continuous_usage)

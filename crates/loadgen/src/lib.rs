@@ -8,6 +8,9 @@
 //! to `requests.jsonl` as it finishes (so a killed run keeps what finished), then `requests.csv`
 //! and `summary.json`, and returns a [`RunOutcome`].
 //!
+//! The parsers of what a server sends (the SSE body and the OpenAI chunks) are reachable alone,
+//! without a network, in [`parse`], for fuzz targets and property tests.
+//!
 //! Invariants:
 //! - Every request sent ends in exactly one record, completed or failed with a classified
 //!   [`stats::RequestError`]: `sent == completed + failed`. Requests the duration limit kept from
@@ -17,9 +20,12 @@
 //! - All record times are seconds since the `origin` the caller passes (the run clock).
 //!
 //! Failure classes: `connect` (no response: refused, reset before headers), `http_status` (a
-//! non-2xx answer, with the first 512 bytes of its body), `stream_cut` (the body broke off, ended
+//! non-2xx answer, with the first 512 bytes of its body, prefixed by `[Retry-After: ...]` when
+//! the server sent one; never retried, so that overload shows), `stream_cut` (the body broke off, ended
 //! before `[DONE]`/`finish_reason`, or carried an `{"error": ...}` event), `malformed_event` (an
-//! event that is not UTF-8, SSE or the expected JSON), `timeout` (the total request timeout, or
+//! event that is not UTF-8, SSE or the expected JSON; an event over
+//! [`LoadgenConfig::max_event_bytes`] or a body over [`LoadgenConfig::max_body_bytes`], cut off
+//! without being buffered whole; a 200 answer that is not `text/event-stream`), `timeout` (the total request timeout, or
 //! the stall timeout while waiting for headers or between two reads).
 //!
 //! Output tokens come from the final `usage` chunk ([`stats::TokenSource::Usage`]); a server that
@@ -34,13 +40,14 @@ mod chunk;
 mod client;
 mod config;
 mod driver;
+pub mod parse;
 mod progress;
 mod results;
 mod timer;
 
 use std::time::Instant;
 
-pub use crate::config::{Api, LoadgenConfig};
+pub use crate::config::{Api, LoadgenConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES};
 pub use crate::driver::RunOutcome;
 pub use crate::results::{ResultWriter, ResultsError};
 

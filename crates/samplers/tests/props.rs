@@ -1,0 +1,209 @@
+//! Property tests of the Prometheus text parser used by the engine-metrics sampler: what an
+//! engine exposes parses back exactly (colons in names, escaped label values, NaN and
+//! infinities, timestamps, comments); on any edit, no panic, and every error names its line.
+
+use proptest::prelude::*;
+use samplers::{parse_exposition, PromSample};
+
+fn sample() -> impl Strategy<Value = PromSample> {
+    (
+        "[a-zA-Z_:][a-zA-Z0-9_:]{0,16}",
+        prop::collection::vec(("[a-zA-Z_][a-zA-Z0-9_]{0,8}", "[a-z0-9 \"\\\\\né{}=,#]{0,10}"), 0..4),
+        prop_oneof![
+            6 => any::<f64>().prop_filter("finite", |v| v.is_finite()),
+            1 => Just(f64::NAN),
+            1 => Just(f64::INFINITY),
+            1 => Just(f64::NEG_INFINITY),
+        ],
+        prop::option::of(any::<i64>()),
+    )
+        .prop_map(|(metric, labels, value, timestamp_ms)| PromSample {
+            metric,
+            labels,
+            value,
+            timestamp_ms,
+        })
+}
+
+fn render(s: &PromSample) -> String {
+    let labels: Vec<String> = s
+        .labels
+        .iter()
+        .map(|(k, v)| {
+            format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+        })
+        .collect();
+    let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+    let value = match s.value {
+        v if v.is_nan() => "NaN".to_owned(),
+        v if v == f64::INFINITY => "+Inf".to_owned(),
+        v if v == f64::NEG_INFINITY => "-Inf".to_owned(),
+        v => v.to_string(),
+    };
+    let ts = s.timestamp_ms.map(|t| format!(" {t}")).unwrap_or_default();
+    format!("{}{labels} {value}{ts}", s.metric)
+}
+
+fn same(a: &PromSample, b: &PromSample) -> bool {
+    a.metric == b.metric
+        && a.labels == b.labels
+        && a.timestamp_ms == b.timestamp_ms
+        && (a.value == b.value || (a.value.is_nan() && b.value.is_nan()))
+}
+
+/// The text of `samples` with a `# HELP` / `# TYPE` pair before each and CRLF where asked.
+fn exposition(samples: &[PromSample], crlf: bool) -> String {
+    let eol = if crlf { "\r\n" } else { "\n" };
+    samples
+        .iter()
+        .map(|s| format!("# HELP {m} Some help.{eol}# TYPE {m} gauge{eol}{}{eol}", render(s), m = s.metric))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn round_trip(samples in prop::collection::vec(sample(), 0..6), crlf in any::<bool>()) {
+        let text = exposition(&samples, crlf);
+        let parsed = parse_exposition(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        prop_assert_eq!(parsed.len(), samples.len());
+        for (p, s) in parsed.iter().zip(&samples) {
+            prop_assert!(same(p, s), "{:?} != {:?}", p, s);
+        }
+    }
+
+    #[test]
+    fn edited_expositions(samples in prop::collection::vec(sample(), 1..5), edits in prop::collection::vec(edit(), 1..3)) {
+        let text = edits.iter().fold(exposition(&samples, false), |t, e| apply(&t, e).0);
+        if let Err(e) = parse_exposition(&text) {
+            prop_assert!(e.line >= 1 && e.line <= text.lines().count(), "line {} of {}", e.line, text);
+            let prefix = format!("line {}: ", e.line);
+            prop_assert!(e.to_string().starts_with(&prefix), "{}", e);
+        }
+    }
+
+    #[test]
+    fn arbitrary_text(text in "(.{0,60}\n){0,6}") {
+        if let Err(e) = parse_exposition(&text) {
+            prop_assert!(e.line >= 1 && e.line <= text.lines().count(), "line {} of {:?}", e.line, text);
+        }
+    }
+}
+
+/// A change to a valid file, line by line.
+#[derive(Debug, Clone)]
+enum Edit {
+    /// Replace the value of the line's `key = value` / `key: value` / `"key": value` pairs
+    /// (the `nth` one on the line) by `value`.
+    Value {
+        line: usize,
+        nth: usize,
+        value: String,
+    },
+    Delete {
+        line: usize,
+    },
+    Insert {
+        line: usize,
+        text: String,
+    },
+    Duplicate {
+        line: usize,
+    },
+    /// Cut the file after this many bytes (at a character boundary).
+    Truncate {
+        at: usize,
+    },
+}
+
+/// Values that break types and ranges.
+const HOSTILE: &[&str] = &[
+    "-1",
+    "0",
+    "1e309",
+    "-1e309",
+    "1.5",
+    "\"x\"",
+    "\"\"",
+    "[]",
+    "{}",
+    "[1, \"a\"]",
+    "true",
+    "null",
+    "nan",
+    "inf",
+    "18446744073709551616",
+    "4294967296",
+    "-9223372036854775809",
+    "\"\\u0000é\"",
+    "\"🦀\"",
+    "",
+    "[",
+    "{",
+    "\"",
+];
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        4 => (0usize..64, 0usize..8, prop_oneof![
+            3 => prop::sample::select(HOSTILE).prop_map(str::to_owned),
+            1 => ".{0,12}",
+        ]).prop_map(|(line, nth, value)| Edit::Value { line, nth, value }),
+        1 => (0usize..64).prop_map(|line| Edit::Delete { line }),
+        1 => (0usize..64, ".{0,24}").prop_map(|(line, text)| Edit::Insert { line, text }),
+        1 => (0usize..64).prop_map(|line| Edit::Duplicate { line }),
+        1 => (0usize..4096).prop_map(|at| Edit::Truncate { at }),
+    ]
+}
+
+/// `text` with `e` applied, and the 1-based line it touched (None: the whole file).
+fn apply(text: &str, e: &Edit) -> (String, Option<usize>) {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let n = lines.len().max(1);
+    match e {
+        Edit::Value { line, nth, value } => {
+            let i = line % n;
+            if let Some(l) = lines.get_mut(i) {
+                *l = replace_value(l, *nth, value);
+            }
+            (lines.join("\n"), Some(i + 1))
+        }
+        Edit::Delete { line } => {
+            if !lines.is_empty() {
+                lines.remove(line % n);
+            }
+            (lines.join("\n"), None)
+        }
+        Edit::Insert { line, text } => {
+            let i = line % (lines.len() + 1);
+            lines.insert(i, text.clone());
+            (lines.join("\n"), Some(i + 1))
+        }
+        Edit::Duplicate { line } => {
+            if let Some(l) = lines.get(line % n).cloned() {
+                lines.insert(line % n, l);
+            }
+            (lines.join("\n"), None)
+        }
+        Edit::Truncate { at } => {
+            let mut at = (*at).min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            (text[..at].to_owned(), None)
+        }
+    }
+}
+
+/// Replaces the value after the `nth` separator (`=`, `:` or `,`) of `line`, up to the next
+/// `,` or `}` (or the line's end).
+fn replace_value(line: &str, nth: usize, value: &str) -> String {
+    let seps: Vec<usize> = line.match_indices(['=', ':', ',']).map(|(i, _)| i).collect();
+    if seps.is_empty() {
+        return format!("{line}{value}");
+    }
+    let start = seps[nth % seps.len()] + 1;
+    let end = line[start..].find([',', '}']).map_or(line.len(), |j| start + j);
+    format!("{} {value}{}", &line[..start], &line[end..])
+}

@@ -1,0 +1,241 @@
+//! Property tests of the trace readers (Mooncake JSONL, Qwen-Bailian JSONL, Azure CSV): on
+//! any input, no panic, and every error names the file and the line (and the field, where a
+//! field is at fault).
+
+use proptest::prelude::*;
+use workload::{ParseOptions, Trace, TraceFormat};
+
+const FIXTURES: [(TraceFormat, &str, &str); 3] = [
+    (TraceFormat::Mooncake, "mooncake.jsonl", include_str!("fixtures/mooncake_small.jsonl")),
+    (TraceFormat::Bailian, "bailian.jsonl", include_str!("fixtures/bailian_small.jsonl")),
+    (TraceFormat::Azure, "azure.csv", include_str!("fixtures/azure_small.csv")),
+];
+
+/// The line an error names: `file:LINE: message`.
+fn error_line(msg: &str, file: &str) -> Result<u64, String> {
+    let rest = msg.strip_prefix(&format!("{file}:")).ok_or_else(|| format!("no file name: {msg}"))?;
+    let (line, _) = rest.split_once(": ").ok_or_else(|| format!("no `:LINE: `: {msg}"))?;
+    line.parse().map_err(|_| format!("no line number: {msg}"))
+}
+
+fn check(
+    format: TraceFormat,
+    file: &str,
+    text: &str,
+    touched: Option<usize>,
+    field: Option<&str>,
+) -> Result<(), TestCaseError> {
+    for skip in [false, true] {
+        let opts = ParseOptions { skip_bad_lines: skip };
+        let err = match Trace::parse(format, text, file, &opts) {
+            Ok(t) => {
+                prop_assert!(!t.entries.is_empty());
+                prop_assert!(t.entries.iter().any(|e| e.at.is_zero()), "the earliest entry is at 0");
+                prop_assert_eq!(t.bad_lines == 0, t.first_bad_line.is_none());
+                continue;
+            }
+            Err(e) => e.to_string(),
+        };
+        let line = error_line(&err, file).map_err(TestCaseError::fail)?;
+        let lines = text.lines().count() as u64;
+        prop_assert!(line <= lines.max(1), "line {} of {}: {}", line, lines, err);
+        // Each line stands alone: a line-local edit is reported at that line (unless the file
+        // has nothing valid left, line 0, or the edit is in Azure's header).
+        if let (Some(t), false) = (touched, skip) {
+            if line != 0 && !(format == TraceFormat::Azure && t == 1) {
+                prop_assert_eq!(line, t as u64, "{}", err);
+                if let Some(f) = field.filter(|_| err.contains("field ")) {
+                    prop_assert!(err.contains(&format!("field {f:?}")), "names field {}: {}", f, err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The JSON key a `Value` edit changed, for the field check.
+fn edited_field(original: &str, edited: &str) -> Option<String> {
+    let a: serde_json::Value = serde_json::from_str(original).ok()?;
+    let b: serde_json::Value = serde_json::from_str(edited).ok()?;
+    let (a, b) = (a.as_object()?, b.as_object()?);
+    let changed: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
+    (changed.len() == 1 && a.len() == b.len()).then(|| changed[0].clone())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn edited_traces(which in 0usize..3, edits in prop::collection::vec(edit(), 1..3)) {
+        let (format, file, original) = FIXTURES[which];
+        let mut text = original.to_owned();
+        let mut touched = None;
+        let mut field = None;
+        for (k, e) in edits.iter().enumerate() {
+            let before = text.clone();
+            let (t, line) = apply(&text, e);
+            text = t;
+            // Only a single line-local edit has one line to blame.
+            touched = if k == 0 { line } else { None };
+            field = match (e, line) {
+                (Edit::Value { .. }, Some(l)) if k == 0 => edited_field(
+                    before.lines().nth(l - 1).unwrap_or(""),
+                    text.lines().nth(l - 1).unwrap_or(""),
+                ),
+                _ => None,
+            };
+        }
+        check(format, file, &text, touched, field.as_deref())?;
+    }
+
+    #[test]
+    fn arbitrary_text(which in 0usize..3, text in "(.{0,40}\n){0,6}") {
+        let (format, file, _) = FIXTURES[which];
+        check(format, file, &text, None, None)?;
+    }
+}
+
+/// The edits do what they say, and the checks see what is wrong.
+#[test]
+fn a_wrong_field_is_named() {
+    let (_, file, original) = FIXTURES[0];
+    let e = Edit::Value { line: 0, nth: 2, value: "-1".into() };
+    let (text, line) = apply(original, &e);
+    assert_eq!(line, Some(1));
+    let err =
+        Trace::parse(TraceFormat::Mooncake, &text, file, &ParseOptions::default()).unwrap_err().to_string();
+    assert_eq!(err, "mooncake.jsonl:1: field \"input_length\": expected a non-negative integer below 2^32");
+    assert_eq!(
+        edited_field(original.lines().next().unwrap(), text.lines().next().unwrap()).as_deref(),
+        Some("input_length")
+    );
+    assert_eq!(error_line(&err, file), Ok(1));
+}
+
+/// Found by the `trace_azure` fuzz target: a huge year overflowed the timestamp arithmetic
+/// (a panic in debug builds, a wrong time in release).
+#[test]
+fn azure_year_out_of_range_is_a_field_error() {
+    let text = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n2000002085235124-11-16 18:15:46.6805900,374,44\n";
+    let err = Trace::parse(TraceFormat::Azure, text, "azure.csv", &ParseOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("azure.csv:3: field \"TIMESTAMP\": expected YYYY-MM-DD"), "{err}");
+}
+
+/// A change to a valid file, line by line.
+#[derive(Debug, Clone)]
+enum Edit {
+    /// Replace the value of the line's `key = value` / `key: value` / `"key": value` pairs
+    /// (the `nth` one on the line) by `value`.
+    Value {
+        line: usize,
+        nth: usize,
+        value: String,
+    },
+    Delete {
+        line: usize,
+    },
+    Insert {
+        line: usize,
+        text: String,
+    },
+    Duplicate {
+        line: usize,
+    },
+    /// Cut the file after this many bytes (at a character boundary).
+    Truncate {
+        at: usize,
+    },
+}
+
+/// Values that break types and ranges.
+const HOSTILE: &[&str] = &[
+    "-1",
+    "0",
+    "1e309",
+    "-1e309",
+    "1.5",
+    "\"x\"",
+    "\"\"",
+    "[]",
+    "{}",
+    "[1, \"a\"]",
+    "true",
+    "null",
+    "nan",
+    "inf",
+    "18446744073709551616",
+    "4294967296",
+    "-9223372036854775809",
+    "\"\\u0000é\"",
+    "\"🦀\"",
+    "",
+    "[",
+    "{",
+    "\"",
+];
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        4 => (0usize..64, 0usize..8, prop_oneof![
+            3 => prop::sample::select(HOSTILE).prop_map(str::to_owned),
+            1 => ".{0,12}",
+        ]).prop_map(|(line, nth, value)| Edit::Value { line, nth, value }),
+        1 => (0usize..64).prop_map(|line| Edit::Delete { line }),
+        1 => (0usize..64, ".{0,24}").prop_map(|(line, text)| Edit::Insert { line, text }),
+        1 => (0usize..64).prop_map(|line| Edit::Duplicate { line }),
+        1 => (0usize..4096).prop_map(|at| Edit::Truncate { at }),
+    ]
+}
+
+/// `text` with `e` applied, and the 1-based line it touched (None: the whole file).
+fn apply(text: &str, e: &Edit) -> (String, Option<usize>) {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let n = lines.len().max(1);
+    match e {
+        Edit::Value { line, nth, value } => {
+            let i = line % n;
+            if let Some(l) = lines.get_mut(i) {
+                *l = replace_value(l, *nth, value);
+            }
+            (lines.join("\n"), Some(i + 1))
+        }
+        Edit::Delete { line } => {
+            if !lines.is_empty() {
+                lines.remove(line % n);
+            }
+            (lines.join("\n"), None)
+        }
+        Edit::Insert { line, text } => {
+            let i = line % (lines.len() + 1);
+            lines.insert(i, text.clone());
+            (lines.join("\n"), Some(i + 1))
+        }
+        Edit::Duplicate { line } => {
+            if let Some(l) = lines.get(line % n).cloned() {
+                lines.insert(line % n, l);
+            }
+            (lines.join("\n"), None)
+        }
+        Edit::Truncate { at } => {
+            let mut at = (*at).min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            (text[..at].to_owned(), None)
+        }
+    }
+}
+
+/// Replaces the value after the `nth` separator (`=`, `:` or `,`) of `line`, up to the next
+/// `,` or `}` (or the line's end).
+fn replace_value(line: &str, nth: usize, value: &str) -> String {
+    let seps: Vec<usize> = line.match_indices(['=', ':', ',']).map(|(i, _)| i).collect();
+    if seps.is_empty() {
+        return format!("{line}{value}");
+    }
+    let start = seps[nth % seps.len()] + 1;
+    let end = line[start..].find([',', '}']).map_or(line.len(), |j| start + j);
+    format!("{} {value}{}", &line[..start], &line[end..])
+}
