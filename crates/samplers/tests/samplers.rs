@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -98,10 +99,14 @@ fn disk_fallback_for_a_filesystem_without_device_sums_the_disks_and_sees_writes(
 }
 
 /// Kills a child started by a test when the test ends, passed or not.
+/// A child started in its own process group; dropping it kills the whole group (killing only
+/// `timeout` would leave its busy `sh` running, orphaned) and reaps the child.
 struct Reap(Child);
 
 impl Drop for Reap {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -112,6 +117,7 @@ fn cpu_samplers_see_a_busy_child_process_tree() {
     // `timeout` is the root; the busy loop is its child, so only the tree scope sees the CPU.
     let child = Command::new("timeout")
         .args(["10", "sh", "-c", "while :; do :; done"])
+        .process_group(0)
         .spawn()
         .expect("spawning `timeout` (coreutils) and `sh`");
     let child = Reap(child);
