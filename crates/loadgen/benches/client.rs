@@ -4,7 +4,7 @@
 //! - `stream/chunks`: one long stream; throughput = streamed chunks per second.
 //! - `stream/chunks_x16`: 16 concurrent long streams.
 //! - `requests/short`: requests of one token, 64 in flight; throughput = requests per second.
-//! - after the criterion groups, `concurrent streams`: about 1,000 streams in flight (open loop,
+//! - after the criterion groups, `concurrent streams`: about 1,100 streams in flight (open loop,
 //!   one token every 50 ms each), reporting the client's send lag p50/p99/max.
 //!
 //! Run: `cargo bench -p kvlab-loadgen --bench client`.
@@ -62,14 +62,14 @@ fn requests(c: &mut Criterion) {
 fn concurrent_streams() {
     let server = start(Behavior { itl: Duration::from_millis(50), ..Default::default() });
     let rt = runtime();
-    // 40 tokens every 50 ms = 2 s per stream; 3,000 arrivals over 6 s → about 1,000 in flight,
-    // 20,000 chunks/s. The first 1,000 (connection set-up) are warm-up.
-    let n = 3_000u32;
+    // 40 tokens every 50 ms = 2 s per stream; 3,300 arrivals over 6 s → about 1,100 in flight,
+    // 22,000 chunks/s. The first 1,100 (connection set-up) are warm-up.
+    let n = 3_300u32;
     let mut p = plan(u64::from(n), 40, Mode::Open);
     for (i, r) in p.requests.iter_mut().enumerate() {
         r.send_at = Some(Duration::from_secs(6) * i as u32 / n);
     }
-    p.limits.warmup = 1_000;
+    p.limits.warmup = 1_100;
     let out = rt.block_on(run(&p, &server.url));
     let s = &out.summary;
     let chunks: usize = out.records.iter().map(|r| r.chunks.len()).sum();
