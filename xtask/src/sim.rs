@@ -24,7 +24,7 @@ pub(crate) struct SimArgs {
     #[arg(long)]
     block_size: Option<u32>,
     /// The trace format (default: detected from the first line).
-    #[arg(long, value_parser = ["mooncake", "bailian", "conversation-csv"])]
+    #[arg(long, value_parser = ["mooncake", "bailian", "conversation-csv", "requests"])]
     format: Option<String>,
     /// Tokens per synthesised block for conversation CSVs.
     #[arg(long, default_value_t = 16)]
@@ -67,6 +67,7 @@ fn parse_format(s: Option<&str>) -> Option<InputFormat> {
         Some("mooncake") => Some(InputFormat::Mooncake),
         Some("bailian") => Some(InputFormat::Bailian),
         Some("conversation-csv") => Some(InputFormat::ConversationCsv),
+        Some("requests") => Some(InputFormat::KvlabRecords),
         _ => None,
     }
 }

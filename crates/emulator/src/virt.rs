@@ -131,6 +131,7 @@ pub fn run_virtual(cfg: &EmulatorConfig, plan: &Plan) -> Result<Vec<RequestRecor
                 error: None,
                 session: r.meta.session,
                 turn: r.meta.turn,
+                prompt_blocks: None,
             };
             if let Err(message) = check_lengths(prompt_len, r.max_tokens, max_model_len) {
                 rec.prompt_tokens = None;

@@ -396,9 +396,23 @@ impl Partial {
             error,
             session: req.meta.session,
             turn: req.meta.turn,
+            prompt_blocks: Some(prompt_blocks(&req.prompt)),
             chunks: self.chunks,
         }
     }
+}
+
+/// The prompt's chained 16-token block hashes, as the cache simulator replays them: token ids as
+/// they are; text and chat content as one token per byte (the emulator's tokenizer).
+fn prompt_blocks(prompt: &Prompt) -> Vec<u64> {
+    let tokens: Vec<u32> = match prompt {
+        Prompt::Tokens(t) => t.clone(),
+        Prompt::Text(t) => t.bytes().map(u32::from).collect(),
+        Prompt::Chat(messages) => {
+            messages.iter().flat_map(|m| m.role.bytes().chain(m.content.bytes())).map(u32::from).collect()
+        }
+    };
+    kvcache::block_hashes(&kvcache::HashConfig::default(), &tokens, None).into_iter().map(|h| h.0).collect()
 }
 
 #[derive(Serialize)]

@@ -478,3 +478,28 @@ async fn server_closing_kept_alive_connections() {
     assert_eq!((out.sent, out.summary.completed), (6, 6));
     assert!(out.records.iter().all(|r| r.output_tokens == 2 && r.token_source == TokenSource::Usage));
 }
+
+/// Each record carries its prompt's chained 16-token block hashes (full blocks only), so the
+/// cache simulator can replay the run: equal prefixes give equal leading hashes.
+#[tokio::test]
+async fn records_carry_prompt_block_hashes() {
+    let server = start(Behavior::default());
+    let shared: Vec<u32> = (0..32).collect();
+    let mut other = shared.clone();
+    other.extend(100..110u32);
+    other[20] = 999; // the second block differs
+    let p = Plan {
+        requests: vec![
+            request(0, Prompt::Tokens(shared.clone()), 2, None),
+            request(1, Prompt::Tokens(other), 2, None),
+        ],
+        mode: Mode::Closed { concurrency: 1 },
+        limits: Limits::default(),
+    };
+    let (out, _dir) = run(&p, &config(&server.url)).await;
+    let blocks: Vec<&Vec<u64>> =
+        out.records.iter().map(|r| r.prompt_blocks.as_ref().expect("recorded")).collect();
+    assert_eq!((blocks[0].len(), blocks[1].len()), (2, 2), "42 tokens make 2 full blocks");
+    assert_eq!(blocks[0][0], blocks[1][0], "the same first block");
+    assert_ne!(blocks[0][1], blocks[1][1], "a different second block");
+}

@@ -19,6 +19,9 @@ pub enum InputFormat {
     Bailian,
     /// A conversation CSV: `timestamp` (s), `conversation_id`, `prompt_tokens`, `output_tokens`.
     ConversationCsv,
+    /// kvlab's own `requests.jsonl`: each record's `prompt_blocks` (16-token chained hashes),
+    /// replayed in send order; failed requests are left out (they were not served).
+    KvlabRecords,
 }
 
 impl InputFormat {
@@ -35,13 +38,7 @@ impl InputFormat {
         let first = first.trim().trim_start_matches('\u{feff}');
         if first.starts_with('{') {
             if first.contains("\"token_source\"") || first.contains("\"first_token\"") {
-                return Err(SimError::input(
-                    file,
-                    line,
-                    "this is a kvlab requests.jsonl: it records prompt_tokens (a count), session and turn, \
-                     but not the prompt's token ids or block hashes, so which prefixes repeat is unknown and \
-                     it cannot be replayed (missing field: `hash_ids` or the prompt token ids)",
-                ));
+                return Ok(InputFormat::KvlabRecords);
             }
             if first.contains("\"chat_id\"") {
                 return Ok(InputFormat::Bailian);
@@ -164,9 +161,11 @@ pub fn load(name: &str, text: &str, opts: &LoadOptions) -> Result<SimTrace, SimE
         InputFormat::ConversationCsv => {
             conversation_csv_to_trace(text, name, opts.csv_block_tokens.unwrap_or(16), opts.skip_bad_lines)?
         }
+        InputFormat::KvlabRecords => records_to_trace(text, name, opts.skip_bad_lines)?,
     };
     let source = match format {
         InputFormat::ConversationCsv => opts.csv_block_tokens.unwrap_or(16),
+        InputFormat::KvlabRecords => RECORD_BLOCK_TOKENS,
         _ => trace.format.block_size(),
     };
     prepare(name, format, &trace, source, opts.block_tokens.unwrap_or(source))
@@ -437,4 +436,58 @@ pub fn to_bailian_jsonl(trace: &Trace) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Tokens per block of `prompt_blocks` in kvlab's `requests.jsonl` (the engine block size).
+pub const RECORD_BLOCK_TOKENS: u32 = 16;
+
+/// kvlab's `requests.jsonl` as a trace: completed requests in send order, with their recorded
+/// prompt block hashes. Errors name the file, the line and the field; `skip_bad_lines` counts
+/// malformed lines instead.
+pub fn records_to_trace(text: &str, file: &str, skip_bad_lines: bool) -> Result<Trace, SimError> {
+    let mut rows = Vec::new();
+    let mut bad_lines = 0u64;
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<stats::RequestRecord>(line)
+            .map_err(|e| format!("not a request record: {e}"))
+            .and_then(|r| match r.prompt_blocks {
+                Some(_) => Ok(r),
+                None => {
+                    Err("field `prompt_blocks`: missing (the run was written without prompt block hashes, \
+                             so its prefixes cannot be replayed)"
+                        .to_owned())
+                }
+            });
+        match parsed {
+            Ok(r) => rows.push((n, r)),
+            Err(_) if skip_bad_lines => bad_lines += 1,
+            Err(message) => return Err(SimError::input(file, n, &message)),
+        }
+    }
+    rows.retain(|(_, r)| r.error.is_none());
+    rows.sort_by(|(_, a), (_, b)| a.sent.total_cmp(&b.sent).then(a.id.cmp(&b.id)));
+    let Some(start) = rows.first().map(|(_, r)| r.sent) else {
+        return Err(SimError::input(file, 0, "no completed request with `prompt_blocks` to replay"));
+    };
+    let entries = rows
+        .into_iter()
+        .map(|(line, r)| {
+            let hash_ids = r.prompt_blocks.unwrap_or_default();
+            let input_len = r.prompt_tokens.unwrap_or(hash_ids.len() as u32 * RECORD_BLOCK_TOKENS).max(1);
+            workload::TraceEntry {
+                line,
+                at: std::time::Duration::from_secs_f64((r.sent - start).max(0.0)),
+                input_len,
+                output_len: r.output_tokens,
+                hash_ids,
+                session: r.session,
+                turn: r.turn,
+            }
+        })
+        .collect();
+    Ok(Trace { format: TraceFormat::Bailian, entries, bad_lines, first_bad_line: None })
 }

@@ -300,3 +300,41 @@ fn tuning_and_training_report_both_ranges() {
         "{trained:?}"
     );
 }
+
+/// kvlab's own `requests.jsonl` replays through its recorded `prompt_blocks`: in send order (the
+/// file is in finish order), failed requests left out, and a record without the field is an error
+/// naming the file, the line and the field.
+#[test]
+fn kvlab_requests_jsonl_replays_by_prompt_blocks() {
+    let record = |id: u64, sent: f64, blocks: Option<&[u64]>, error: bool| {
+        let mut r = serde_json::json!({
+            "v": 1, "id": id, "intended": sent, "sent": sent, "first_byte": sent + 0.01,
+            "first_token": sent + 0.02, "end": sent + 0.1, "chunks": [], "prompt_tokens": 48,
+            "output_tokens": 4, "cached_tokens": null, "token_source": "usage", "error": null,
+        });
+        if let Some(b) = blocks {
+            r["prompt_blocks"] = serde_json::json!(b);
+        }
+        if error {
+            r["error"] = serde_json::json!({"class": "connect", "message": "refused"});
+        }
+        r.to_string()
+    };
+    // Finish order: request 1 (same prefix as 0, sent later) finished first.
+    let text = [
+        record(1, 0.5, Some(&[7, 8, 9]), false),
+        record(0, 0.0, Some(&[7, 8, 10]), false),
+        record(2, 0.7, Some(&[7, 8, 9]), true),
+    ]
+    .join("\n");
+    let trace = load(&text, &LoadOptions::default());
+    assert_eq!(trace.format, InputFormat::KvlabRecords);
+    assert_eq!(trace.requests.len(), 2, "the failed request is left out");
+    let r = sim::replay(&trace, &ReplayConfig::single(Tier::Cpu, 1_000, PolicyKind::Lru.into()));
+    // Request 0 first (cold, 3 blocks), then request 1 hits 7 and 8: 2 of 6 blocks.
+    assert_eq!((r.requests, r.query_blocks, r.hit_blocks), (2, 6, 2));
+
+    let missing = [record(0, 0.0, Some(&[1]), false), record(1, 0.1, None, false)].join("\n");
+    let err = sim::trace::load("requests.jsonl", &missing, &LoadOptions::default()).unwrap_err().to_string();
+    assert!(err.starts_with("requests.jsonl:2:") && err.contains("prompt_blocks"), "{err}");
+}

@@ -63,6 +63,11 @@ pub struct RequestRecord {
     pub session: Option<u64>,
     #[serde(default)]
     pub turn: Option<u32>,
+    /// The prompt's chained block hashes, 16 tokens a block (full blocks only; kvcache's default
+    /// hash over the token ids, text as one token per byte), so a run can be replayed by the
+    /// cache simulator at other capacities. Absent where the writer did not know the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_blocks: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

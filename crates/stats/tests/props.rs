@@ -45,6 +45,7 @@ fn record() -> impl Strategy<Value = RequestRecord> {
                 error,
                 session: None,
                 turn: None,
+                prompt_blocks: None,
             }
         })
 }

@@ -27,6 +27,7 @@ fn completed(id: u64, sent: f64, ttft: f64, tokens: u32, gap: f64) -> RequestRec
         error: None,
         session: None,
         turn: None,
+        prompt_blocks: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn failed(id: u64, sent: f64, end: f64, error: RequestError) -> RequestRecord {
         error: Some(error),
         session: Some(7),
         turn: Some(2),
+        prompt_blocks: None,
     }
 }
 
