@@ -138,9 +138,7 @@ fn bad_input_names_file_line_and_field() {
     check_err(
         "{\"v\": 1, \"id\": 0, \"sent\": 0.1, \"first_token\": 0.2, \"token_source\": \"usage\"}\n",
         &LoadOptions::default(),
-        "t.jsonl:1: this is a kvlab requests.jsonl: it records prompt_tokens (a count), session and turn, \
-         but not the prompt's token ids or block hashes, so which prefixes repeat is unknown and it cannot be \
-         replayed (missing field: `hash_ids` or the prompt token ids)",
+        "t.jsonl:1: not a request record: missing field `intended` at line 1 column 75",
     );
     check_err(
         "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n",
