@@ -243,6 +243,8 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let max_failed_fraction = args.workload.max_failed_fraction;
     let opts = options(args)?;
+    // What a killed lab left behind (containers, engine processes) goes first.
+    crate::clean::reap()?;
     let reports = rt.block_on(lab::run::bench(&opts))?;
     if reports.len() > 1 {
         println!(
@@ -325,7 +327,7 @@ fn finish(end: lab::slurm::WatchEnd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions> {
+pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions> {
     let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), args.tier.parse()?);
     opts.engine = args.engine.parse()?;
     opts.model = args.model;

@@ -1,14 +1,20 @@
 //! `cargo xtask ci`: every check and every test, with the services the tests need.
 //!
 //! Steps, in order (each can be skipped for a quick local loop, never in CI):
+//! 0. libclang for the `nvtx` feature (apt-get libclang-dev when missing), a check that a plain
+//!    `cargo build -p xtask` does not pull the nvtx crate, `nix-instantiate --parse flake.nix`
+//!    (apt-get nix-bin when missing)
 //! 1. `cargo fmt --check`
-//! 2. `cargo clippy --workspace --all-targets -- -D warnings`
+//! 2. `cargo clippy --workspace --all-targets -- -D warnings`, with the `nvtx` features
 //! 3. services: a `redis-server` on a free loopback port (installed with apt-get when missing), a
 //!    Python venv with xllamacpp + gguf plus the generated GGUF model (the real llama.cpp engine), and
 //!    chromium (the HTML report is opened in a real headless browser), and a real 2-node Slurm
 //!    cluster on loopback (munge, slurmctld, two slurmd; installed with apt-get when missing)
-//! 4. `cargo test --workspace`, with the services announced through environment variables:
-//!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`, `SLURM_CONF`.
+//! 4. images: `cargo xtask images` (base from debootstrap, installed with apt-get when missing;
+//!    lab, llamacpp, emulator), cached between runs
+//! 5. `cargo test --workspace`, with the services announced through environment variables:
+//!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`, `SLURM_CONF`, `KVLAB_DOCKER_IMAGES`
+//!    (the images are built) and `KVLAB_XTASK_BIN` (this program, for tests that kill a lab).
 //!
 //! Tests that need a service read those variables and fail, naming the service, when they are unset.
 
@@ -22,6 +28,10 @@ use xshell::{cmd, Shell};
 
 /// The pinned llama.cpp wheel (its `CommonParams` changes between releases).
 const XLLAMACPP: &str = "xllamacpp==2026.10.11549";
+
+/// Clippy and the tests build the NVTX ranges of the load generator and the emulator (what
+/// `cargo xtask profile` runs); the `nvtx` crate needs libclang (bindgen) to build.
+const NVTX_FEATURES: &str = "xtask/nvtx,kvlab-lab/nvtx,kvlab-loadgen/nvtx,kvlab-emulator/nvtx";
 
 #[derive(clap::Args)]
 pub(crate) struct CiArgs {
@@ -38,11 +48,14 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
     let root = crate::workspace_root();
     sh.change_dir(&root);
 
+    step("nvtx and flake.nix");
+    nvtx_and_flake(&sh)?;
+
     if !args.skip_lints {
         step("cargo fmt --check");
         cmd!(sh, "cargo fmt --all -- --check").run().context("formatting differs: run `cargo fmt --all`")?;
         step("cargo clippy");
-        cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings")
+        cmd!(sh, "cargo clippy --workspace --all-targets --locked --features {NVTX_FEATURES} -- -D warnings")
             .run()
             .context("clippy found warnings")?;
     }
@@ -62,13 +75,36 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         SlurmCluster(crate::slurm::up(2).context("starting the 2-node Slurm cluster the Slurm tests use")?);
     println!("slurm: nodes {} up in {:.1} s", slurm.0.nodes.join(","), slurm.0.startup_s);
 
+    step("images");
+    if which("debootstrap").is_none() {
+        apt_install(&["debootstrap"])?;
+    }
+    let images = [
+        lab::engine::docker::KvlabImage::Lab,
+        lab::engine::docker::KvlabImage::Llamacpp,
+        lab::engine::docker::KvlabImage::Emulator,
+    ];
+    for b in
+        crate::images::build(&images, false, false).context("building kvlab's images (cargo xtask images)")?
+    {
+        println!(
+            "image {}: {:.1} s{}",
+            b.image.repository(),
+            b.seconds,
+            if b.cached { " (cached)" } else { "" }
+        );
+    }
+    let xtask_bin = std::env::current_exe().context("locating this program for the tests")?;
+
     step("cargo test");
     let test_args = &args.test_args;
-    cmd!(sh, "cargo test --workspace --locked {test_args...}")
+    cmd!(sh, "cargo test --workspace --locked --features {NVTX_FEATURES} {test_args...}")
         .env("KVLAB_REDIS_URL", redis.url())
         .env("KVLAB_PYTHON", &py.python)
         .env("KVLAB_LLAMACPP_MODEL", &py.model)
         .env("SLURM_CONF", &slurm.0.conf)
+        .env("KVLAB_DOCKER_IMAGES", "1")
+        .env("KVLAB_XTASK_BIN", &xtask_bin)
         .env_remove("KVLAB_SKIP_SLURM")
         .run()
         .context("tests failed")?;
@@ -76,6 +112,56 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
     drop(redis);
     println!("ci: all checks passed");
     Ok(())
+}
+
+/// libclang for the `nvtx` crate (apt-get libclang-dev when missing); a plain build of xtask
+/// must not pull the `nvtx` crate (`bench` builds on a machine without libclang); and
+/// `flake.nix` must parse (`nix-instantiate --parse`, from Debian's nix-bin: a syntax check only,
+/// the flake is built on a Nix machine).
+fn nvtx_and_flake(sh: &Shell) -> Result<()> {
+    if !has_libclang() {
+        apt_install(&["libclang-dev"])?;
+    }
+    let tree = cmd!(sh, "cargo tree --locked -p xtask -e features -i nvtx")
+        .ignore_status()
+        .ignore_stderr()
+        .read()?;
+    if !tree.trim().is_empty() {
+        bail!("a plain `cargo build -p xtask` pulls the nvtx crate (it needs libclang); keep it behind the `nvtx` feature:\n{tree}");
+    }
+    if which("nix-instantiate").is_none() {
+        apt_install(&["nix-bin"])?;
+    }
+    cmd!(sh, "nix-instantiate --parse flake.nix")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("flake.nix does not parse")?;
+    println!("nvtx: libclang found, not pulled by a plain build; flake.nix parses");
+    Ok(())
+}
+
+/// A libclang shared library where bindgen (clang-sys) looks for one.
+fn has_libclang() -> bool {
+    if std::env::var_os("LIBCLANG_PATH").is_some() {
+        return true;
+    }
+    let llvm = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+        .map(|e| e.path().join("lib"));
+    ["/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/lib"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(llvm)
+        .any(|dir| {
+            std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("libclang") && !name.starts_with("libclang-cpp") && name.contains(".so")
+            })
+        })
 }
 
 fn step(name: &str) {

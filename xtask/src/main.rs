@@ -3,13 +3,17 @@
 
 mod bench;
 mod ci;
+mod clean;
 mod fuzz;
+mod images;
 mod loadgen;
+mod profile;
 mod regress;
 mod report;
 mod serve;
 mod sim;
 mod slurm;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -28,8 +32,12 @@ enum Cmd {
     Loadgen(loadgen::LoadgenArgs),
     /// The emulated engine alone, on 127.0.0.1.
     Serve(serve::ServeArgs),
+    /// The same run as `bench`, under Nsight Systems with NVTX prefill/decode ranges.
+    Profile(profile::ProfileArgs),
     /// Trace-driven cache simulation: hit ratios of eviction policies and capacities.
     Sim(sim::SimArgs),
+    /// The emulated engine and the load generator under many streams for minutes: memory, files, losses.
+    Soak(soak::SoakArgs),
     /// report.md, report.html and plots/ for result directories, and a comparison table.
     Report(report::ReportArgs),
     /// Summaries against baselines; with no argument, the pinned emulated scenario.
@@ -38,12 +46,20 @@ enum Cmd {
     Slurm(slurm::SlurmArgs),
     /// Fuzz the parsers of outside input with cargo-fuzz (`--list` names the targets).
     Fuzz(fuzz::FuzzArgs),
+    /// kvlab's OCI images, built here (base, lab, llamacpp, emulator; vllm-lmcache when named).
+    Images(images::ImagesArgs),
+    /// Remove containers and engine processes a killed lab left behind.
+    Clean(clean::CleanArgs),
     /// Every test, with the services the tests need (fmt, clippy, the whole test suite).
     Ci(ci::CiArgs),
 }
 
 /// The workspace root: configs/, .env and results/ are found from here.
 pub(crate) fn workspace_root() -> std::path::PathBuf {
+    // In kvlab's images the program lives outside the checkout: KVLAB_ROOT says where configs/ is.
+    if let Some(root) = std::env::var_os("KVLAB_ROOT") {
+        return root.into();
+    }
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(std::path::Path::to_owned)
@@ -52,15 +68,21 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Engine processes are recorded here, so a later run can reap them if this one is killed.
+    lab::engine::orphans::set_registry_dir(workspace_root().join(".kvlab/engines"));
     let result = match cli.cmd {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Serve(args) => serve::run(args),
         Cmd::Loadgen(args) => loadgen::run(args),
+        Cmd::Profile(args) => profile::run(args),
         Cmd::Sim(args) => sim::run(args),
+        Cmd::Soak(args) => soak::run(args),
         Cmd::Report(args) => report::run(args),
         Cmd::Regress(args) => regress::run(args),
         Cmd::Slurm(args) => slurm::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Images(args) => images::run(args),
+        Cmd::Clean(args) => clean::run(args),
         Cmd::Ci(args) => ci::run(args),
     };
     match result {

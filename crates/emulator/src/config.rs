@@ -40,6 +40,32 @@ pub struct EmulatorConfig {
     /// Real-time mode only: wall seconds per modelled second (1.0 = real speed; 0.0 = as fast as
     /// possible). Virtual time ignores it.
     pub time_scale: f64,
+    /// The run's id (the lab's run id). The redis tier keeps its chunks under
+    /// `kvlab:{run_id}:` and deletes that prefix when the server shuts down, so runs sharing one
+    /// Redis never see each other's blocks. `None`: a fresh id per server start.
+    pub run_id: Option<String>,
+    /// Real-time mode only: what the HTTP server accepts.
+    pub limits: ServerLimits,
+}
+
+/// The HTTP server's limits. Requests over a limit are refused with an OpenAI-style JSON error;
+/// connections over `max_connections` wait in the listen backlog (see [`crate::Server`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerLimits {
+    /// Largest request body in bytes (413 beyond it); a larger body is never read whole.
+    pub max_body_bytes: u64,
+    /// Largest `max_tokens` (or `max_completion_tokens`) accepted (400 beyond it); 0 (the
+    /// default) = `scheduler.max_model_len`.
+    pub max_tokens: u32,
+    /// Connections served at once; more wait until one closes.
+    pub max_connections: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { max_body_bytes: 8 << 20, max_tokens: 0, max_connections: 4096 }
+    }
 }
 
 /// vLLM's scheduler knobs, same names and meaning.
@@ -127,6 +153,8 @@ impl Default for EmulatorConfig {
             links: LinkOverrides::default(),
             byte_scale: 1.0 / 64.0,
             time_scale: 1.0,
+            run_id: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -197,6 +225,13 @@ impl EmulatorConfig {
         if !(self.time_scale >= 0.0 && self.time_scale.is_finite()) {
             return bad("time_scale", "must be >= 0");
         }
+        if self.run_id.as_deref() == Some("") {
+            return bad("run_id", "must not be empty");
+        }
+        let l = &self.limits;
+        if l.max_body_bytes == 0 || l.max_connections == 0 {
+            return bad("limits.max_body_bytes/max_connections", "must be > 0");
+        }
         let registry = cost::registry();
         let model = cost::model(registry, &self.model)?;
         let gpu = cost::gpu(registry, &self.gpu)?;
@@ -219,6 +254,9 @@ impl EmulatorConfig {
             cfg.scheduler.max_model_len = model.max_model_len;
         }
         let max_model_len = cfg.scheduler.max_model_len;
+        if cfg.limits.max_tokens == 0 {
+            cfg.limits.max_tokens = max_model_len;
+        }
         let block_bytes = cost.kv_bytes(u64::from(s.block_size));
         // vLLM: each GPU keeps `gpu_memory_utilization` of its memory, less its share of the
         // weights, for KV; the blocks of the whole group hold every GPU's share of a token.
@@ -282,7 +320,7 @@ impl TierSpec {
 /// A validated configuration with the derived numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Resolved {
-    /// The configuration, `scheduler.max_model_len` resolved (never 0).
+    /// The configuration, `scheduler.max_model_len` and `limits.max_tokens` resolved (never 0).
     pub(crate) cfg: EmulatorConfig,
     /// The model's Hugging Face id.
     pub(crate) hf_id: String,

@@ -9,10 +9,19 @@
 //! - real time: [`serve`] runs an OpenAI-compatible HTTP server; an engine task steps the core
 //!   and sleeps each step's modelled duration. The offload tiers store real bytes (RAM, chunk
 //!   files, Redis), scaled by [`EmulatorConfig::byte_scale`]; an I/O error in a tier is counted
-//!   (`kvlab_tier_errors_total`) and the chunk is recomputed, never a crash;
+//!   (`kvlab_tier_errors_total`, split into `kvlab_tier_read_errors_total` and
+//!   `kvlab_tier_write_errors_total`) and the chunk is recomputed, never a crash; a Redis that
+//!   went away is reconnected to on the next command. The redis tier keys its chunks under
+//!   `kvlab:{run_id}:` and deletes them at shutdown ([`EmulatorConfig::run_id`]). The server
+//!   enforces [`ServerLimits`] (body size, `max_tokens`, connections);
 //! - virtual time: [`run_virtual`] replays a whole `workload::Plan` as discrete events, without
 //!   sockets, and returns the records the load generator would have written. The offload tiers
 //!   are metadata only there (no bytes move). The same input gives byte-identical output.
+//!
+//! The offload tiers evict with [`OffloadConfig::policy`]; each access passes the request's
+//! conversation to the policy: in real time the OpenAI `user` field names the conversation and
+//! the turn is the count of requests seen from that user; in virtual time both come from the
+//! plan's session and turn.
 //!
 //! Everything it produces is labelled emulated: `/v1/models` says `owned_by: kvlab-emulated`,
 //! every response carries `x-kvlab-engine: emulated`, `/metrics` has `kvlab_emulated 1`.
@@ -25,6 +34,7 @@ mod blocks;
 mod config;
 mod cost;
 mod metrics;
+pub mod nvtx;
 mod offload;
 mod sched;
 mod server;
@@ -33,7 +43,7 @@ mod virt;
 
 pub use config::{
     DiskTierConfig, EmulatorConfig, LinkOverrides, OffloadConfig, RemoteTierConfig, SchedulerConfig,
-    TierPreset,
+    ServerLimits, TierPreset,
 };
 pub use server::{serve, Server};
 pub use virt::run_virtual;

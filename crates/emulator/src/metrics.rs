@@ -110,6 +110,8 @@ pub(crate) struct Gauges {
 pub(crate) struct TierIo {
     pub(crate) tier: Option<Tier>,
     pub(crate) errors: u64,
+    pub(crate) read_errors: u64,
+    pub(crate) write_errors: u64,
     pub(crate) read_bytes: u64,
     pub(crate) written_bytes: u64,
     pub(crate) chunks: u64,
@@ -203,6 +205,8 @@ pub(crate) fn render(inp: &RenderInput<'_>) -> String {
     );
     for (name, help) in [
         ("kvlab_tier_errors_total", "Offload-tier I/O errors (the request was recomputed)."),
+        ("kvlab_tier_read_errors_total", "Failed chunk loads (the chunk was recomputed)."),
+        ("kvlab_tier_write_errors_total", "Failed chunk stores and deletes (the chunk is forgotten)."),
         ("kvlab_tier_read_bytes_total", "Bytes read from the offload tier."),
         ("kvlab_tier_written_bytes_total", "Bytes written to the offload tier."),
         ("kvlab_tier_hit_tokens_total", "Prompt tokens loaded from the offload tier."),
@@ -214,6 +218,8 @@ pub(crate) fn render(inp: &RenderInput<'_>) -> String {
             let Some(tier) = t.tier else { continue };
             let v = match name {
                 "kvlab_tier_errors_total" => t.errors,
+                "kvlab_tier_read_errors_total" => t.read_errors,
+                "kvlab_tier_write_errors_total" => t.write_errors,
                 "kvlab_tier_read_bytes_total" => t.read_bytes,
                 "kvlab_tier_written_bytes_total" => t.written_bytes,
                 "kvlab_tier_hit_tokens_total" => e.tier_hit_tokens[tier as usize],
@@ -249,6 +255,8 @@ mod tests {
         let tiers = [TierIo {
             tier: Some(Tier::Disk),
             errors: 3,
+            read_errors: 1,
+            write_errors: 2,
             read_bytes: 1 << 20,
             written_bytes: 2 << 20,
             chunks: 4,

@@ -13,6 +13,7 @@ use kvcache::{BlockHash, HashAlgo, HashConfig, Tier};
 use crate::blocks::BlockPool;
 use crate::config::Resolved;
 use crate::metrics::{EngineMetrics, Gauges};
+use crate::offload::Access;
 
 /// A request handed to the scheduler.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub(crate) struct NewRequest {
     pub(crate) chunk_keys: Vec<BlockHash>,
     /// For the leading chunks an offload tier holds: which tier (the fastest holding it).
     pub(crate) offload_hits: Vec<Tier>,
+    /// The request's conversation, for the offload tiers' policy.
+    pub(crate) access: Access,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,7 @@ struct Req {
     first_token: Option<f64>,
     cached_tokens: u32,
     stored: bool,
+    access: Access,
 }
 
 impl Req {
@@ -72,8 +76,13 @@ pub(crate) struct StepOutput {
     /// Requests that got one new token at `end`, with their output count so far.
     pub(crate) emitted: Vec<(u64, u32)>,
     pub(crate) finished: Vec<Finished>,
-    /// Requests whose prefill completed: their chunk keys go to the offload tiers.
-    pub(crate) stores: Vec<(u64, Vec<BlockHash>)>,
+    /// Requests whose prefill completed: their chunk keys go to the offload tiers, as accesses
+    /// at the step's end.
+    pub(crate) stores: Vec<(u64, Vec<BlockHash>, Access)>,
+    /// Requests scheduled for the first time in the step (vLLM's `scheduled_new_reqs`).
+    pub(crate) new_reqs: u32,
+    /// Requests that continued from an earlier step (vLLM's `scheduled_cached_reqs`).
+    pub(crate) cached_reqs: u32,
 }
 
 #[derive(Debug)]
@@ -161,6 +170,7 @@ impl Core {
                 first_token: None,
                 cached_tokens: 0,
                 stored: false,
+                access: req.access,
             },
         );
         self.waiting.push_back(req.id);
@@ -260,6 +270,7 @@ impl Core {
             i += 1;
         }
 
+        let cached_reqs = self.scheduled.len();
         // Then waiting requests, FCFS, unless this step preempted.
         let max_seqs = self.r.cfg.scheduler.max_num_seqs as usize;
         while !preempted && budget > 0 && self.running.len() < max_seqs {
@@ -330,6 +341,8 @@ impl Core {
         let out = &mut self.out;
         out.start = now;
         out.end = end;
+        out.cached_reqs = cached_reqs as u32;
+        out.new_reqs = (self.scheduled.len() - cached_reqs) as u32;
         out.emitted.clear();
         out.finished.clear();
         out.stores.clear();
@@ -362,7 +375,7 @@ impl Core {
             if !req.stored && !req.chunk_keys.is_empty() && !self.r.tiers.is_empty() {
                 req.stored = true;
                 m.lmcache_stored += req.chunk_keys.len() as u64 * u64::from(self.r.cfg.offload.chunk_tokens);
-                out.stores.push((id, req.chunk_keys.clone()));
+                out.stores.push((id, req.chunk_keys.clone(), Access { time_s: end, ..req.access }));
             }
             if req.output >= req.max_tokens {
                 any_finished = true;

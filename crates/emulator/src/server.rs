@@ -1,27 +1,47 @@
 //! Real time: the OpenAI-compatible HTTP server and the engine task that steps the core.
+//!
+//! Limits ([`crate::ServerLimits`]), as a production server has them:
+//! - a body larger than `max_body_bytes` gets 413: refused from its `Content-Length` before
+//!   any byte is read, or, when streamed without one, as soon as the bytes read pass the limit
+//!   (at most the limit is ever buffered; the connection is then closed);
+//! - `max_tokens` (or `max_completion_tokens`) above `limits.max_tokens` gets 400;
+//! - at most `max_connections` connections are served at once; further ones are not accepted
+//!   until one closes, so they wait in the kernel's listen backlog (as Go's `LimitListener` or
+//!   a server whose workers are busy), rather than being answered with a storm of errors.
+//!
+//! Every error, including unknown routes (404) and wrong methods (405), is OpenAI-style JSON:
+//! `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! Conversations: a request's `user` field names its conversation; the turn is the number of
+//! requests seen from that user so far (1 = first). The offload tiers' policy sees both.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::StreamExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
 use kvcache::{BlockHash, Tier};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use crate::config::{EmulatorConfig, Resolved};
 use crate::metrics::{self, RenderInput, TierIo};
-use crate::offload::{Change, OffloadIndex};
+use crate::offload::{Access, Change, OffloadIndex};
 use crate::sched::{Core, NewRequest};
 use crate::store::{Read, Stores};
 use crate::{check_lengths, Error};
@@ -45,6 +65,16 @@ struct EngineState {
     stopped: bool,
 }
 
+/// Users remembered for turn counting; past this many the memory starts over (turns restart at 1).
+const MAX_USERS: usize = 100_000;
+
+/// A conversation, as the `user` field names it.
+#[derive(Debug, Clone, Copy)]
+struct UserState {
+    requests: u32,
+    start_s: f64,
+}
+
 struct Shared {
     name: String,
     resolved: Resolved,
@@ -56,6 +86,8 @@ struct Shared {
     next_id: AtomicU64,
     created: u64,
     t0: Instant,
+    /// By hash of the `user` string.
+    users: Mutex<HashMap<u64, UserState>>,
 }
 
 impl Shared {
@@ -65,6 +97,24 @@ impl Shared {
         let wall = if scale > 0.0 { self.t0.elapsed().as_secs_f64() / scale } else { 0.0 };
         wall.max(core.now())
     }
+
+    /// Counts a request of `user` at model time `now`: its conversation and turn.
+    fn access(&self, user: Option<&str>, now: f64) -> Access {
+        let Some(user) = user else {
+            return Access { time_s: now, session: None, turn: 0, session_start_s: now };
+        };
+        // Fixed keys: the same user string is the same session for the whole run.
+        let mut h = std::hash::DefaultHasher::new();
+        user.hash(&mut h);
+        let session = h.finish();
+        let mut users = lock(&self.users);
+        if users.len() >= MAX_USERS && !users.contains_key(&session) {
+            users.clear();
+        }
+        let u = users.entry(session).or_insert(UserState { requests: 0, start_s: now });
+        u.requests = u.requests.saturating_add(1);
+        Access { time_s: now, session: Some(session), turn: u.requests, session_start_s: u.start_s }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,7 +122,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A running emulated engine. Dropping it without [`Server::shutdown`] leaves the tasks running
-/// until the runtime ends.
+/// until the runtime ends, and the run's Redis keys in Redis.
 pub struct Server {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -85,6 +135,7 @@ impl Server {
     /// directory, Redis away) is counted in `/metrics` and served by recomputation.
     pub async fn start(cfg: &EmulatorConfig, listener: TcpListener) -> Result<Server, Error> {
         let resolved = cfg.resolve()?;
+        let run_id = cfg.run_id.clone().unwrap_or_else(fresh_run_id);
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Io { context: "listener address".to_owned(), source })?;
@@ -96,7 +147,7 @@ impl Server {
                 cfg.offload.policy,
                 cfg.offload.chunk_tokens,
             )),
-            stores: Stores::open(&resolved),
+            stores: Stores::open(&resolved, &run_id),
             state: Mutex::new(EngineState {
                 core: Core::new(resolved.clone()),
                 senders: HashMap::new(),
@@ -108,26 +159,30 @@ impl Server {
             next_id: AtomicU64::new(0),
             t0: Instant::now(),
             created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            users: Mutex::new(HashMap::new()),
         });
         let engine = tokio::spawn(engine_loop(shared.clone()));
         let writer_task = tokio::spawn(writer_loop(shared.clone(), rx));
         let app = router(shared.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let max_connections = shared.resolved.cfg.limits.max_connections as usize;
         let task = tokio::spawn(async move {
             let sh = shared.clone();
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                    // End the engine first: dropping the senders ends open streams.
-                    lock(&sh.state).stopped = true;
-                    sh.wake.notify_one();
-                })
-                .await;
+            serve_http(listener, app, max_connections, async move {
+                let _ = stopped.await;
+                // End the engine first: dropping the senders ends open streams.
+                lock(&sh.state).stopped = true;
+                sh.wake.notify_one();
+            })
+            .await;
             lock(&shared.state).stopped = true;
             shared.wake.notify_one();
             let _ = engine.await;
             writer_task.abort();
-            result.map_err(|source| Error::Io { context: "http server".to_owned(), source })
+            let _ = writer_task.await;
+            // The run's Redis keys go with it (a failure is counted in the tier's errors).
+            shared.stores.cleanup().await;
+            Ok(())
         });
         Ok(Server { addr, stop: Some(stop), task })
     }
@@ -136,7 +191,8 @@ impl Server {
         self.addr
     }
 
-    /// Stops accepting, ends open streams, and waits for the tasks to finish.
+    /// Stops accepting, ends open streams, waits for the tasks to finish, then deletes the
+    /// run's keys from the redis tier (a Redis that fails then is counted in its errors).
     pub async fn shutdown(mut self) -> Result<(), Error> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -149,6 +205,81 @@ impl Server {
             }),
         }
     }
+}
+
+/// A run id for a server started without one: unique per process and start.
+fn fresh_run_id() -> String {
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("emulator-{}-{nanos}-{}", std::process::id(), STARTS.fetch_add(1, Relaxed))
+}
+
+/// Serves `app` on `listener` until `stop` completes, then lets open connections finish (they
+/// are told to close after their current request) and returns when all have closed. At most
+/// `max_connections` connections are open at once: past that, accepting waits for one to close.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    stop: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    // Each connection task holds a receiver: all have ended when `closed` resolves.
+    let (close_tx, close_rx) = watch::channel(());
+    let (signal_tx, signal_rx) = watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut stop => break,
+        };
+        let tcp = tokio::select! {
+            c = listener.accept() => match c {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        // Out of file descriptors, most likely: wait for some to close.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // As uvicorn (asyncio) does: without it, a response written in two parts waits for the
+        // client's delayed ACK (40 ms) and every streamed token can be held back by Nagle.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut signal = signal_rx.clone();
+        let close = close_rx.clone();
+        tokio::spawn(async move {
+            let builder = Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                // The only change is to `true` (or the sender went away): stop either way.
+                _ = signal.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+            drop(permit);
+            drop(close);
+        });
+    }
+    drop(listener);
+    let _ = signal_tx.send(true);
+    drop(close_rx);
+    close_tx.closed().await;
 }
 
 /// Serves the emulated engine on `listener` until `shutdown` completes.
@@ -168,7 +299,12 @@ async fn engine_loop(sh: Arc<Shared>) {
     let t0 = sh.t0;
     let mut emitted: Vec<(u64, u32)> = Vec::new();
     let mut finished = Vec::new();
+    // The NVTX range of the step in flight: from its scheduling to the publication of its tokens.
+    let mut step_range: Option<crate::nvtx::StepRange> = None;
     loop {
+        if let Some(range) = step_range.take() {
+            range.end();
+        }
         let wake = sh.wake.notified();
         let end = {
             let mut st = lock(&sh.state);
@@ -179,6 +315,7 @@ async fn engine_loop(sh: Arc<Shared>) {
             let now = sh.model_now(&st.core);
             match st.core.step(now) {
                 Some(out) => {
+                    step_range = Some(crate::nvtx::StepRange::start(out.new_reqs, out.cached_reqs));
                     emitted.clear();
                     emitted.extend_from_slice(&out.emitted);
                     finished.clear();
@@ -186,7 +323,7 @@ async fn engine_loop(sh: Arc<Shared>) {
                     if !out.stores.is_empty() {
                         let mut index = lock(&sh.index);
                         let changes: Vec<Change> =
-                            out.stores.iter().flat_map(|(_, k)| index.store(k)).collect();
+                            out.stores.iter().flat_map(|(_, k, a)| index.store(k, a)).collect();
                         let _ = sh.writer.send(changes);
                     }
                     Some(out.end)
@@ -249,6 +386,10 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "Not Found", None) })
+        .method_not_allowed_fallback(|| async {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", None)
+        })
         .layer(axum::middleware::map_response(|mut res: Response| async move {
             res.headers_mut().insert("x-kvlab-engine", HeaderValue::from_static("emulated"));
             res
@@ -261,9 +402,16 @@ pub(crate) fn error_body(message: &str) -> String {
     json!({"error": {"message": message, "type": "BadRequestError", "param": null, "code": 400}}).to_string()
 }
 
-fn error_response(status: StatusCode, message: &str) -> Response {
-    let typ = if status == StatusCode::NOT_FOUND { "NotFoundError" } else { "BadRequestError" };
-    let body = json!({"error": {"message": message, "type": typ, "param": null, "code": status.as_u16()}});
+/// An OpenAI-style error response; `param` names the offending field, if one.
+fn error_response(status: StatusCode, message: &str, param: Option<&str>) -> Response {
+    let typ = match status {
+        StatusCode::NOT_FOUND => "NotFoundError",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowedError",
+        StatusCode::PAYLOAD_TOO_LARGE => "RequestTooLargeError",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
+        _ => "BadRequestError",
+    };
+    let body = json!({"error": {"message": message, "type": typ, "param": param, "code": status.as_u16()}});
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
@@ -358,6 +506,9 @@ struct GenRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<u32>,
+    /// OpenAI's end-user id: the conversation, for the offload tiers' policy.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -366,26 +517,62 @@ enum Kind {
     Chat,
 }
 
-/// A refused request: its status and message.
-struct ApiError(StatusCode, String);
+/// A refused request: its status, message and the offending field.
+struct ApiError(StatusCode, String, Option<&'static str>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        error_response(self.0, &self.1)
+        error_response(self.0, &self.1, self.2)
     }
 }
 
+/// Reads a request body of at most `limit` bytes; a larger one is refused (413) without
+/// reading more than `limit` bytes of it.
+async fn read_body(req: Request, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The request body is larger than the server's limit of {limit} bytes."),
+            None,
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut stream = req.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"), None)
+        })?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn parse(sh: &Shared, body: &[u8], kind: Kind) -> Result<(GenRequest, Vec<u32>), ApiError> {
-    let bad = |m: &str| ApiError(StatusCode::BAD_REQUEST, m.to_owned());
+    let bad = |m: &str| ApiError(StatusCode::BAD_REQUEST, m.to_owned(), None);
     let req: GenRequest =
         serde_json::from_slice(body).map_err(|e| bad(&format!("invalid request body: {e}")))?;
     if let Some(m) = &req.model {
         if *m != sh.name {
-            return Err(ApiError(StatusCode::NOT_FOUND, format!("The model `{m}` does not exist.")));
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("The model `{m}` does not exist."),
+                Some("model"),
+            ));
         }
     }
     if req.n.is_some_and(|n| n != 1) {
-        return Err(bad("only n = 1 is supported"));
+        return Err(ApiError(StatusCode::BAD_REQUEST, "only n = 1 is supported".to_owned(), Some("n")));
     }
     let tokens = match kind {
         Kind::Completion => match &req.prompt {
@@ -416,10 +603,16 @@ fn parse(sh: &Shared, body: &[u8], kind: Kind) -> Result<(GenRequest, Vec<u32>),
     Ok((req, tokens))
 }
 
-async fn tokenize(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn tokenize(State(sh): State<Arc<Shared>>, req: Request) -> Response {
+    let body = match read_body(req, sh.resolved.cfg.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("invalid request body: {e}")),
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, &format!("invalid request body: {e}"), None)
+        }
     };
     let kind = if v.get("messages").is_some() { Kind::Chat } else { Kind::Completion };
     match parse(&sh, &body, kind) {
@@ -433,19 +626,25 @@ async fn tokenize(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 }
 
-async fn completions(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
-    generate(sh, &body, Kind::Completion).await
+async fn completions(State(sh): State<Arc<Shared>>, req: Request) -> Response {
+    match read_body(req, sh.resolved.cfg.limits.max_body_bytes).await {
+        Ok(body) => generate(sh, &body, Kind::Completion).await,
+        Err(e) => e.into_response(),
+    }
 }
 
-async fn chat_completions(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
-    generate(sh, &body, Kind::Chat).await
+async fn chat_completions(State(sh): State<Arc<Shared>>, req: Request) -> Response {
+    match read_body(req, sh.resolved.cfg.limits.max_body_bytes).await {
+        Ok(body) => generate(sh, &body, Kind::Chat).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Reads the prompt's offload hits for real, chunk by chunk, beyond the GPU prefix hit; stops
 /// at the first chunk that is missing or fails (a failure is a counted tier error, and the
 /// chunk is forgotten so it is stored again).
-async fn load_offload(sh: &Shared, keys: &[BlockHash], gpu_hit: u32) -> Vec<Tier> {
-    let mut hits = lock(&sh.index).lookup(keys);
+async fn load_offload(sh: &Shared, keys: &[BlockHash], gpu_hit: u32, access: &Access) -> Vec<Tier> {
+    let mut hits = lock(&sh.index).lookup(keys, access);
     let chunk = sh.resolved.cfg.offload.chunk_tokens;
     let first = (gpu_hit / chunk) as usize;
     for c in first..hits.len() {
@@ -467,40 +666,54 @@ async fn generate(sh: Arc<Shared>, body: &[u8], kind: Kind) -> Response {
         Err(e) => return e.into_response(),
     };
     let max_model_len = sh.resolved.cfg.scheduler.max_model_len;
+    let cap = sh.resolved.cfg.limits.max_tokens;
     let prompt_len = tokens.len() as u32;
-    let max_tokens = req
+    let asked = req
         .max_tokens
-        .or(req.max_completion_tokens)
-        .unwrap_or_else(|| max_model_len.saturating_sub(prompt_len));
+        .map(|n| (n, "max_tokens"))
+        .or(req.max_completion_tokens.map(|n| (n, "max_completion_tokens")));
+    if let Some((n, field)) = asked.filter(|&(n, _)| n > cap) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("{field} ({n}) is larger than this server's limit of {cap} tokens."),
+            Some(field),
+        );
+    }
+    let max_tokens = asked.map_or_else(|| max_model_len.saturating_sub(prompt_len).min(cap), |(n, _)| n);
     if let Err(m) = check_lengths(prompt_len, max_tokens, max_model_len) {
-        return error_response(StatusCode::BAD_REQUEST, &m);
+        return error_response(StatusCode::BAD_REQUEST, &m, None);
     }
     if req.min_tokens > max_tokens {
         return error_response(
             StatusCode::BAD_REQUEST,
             &format!("min_tokens ({}) must be at most max_tokens ({max_tokens})", req.min_tokens),
+            Some("min_tokens"),
         );
     }
     let id = sh.next_id.fetch_add(1, Relaxed);
-    let (block_hashes, gpu_hit) = {
+    let (block_hashes, gpu_hit, now) = {
         let st = lock(&sh.state);
         let h = st.core.block_hashes(&tokens);
         let hit = st.core.gpu_hit_tokens(&h);
-        (h, hit)
+        (h, hit, sh.model_now(&st.core))
     };
+    let access = sh.access(req.user.as_deref(), now);
     let chunk_keys = if sh.resolved.tiers.is_empty() {
         Vec::new()
     } else {
         kvcache::chunk_keys(sh.resolved.cfg.offload.chunk_tokens, &tokens, false)
     };
-    let offload_hits =
-        if chunk_keys.is_empty() { Vec::new() } else { load_offload(&sh, &chunk_keys, gpu_hit).await };
+    let offload_hits = if chunk_keys.is_empty() {
+        Vec::new()
+    } else {
+        load_offload(&sh, &chunk_keys, gpu_hit, &access).await
+    };
     drop(tokens);
     let (tx, rx) = watch::channel(Progress { prompt: prompt_len, ..Progress::default() });
     {
         let mut st = lock(&sh.state);
         if st.stopped {
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down");
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down", None);
         }
         let arrival = sh.model_now(&st.core);
         st.core.add(NewRequest {
@@ -511,6 +724,7 @@ async fn generate(sh: Arc<Shared>, body: &[u8], kind: Kind) -> Response {
             arrival,
             chunk_keys,
             offload_hits,
+            access: Access { time_s: arrival, ..access },
         });
         st.senders.insert(id, tx);
     }
@@ -663,7 +877,7 @@ async fn whole_response(out: Out, mut rx: watch::Receiver<Progress>) -> Response
             break p;
         }
         if rx.changed().await.is_err() {
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, "the engine stopped");
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "the engine stopped", None);
         }
     };
     let t = text(0, p.tokens);

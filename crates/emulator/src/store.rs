@@ -2,7 +2,12 @@
 //!
 //! A chunk's content is derived from its key (so a read can be verified without keeping a copy)
 //! and is `stored_chunk_bytes` long. Every failure is counted per tier and reported to the
-//! caller, which recomputes instead; nothing here panics or gives up on the tier for good.
+//! caller, which recomputes instead; nothing here panics or gives up on the tier for good: a
+//! Redis command that fails drops the connection, and the next command connects again.
+//!
+//! Redis keys are `kvlab:{run_id}:{chunk key}`: two runs sharing one Redis never read, overwrite
+//! or delete each other's chunks, and [`Stores::cleanup`] removes exactly the run's keys (SCAN
+//! over the prefix and UNLINK, never KEYS).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,7 +36,11 @@ pub(crate) enum Read {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Every error: reads, writes, deletes, and opening the tier.
     errors: AtomicU64,
+    read_errors: AtomicU64,
+    /// Failed writes and deletes.
+    write_errors: AtomicU64,
     read_bytes: AtomicU64,
     written_bytes: AtomicU64,
 }
@@ -47,6 +56,8 @@ pub(crate) struct Stores {
 
 #[derive(Debug)]
 struct RedisStore {
+    /// `kvlab:{run_id}:`.
+    prefix: String,
     client: Option<redis::Client>,
     conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
@@ -91,23 +102,37 @@ async fn write_durable(path: &std::path::Path, data: &[u8]) -> std::io::Result<(
     use tokio::io::AsyncWriteExt;
     let mut file = tokio::fs::File::create(path).await?;
     file.write_all(data).await?;
+    // tokio's File completes the last write in the background: flush surfaces its error (a full
+    // disk), which sync_data alone does not report.
+    file.flush().await?;
     file.sync_data().await
 }
 
-fn redis_key(key: BlockHash) -> String {
-    format!("kvlab:chunk:{key}")
+/// `prefix` as a SCAN MATCH pattern that matches exactly the keys starting with it.
+fn glob_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 2);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('*');
+    p
 }
 
 impl Stores {
     /// Opens the configured tiers. A disk directory that cannot be created or a Redis URL that
     /// does not parse is counted as an error; the tier then fails every operation (and requests
     /// recompute) until it works again.
-    pub(crate) fn open(r: &Resolved) -> Self {
+    /// `run_id` names the run's Redis keys (see the module docs).
+    pub(crate) fn open(r: &Resolved, run_id: &str) -> Self {
         let stores = Stores {
             chunk_bytes: r.stored_chunk_bytes as usize,
             cpu: r.tiers.iter().any(|t| t.tier == Tier::Cpu).then(|| Mutex::new(HashMap::new())),
             disk: r.cfg.offload.disk.as_ref().map(|d| d.dir.clone()),
             redis: r.cfg.offload.remote.as_ref().map(|rc| RedisStore {
+                prefix: format!("kvlab:{run_id}:"),
                 client: redis::Client::open(rc.url.as_str()).ok(),
                 conn: tokio::sync::Mutex::new(None),
             }),
@@ -133,6 +158,8 @@ impl Stores {
         TierIo {
             tier: Some(tier),
             errors: c.errors.load(Relaxed),
+            read_errors: c.read_errors.load(Relaxed),
+            write_errors: c.write_errors.load(Relaxed),
             read_bytes: c.read_bytes.load(Relaxed),
             written_bytes: c.written_bytes.load(Relaxed),
             chunks,
@@ -175,6 +202,7 @@ impl Stores {
             }
             Some(Read::Failed) => {
                 self.error(tier);
+                self.counters[tier as usize].read_errors.fetch_add(1, Relaxed);
                 Read::Failed
             }
         }
@@ -227,8 +255,45 @@ impl Stores {
         };
         if !ok {
             self.error(tier);
+            self.counters[tier as usize].write_errors.fetch_add(1, Relaxed);
         }
         ok
+    }
+
+    /// Deletes every Redis key of the run (SCAN over the run's prefix, UNLINK in batches);
+    /// returns how many were deleted, or `None` (counted as an error) when Redis failed.
+    /// Nothing to do without a redis tier.
+    pub(crate) async fn cleanup(&self) -> Option<u64> {
+        let Some(r) = &self.redis else { return Some(0) };
+        let pattern = glob_prefix(&r.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let Ok((next, keys)) = self.redis_cmd::<(u64, Vec<Vec<u8>>)>(scan).await else {
+                self.error(Tier::Remote);
+                return None;
+            };
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(&keys);
+                let Ok(n) = self.redis_cmd::<u64>(unlink).await else {
+                    self.error(Tier::Remote);
+                    return None;
+                };
+                deleted += n;
+            }
+            if next == 0 {
+                return Some(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    fn redis_key(&self, key: BlockHash) -> String {
+        let prefix = self.redis.as_ref().map_or("", |r| r.prefix.as_str());
+        format!("{prefix}{key}")
     }
 
     async fn redis_conn(&self) -> Option<redis::aio::MultiplexedConnection> {
@@ -268,19 +333,19 @@ impl Stores {
 
     async fn redis_get(&self, key: BlockHash) -> Result<Option<Vec<u8>>, ()> {
         let mut cmd = redis::cmd("GET");
-        cmd.arg(redis_key(key));
+        cmd.arg(self.redis_key(key));
         self.redis_cmd(cmd).await
     }
 
     async fn redis_set(&self, key: BlockHash, data: Vec<u8>) -> bool {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(redis_key(key)).arg(data);
+        cmd.arg(self.redis_key(key)).arg(data);
         self.redis_cmd::<()>(cmd).await.is_ok()
     }
 
     async fn redis_del(&self, key: BlockHash) -> bool {
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(redis_key(key));
+        cmd.arg(self.redis_key(key));
         self.redis_cmd::<()>(cmd).await.is_ok()
     }
 }
@@ -288,6 +353,12 @@ impl Stores {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_prefix_matches_only_the_prefix() {
+        assert_eq!(glob_prefix("kvlab:run-1:"), "kvlab:run-1:*");
+        assert_eq!(glob_prefix("kvlab:a*b?[c]\\:"), "kvlab:a\\*b\\?\\[c\\]\\\\:*");
+    }
 
     #[test]
     fn payload_verifies_only_itself() {

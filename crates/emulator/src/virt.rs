@@ -1,13 +1,13 @@
 //! Virtual time: a discrete-event replay of a whole plan, no sockets, no clock.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use stats::{RequestError, RequestRecord, TokenSource, RECORD_VERSION};
 use workload::{Mode, Plan};
 
 use crate::config::EmulatorConfig;
-use crate::offload::OffloadIndex;
+use crate::offload::{Access, OffloadIndex};
 use crate::sched::{Core, NewRequest};
 use crate::{check_lengths, prompt_tokens, Error};
 
@@ -44,7 +44,8 @@ impl PartialOrd for Ready {
 /// not sent (no record), nor are their dependents.
 ///
 /// The offload tiers hold metadata only here: hits cost their modelled load time, no bytes
-/// move. Deterministic: the same config and plan give the same records, bit for bit.
+/// move. Their policy sees each request's session and turn from the plan (`meta`), as the
+/// real-time server derives them from the API's `user` field. Deterministic: the same config and plan give the same records, bit for bit.
 pub fn run_virtual(cfg: &EmulatorConfig, plan: &Plan) -> Result<Vec<RequestRecord>, Error> {
     let resolved = cfg.resolve()?;
     let max_model_len = resolved.cfg.scheduler.max_model_len;
@@ -92,6 +93,8 @@ pub fn run_virtual(cfg: &EmulatorConfig, plan: &Plan) -> Result<Vec<RequestRecor
     let mut blocked: VecDeque<usize> = VecDeque::new();
     let mut in_flight = 0usize;
     let mut now = 0.0f64;
+    // When each session's first request was sent (model seconds).
+    let mut session_start: HashMap<u64, f64> = HashMap::new();
 
     loop {
         // Send everything ready by `now`, slots permitting.
@@ -149,7 +152,13 @@ pub fn run_virtual(cfg: &EmulatorConfig, plan: &Plan) -> Result<Vec<RequestRecor
             } else {
                 kvcache::chunk_keys(chunk_tokens, &tokens, false)
             };
-            let offload_hits = offload.lookup(&chunk_keys);
+            let access = Access {
+                time_s: now,
+                session: r.meta.session,
+                turn: r.meta.turn.unwrap_or(0),
+                session_start_s: r.meta.session.map_or(now, |s| *session_start.entry(s).or_insert(now)),
+            };
+            let offload_hits = offload.lookup(&chunk_keys, &access);
             let block_hashes = core.block_hashes(&tokens);
             core.add(NewRequest {
                 id: r.id,
@@ -159,6 +168,7 @@ pub fn run_virtual(cfg: &EmulatorConfig, plan: &Plan) -> Result<Vec<RequestRecor
                 arrival: now,
                 chunk_keys,
                 offload_hits,
+                access,
             });
             records[idx] = Some(rec);
             in_flight += 1;
@@ -183,8 +193,8 @@ pub fn run_virtual(cfg: &EmulatorConfig, plan: &Plan) -> Result<Vec<RequestRecor
                 rec.first_token = Some(end);
             }
         }
-        for (_, keys) in &out.stores {
-            offload.store(keys);
+        for (_, keys, access) in &out.stores {
+            offload.store(keys, access);
         }
         for f in &out.finished {
             let idx = f.id as usize;

@@ -162,14 +162,15 @@ async fn a_long_stream_is_paced_by_the_cost_model() {
     server.shutdown().await.unwrap();
 }
 
-/// Three 2048-token documents asked about in turn: the GPU (4800 tokens) cannot keep them all,
-/// so from the second round on they come from the offload tier.
-fn reuse_plan() -> Plan {
-    let requests = (0..12u32)
+/// Requests `from..to` of three 2048-token documents asked about in turn, one at a time: the GPU
+/// (4800 tokens) cannot keep them all, so from the second round on they come from the offload
+/// tier.
+fn reuse_plan(from: u32, to: u32) -> Plan {
+    let requests = (from..to)
         .map(|i| {
             let tokens = doc_prompt(i % 3, 2048, i);
             Request {
-                id: u64::from(i),
+                id: u64::from(i - from),
                 prompt_len: tokens.len() as u32,
                 prompt: Prompt::Tokens(tokens),
                 max_tokens: 8,
@@ -190,12 +191,26 @@ async fn run_tier(tier: &str, cfg: EmulatorConfig) -> String {
     let mut lg = loadgen::LoadgenConfig::new(base.clone());
     lg.progress = false;
     lg.summary.tier = tier.to_owned();
-    let outcome = loadgen::run(&reuse_plan(), &lg, &mut sink, Instant::now()).await.unwrap();
-    assert!(outcome.is_success(), "{tier}: {:?}", outcome.failure_message());
-    assert_eq!(outcome.summary.completed, 12, "{tier}");
-    assert!(outcome.records.iter().all(|r| r.output_tokens == 8));
+    let mut records = Vec::new();
+    // The first round, then (once the tier's background writes have landed: a chunk whose write
+    // has not is a miss, and a disk tier syncs every chunk file) the three others.
+    for (from, to) in [(0, 3), (3, 12)] {
+        if from > 0 && tier != "baseline" {
+            let label =
+                if tier == "redis" { "tier=\"remote\"".to_owned() } else { format!("tier=\"{tier}\"") };
+            wait_metrics(&base, "the first round's stores", |m| {
+                metric(m, "kvlab_tier_written_bytes_total", &label) >= 24.0 * 524_288.0
+            })
+            .await;
+        }
+        let outcome = loadgen::run(&reuse_plan(from, to), &lg, &mut sink, Instant::now()).await.unwrap();
+        assert!(outcome.is_success(), "{tier}: {:?}", outcome.failure_message());
+        assert_eq!(outcome.summary.completed, u64::from(to - from), "{tier}");
+        records.extend(outcome.records);
+    }
+    assert!(records.iter().all(|r| r.output_tokens == 8));
     // First round: nothing cached; later rounds: the documents' 2048 tokens are.
-    let cached: Vec<u32> = outcome.records.iter().map(|r| r.cached_tokens.unwrap()).collect();
+    let cached: Vec<u32> = records.iter().map(|r| r.cached_tokens.unwrap()).collect();
     assert_eq!(&cached[..3], [0, 0, 0], "{tier}");
     if tier != "baseline" {
         assert!(cached[3..].iter().all(|&c| c >= 2048), "{tier}: {cached:?}");
@@ -235,4 +250,50 @@ async fn every_tier_end_to_end_with_the_load_generator() {
         .len();
     // 256 tokens x 128 KiB per token / 64.
     assert_eq!(size, 256 * 131_072 / 64);
+}
+
+/// One completion of `prompt` as `user` (none: no `user` field); returns its cached tokens.
+async fn cached_as(base: &str, prompt: &[u32], user: Option<&str>) -> u64 {
+    let mut body = json!({"prompt": prompt, "max_tokens": 2});
+    if let Some(u) = user {
+        body["user"] = json!(u);
+    }
+    let (status, _, text) = post(base, "/v1/completions", body).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn the_user_field_names_the_conversation_for_conversation_aware_eviction() {
+    // A CPU tier of 32 chunks and no GPU prefix cache: every hit is an offload hit. Between two
+    // turns of `alice`, 20 one-off requests without `user` store 80 chunks.
+    let run = |policy: kvcache::PolicyKind| async move {
+        let mut cfg = EmulatorConfig::for_tier(TierPreset::Cpu);
+        cfg.time_scale = 0.1;
+        // Small stored chunks: the bytes do not matter here.
+        cfg.byte_scale = 1.0 / 4096.0;
+        cfg.scheduler.max_model_len = 4096;
+        cfg.scheduler.num_gpu_blocks = Some(300);
+        cfg.scheduler.enable_prefix_caching = false;
+        cfg.offload.cpu_bytes = 32 * 33_554_432;
+        cfg.offload.policy = policy;
+        let server = start(&cfg).await;
+        let base = format!("http://{}", server.local_addr());
+        let alice = |turn: u32| (0..1024 * turn).map(|x| 7_000_000 + x).collect::<Vec<u32>>();
+        let mut cached = Vec::new();
+        for turn in 1..=3u32 {
+            cached.push(cached_as(&base, &alice(turn), Some("alice")).await);
+            for i in 0..20u32 {
+                let noise: Vec<u32> =
+                    (0..1024).map(|x| 100_000_000 + (turn * 100 + i) * 10_000 + x).collect();
+                assert_eq!(cached_as(&base, &noise, None).await, 0);
+            }
+        }
+        server.shutdown().await.unwrap();
+        cached
+    };
+    // LRU: the one-off requests flush alice's history; conversation-aware keeps it.
+    assert_eq!(run(kvcache::PolicyKind::Lru).await, [0, 0, 0]);
+    assert_eq!(run(kvcache::PolicyKind::ConversationAware).await, [0, 1024, 2048]);
 }

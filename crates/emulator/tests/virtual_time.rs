@@ -216,3 +216,73 @@ fn closed_loop_caps_concurrency_and_sessions_reuse_their_prefix() {
         ]
     );
 }
+
+/// Four conversations of six turns (each turn resends the conversation, 1024 tokens longer),
+/// 10 s of thinking between turns, while one-off requests (no session) of 2048 tokens arrive
+/// every 0.25 s. The CPU tier holds 128 chunks of 256 tokens: the one-offs written during one
+/// think time (40 x 8 chunks) flush every conversation under LRU, while the conversation-aware
+/// policy credits a conversation's turn (30 s x ln(1 + turn)) and keeps them.
+fn conversations_with_noise() -> Plan {
+    let mut requests = Vec::new();
+    let mut push = |prompt: Vec<u32>, send_at, depends_on, meta| {
+        let id = requests.len() as u64;
+        requests.push(Request {
+            id,
+            prompt_len: prompt.len() as u32,
+            prompt: Prompt::Tokens(prompt),
+            max_tokens: 16,
+            send_at,
+            depends_on,
+            meta,
+        });
+        id
+    };
+    for s in 0..4u32 {
+        let mut parent = None;
+        for turn in 1..=6u32 {
+            let prompt = (0..1024 * turn).map(|x| (s + 1) * 10_000_000 + x).collect();
+            let meta =
+                RequestMeta { session: Some(u64::from(s)), turn: Some(turn), ..RequestMeta::default() };
+            let (send_at, dep) = match parent {
+                None => (Some(Duration::from_secs_f64(f64::from(s) * 0.5)), None),
+                Some(p) => (None, Some(Dependency { parent: p, think_time: Duration::from_secs(10) })),
+            };
+            parent = Some(push(prompt, send_at, dep, meta));
+        }
+    }
+    for i in 0..260u32 {
+        let prompt = (0..2048).map(|x| 500_000_000 + i * 10_000 + x).collect();
+        push(prompt, Some(Duration::from_secs_f64(f64::from(i) * 0.25)), None, RequestMeta::default());
+    }
+    // Ids must equal indices; sessions were pushed first, so they are.
+    Plan { requests, mode: Mode::Open, limits: Limits::default() }
+}
+
+#[test]
+fn conversation_aware_eviction_keeps_conversations_that_lru_loses() {
+    let plan = conversations_with_noise();
+    let run = |policy: kvcache::PolicyKind| {
+        let mut cfg = EmulatorConfig::for_tier(TierPreset::Cpu);
+        cfg.scheduler.max_model_len = 16_384;
+        // No GPU prefix cache: every cached token is an offload hit.
+        cfg.scheduler.enable_prefix_caching = false;
+        cfg.offload.cpu_bytes = 128 * 33_554_432;
+        cfg.offload.policy = policy;
+        let records = run_virtual(&cfg, &plan).unwrap();
+        assert_eq!(records.len(), plan.requests.len(), "{policy}");
+        assert!(records.iter().all(|r| r.error.is_none() && r.output_tokens == 16), "{policy}");
+        let total = |f: &dyn Fn(&RequestRecord) -> Option<u32>, conv: bool| -> u64 {
+            records.iter().filter(|r| !conv || r.session.is_some()).map(|r| u64::from(f(r).unwrap())).sum()
+        };
+        let ratio =
+            |conv| total(&|r| r.cached_tokens, conv) as f64 / total(&|r| r.prompt_tokens, conv) as f64;
+        (ratio(false), ratio(true))
+    };
+    let (lru, lru_conv) = run(kvcache::PolicyKind::Lru);
+    let (ca, ca_conv) = run(kvcache::PolicyKind::ConversationAware);
+    eprintln!("offload hit ratio: conversation-aware {ca:.3} (conversations {ca_conv:.3}), LRU {lru:.3} ({lru_conv:.3})");
+    assert!(ca > lru, "offload hit ratio: conversation-aware {ca:.3} vs LRU {lru:.3}");
+    // Turns 2 to 6 find their whole history: 15 of 21 turn-units of each conversation.
+    assert!(ca_conv > 0.6, "conversation-aware keeps the conversations: {ca_conv:.3}");
+    assert!(lru_conv < 0.2, "LRU loses them to the one-off requests: {lru_conv:.3}");
+}

@@ -308,6 +308,14 @@ impl TieredCache {
         self.store_inner(keys, infos, None);
     }
 
+    /// [`TieredCache::store`] with what is known about each access (as [`TieredCache::touch`]):
+    /// for an I/O shell whose policy reads [`AccessInfo`] and that moves real bytes.
+    pub fn store_with(&mut self, keys: &[BlockHash], infos: &[AccessInfo]) -> Vec<Movement> {
+        let mut moves = Vec::new();
+        self.store_inner(keys, infos, Some(&mut moves));
+        moves
+    }
+
     fn store_inner(
         &mut self,
         keys: &[BlockHash],
@@ -424,5 +432,33 @@ impl TieredCache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(policy: PolicyKind) -> TieredCache {
+        TieredCache::new(CacheConfig {
+            tiers: vec![TierConfig { tier: Tier::Cpu, capacity_blocks: 2 }],
+            policy,
+            block_tokens: 16,
+        })
+    }
+
+    #[test]
+    fn store_with_moves_like_store_and_feeds_the_policy() {
+        let k = BlockHash;
+        let turn = |turn, time_ms| AccessInfo { time_ms, session: Some(1), turn, ..AccessInfo::UNKNOWN };
+        // Without information, LRU moves the same keys either way.
+        let (mut a, mut b) = (cache(PolicyKind::Lru), cache(PolicyKind::Lru));
+        assert_eq!(a.store(&[k(1), k(2), k(3)]), b.store_with(&[k(1), k(2), k(3)], &[]));
+        // Conversation-aware: a turn-5 key stored first outlives two later turn-1 keys.
+        let mut c = cache(PolicyKind::ConversationAware);
+        c.store_with(&[k(1)], &[turn(5, 0)]);
+        let moves = c.store_with(&[k(2), k(3)], &[turn(1, 1000), turn(1, 2000)]);
+        assert_eq!(moves.last(), Some(&Movement { key: k(2), from: Some(Tier::Cpu), to: None }));
+        assert_eq!(c.tier_of(k(1)), Some(Tier::Cpu));
     }
 }

@@ -169,35 +169,44 @@ fn other(e: impl std::fmt::Display) -> LabError {
     LabError::Other(e.to_string())
 }
 
-/// After an interrupted run: `requests.csv` and `summary.json` over the records that
-/// `requests.jsonl` holds (every request that finished before the interruption), so that
-/// `completed + failed` equals its lines. A missing `requests.jsonl` means no request finished.
-pub(crate) fn finish_partial(dir: &Path, summary: &stats::SummaryConfig) -> Result<stats::Summary> {
+/// After an interrupted run (or one whose engine died): `requests.csv` and `summary.json` over
+/// the records that `requests.jsonl` holds (every request that finished before the end; a torn
+/// last line is skipped with a warning), so that `completed + failed` equals its records.
+/// `marks` (`"interrupted": true`, `engine_exited_at_s`) are added to `summary.json`. A missing
+/// `requests.jsonl` means no request finished. Both files are written atomically.
+pub(crate) fn finish_partial(
+    dir: &Path,
+    summary: &stats::SummaryConfig,
+    marks: &serde_json::Map<String, serde_json::Value>,
+) -> Result<stats::Summary> {
     let jsonl = dir.join("requests.jsonl");
     let text = match std::fs::read_to_string(&jsonl) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(LabError::io(&jsonl, e)),
     };
-    let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let record: stats::RequestRecord = serde_json::from_str(line)
-            .map_err(|e| LabError::Other(format!("{}:{}: {e}", jsonl.display(), i + 1)))?;
-        records.push(record);
+    let lines = stats::parse_json_lines::<stats::RequestRecord>(&text)
+        .map_err(|e| LabError::Other(format!("{}:{}: {}", jsonl.display(), e.line, e.message)))?;
+    if let Some(t) = &lines.torn {
+        eprintln!("warning: {}", t.warning(&jsonl.display().to_string()));
     }
+    let mut records: Vec<stats::RequestRecord> = lines.items.into_iter().map(|(_, r)| r).collect();
     records.sort_by_key(|r| r.id);
     let csv_path = dir.join("requests.csv");
-    let mut w = csv::Writer::from_path(&csv_path)
-        .map_err(|e| LabError::Other(format!("{}: {e}", csv_path.display())))?;
+    let mut w = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| LabError::Other(format!("{}: {e}", csv_path.display()));
     w.write_record(stats::csv_header()).map_err(csv_err)?;
     for r in &records {
         w.write_record(stats::csv_row(r)).map_err(csv_err)?;
     }
-    w.flush().map_err(|e| LabError::io(&csv_path, e))?;
+    let csv = w.into_inner().map_err(|e| LabError::Other(format!("{}: {e}", csv_path.display())))?;
+    crate::run::write_atomic(&csv_path, &csv)?;
     let summary = stats::summarize(&records, summary);
-    let json = dir.join("summary.json");
-    let text = serde_json::to_string_pretty(&summary).map_err(|e| LabError::Other(e.to_string()))?;
-    std::fs::write(&json, text + "\n").map_err(|e| LabError::io(&json, e))?;
+    let mut value = serde_json::to_value(&summary).map_err(|e| LabError::Other(e.to_string()))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.extend(marks.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
+    crate::run::write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
     Ok(summary)
 }

@@ -22,7 +22,15 @@ pub enum LabError {
     /// Another crate (loadgen, samplers, emulator) reported an error.
     #[error("{0}")]
     Other(String),
-    /// The run was interrupted (Ctrl-C); what was written is kept.
+    /// The engine's process exited during the run: `at_s` seconds on the run clock. The requests
+    /// in flight are recorded as failed; `log` (`engine.log`) is kept.
+    #[error(
+        "engine `{engine}` exited {at_s:.3} s into the run; the requests in flight are recorded as failed \
+         and the summary covers what finished; its log: {}",
+        log.display()
+    )]
+    EngineDied { engine: String, at_s: f64, log: PathBuf },
+    /// The run was interrupted (SIGINT or SIGTERM); what was written is kept.
     #[error("interrupted; the partial results are kept in {}", .0.display())]
     Interrupted(PathBuf),
 }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod k8s;
 pub mod lmcache;
+pub mod profile;
 pub mod report;
 pub mod run;
 pub mod secrets;

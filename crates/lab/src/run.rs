@@ -1,6 +1,21 @@
 //! The run lifecycle: resolve → write run.toml/env.json → start engine and samplers → drive the
 //! workload → stop everything → summary, report. One result directory per run
 //! (`<out>/<label>_<YYYYmmdd-HHMMSS>/`); an experiment writes one per point plus `index.json`.
+//!
+//! Invariants of a result directory, whatever stops the run:
+//! - `requests.jsonl` is append-only, one line per finished request, flushed per record: a
+//!   SIGKILL leaves every finished request and at most one torn last line, which every reader
+//!   skips with a warning ([`stats::parse_json_lines`]).
+//! - `run.toml`, `env.json`, `summary.json`, `requests.csv` and `index.json` are written whole or
+//!   not at all ([`write_atomic`]: a temporary file, then a rename), so a full disk gives an
+//!   error naming the file and never a half-written summary.
+//! - SIGINT and SIGTERM ([`stop_signal`]) stop a run the same way: no new request, the engine
+//!   stopped and reaped, a summary over what finished marked `"interrupted": true`.
+//! - An engine process that dies mid-run is noticed within [`ENGINE_POLL`] (or when the drive
+//!   ends, whichever is first): the time is recorded
+//!   (`engine_exited_at_s` in `env.json` and `summary.json`), the requests in flight end as
+//!   classified failures, `engine.log` stays, and the run ends in [`LabError::EngineDied`].
+//! - Every duration is measured on [`Instant`] (monotonic); wall-clock time only names things.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -63,6 +78,9 @@ pub struct BenchOptions {
     pub ready_timeout: Duration,
     /// Show the load generator's progress bar.
     pub progress: bool,
+    /// Under Nsight Systems (`cargo xtask profile`): where nsys runs; the launchers and the
+    /// workload's capture range follow it.
+    pub profile: Option<crate::profile::ProfileSpec>,
 }
 
 impl BenchOptions {
@@ -97,6 +115,7 @@ impl BenchOptions {
             model_path: std::env::var_os("KVLAB_LLAMACPP_MODEL").map(PathBuf::from),
             ready_timeout: Duration::from_secs(600),
             progress: true,
+            profile: None,
         }
     }
 }
@@ -148,16 +167,37 @@ pub struct ResolvedRun {
 /// Prints each summary table and the result directory. Ctrl-C interrupts it as
 /// [`bench_until`] describes.
 pub async fn bench(opts: &BenchOptions) -> Result<Vec<RunReport>> {
-    bench_until(opts, async {
-        // Without a signal handler (an error here), the run is simply not interruptible.
+    bench_until(opts, stop_signal()).await
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. Where a handler cannot be installed, that
+/// signal is simply not awaited (it then keeps its default action).
+pub async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let int = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    })
-    .await
+    };
+    tokio::select! {
+        () = int => {}
+        () = term => {}
+    }
 }
 
-/// [`bench`], interrupted when `shutdown` resolves (Ctrl-C for the command line).
+/// How often a running engine's process is checked for having exited.
+pub const ENGINE_POLL: Duration = Duration::from_millis(100);
+/// After the engine died: how long the requests in flight get to end (and be classified).
+const CRASH_GRACE: Duration = Duration::from_secs(2);
+
+/// [`bench`], interrupted when `shutdown` resolves (SIGINT or SIGTERM for the command line).
 ///
 /// On interruption: no new request is sent, the engine is stopped and reaped, and the result
 /// directory keeps every finished request in `requests.jsonl`, with `requests.csv` and a
@@ -306,7 +346,82 @@ pub(crate) fn sanitize(s: &str) -> String {
 }
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| LabError::io(path, e))
+    write_atomic(path, text.as_bytes())
+}
+
+/// Writes `path` whole or not at all: `.<name>.tmp-<pid>` next to it, synced, then renamed over
+/// it. On an error (a full disk) the temporary file is removed and `path` is left as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(LabError::io(path, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        LabError::io(path, e)
+    })
+}
+
+/// Whether process `pid` is gone or a zombie (it exited and waits to be reaped).
+pub(crate) fn process_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+    }
+}
+
+/// What tells the lab that its engine died.
+enum EngineWatch {
+    /// The engine's process: gone or a zombie.
+    Process(u32),
+    /// An engine the lab did not start (`external`): `GET /health` refused twice in a row (an
+    /// answer of any status, or none yet, counts as alive).
+    Health(String),
+    Nothing,
+}
+
+/// Resolves with the run-clock time (seconds since `origin`) at which the engine was seen gone;
+/// never when there is nothing to watch.
+async fn engine_exit(watch: EngineWatch, origin: Instant) -> f64 {
+    match watch {
+        EngineWatch::Nothing => std::future::pending().await,
+        EngineWatch::Process(pid) => loop {
+            if process_exited(pid) {
+                return origin.elapsed().as_secs_f64();
+            }
+            tokio::time::sleep(ENGINE_POLL).await;
+        },
+        EngineWatch::Health(base) => {
+            let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else {
+                return std::future::pending().await;
+            };
+            let url = format!("{}/health", base.trim_end_matches('/').trim_end_matches("/v1"));
+            let mut first_refused: Option<(Instant, u32)> = None;
+            loop {
+                let asked = Instant::now();
+                first_refused = match client.get(&url).send().await {
+                    Err(e) if e.is_connect() => {
+                        let (at, n) = first_refused.unwrap_or((asked, 0));
+                        if n + 1 >= 2 {
+                            return at.duration_since(origin).as_secs_f64();
+                        }
+                        Some((at, n + 1))
+                    }
+                    _ => None,
+                };
+                tokio::time::sleep(ENGINE_POLL * 3).await;
+            }
+        }
+    }
 }
 
 /// A fresh directory `<parent>/<name>`, suffixed `-2`, `-3`, … if it exists.
@@ -495,7 +610,9 @@ pub(crate) async fn run_point(
         warmup: point.warmup.unwrap_or(0),
         time_limit_s: point.time_limit_s,
         seed: point.seed.unwrap_or(0),
-        text_prompts: engine_kind == EngineKind::Llamacpp,
+        text_prompts: engine_kind == EngineKind::Llamacpp
+            || (engine_kind == EngineKind::Docker
+                && opts.image.as_deref().is_some_and(engine::docker::image_wants_text_prompts)),
     };
     let redis_url = (point.tier == Tier::Redis)
         .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()));
@@ -575,6 +692,7 @@ pub(crate) async fn run_point(
             redis_url: redis_url.clone(),
             seed: workload.seed,
         },
+        profile: opts.profile,
     };
 
     let mut env = env_json(&resolved, &probe, &tier);
@@ -601,6 +719,14 @@ pub(crate) async fn run_point(
         }
     };
     eprintln!("kvlab: {engine_kind} engine ready at {}", running.base_url);
+    // Profiled runs: the capture range spans the workload, not the engine's start.
+    let capture = match crate::profile::WorkloadCapture::begin(&spec, &running.base_url).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = running.stop().await;
+            return Err(e);
+        }
+    };
 
     let origin = Instant::now();
     let pid = if running.in_process() { None } else { running.pid };
@@ -611,12 +737,73 @@ pub(crate) async fn run_point(
         pid,
         Some(format!("{}/metrics", running.base_url)),
     );
+    // The engine's own process (not the lab's, for the in-process emulator) is watched: if it
+    // dies, the run stops once the requests in flight have ended.
+    let watched = match (running.in_process(), running.pid) {
+        (true, _) => EngineWatch::Nothing,
+        (false, Some(pid)) => EngineWatch::Process(pid),
+        (false, None) if engine_kind == EngineKind::External => EngineWatch::Health(running.base_url.clone()),
+        (false, None) => EngineWatch::Nothing,
+    };
+    let watched_pid = match &watched {
+        EngineWatch::Process(pid) => Some(*pid),
+        _ => None,
+    };
+    let mut engine_died_at = None;
     let driven = match &samplers {
-        Ok(_) => tokio::select! {
-            r = adapters::drive(&plan, &running.base_url, &model, summary_cfg.clone(), &dir, origin, opts.progress) => r,
-            () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
-        },
+        Ok(_) => {
+            let drive = adapters::drive(
+                &plan,
+                &running.base_url,
+                &model,
+                summary_cfg.clone(),
+                &dir,
+                origin,
+                opts.progress,
+            );
+            tokio::pin!(drive);
+            tokio::select! {
+                r = &mut drive => r,
+                () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
+                at = engine_exit(watched, origin) => {
+                    engine_died_at = Some(at);
+                    eprintln!(
+                        "kvlab: the {engine_kind} engine exited {at:.3} s into the run; the requests in flight \
+                         are recorded as failed; see {}",
+                        dir.join("engine.log").display()
+                    );
+                    let died = || LabError::EngineDied {
+                        engine: engine_kind.to_string(),
+                        at_s: at,
+                        log: dir.join("engine.log"),
+                    };
+                    tokio::select! {
+                        r = &mut drive => r.and_then(|_| Err(died())),
+                        () = tokio::time::sleep(CRASH_GRACE) => Err(died()),
+                        () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
+                    }
+                }
+            }
+        }
         Err(e) => Err(LabError::Other(format!("samplers: {e}"))),
+    };
+    // Requests to a dead engine fail fast: the drive may end before the watcher's next look.
+    let driven = match (driven, watched_pid) {
+        (Ok(_), Some(pid)) if engine_died_at.is_none() && process_exited(pid) => {
+            let at = origin.elapsed().as_secs_f64();
+            engine_died_at = Some(at);
+            eprintln!("kvlab: the {engine_kind} engine exited by {at:.3} s into the run");
+            Err(LabError::EngineDied {
+                engine: engine_kind.to_string(),
+                at_s: at,
+                log: dir.join("engine.log"),
+            })
+        }
+        (driven, _) => driven,
+    };
+    let driven = match capture.end(engine_kind, opts.ready_timeout).await {
+        Ok(()) => driven,
+        Err(e) => driven.and(Err(e)),
     };
     let sampler_status = samplers.map(|s| s.stop()).unwrap_or(serde_json::Value::Null);
     let stopped = running.stop().await;
@@ -624,9 +811,17 @@ pub(crate) async fn run_point(
     if let Err(e) = &driven {
         env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
     }
+    let mut marks = serde_json::Map::new();
+    if let Some(at) = engine_died_at {
+        env["engine_exited_at_s"] = serde_json::json!(at);
+        marks.insert("engine_exited_at_s".into(), serde_json::json!(at));
+    }
     if let Err(LabError::Interrupted(_)) = &driven {
         env["interrupted"] = serde_json::json!(true);
-        if let Err(e) = adapters::finish_partial(&dir, &summary_cfg) {
+        marks.insert("interrupted".into(), serde_json::json!(true));
+    }
+    if driven.is_err() && !marks.is_empty() {
+        if let Err(e) = adapters::finish_partial(&dir, &summary_cfg, &marks) {
             env["partial_results_error"] = serde_json::json!(secrets.redact(&e.to_string()));
         }
     }
@@ -697,7 +892,8 @@ pub struct ServeOptions {
     pub disk_dir: Option<PathBuf>,
 }
 
-/// Runs the emulated engine until Ctrl-C (or until `stop` resolves); `on_ready` gets its URL.
+/// Runs the emulated engine until SIGINT or SIGTERM (or until `stop` resolves); `on_ready` gets
+/// its URL.
 pub async fn serve_emulated(
     opts: &ServeOptions,
     on_ready: impl FnOnce(&str),
@@ -707,6 +903,7 @@ pub async fn serve_emulated(
     let state = opts.root.join(".kvlab").join("serve");
     let disk_dir = opts.disk_dir.clone().unwrap_or_else(|| state.join("kvcache"));
     std::fs::create_dir_all(&disk_dir).map_err(|e| LabError::io(&disk_dir, e))?;
+    std::fs::create_dir_all(&state).map_err(|e| LabError::io(&state, e))?;
     let spec = LaunchSpec {
         engine: EngineKind::Emulated,
         run_id: format!("serve-{}", std::process::id()),
@@ -729,11 +926,12 @@ pub async fn serve_emulated(
             redis_url: Some(opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
             ..Default::default()
         },
+        profile: None,
     };
     let running = engine::launcher(EngineKind::Emulated).start(&spec).await?;
     on_ready(&running.base_url);
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        () = stop_signal() => {}
         _ = stop => {}
     }
     running.stop().await

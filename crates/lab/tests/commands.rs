@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use lab::config::{Tier, TierConfig};
 use lab::engine::docker::{docker_run_args, DockerRun, VllmContainer};
 use lab::engine::llamacpp::{llamacpp_command, LlamacppRuntime, LlamacppServe};
+use lab::engine::orphans::Owner;
 use lab::engine::vllm::{vllm_process_command, VllmServe};
 use lab::engine::GpuSelection;
 use lab::secrets::Secrets;
@@ -42,16 +43,22 @@ fn docker_args_per_tier() {
                 runtime: runtime.to_owned(),
                 run_id: format!("{tier}-run-1"),
                 image: lab::engine::docker::VLLM_LMCACHE_IMAGE.to_owned(),
+                owner: owner(),
                 host_port: 18000,
-                gpus: if tier == Tier::Cpu { GpuSelection::Devices(vec![0, 2]) } else { GpuSelection::All },
+                gpus: Some(if tier == Tier::Cpu {
+                    GpuSelection::Devices(vec![0, 2])
+                } else {
+                    GpuSelection::All
+                }),
                 vllm: Some(VllmContainer {
                     model: "meta-llama/Llama-3.1-8B-Instruct".into(),
                     tensor_parallel: 1,
                     gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
                 }),
                 lmcache_yaml: has_lmcache.then(|| PathBuf::from("/results/run/lmcache.yaml")),
+                engine_env: Some(PathBuf::from("/results/run/engine.env")),
                 disk_dir: (tier == Tier::Disk).then(|| PathBuf::from("/results/run/kvcache")),
-                env_file: secrets.env_file().map(|_| PathBuf::from("/repo/.env")),
+                env_file: secrets.env_file().map(|_| PathBuf::from("/run/user/1000/kvlab-run.env")),
                 host_network: tier == Tier::Redis,
             };
             let args = docker_run_args(&run);
@@ -61,7 +68,134 @@ fn docker_args_per_tier() {
             all.push_str(&format!("## {runtime} {tier}\n{runtime} {}\n\n", args.join(" ")));
         }
     }
+    // An engine image on a host without a GPU: no GPU flags, no vLLM command, no --ipc=host.
+    let run = DockerRun {
+        runtime: "docker".into(),
+        run_id: "cpu-run-2".into(),
+        owner: owner(),
+        image: "kvlab/llamacpp".into(),
+        host_port: 18003,
+        gpus: None,
+        vllm: None,
+        lmcache_yaml: None,
+        engine_env: Some(PathBuf::from("/results/run/engine.env")),
+        disk_dir: None,
+        env_file: None,
+        host_network: false,
+    };
+    let args = docker_run_args(&run);
+    assert!(!args.iter().any(|a| a.contains("gpu")), "{args:?}");
+    all.push_str(&format!("## docker engine image, no GPU\ndocker {}\n\n", args.join(" ")));
     insta::assert_snapshot!(all);
+}
+
+fn owner() -> Owner {
+    Owner { pid: 4242, start_time: 123_456, boot_id: "5f1c-boot".into() }
+}
+
+#[test]
+fn engine_env_per_tier() {
+    use lab::engine::docker::{engine_env, EngineEnv, CONTAINER_DISK_DIR, CONTAINER_PORT};
+    let mut all = String::new();
+    for tier in Tier::ALL {
+        let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
+        let env = EngineEnv {
+            run_id: format!("{tier}-run-1"),
+            tier,
+            model: "tiny".into(),
+            host: if tier == Tier::Redis { "127.0.0.1" } else { "0.0.0.0" }.into(),
+            port: if tier == Tier::Redis { 18004 } else { CONTAINER_PORT },
+            cache_ram_mib: cfg.llamacpp.supported.then_some(cfg.llamacpp.cache_ram_mib),
+            disk_dir: (tier == Tier::Disk).then(|| CONTAINER_DISK_DIR.to_owned()),
+            redis_url: (tier == Tier::Redis).then(|| "redis://127.0.0.1:6379".to_owned()),
+            gpu_type: Some("H100".into()),
+            seed: 7,
+        };
+        all.push_str(&format!("## {tier}\n{}\n", engine_env(&env).unwrap()));
+    }
+    let bad = EngineEnv {
+        run_id: "r".into(),
+        tier: Tier::Cpu,
+        model: "it's".into(),
+        host: "0.0.0.0".into(),
+        port: 8000,
+        cache_ram_mib: None,
+        disk_dir: None,
+        redis_url: None,
+        gpu_type: None,
+        seed: 0,
+    };
+    all.push_str(&format!("## a quote\n{}\n", engine_env(&bad).unwrap_err()));
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn image_build_commands() {
+    use lab::engine::docker::{image_build, image_build_args, BaseRecipe, ImagesConfig, KvlabImage};
+    let recipe = BaseRecipe::default();
+    let mut all = String::from("## base\n");
+    for cmd in [
+        recipe.debootstrap(Path::new("/build/rootfs")),
+        recipe.tar(Path::new("/build/rootfs")),
+        recipe.import("docker"),
+    ] {
+        all.push_str(&format!("{} {}\n", cmd.program, cmd.args.join(" ")));
+    }
+    all.push_str(&format!("tags: {} {}\n\n", recipe.tag(), recipe.hash_tag()));
+    for (runtime, local_base) in [("docker", Some(recipe.tag())), ("podman", None)] {
+        let cfg = ImagesConfig {
+            runtime: runtime.into(),
+            version: "0.1.0".into(),
+            git_rev: "0123456789ab".into(),
+            local_base,
+            containers_dir: PathBuf::from("/repo/containers"),
+            context_dir: PathBuf::from("/repo/target/kvlab-images"),
+        };
+        for image in KvlabImage::ALL {
+            let Some(b) = image_build(image, &cfg) else {
+                assert_eq!(image, KvlabImage::Base, "only the base has no Containerfile");
+                continue;
+            };
+            assert!(root().join("containers").join(image.containerfile().unwrap()).is_file(), "{image:?}");
+            all.push_str(&format!(
+                "## {runtime} {}\n{runtime} {}\n\n",
+                image.as_str(),
+                image_build_args(&b).join(" ")
+            ));
+        }
+    }
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn base_hash_changes_with_its_inputs() {
+    use lab::engine::docker::BaseRecipe;
+    let a = BaseRecipe::default();
+    assert_eq!(a.input_hash(), BaseRecipe::default().input_hash(), "stable");
+    assert_eq!(a.input_hash().len(), 16);
+    let mut b = a.clone();
+    b.include.push("python3".into());
+    assert_ne!(a.input_hash(), b.input_hash());
+    let mut c = a.clone();
+    c.suite = "trixie".into();
+    assert_ne!(a.input_hash(), c.input_hash());
+    assert_eq!(c.tag(), "kvlab/base:trixie");
+}
+
+#[test]
+fn owner_liveness_and_start_times() {
+    let me = Owner::current();
+    assert_eq!(me.pid, std::process::id());
+    assert!(me.start_time > 0 && !me.boot_id.is_empty(), "{me:?}");
+    assert!(me.is_alive());
+    // The same pid with another start time is a reused pid, not this process.
+    assert!(!Owner { start_time: me.start_time + 1, ..me.clone() }.is_alive());
+    assert!(!Owner { boot_id: "another-boot".into(), ..me.clone() }.is_alive());
+    // A child that has exited and been reaped is gone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert_eq!(lab::engine::orphans::process_start_time(pid), None);
 }
 
 #[test]
@@ -176,4 +310,46 @@ fn auto_engine_choice() {
     check(true, Some("docker"), EngineKind::VllmDocker);
     check(false, Some("docker"), EngineKind::Emulated);
     check(true, None, EngineKind::Emulated);
+}
+
+#[test]
+fn orphaned_engine_processes_are_reaped_and_live_ones_kept() {
+    use lab::engine::orphans::{process_start_time, reap_orphans, EngineRecord};
+    let dir = tempfile::tempdir().unwrap();
+    // An owner that is gone: a child that has exited and been reaped.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_owner = Owner { pid: dead.id(), ..Owner::current() };
+    dead.wait().unwrap();
+    let mut orphan = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut kept = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let record = |child: &std::process::Child, owner: Owner| EngineRecord {
+        pid: child.id(),
+        start_time: process_start_time(child.id()).unwrap(),
+        program: "sleep".into(),
+        owner,
+    };
+    let write = |name: &str, r: &EngineRecord| {
+        std::fs::write(dir.path().join(name), serde_json::to_string(r).unwrap()).unwrap();
+    };
+    write("orphan.json", &record(&orphan, dead_owner.clone()));
+    write("kept.json", &record(&kept, Owner::current()));
+    // A record whose pid now belongs to another process (other start time) is dropped, not killed.
+    write("reused.json", &EngineRecord { start_time: 1, ..record(&kept, dead_owner) });
+    std::fs::write(dir.path().join("torn.json"), "{\"pid\": 12").unwrap();
+
+    let reaped = reap_orphans(Some(dir.path())).unwrap();
+    let processes: Vec<_> = reaped.iter().filter(|r| r.kind == "process").collect();
+    assert_eq!(processes.len(), 1, "{reaped:?}");
+    assert!(processes[0].what.starts_with(&format!("{} ", orphan.id())), "{reaped:?}");
+    let status = orphan.wait().unwrap();
+    assert!(!status.success(), "the orphan was signalled: {status}");
+    assert_eq!(kept.try_wait().unwrap(), None, "a live owner's engine is kept");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["kept.json"]);
+    kept.kill().unwrap();
+    kept.wait().unwrap();
 }

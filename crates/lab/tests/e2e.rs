@@ -101,12 +101,30 @@ async fn redis_tier_against_redis_server() {
     });
     let (sets_before, _) = redis_sets_and_keys(&url).await;
     let dir = run_tier(Tier::Redis, Some(url.clone())).await;
-    let (sets_after, keys) = redis_sets_and_keys(&url).await;
+    let (sets_after, _) = redis_sets_and_keys(&url).await;
     assert!(
         sets_after > sets_before,
         "the redis tier stored nothing in Redis ({sets_before} SETs before and after)"
     );
-    assert!(keys > 0, "Redis holds no key after the run");
+    // The run's keys were under its id, and went with it.
+    let run_toml = std::fs::read_to_string(dir.join("run.toml")).unwrap();
+    let run_id = run_toml
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id = \""))
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no run_id in run.toml:\n{run_toml}"));
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let (_, left): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(format!("kvlab:{run_id}:*"))
+        .arg("COUNT")
+        .arg(1_000_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{} keys of run {run_id} remain in Redis after it stopped", left.len());
     let _ = std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap());
 }
 
@@ -162,4 +180,51 @@ async fn redis_tier_without_redis_is_refused() {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
         assert!(!text.contains("s3cretPw"), "the Redis password is in {}", f.display());
     }
+}
+
+/// An experiment with `conversation_aware_eviction = true` runs on the emulated engine, whose
+/// offload tier then evicts with kvcache's conversation-aware policy; an engine that cannot do
+/// it refuses the point with a message naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_aware_eviction_runs_on_the_emulated_engine() {
+    let ws = workspace();
+    let exp = ws.path().join("conversation.toml");
+    std::fs::write(
+        &exp,
+        "name = \"conversation\"\n\
+         [defaults]\nnum_prompts = 8\nprompt_len = 512\ngen_len = 4\nseed = 0\n\
+         conversation_aware_eviction = true\n\
+         [matrix]\nmodels = [\"llama-3-8b\"]\ntiers = [\"cpu\"]\nworkloads = [\"multi-turn\"]\n\
+         request_rates = [20.0]\n",
+    )
+    .unwrap();
+    let mut opts = BenchOptions::new(ws.path(), Tier::Cpu);
+    opts.engine = EngineKind::Emulated;
+    opts.experiment = Some(exp.clone());
+    opts.progress = false;
+    opts.ready_timeout = std::time::Duration::from_secs(30);
+    let reports = bench(&opts).await.unwrap();
+    let r = &reports[0];
+    assert!(r.emulated);
+    assert_eq!((r.summary.completed, r.summary.failed), (8, 0));
+    let run_toml = std::fs::read_to_string(r.dir.join("run.toml")).unwrap();
+    assert!(run_toml.contains("conversation_aware_eviction = true"), "{run_toml}");
+    let log = std::fs::read_to_string(r.dir.join("engine.log")).unwrap();
+    assert!(log.contains("\"policy\":\"conversation-aware\""), "{log}");
+    // Turns 2 to 4 of each conversation find their history.
+    assert!(r.summary.cached_tokens_total > 0);
+
+    let mut opts = BenchOptions::new(ws.path(), Tier::Cpu);
+    opts.engine = EngineKind::External;
+    opts.url = Some("http://127.0.0.1:9".to_owned());
+    opts.experiment = Some(exp);
+    opts.progress = false;
+    let err = bench(&opts).await.expect_err("an external engine cannot evict by conversation");
+    let index = common::files(ws.path())
+        .into_iter()
+        .filter(|f| f.ends_with("index.json"))
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .find(|t| t.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no index.json records the refused point ({err})"));
+    assert!(index.contains("conversation_aware_eviction = true: engine `external`"), "{index}");
 }

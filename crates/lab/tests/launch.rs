@@ -35,6 +35,7 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
         llamacpp_model: Some(model),
         python: None,
         emulator: EmulatorRunSettings::default(),
+        profile: None,
     }
 }
 

@@ -37,6 +37,7 @@ async fn no_docker_no_podman() {
             llamacpp_model: None,
             python: None,
             emulator: EmulatorRunSettings::default(),
+            profile: None,
         };
         let err = match launcher(engine).start(&spec).await {
             Ok(_) => panic!("started without a runtime"),

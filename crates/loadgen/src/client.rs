@@ -142,6 +142,8 @@ impl Client {
             }
             (Prompt::Chat(m), _) => (None, Some(Messages::Chat(m))),
         };
+        // OpenAI's end-user id names the conversation, for engines that evict by it.
+        let user = req.meta.session.map(|s| format!("session-{s}"));
         let body = Body {
             model: &self.model,
             prompt,
@@ -154,6 +156,7 @@ impl Client {
                 include_usage: true,
                 continuous_usage_stats: self.continuous_usage,
             },
+            user,
         };
         // Serializing plain structs, string slices and integers into a Vec cannot fail.
         serde_json::to_vec(&body).unwrap_or_default()
@@ -308,6 +311,8 @@ pub(crate) struct Partial {
     pub(crate) cached_tokens: Option<u32>,
     pub(crate) done: bool,
     finish_reason: bool,
+    /// The request's `prefill`/`decode` NVTX range (empty without the `nvtx` feature).
+    phase: crate::nvtx::RequestRange,
 }
 
 impl Partial {
@@ -323,6 +328,7 @@ impl Partial {
             cached_tokens: None,
             done: false,
             finish_reason: false,
+            phase: crate::nvtx::RequestRange::start(),
         }
     }
 
@@ -342,6 +348,9 @@ impl Partial {
                 _ => 1,
             };
             let t = self.secs(now);
+            if self.first_token.is_none() {
+                self.phase.first_token();
+            }
             self.first_token.get_or_insert(t);
             self.chunks.push((t, k.max(1)));
         }
@@ -429,6 +438,9 @@ struct Body<'a> {
     ignore_eos: Option<bool>,
     stream: bool,
     stream_options: StreamOptions,
+    /// The request's session, when the plan has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -911,6 +923,15 @@ mod tests {
     }
 
     fn body_of(api: Api, prompt: Prompt, cfg: impl FnOnce(&mut LoadgenConfig)) -> String {
+        body_with(api, prompt, Default::default(), cfg)
+    }
+
+    fn body_with(
+        api: Api,
+        prompt: Prompt,
+        meta: workload::RequestMeta,
+        cfg: impl FnOnce(&mut LoadgenConfig),
+    ) -> String {
         let mut c = LoadgenConfig::new("http://127.0.0.1:1");
         c.api = api;
         cfg(&mut c);
@@ -928,15 +949,8 @@ mod tests {
             send_min_tokens: c.send_min_tokens,
             continuous_usage: c.continuous_usage,
         };
-        let req = Request {
-            id: 0,
-            prompt,
-            prompt_len: 3,
-            max_tokens: 4,
-            send_at: None,
-            depends_on: None,
-            meta: Default::default(),
-        };
+        let req =
+            Request { id: 0, prompt, prompt_len: 3, max_tokens: 4, send_at: None, depends_on: None, meta };
         String::from_utf8(client.body(&req)).unwrap()
     }
 
@@ -950,6 +964,9 @@ mod tests {
         }), @r#"{"model":"m","prompt":"a\"b","max_tokens":4,"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#);
         insta::assert_snapshot!(body_of(Api::Chat, Prompt::Text("hi".into()), |_| ()), @r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"min_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}"#);
         insta::assert_snapshot!(body_of(Api::Auto, Prompt::Chat(vec![ChatMessage { role: "system".into(), content: "s".into() }, ChatMessage { role: "user".into(), content: "u".into() }]), |_| ()), @r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"u"}],"max_tokens":4,"min_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}"#);
+        // A request of a session names it in OpenAI's `user` field.
+        let meta = workload::RequestMeta { session: Some(7), turn: Some(2), ..Default::default() };
+        insta::assert_snapshot!(body_with(Api::Auto, Prompt::Tokens(vec![1]), meta, |_| ()), @r#"{"model":"m","prompt":[1],"max_tokens":4,"min_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true},"user":"session-7"}"#);
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod chunk;
 mod client;
 mod config;
 mod driver;
+pub mod nvtx;
 pub mod parse;
 mod progress;
 mod results;

@@ -131,14 +131,14 @@ impl ResultWriter {
     pub fn write_csv(&self, records: &[RequestRecord]) -> Result<(), ResultsError> {
         let path = self.dir.join(REQUESTS_CSV);
         let err = |source| ResultsError { action: "writing", path: path.clone(), source };
-        let file = File::create(&path).map_err(err)?;
-        let mut w = csv::Writer::from_writer(BufWriter::new(file));
+        let mut w = csv::Writer::from_writer(Vec::new());
         let csv_err = |e: csv::Error| err(io::Error::other(e));
         w.write_record(stats::csv_header()).map_err(csv_err)?;
         for record in records {
             w.write_record(stats::csv_row(record)).map_err(csv_err)?;
         }
-        w.flush().map_err(err)
+        let bytes = w.into_inner().map_err(|e| err(io::Error::other(e.to_string())))?;
+        write_atomic(&path, &bytes)
     }
 
     /// Writes `name` (relative to the directory) as pretty JSON with a final newline.
@@ -150,7 +150,7 @@ impl ResultWriter {
             source: io::Error::other(e),
         })?;
         text.push('\n');
-        fs::write(&path, text).map_err(|source| ResultsError { action: "writing", path, source })
+        write_atomic(&path, text.as_bytes())
     }
 
     /// Writes `name` (relative to the directory) with `contents`.
@@ -158,6 +158,22 @@ impl ResultWriter {
         let path = self.dir.join(name);
         fs::write(&path, contents).map_err(|source| ResultsError { action: "writing", path, source })
     }
+}
+
+/// Writes `path` whole or not at all (a temporary file next to it, synced, then renamed), so a
+/// full disk never leaves a half-written summary.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ResultsError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    let renamed = written.and_then(|()| fs::rename(&tmp, path));
+    renamed.map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        ResultsError { action: "writing", path: path.to_owned(), source }
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod compare;
 mod figure;
 mod html;
 mod markdown;
+mod nvtx;
 pub mod plots;
 pub mod regress;
 mod render;
@@ -95,8 +96,8 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<ReportOutput, Error>
 }
 
 /// Expands the command line's result directories: each argument is a directory or a glob
-/// pattern; a directory without `summary.json` whose subdirectories have one (an experiment's
-/// root) stands for those subdirectories, in name order. Errors on an argument that matches no
+/// pattern; a directory without `summary.json` or `requests.jsonl` whose subdirectories have
+/// one (an experiment's root) stands for those subdirectories, in name order. Errors on an argument that matches no
 /// result directory.
 pub fn expand_dirs<S: AsRef<str>>(args: &[S]) -> Result<Vec<PathBuf>, Error> {
     let mut out = Vec::new();
@@ -116,13 +117,13 @@ pub fn expand_dirs<S: AsRef<str>>(args: &[S]) -> Result<Vec<PathBuf>, Error> {
         };
         let before = out.len();
         for path in matches {
-            if path.join("summary.json").is_file() {
+            if is_result_dir(&path) {
                 out.push(path);
             } else if path.is_dir() {
                 let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
                     .map_err(io_err(&path))?
                     .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.join("summary.json").is_file())
+                    .filter(|p| is_result_dir(p))
                     .collect();
                 children.sort();
                 out.extend(children);
@@ -133,6 +134,12 @@ pub fn expand_dirs<S: AsRef<str>>(args: &[S]) -> Result<Vec<PathBuf>, Error> {
         }
     }
     Ok(out)
+}
+
+/// A result directory: it has `summary.json`, or at least `requests.jsonl` (a run killed before
+/// its summary; [`RunData::load`] reads it as incomplete).
+fn is_result_dir(path: &Path) -> bool {
+    path.join("summary.json").is_file() || path.join("requests.jsonl").is_file()
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {

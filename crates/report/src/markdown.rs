@@ -92,5 +92,6 @@ pub(crate) fn render(runs: &[RunData], comparison: &Comparison, figures: &[Figur
     for (name, why) in missing_plots(figures) {
         let _ = writeln!(out, "- no `{name}` plot: {why}");
     }
+    out.push_str(&crate::nvtx::markdown(runs));
     out
 }

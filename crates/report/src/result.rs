@@ -36,9 +36,14 @@ pub struct RunData {
 impl RunData {
     /// Reads a result directory. `summary.json` and `requests.jsonl` are required; `run.toml` and
     /// the sample files are optional. Errors name the file, and the line and field where known.
+    ///
+    /// A partial directory (the run was killed: a torn last line in `requests.jsonl`, no
+    /// `summary.json`) loads too: the torn line is skipped with a warning, the summary is computed
+    /// from the records that are there, and [`RunData::incomplete`] says why.
     pub fn load(dir: &Path) -> Result<RunData, Error> {
-        let summary = read_summary(&dir.join("summary.json"))?;
-        let records = read_records(&dir.join("requests.jsonl"))?;
+        let summary_path = dir.join("summary.json");
+        let summary = if summary_path.exists() { Some(read_summary(&summary_path)?) } else { None };
+        let (records, torn) = read_records_torn(&dir.join("requests.jsonl"))?;
         let run_toml = dir.join("run.toml");
         let mut label = None;
         let mut baseline = None;
@@ -74,7 +79,25 @@ impl RunData {
                 samples.insert(stem.to_owned(), Table::read(&path)?);
             }
         }
-        let incomplete = incompleteness(dir);
+        let mut incomplete = incompleteness(dir);
+        let summary = match summary {
+            Some(summary) => summary,
+            None => {
+                let why = format!(
+                    "no summary.json (the run was killed): the summary is computed from the {} requests \
+                     that finished in requests.jsonl",
+                    records.len()
+                );
+                eprintln!("warning: {}: {why}", dir.display());
+                incomplete.get_or_insert(why);
+                stats::summarize(&records, &summary_config(dir))
+            }
+        };
+        if let Some(t) = torn {
+            incomplete.get_or_insert_with(|| {
+                format!("requests.jsonl ends in a torn line (line {}, skipped): the run was killed", t.line)
+            });
+        }
         Ok(RunData {
             dir: dir.to_owned(),
             label,
@@ -112,22 +135,38 @@ pub fn read_summary(path: &Path) -> Result<Summary, Error> {
     })
 }
 
-/// Reads `requests.jsonl` (blank lines are skipped).
+/// Reads `requests.jsonl` (blank lines are skipped; a torn last line, left by a killed run, is
+/// skipped with a warning on stderr).
 pub fn read_records(path: &Path) -> Result<Vec<RequestRecord>, Error> {
+    read_records_torn(path).map(|(records, _)| records)
+}
+
+/// [`read_records`], also saying whether a torn last line was skipped.
+pub(crate) fn read_records_torn(path: &Path) -> Result<(Vec<RequestRecord>, Option<stats::TornLine>), Error> {
     let text = read(path)?;
-    let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record = serde_json::from_str(line).map_err(|e| Error::Parse {
-            file: path.to_owned(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
-        records.push(record);
+    let lines = stats::parse_json_lines::<RequestRecord>(&text).map_err(|e| Error::Parse {
+        file: path.to_owned(),
+        line: e.line,
+        message: e.message,
+    })?;
+    if let Some(t) = &lines.torn {
+        eprintln!("warning: {}", t.warning(&path.display().to_string()));
     }
-    Ok(records)
+    Ok((lines.items.into_iter().map(|(_, r)| r).collect(), lines.torn))
+}
+
+/// The summary settings of a run without `summary.json`: engine, tier and `emulated` from
+/// `run.toml` (defaults where it is missing or unreadable).
+fn summary_config(dir: &Path) -> stats::SummaryConfig {
+    let run: Option<toml::Table> =
+        std::fs::read_to_string(dir.join("run.toml")).ok().and_then(|t| toml::from_str(&t).ok());
+    let text = |key: &str| run.as_ref().and_then(|r| r.get(key)?.as_str().map(str::to_owned));
+    stats::SummaryConfig {
+        engine: text("engine").unwrap_or_else(|| "unknown".to_owned()),
+        tier: text("tier").unwrap_or_else(|| "unknown".to_owned()),
+        emulated: run.as_ref().and_then(|r| r.get("emulated")?.as_bool()).unwrap_or(false),
+        ..Default::default()
+    }
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, Error> {
@@ -154,9 +193,32 @@ pub struct Table {
 
 impl Table {
     /// Reads a CSV file with a header row. Every row must have as many cells as the header.
+    ///
+    /// A torn last row (no final newline and a parse error or a short row: the sampler was
+    /// killed while writing it) is skipped with a warning on stderr.
     pub fn read(path: &Path) -> Result<Table, Error> {
         let text = read(path)?;
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+        match Table::parse(path, &text) {
+            Ok(table) if !stats::split_torn_tail(&text).1.is_some_and(|_| table.last_row_short()) => {
+                Ok(table)
+            }
+            result => match stats::split_torn_tail(&text) {
+                (complete, Some((_, torn))) => {
+                    eprintln!("warning: {}", torn.warning(&path.display().to_string()));
+                    Table::parse(path, complete)
+                }
+                (_, None) => result,
+            },
+        }
+    }
+
+    fn last_row_short(&self) -> bool {
+        self.rows.last().is_some_and(|r| r.len() < self.columns.len())
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Table, Error> {
+        let mut reader =
+            csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
         let parse = |e: csv::Error| Error::Parse {
             file: path.to_owned(),
             line: e.position().map_or(0, |p| p.line() as usize),

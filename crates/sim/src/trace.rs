@@ -443,13 +443,23 @@ pub const RECORD_BLOCK_TOKENS: u32 = 16;
 
 /// kvlab's `requests.jsonl` as a trace: completed requests in send order, with their recorded
 /// prompt block hashes. Errors name the file, the line and the field; `skip_bad_lines` counts
-/// malformed lines instead.
+/// malformed lines instead. A torn last line (no final newline, not a record: the run was killed
+/// while writing it) is skipped with a warning on stderr and counted in `bad_lines`.
 pub fn records_to_trace(text: &str, file: &str, skip_bad_lines: bool) -> Result<Trace, SimError> {
     let mut rows = Vec::new();
     let mut bad_lines = 0u64;
+    let torn = match stats::split_torn_tail(text) {
+        (_, Some((tail, t))) if serde_json::from_str::<stats::RequestRecord>(tail).is_err() => Some(t),
+        _ => None,
+    };
     for (i, line) in text.lines().enumerate() {
         let n = i as u64 + 1;
         if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(t) = torn.as_ref().filter(|t| t.line == i + 1) {
+            eprintln!("warning: {}", t.warning(file));
+            bad_lines += 1;
             continue;
         }
         let parsed = serde_json::from_str::<stats::RequestRecord>(line)

@@ -9,6 +9,7 @@
 //! [`percentile`] (numpy's default linear interpolation).
 
 mod csv_row;
+pub mod jsonl;
 mod slo;
 mod summary;
 mod table;
@@ -16,6 +17,7 @@ mod table;
 use serde::{Deserialize, Serialize};
 
 pub use crate::csv_row::{csv_header, csv_row};
+pub use crate::jsonl::{parse_json_lines, split_torn_tail, JsonLines, JsonlError, TornLine};
 pub use crate::slo::{Slo, SloError};
 pub use crate::summary::{
     itl_values, mean, percentile, std_dev, summarize, OutputTokenSource, Summary, SummaryConfig,

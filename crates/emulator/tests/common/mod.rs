@@ -49,6 +49,17 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        PrivateRedis::start_on(port)
+    }
+
+    /// Kills the server and starts a fresh, empty one on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        *self = PrivateRedis::start_on(port);
+    }
+
+    fn start_on(port: u16) -> PrivateRedis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no"])
@@ -135,5 +146,29 @@ pub async fn wait_metrics(base: &str, what: &str, pred: impl Fn(&str) -> bool) -
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{m}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The keys of a Redis under `prefix` (SCAN, as the emulator's cleanup does).
+pub async fn redis_keys(url: &str, prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
     }
 }

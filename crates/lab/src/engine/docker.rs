@@ -1,26 +1,46 @@
-//! Containers: `vllm-docker` (vLLM + LMCache image) and `docker` (any `--image`), with docker or
-//! podman. The container is named and labelled with the run id, publishes its port on 127.0.0.1
-//! only, gets `HF_TOKEN` through `--env-file` (never on the command line), and is removed with
-//! `docker rm -f` when the run ends.
+//! Containers: one launcher for `vllm-docker` (the vLLM + LMCache image) and `docker` (any engine
+//! image, e.g. kvlab's own `kvlab/llamacpp` and `kvlab/emulator`), with docker or podman; and the
+//! image recipes that `cargo xtask images` builds.
+//!
+//! The launcher contract an engine image sees (containers/README.md):
+//! - it listens on `0.0.0.0:8000` ([`CONTAINER_PORT`]); the port is published on 127.0.0.1 only;
+//! - `/etc/kvlab/engine.env` ([`CONTAINER_ENGINE_ENV`], read-only) says what to serve: tier,
+//!   model, host and port, the llama.cpp prompt cache, the disk tier's directory ([`engine_env`]);
+//! - the tier's LMCache YAML is mounted read-only at [`CONTAINER_LMCACHE_YAML`] when it has one,
+//!   and the disk tier's host directory at [`CONTAINER_DISK_DIR`] as a volume;
+//! - secrets (HF_TOKEN) come through `--env-file`, a private file deleted once `run` has read it.
+//!
+//! Invariants: every container is named `kvlab-<run id>` and labelled with the run id,
+//! `kvlab.managed=true` and its owner ([`super::orphans::Owner`]), so `docker ps -a --filter
+//! label=kvlab.run-id=<id>` finds it and a later lab can reap it when its owner is gone. GPU flags
+//! are given only when the host has an NVIDIA GPU. A secret is never in an argument, a log line or
+//! a file of the run directory. Stop, error, drop and Ctrl-C all end in `rm --force`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use super::orphans::{Owner, LABEL_MANAGED, LABEL_RUN_ID};
 use super::process::{self, CommandLine, Liveness};
 use super::vllm::{write_lmcache_yaml, VllmServe};
 use super::{
     reserve_port, EngineKind, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine,
 };
+use crate::config::Tier;
 use crate::error::{LabError, Result};
 
-/// The pinned vLLM + LMCache image.
+/// The pinned vLLM + LMCache image (pulled where it is missing).
 pub const VLLM_LMCACHE_IMAGE: &str = "lmcache/vllm-openai:v0.3.7";
 
-/// Where the LMCache YAML and the disk tier appear inside the container.
+/// Where the LMCache YAML, the engine settings and the disk tier appear inside the container.
 pub const CONTAINER_LMCACHE_YAML: &str = "/etc/kvlab/lmcache.yaml";
+pub const CONTAINER_ENGINE_ENV: &str = "/etc/kvlab/engine.env";
 pub const CONTAINER_DISK_DIR: &str = "/kvcache";
 /// The port the engine listens on inside the container.
 pub const CONTAINER_PORT: u16 = 8000;
+/// The image label by which an engine image asks for text prompts (one character per token)
+/// instead of token ids: `kvlab.prompts=text` (the llama.cpp image's tiny model).
+pub const LABEL_PROMPTS: &str = "kvlab.prompts";
 
 /// Everything `docker run` needs. Pure data: [`docker_run_args`] turns it into arguments.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,16 +48,21 @@ pub struct DockerRun {
     /// `docker` or `podman`. Podman gets CDI device flags.
     pub runtime: String,
     pub run_id: String,
+    /// The lab that owns the container (labels for orphan reaping).
+    pub owner: Owner,
     pub image: String,
     pub host_port: u16,
-    pub gpus: GpuSelection,
-    /// vLLM settings; `None` for a generic `docker` engine image (run with its own command).
+    /// `None`: the host has no NVIDIA GPU, so no GPU flags at all.
+    pub gpus: Option<GpuSelection>,
+    /// vLLM settings; `None` for an engine image run with its own entrypoint.
     pub vllm: Option<VllmContainer>,
     /// The generated LMCache YAML on the host, mounted read-only.
     pub lmcache_yaml: Option<PathBuf>,
+    /// The generated `engine.env` on the host, mounted read-only.
+    pub engine_env: Option<PathBuf>,
     /// The disk tier's directory on the host, mounted read-write.
     pub disk_dir: Option<PathBuf>,
-    /// The dotenv file with HF_TOKEN.
+    /// The private env file with HF_TOKEN.
     pub env_file: Option<PathBuf>,
     /// Share the host network (the Redis tier: Redis listens on the host's loopback).
     pub host_network: bool,
@@ -59,18 +84,25 @@ pub fn container_name(run_id: &str) -> String {
 pub fn docker_run_args(run: &DockerRun) -> Vec<String> {
     let mut a: Vec<String> = vec!["run".into(), "--detach".into(), "--init".into()];
     a.extend(["--name".into(), container_name(&run.run_id)]);
-    a.extend(["--label".into(), format!("kvlab.run-id={}", run.run_id)]);
-    a.extend(["--label".into(), "kvlab.managed=true".into()]);
-    a.push("--ipc=host".into());
+    a.extend(["--label".into(), format!("{LABEL_RUN_ID}={}", run.run_id)]);
+    a.extend(["--label".into(), format!("{LABEL_MANAGED}=true")]);
+    for (key, value) in run.owner.labels() {
+        a.extend(["--label".into(), format!("{key}={value}")]);
+    }
+    if run.vllm.is_some() {
+        // vLLM's workers share tensors through /dev/shm.
+        a.push("--ipc=host".into());
+    }
     match (&run.gpus, run.runtime.as_str()) {
-        (GpuSelection::All, "podman") => a.extend(["--device".into(), "nvidia.com/gpu=all".into()]),
-        (GpuSelection::All, _) => a.extend(["--gpus".into(), "all".into()]),
-        (sel, "podman") => {
+        (None, _) => {}
+        (Some(GpuSelection::All), "podman") => a.extend(["--device".into(), "nvidia.com/gpu=all".into()]),
+        (Some(GpuSelection::All), _) => a.extend(["--gpus".into(), "all".into()]),
+        (Some(sel), "podman") => {
             for d in sel.device_list().unwrap_or_default().split(',') {
                 a.extend(["--device".into(), format!("nvidia.com/gpu={d}")]);
             }
         }
-        (sel, _) => {
+        (Some(sel), _) => {
             a.extend(["--gpus".into(), format!("\"device={}\"", sel.device_list().unwrap_or_default())])
         }
     }
@@ -79,6 +111,9 @@ pub fn docker_run_args(run: &DockerRun) -> Vec<String> {
         a.push("--network=host".into());
     } else {
         a.extend(["--publish".into(), format!("127.0.0.1:{}:{CONTAINER_PORT}", run.host_port)]);
+    }
+    if let Some(env) = &run.engine_env {
+        a.extend(["--volume".into(), format!("{}:{CONTAINER_ENGINE_ENV}:ro", env.display())]);
     }
     if let Some(yaml) = &run.lmcache_yaml {
         a.extend(["--volume".into(), format!("{}:{CONTAINER_LMCACHE_YAML}:ro", yaml.display())]);
@@ -108,7 +143,74 @@ pub fn docker_run_args(run: &DockerRun) -> Vec<String> {
     a
 }
 
-/// A running container: `docker rm -f` on stop or drop; `docker logs -f` feeds engine.log.
+/// What an engine image is told through `/etc/kvlab/engine.env`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineEnv {
+    pub run_id: String,
+    pub tier: Tier,
+    pub model: String,
+    /// Where to listen inside the container (`0.0.0.0`, or `127.0.0.1` on the host network).
+    pub host: String,
+    pub port: u16,
+    /// llama.cpp's host prompt cache (MiB, 0 = off); `None` where the tier has no llama.cpp form.
+    pub cache_ram_mib: Option<u64>,
+    /// The disk tier's directory as the container sees it.
+    pub disk_dir: Option<String>,
+    /// The Redis of the redis tier (never with credentials: those are secrets).
+    pub redis_url: Option<String>,
+    /// GPU type for the emulator's cost model.
+    pub gpu_type: Option<String>,
+    pub seed: u64,
+}
+
+/// The `engine.env` text: `KEY='value'` lines a POSIX shell can source. Refuses a value with a
+/// quote or a newline (it could not be sourced safely).
+pub fn engine_env(e: &EngineEnv) -> Result<String> {
+    let mut vars: BTreeMap<&str, String> = BTreeMap::new();
+    vars.insert("KVLAB_RUN_ID", e.run_id.clone());
+    vars.insert("KVLAB_TIER", e.tier.to_string());
+    vars.insert("KVLAB_MODEL", e.model.clone());
+    vars.insert("KVLAB_HOST", e.host.clone());
+    vars.insert("KVLAB_PORT", e.port.to_string());
+    vars.insert("KVLAB_SEED", e.seed.to_string());
+    if let Some(mib) = e.cache_ram_mib {
+        vars.insert("KVLAB_CACHE_RAM_MIB", mib.to_string());
+    }
+    if let Some(d) = &e.disk_dir {
+        vars.insert("KVLAB_DISK_DIR", d.clone());
+    }
+    if let Some(r) = &e.redis_url {
+        vars.insert("KVLAB_REDIS_URL", r.clone());
+    }
+    if let Some(g) = &e.gpu_type {
+        vars.insert("KVLAB_GPU", g.clone());
+    }
+    let mut text = String::from("# Written by kvlab for the engine container; sourced by its entrypoint.\n");
+    for (k, v) in vars {
+        if v.contains(['\'', '\n', '\r']) {
+            return Err(LabError::Invalid(format!(
+                "{k} `{v}` cannot be passed to an engine image: it contains a quote or a newline"
+            )));
+        }
+        text.push_str(&format!("{k}='{v}'\n"));
+    }
+    Ok(text)
+}
+
+/// Whether `image` asks for text prompts (label `kvlab.prompts=text`). `false` when the image or
+/// the runtime is missing: the launcher then reports that clearly.
+pub fn image_wants_text_prompts(image: &str) -> bool {
+    let Some(runtime) = super::HostProbe::detect().container_runtime else { return false };
+    let format = format!("{{{{index .Config.Labels \"{LABEL_PROMPTS}\"}}}}");
+    std::process::Command::new(runtime)
+        .args(["image", "inspect", "--format", &format, image])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "text")
+}
+
+/// A running container: `docker rm --force` on stop or drop; `docker logs -f` feeds engine.log.
 pub(crate) struct ContainerGuard {
     runtime: String,
     name: String,
@@ -130,14 +232,16 @@ impl ContainerGuard {
             return;
         }
         self.removed = true;
-        // `rm -f` sends SIGKILL after the stop signal; give vLLM a chance to exit first.
+        // `rm --force` kills at once; give the engine the stop signal and a moment first.
         let _ = std::process::Command::new(&self.runtime)
             .args(["stop", "--time", "10", &self.name])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         let _ = std::process::Command::new(&self.runtime)
-            .args(["rm", "-f", &self.name])
+            .args(["rm", "--force", &self.name])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -153,12 +257,85 @@ impl Drop for ContainerGuard {
 impl Liveness for ContainerGuard {
     fn exited(&mut self) -> Option<String> {
         let out = std::process::Command::new(&self.runtime)
-            .args(["inspect", "--format", "{{.State.Running}}", &self.name])
+            .args(["inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", &self.name])
+            .stdin(Stdio::null())
             .output()
             .ok()?;
-        let running = String::from_utf8_lossy(&out.stdout).trim() == "true";
-        (!running).then(|| "the engine container exited at start".to_owned())
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if state.starts_with("true") {
+            return None;
+        }
+        // Let `logs --follow` write the container's last lines into engine.log.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let code = state.split_whitespace().nth(1).unwrap_or("unknown");
+        Some(format!("the engine container {} exited at start (exit code {code})", self.name))
     }
+}
+
+/// A private file with the secrets for `--env-file` (`KEY=value` lines, taken literally: no quotes,
+/// no `export`, unlike `.env`), deleted on drop: the runtime's client reads
+/// it when the container is created, so it never outlives the start.
+struct SecretEnvFile(PathBuf);
+
+impl SecretEnvFile {
+    fn write(run_id: &str, token: &str) -> Result<SecretEnvFile> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = std::env::temp_dir().join(format!("kvlab-{run_id}-{}.env", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| LabError::io(&path, e))?;
+        let file = SecretEnvFile(path);
+        writeln!(f, "HF_TOKEN={token}").map_err(|e| LabError::io(&file.0, e))?;
+        Ok(file)
+    }
+}
+
+impl Drop for SecretEnvFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Refuses clearly when the runtime's daemon does not answer or a kvlab image is missing.
+async fn preflight(engine: &str, runtime: &str, image: &str) -> Result<()> {
+    let version = tokio::process::Command::new(runtime)
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
+    if !version.status.success() {
+        let why = String::from_utf8_lossy(&version.stderr);
+        let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no answer").trim();
+        return Err(LabError::launch(
+            engine,
+            format!(
+                "the {runtime} daemon is not running or not reachable ({why}); start it (`systemctl start \
+                 {runtime}` or `dockerd`), or use --engine emulated"
+            ),
+        ));
+    }
+    let inspect = tokio::process::Command::new(runtime)
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
+    if !inspect.status.success() && image.starts_with("kvlab/") {
+        return Err(LabError::launch(
+            engine,
+            format!(
+                "image `{image}` does not exist here; kvlab's images are built locally: run `cargo xtask \
+                 images` (then `{runtime} images kvlab/*` lists them)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) struct DockerLauncher {
@@ -174,7 +351,7 @@ impl Launcher for DockerLauncher {
         Box::pin(async move {
             let engine = self.kind.as_str();
             let probe = super::HostProbe::detect();
-            let runtime = probe.container_runtime.ok_or_else(|| {
+            let runtime = probe.container_runtime.clone().ok_or_else(|| {
                 LabError::launch(
                     engine,
                     "no container runtime: neither `docker` nor `podman` is on PATH; install Docker \
@@ -192,58 +369,347 @@ impl Launcher for DockerLauncher {
             let image = match (&spec.image, vllm) {
                 (Some(i), _) => i.clone(),
                 (None, true) => VLLM_LMCACHE_IMAGE.to_owned(),
-                (None, false) => return Err(LabError::launch(engine, "--engine docker needs --image IMAGE")),
+                (None, false) => {
+                    return Err(LabError::launch(
+                        engine,
+                        "--engine docker needs --image IMAGE (kvlab/llamacpp, kvlab/emulator: `cargo xtask images`)",
+                    ))
+                }
             };
+            preflight(engine, &runtime, &image).await?;
             let port = reserve_port(engine, spec.port)?;
-            let yaml = if vllm { write_lmcache_yaml(spec, CONTAINER_DISK_DIR)? } else { None };
+            let host_network = spec.tier.tier == Tier::Redis;
+            let disk = spec.tier.tier == Tier::Disk;
+            let yaml = write_lmcache_yaml(spec, CONTAINER_DISK_DIR)?;
+            let redis_url =
+                match (&spec.emulator.redis_url, spec.tier.tier) {
+                    (Some(url), Tier::Redis) if url.contains('@') => return Err(LabError::launch(
+                        engine,
+                        "a Redis URL with credentials cannot be given to an engine image (engine.env is a \
+                         result file); use a Redis without a password on the host's loopback",
+                    )),
+                    (Some(url), Tier::Redis) => Some(url.clone()),
+                    _ => None,
+                };
+            let env_text = engine_env(&EngineEnv {
+                run_id: spec.run_id.clone(),
+                tier: spec.tier.tier,
+                model: spec.model.clone(),
+                host: if host_network { "127.0.0.1" } else { "0.0.0.0" }.to_owned(),
+                port: if host_network { port } else { CONTAINER_PORT },
+                cache_ram_mib: spec.tier.llamacpp.supported.then_some(spec.tier.llamacpp.cache_ram_mib),
+                disk_dir: disk.then(|| CONTAINER_DISK_DIR.to_owned()),
+                redis_url,
+                gpu_type: spec.gpu_type.clone(),
+                seed: spec.emulator.seed,
+            })?;
+            let env_path = spec.run_dir.join("engine.env");
+            std::fs::write(&env_path, env_text).map_err(|e| LabError::io(&env_path, e))?;
+            let secret_file = match spec.secrets.hf_token() {
+                Some(token) => Some(SecretEnvFile::write(&spec.run_id, token)?),
+                None => None,
+            };
             let run = DockerRun {
                 runtime: runtime.clone(),
                 run_id: spec.run_id.clone(),
+                owner: Owner::current(),
                 image,
                 host_port: port,
-                gpus: spec.gpus.clone(),
+                gpus: probe.nvidia_gpu.then(|| spec.gpus.clone()),
                 vllm: vllm.then(|| VllmContainer {
                     model: spec.model.clone(),
                     tensor_parallel: spec.tensor_parallel,
                     gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
                 }),
-                disk_dir: (yaml.is_some() && spec.tier.tier == crate::config::Tier::Disk)
-                    .then(|| spec.disk_dir.clone()),
+                disk_dir: disk.then(|| spec.disk_dir.clone()),
                 lmcache_yaml: yaml,
-                env_file: spec.secrets.env_file().map(Path::to_owned),
-                host_network: spec.tier.tier == crate::config::Tier::Redis,
+                engine_env: Some(env_path),
+                env_file: secret_file.as_ref().map(|f| f.0.clone()),
+                host_network,
             };
             let log = spec.run_dir.join("engine.log");
-            let cmd = CommandLine {
-                program: runtime.clone(),
-                args: docker_run_args(&run),
-                env: Default::default(),
-            };
+            let args = crate::profile::container_args(
+                docker_run_args(&run),
+                &run.image,
+                spec.profile.as_ref(),
+                &spec.run_dir,
+            );
+            crate::profile::prepare(spec)?;
+            let cmd = CommandLine { program: runtime.clone(), args, env: Default::default() };
             std::fs::write(&log, format!("$ {}\n", cmd.display(&spec.secrets)))
                 .map_err(|e| LabError::io(&log, e))?;
+            let name = container_name(&spec.run_id);
+            // From here on, every way out (error, drop on Ctrl-C) removes the container.
+            let mut guard =
+                ContainerGuard { runtime: runtime.clone(), name: name.clone(), logs: None, removed: false };
             let out = tokio::process::Command::new(&runtime)
                 .args(&cmd.args)
                 .stdin(Stdio::null())
                 .output()
                 .await
                 .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
-            let name = container_name(&spec.run_id);
-            let mut guard =
-                ContainerGuard { runtime: runtime.clone(), name: name.clone(), logs: None, removed: false };
+            drop(secret_file);
             if !out.status.success() {
                 let stderr = spec.secrets.redact(String::from_utf8_lossy(&out.stderr).trim());
                 return Err(LabError::launch(engine, format!("`{runtime} run` failed: {stderr}")));
             }
             let logs = CommandLine {
                 program: runtime.clone(),
-                args: vec!["logs".into(), "--follow".into(), name],
+                args: vec!["logs".into(), "--follow".into(), name.clone()],
                 env: Default::default(),
             };
             guard.logs = Some(process::spawn("docker", &logs, &log, &spec.secrets)?);
             let base_url = format!("http://127.0.0.1:{port}");
             process::wait_ready(engine, &base_url, spec.ready_timeout, &mut guard, &log, &spec.secrets)
                 .await?;
-            Ok(RunningEngine { base_url, pid: None, guard: Guard::Container(guard) })
+            // The container's first process on the host, for the process sampler.
+            let pid = std::process::Command::new(&runtime)
+                .args(["inspect", "--format", "{{.State.Pid}}", &name])
+                .stdin(Stdio::null())
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
+                .filter(|&p| p > 0);
+            Ok(RunningEngine { base_url, pid, guard: Guard::Container(guard) })
         })
     }
+}
+
+/// The kvlab images `cargo xtask images` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KvlabImage {
+    /// Minimal Debian bookworm from debootstrap, loaded with `docker import`.
+    Base,
+    /// The lab's binary (the command line; the load generator runs inside it).
+    Lab,
+    /// llama.cpp's server (xllamacpp) with the generated tiny model.
+    Llamacpp,
+    /// The emulated engine, its disk tier on a mounted volume.
+    Emulator,
+    /// vLLM + LMCache + Nsight Systems; needs the upstream vLLM image (a registry).
+    VllmLmcache,
+}
+
+impl KvlabImage {
+    pub const ALL: [KvlabImage; 5] = [
+        KvlabImage::Base,
+        KvlabImage::Lab,
+        KvlabImage::Llamacpp,
+        KvlabImage::Emulator,
+        KvlabImage::VllmLmcache,
+    ];
+
+    /// The short name (`cargo xtask images NAME`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvlabImage::Base => "base",
+            KvlabImage::Lab => "lab",
+            KvlabImage::Llamacpp => "llamacpp",
+            KvlabImage::Emulator => "emulator",
+            KvlabImage::VllmLmcache => "vllm-lmcache",
+        }
+    }
+
+    /// The repository (`kvlab/NAME`).
+    pub fn repository(self) -> String {
+        format!("kvlab/{}", self.as_str())
+    }
+
+    /// The Containerfile under `containers/` (`None` for the debootstrap base).
+    pub fn containerfile(self) -> Option<&'static str> {
+        match self {
+            KvlabImage::Base => None,
+            KvlabImage::Lab => Some("kvlab.Containerfile"),
+            KvlabImage::Llamacpp => Some("llamacpp.Containerfile"),
+            KvlabImage::Emulator => Some("emulator.Containerfile"),
+            KvlabImage::VllmLmcache => Some("vllm-lmcache.Containerfile"),
+        }
+    }
+
+    /// Whether it builds from the local base (`BASE_IMAGE`); vLLM needs its upstream image.
+    pub fn uses_local_base(self) -> bool {
+        matches!(self, KvlabImage::Lab | KvlabImage::Llamacpp | KvlabImage::Emulator)
+    }
+}
+
+impl std::str::FromStr for KvlabImage {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<KvlabImage> {
+        KvlabImage::ALL.into_iter().find(|i| i.as_str() == s).ok_or_else(|| {
+            LabError::Invalid(format!(
+                "unknown image `{s}`; expected base, lab, llamacpp, emulator or vllm-lmcache"
+            ))
+        })
+    }
+}
+
+/// The debootstrap base: its recipe is its cache key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseRecipe {
+    pub suite: String,
+    pub variant: String,
+    pub mirror: String,
+    /// Extra packages (`--include`).
+    pub include: Vec<String>,
+}
+
+impl Default for BaseRecipe {
+    fn default() -> BaseRecipe {
+        BaseRecipe {
+            suite: "bookworm".into(),
+            variant: "minbase".into(),
+            mirror: "http://deb.debian.org/debian".into(),
+            include: Vec::new(),
+        }
+    }
+}
+
+/// Bump when the way the base is made changes (cleanup, import settings).
+const BASE_RECIPE_VERSION: u32 = 1;
+
+impl BaseRecipe {
+    /// The content hash of the inputs (FNV-1a 64, hex): the base is rebuilt only when it changes.
+    pub fn input_hash(&self) -> String {
+        let text = format!(
+            "v{BASE_RECIPE_VERSION}\n{}\n{}\n{}\n{}\n",
+            self.suite,
+            self.variant,
+            self.mirror,
+            self.include.join(",")
+        );
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
+    /// `kvlab/base:<suite>`, the tag every other image builds FROM.
+    pub fn tag(&self) -> String {
+        format!("kvlab/base:{}", self.suite)
+    }
+
+    /// `kvlab/base:<suite>-<hash>`, the cache key.
+    pub fn hash_tag(&self) -> String {
+        format!("kvlab/base:{}-{}", self.suite, self.input_hash())
+    }
+
+    /// `debootstrap` into `rootfs`.
+    pub fn debootstrap(&self, rootfs: &Path) -> CommandLine {
+        let mut args = vec![format!("--variant={}", self.variant)];
+        if !self.include.is_empty() {
+            args.push(format!("--include={}", self.include.join(",")));
+        }
+        args.extend([self.suite.clone(), rootfs.display().to_string(), self.mirror.clone()]);
+        CommandLine { program: "debootstrap".into(), args, env: BTreeMap::new() }
+    }
+
+    /// `tar -C rootfs -c .`, piped into [`BaseRecipe::import`].
+    pub fn tar(&self, rootfs: &Path) -> CommandLine {
+        CommandLine {
+            program: "tar".into(),
+            args: vec![
+                "-C".into(),
+                rootfs.display().to_string(),
+                "--numeric-owner".into(),
+                "-c".into(),
+                ".".into(),
+            ],
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// `docker import` of the tarball on stdin, labelled with the input hash.
+    pub fn import(&self, runtime: &str) -> CommandLine {
+        CommandLine {
+            program: runtime.into(),
+            args: vec![
+                "import".into(),
+                "--change".into(),
+                format!("LABEL kvlab.inputs={}", self.input_hash()),
+                "--change".into(),
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                "--change".into(),
+                "CMD [\"/bin/bash\"]".into(),
+                "-".into(),
+                self.hash_tag(),
+            ],
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// Settings of one `cargo xtask images` invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagesConfig {
+    pub runtime: String,
+    /// The lab's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Short git revision (`unknown` outside a checkout).
+    pub git_rev: String,
+    /// The base every local image builds FROM (`kvlab/base:bookworm`); `None`: the Containerfiles'
+    /// upstream defaults (a machine that can pull).
+    pub local_base: Option<String>,
+    /// The directory holding the Containerfiles.
+    pub containers_dir: PathBuf,
+    /// The staged build context of each image (`<dir>/<name>`).
+    pub context_dir: PathBuf,
+}
+
+/// One `docker build`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageBuild {
+    pub image: KvlabImage,
+    pub containerfile: PathBuf,
+    pub context: PathBuf,
+    pub tags: Vec<String>,
+    pub build_args: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
+}
+
+/// The build of a Containerfile image (not the base): tagged `latest` and `<version>-<rev>`.
+pub fn image_build(image: KvlabImage, cfg: &ImagesConfig) -> Option<ImageBuild> {
+    let containerfile = cfg.containers_dir.join(image.containerfile()?);
+    let repo = image.repository();
+    let mut build_args = Vec::new();
+    if let (Some(base), true) = (&cfg.local_base, image.uses_local_base()) {
+        build_args.push(("BASE_IMAGE".to_owned(), base.clone()));
+    }
+    if image == KvlabImage::Llamacpp {
+        build_args.push(("XLLAMACPP_VERSION".to_owned(), super::llamacpp::XLLAMACPP_VERSION.to_owned()));
+    }
+    Some(ImageBuild {
+        image,
+        containerfile,
+        context: cfg.context_dir.join(image.as_str()),
+        tags: vec![format!("{repo}:latest"), format!("{repo}:{}-{}", cfg.version, cfg.git_rev)],
+        build_args,
+        labels: vec![
+            ("org.opencontainers.image.version".to_owned(), cfg.version.clone()),
+            ("org.opencontainers.image.revision".to_owned(), cfg.git_rev.clone()),
+        ],
+    })
+}
+
+/// The arguments after the runtime binary for one build.
+pub fn image_build_args(b: &ImageBuild) -> Vec<String> {
+    // `--force-rm`: a failed step leaves no stopped build container behind.
+    let mut a = vec![
+        "build".to_owned(),
+        "--force-rm".to_owned(),
+        "--file".to_owned(),
+        b.containerfile.display().to_string(),
+    ];
+    for t in &b.tags {
+        a.extend(["--tag".to_owned(), t.clone()]);
+    }
+    for (k, v) in &b.build_args {
+        a.extend(["--build-arg".to_owned(), format!("{k}={v}")]);
+    }
+    for (k, v) in &b.labels {
+        a.extend(["--label".to_owned(), format!("{k}={v}")]);
+    }
+    a.push(b.context.display().to_string());
+    a
 }

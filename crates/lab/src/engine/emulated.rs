@@ -44,13 +44,13 @@ pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorCon
     {
         cfg.offload.chunk_tokens = *chunk as u32;
     }
+    // LMCache evicts LRU; the experiment's switch selects kvcache's conversation-aware policy
+    // (the request's `user` names its conversation, see the load generator).
     if spec.emulator.conversation_aware_eviction {
-        return Err(LabError::Invalid(
-            "conversation_aware_eviction = true: this emulator build has no conversation-aware eviction \
-             policy yet (kvcache offers lru, fifo)"
-                .to_owned(),
-        ));
+        cfg.offload.policy = kvcache::PolicyKind::ConversationAware;
     }
+    // The redis tier keys its chunks under the run's id and deletes them when the run stops.
+    cfg.run_id = Some(spec.run_id.clone());
     Ok(cfg)
 }
 

@@ -156,7 +156,12 @@ impl Launcher for LlamacppLauncher {
             let alias = &spec.model;
             let serve =
                 LlamacppServe { model_path, alias, port, ctx: 8192, parallel: 1, threads: 2, cache_ram_mib };
-            let cmd = llamacpp_command(&runtime, &serve);
+            let mut cmd = llamacpp_command(&runtime, &serve);
+            // The secret reaches the engine's environment only (llama.cpp reads HF_TOKEN to
+            // download gated models), never its argv or log.
+            if let Some(token) = spec.secrets.hf_token() {
+                cmd.env.insert("HF_TOKEN".to_owned(), token.to_owned());
+            }
             let log = spec.run_dir.join("engine.log");
             let mut guard = process::spawn("llamacpp", &cmd, &log, &spec.secrets)?;
             let base_url = format!("http://127.0.0.1:{port}");

@@ -4,11 +4,13 @@
 //! pid when there is a process). Invariants for every launcher: the engine listens on 127.0.0.1,
 //! its output goes to `engine.log` in the run directory, readiness is awaited on `/health` and
 //! `/v1/models` with a timeout, and [`RunningEngine::stop`] (or dropping it) stops and reaps it:
-//! SIGTERM, then SIGKILL; `docker rm -f` for containers.
+//! SIGTERM, then SIGKILL; `docker rm -f` for containers. What a killed lab leaves behind is
+//! found by [`orphans::reap_orphans`] (container labels, process records).
 
 pub mod docker;
 pub(crate) mod emulated;
 pub mod llamacpp;
+pub mod orphans;
 pub(crate) mod process;
 pub mod vllm;
 
@@ -215,6 +217,8 @@ pub struct LaunchSpec {
     pub python: Option<PathBuf>,
     /// Emulator: extra settings of the run.
     pub emulator: EmulatorRunSettings,
+    /// Under Nsight Systems (`cargo xtask profile`); `None` for ordinary runs.
+    pub profile: Option<crate::profile::ProfileSpec>,
 }
 
 /// Emulator settings that come from the run rather than the tier.
@@ -275,10 +279,36 @@ impl RunningEngine {
 pub fn launcher(kind: EngineKind) -> Box<dyn Launcher> {
     match kind {
         EngineKind::Auto | EngineKind::Emulated => Box::new(emulated::EmulatedLauncher),
-        EngineKind::VllmDocker | EngineKind::Docker => Box::new(docker::DockerLauncher { kind }),
-        EngineKind::Vllm => Box::new(vllm::VllmLauncher),
-        EngineKind::Llamacpp => Box::new(llamacpp::LlamacppLauncher),
-        EngineKind::External => Box::new(ExternalLauncher),
+        EngineKind::VllmDocker | EngineKind::Docker => {
+            Box::new(NoConversationAware(docker::DockerLauncher { kind }))
+        }
+        EngineKind::Vllm => Box::new(NoConversationAware(vllm::VllmLauncher)),
+        EngineKind::Llamacpp => Box::new(NoConversationAware(llamacpp::LlamacppLauncher)),
+        EngineKind::External => Box::new(NoConversationAware(ExternalLauncher)),
+    }
+}
+
+/// An engine the lab cannot give kvcache's conversation-aware eviction: refuses
+/// `conversation_aware_eviction = true` before starting anything.
+struct NoConversationAware<L>(L);
+
+impl<L: Launcher> Launcher for NoConversationAware<L> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
+        if spec.emulator.conversation_aware_eviction {
+            let name = self.0.name();
+            return Box::pin(async move {
+                Err(LabError::Invalid(format!(
+                    "conversation_aware_eviction = true: engine `{name}` has no conversation-aware \
+                     eviction (only the emulated engine does, through kvcache's policy); set it to false \
+                     or use --engine emulated"
+                )))
+            });
+        }
+        self.0.start(spec)
     }
 }
 

@@ -39,6 +39,17 @@ impl CommandLine {
 pub(crate) struct ProcessGuard {
     engine: &'static str,
     child: Child,
+    /// The orphan-registry record of the child, removed once it is reaped.
+    record: Option<std::path::PathBuf>,
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        // The child is killed on drop (`kill_on_drop`), so its record goes too.
+        if let Some(record) = self.record.take() {
+            super::orphans::unregister(&record);
+        }
+    }
 }
 
 impl ProcessGuard {
@@ -48,6 +59,14 @@ impl ProcessGuard {
 
     /// SIGTERM, up to 10 s for the process to exit, then SIGKILL; always reaps.
     pub(crate) async fn stop(mut self) -> Result<()> {
+        let stopped = self.stop_child().await;
+        if let Some(record) = self.record.take() {
+            super::orphans::unregister(&record);
+        }
+        stopped
+    }
+
+    async fn stop_child(&mut self) -> Result<()> {
         if let Ok(Some(_)) = self.child.try_wait() {
             return Ok(());
         }
@@ -100,7 +119,8 @@ pub(crate) fn spawn(
         };
         LabError::launch(engine, hint)
     })?;
-    Ok(ProcessGuard { engine, child })
+    let record = child.id().and_then(|pid| super::orphans::register(pid, &cmd.program));
+    Ok(ProcessGuard { engine, child, record })
 }
 
 /// The last `n` lines of a log file, secrets redacted.

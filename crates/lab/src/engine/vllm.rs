@@ -107,7 +107,8 @@ impl Launcher for VllmLauncher {
                 gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
                 lmcache: yaml.is_some(),
             };
-            let cmd = vllm_process_command(&serve, yaml.as_deref(), &spec.gpus, spec.secrets.hf_token());
+            let mut cmd = vllm_process_command(&serve, yaml.as_deref(), &spec.gpus, spec.secrets.hf_token());
+            cmd.args.extend(crate::profile::vllm_process_args(spec));
             let log = spec.run_dir.join("engine.log");
             let mut guard = process::spawn("vllm", &cmd, &log, &spec.secrets)?;
             let base_url = format!("http://127.0.0.1:{port}");

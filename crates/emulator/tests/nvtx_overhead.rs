@@ -1,0 +1,75 @@
+//! The load generator's NVTX ranges cost nothing measurable: the same closed-loop workload
+//! against the emulated engine, with the per-request ranges on and off, gives the same TTFT and
+//! ITL means within noise. Built with the `nvtx` feature (as `cargo xtask ci` builds the tests),
+//! the ranges are real NVTX calls; without it both runs have none and the check still holds.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use emulator::EmulatorConfig;
+use workload::{Limits, Mode, Plan, Prompt, Request, RequestMeta};
+
+fn plan() -> Plan {
+    let requests = (0..48u64)
+        .map(|i| Request {
+            id: i,
+            prompt_len: 512,
+            // Distinct prompts: no prefix reuse, so every request costs the same prefill.
+            prompt: Prompt::Tokens(
+                (0..512u32).map(|t| t.wrapping_mul(7919) ^ (i as u32 + 1) << 20).collect(),
+            ),
+            max_tokens: 16,
+            send_at: None,
+            depends_on: None,
+            meta: RequestMeta::default(),
+        })
+        .collect();
+    Plan { requests, mode: Mode::Closed { concurrency: 4 }, limits: Limits::default() }
+}
+
+async fn means(base: &str, ranges: bool) -> (f64, f64) {
+    loadgen::nvtx::set_request_ranges(ranges);
+    let out = tempfile::tempdir().unwrap();
+    let mut sink = loadgen::ResultWriter::in_dir(out.path()).unwrap();
+    let mut lg = loadgen::LoadgenConfig::new(base.to_owned());
+    lg.progress = false;
+    let outcome = loadgen::run(&plan(), &lg, &mut sink, Instant::now()).await.unwrap();
+    assert_eq!(outcome.summary.completed, 48, "{:?}", outcome.summary);
+    (outcome.summary.mean_ttft_ms, outcome.summary.mean_itl_ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ranges_do_not_change_latencies() {
+    let mut cfg = fast(EmulatorConfig::default());
+    // A modelled second lasts 20 ms: steps of a few modelled ms take tens of microseconds,
+    // long against an NVTX call and short enough for a quick test.
+    cfg.time_scale = 0.02;
+    let server = start(&cfg).await;
+    let base = format!("http://{}", server.local_addr());
+    // A warm-up run, then alternate so that drift hits both sides alike.
+    means(&base, true).await;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        on.push(means(&base, true).await);
+        off.push(means(&base, false).await);
+    }
+    loadgen::nvtx::set_request_ranges(true);
+    let avg = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let (ttft_on, ttft_off) = (avg(&on, |m| m.0), avg(&off, |m| m.0));
+    let (itl_on, itl_off) = (avg(&on, |m| m.1), avg(&off, |m| m.1));
+    eprintln!(
+        "nvtx compiled in: {}; ttft on/off {ttft_on:.3}/{ttft_off:.3} ms (ratio {:.3}); itl on/off \
+         {itl_on:.3}/{itl_off:.3} ms (ratio {:.3})",
+        loadgen::nvtx::ENABLED,
+        ttft_on / ttft_off,
+        itl_on / itl_off
+    );
+    assert!(ttft_off > 0.0 && itl_off > 0.0, "the runs measured nothing: {on:?} {off:?}");
+    // Noise on a shared 2-core machine: 15% or half a millisecond, whichever is larger.
+    let close = |a: f64, b: f64| (a - b).abs() <= (0.15 * b).max(0.5);
+    assert!(close(ttft_on, ttft_off), "TTFT with ranges {ttft_on:.3} ms, without {ttft_off:.3} ms");
+    assert!(close(itl_on, itl_off), "ITL with ranges {itl_on:.3} ms, without {itl_off:.3} ms");
+    server.shutdown().await.unwrap();
+}

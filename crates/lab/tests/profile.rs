@@ -1,0 +1,286 @@
+//! Profiling under Nsight Systems: the exact nsys command lines per engine and tier (snapshots),
+//! and the parsing of `nsys stats --format csv` output (samples written from NVIDIA's documented
+//! columns for the nvtx_sum and cuda_gpu_kern_sum reports).
+
+use std::path::{Path, PathBuf};
+
+mod common;
+
+use lab::config::{Tier, TierConfig};
+use lab::engine::docker::{docker_run_args, DockerRun, VllmContainer, VLLM_LMCACHE_IMAGE};
+use lab::engine::orphans::Owner;
+use lab::engine::vllm::{vllm_process_command, VllmServe};
+use lab::engine::{EngineKind, GpuSelection};
+use lab::profile::{
+    classify, container_args, lab_command, parse_kern_sum, parse_nvtx_sum, placement, stats_command, Phase,
+    Placement, ProfileSpec, Side, StatsHost,
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nsys").join(name))
+        .unwrap()
+}
+
+fn shown(cmd: &lab::profile::CommandLine) -> String {
+    let env: Vec<String> = cmd.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    format!("{}{} {}", env.concat(), cmd.program, cmd.args.join(" "))
+}
+
+#[test]
+fn nsys_command_lines_per_engine_and_tier() {
+    let mut all = String::new();
+    for engine in [EngineKind::Emulated, EngineKind::Llamacpp, EngineKind::Vllm] {
+        assert_eq!(placement(engine).unwrap(), Placement::WrapsLab);
+        for tier in Tier::ALL {
+            if engine == EngineKind::Llamacpp && matches!(tier, Tier::Disk | Tier::Redis) {
+                continue; // refused by the llama.cpp launcher
+            }
+            let args: Vec<String> = [
+                "profile",
+                "--inside-nsys",
+                "/results/.profile-7/result-dir",
+                "--engine",
+                engine.as_str(),
+                "--tier",
+                &tier.to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let cmd = lab_command(engine, "nsys", "/opt/kvlab/xtask", &args, "/results/.profile-7/kvlab");
+            all.push_str(&format!("## {engine} {tier}: nsys runs the lab\n{}\n\n", shown(&cmd)));
+        }
+    }
+    // The process vLLM that nsys traces as the lab's child, with its CUDA profiler on.
+    let serve = VllmServe {
+        model: "meta-llama/Llama-3.1-8B-Instruct",
+        host: "127.0.0.1",
+        port: 18000,
+        tensor_parallel: 1,
+        gpu_memory_utilization: 0.9,
+        lmcache: true,
+    };
+    let mut vllm =
+        vllm_process_command(&serve, Some(Path::new("/results/run/lmcache.yaml")), &GpuSelection::All, None);
+    vllm.args.extend(lab::profile::vllm_args());
+    all.push_str(&format!("## vllm: the engine process under the lab\n{}\n\n", shown(&vllm)));
+
+    // vllm-docker: nsys inside the container, per tier.
+    let spec = ProfileSpec { placement: Placement::InContainer };
+    assert_eq!(placement(EngineKind::VllmDocker).unwrap(), Placement::InContainer);
+    for tier in Tier::ALL {
+        let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
+        let run = DockerRun {
+            runtime: "docker".into(),
+            run_id: format!("{tier}-run-1"),
+            owner: Owner { pid: 4242, start_time: 123_456, boot_id: "5f1c-boot".into() },
+            image: VLLM_LMCACHE_IMAGE.to_owned(),
+            host_port: 18000,
+            gpus: Some(GpuSelection::All),
+            vllm: Some(VllmContainer {
+                model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+                tensor_parallel: 1,
+                gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
+            }),
+            lmcache_yaml: cfg.lmcache.is_some().then(|| PathBuf::from("/results/run/lmcache.yaml")),
+            engine_env: Some(PathBuf::from("/results/run/engine.env")),
+            disk_dir: (tier == Tier::Disk).then(|| PathBuf::from("/results/run/kvcache")),
+            env_file: None,
+            host_network: tier == Tier::Redis,
+        };
+        let plain = docker_run_args(&run);
+        let run_dir = Path::new("/results/run");
+        // Not profiled, or nsys elsewhere: the arguments are untouched.
+        assert_eq!(container_args(plain.clone(), &run.image, None, run_dir), plain);
+        let elsewhere = ProfileSpec { placement: Placement::WrapsLab };
+        assert_eq!(container_args(plain.clone(), &run.image, Some(&elsewhere), run_dir), plain);
+        let args = container_args(plain.clone(), &run.image, Some(&spec), run_dir);
+        let image_at = args.iter().position(|a| a == VLLM_LMCACHE_IMAGE).unwrap();
+        assert_eq!(args[image_at - 4..image_at - 2], ["--entrypoint", "nsys"]);
+        assert_eq!(args[image_at + 1], "profile");
+        // Every argument of the plain command is still there, in order.
+        let mut rest = args.iter();
+        assert!(plain.iter().all(|p| rest.any(|a| a == p)), "{args:?}");
+        all.push_str(&format!(
+            "## vllm-docker {tier}: nsys inside the container\ndocker {}\n\n",
+            args.join(" ")
+        ));
+    }
+
+    for (what, host, report) in [
+        ("on the host", StatsHost::Host { nsys: "nsys".into() }, "kvlab"),
+        (
+            "in the engine's image",
+            StatsHost::Container { runtime: "docker".into(), image: "kvlab/vllm-lmcache:latest".into() },
+            "engine",
+        ),
+    ] {
+        let cmd = stats_command(&host, Path::new("/results/run/profile"), report);
+        all.push_str(&format!("## nsys stats {what}\n{}\n\n", shown(&cmd)));
+    }
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn engines_that_cannot_be_profiled_say_why() {
+    let docker = placement(EngineKind::Docker).unwrap_err().to_string();
+    assert!(docker.contains("vllm-docker"), "{docker}");
+    let external = placement(EngineKind::External).unwrap_err().to_string();
+    assert!(external.contains("nsys profile"), "{external}");
+}
+
+#[test]
+fn range_names_are_classified() {
+    let cases = [
+        (":prefill", Side::Client, Phase::Prefill),
+        ("decode", Side::Client, Phase::Decode),
+        ("kvlab:decode", Side::Client, Phase::Decode),
+        ("execute_new_4_cached_0", Side::Engine, Phase::Prefill),
+        ("execute_new_0_cached_31", Side::Engine, Phase::Decode),
+        ("execute_new_1_cached_7", Side::Engine, Phase::Mixed),
+        ("execute_context_2(4096)_generation_0(0)", Side::Engine, Phase::Prefill),
+        ("execute_context_0(0)_generation_16(16)", Side::Engine, Phase::Decode),
+        ("execute_context_1(512)_generation_15(15)", Side::Engine, Phase::Mixed),
+        (":workload", Side::Other, Phase::Other),
+        ("execute_new_x_cached_1", Side::Other, Phase::Other),
+        ("", Side::Other, Phase::Other),
+    ];
+    for (name, side, phase) in cases {
+        assert_eq!(classify(name), (side, phase), "{name:?}");
+    }
+    // The emulator names its steps exactly as the classifier expects.
+    assert_eq!(classify(&emulator::nvtx::step_name(3, 0)), (Side::Engine, Phase::Prefill));
+    assert_eq!(classify(&emulator::nvtx::step_name(0, 3)), (Side::Engine, Phase::Decode));
+}
+
+#[test]
+fn nsys_stats_csv_is_parsed() {
+    let nvtx = parse_nvtx_sum("nvtx_sum.csv", &fixture("nvtx_sum.csv")).unwrap();
+    assert_eq!(nvtx.len(), 6);
+    assert_eq!(
+        (nvtx[0].range.as_str(), nvtx[0].side, nvtx[0].phase),
+        (":prefill", Side::Client, Phase::Prefill)
+    );
+    assert_eq!((nvtx[0].instances, nvtx[0].total_ns, nvtx[0].med_ns), (96, 8.24e9, Some(84.1e6)));
+    assert_eq!(nvtx[0].style, "StartEnd");
+    let kernels = parse_kern_sum("cuda_gpu_kern_sum.csv", &fixture("cuda_gpu_kern_sum.csv")).unwrap();
+    assert_eq!(kernels.len(), 3);
+    // Names with commas are quoted in the CSV and come back whole.
+    assert!(kernels[1].name.starts_with("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 64,"));
+    assert_eq!(kernels[2].instances, 104_000);
+
+    // Older nsys: `Average`/`Minimum`/`Maximum`, no median or style; a notice line before the header.
+    let legacy =
+        format!("Processing [report.sqlite] with [nvtx_sum.py]...\n{}", fixture("nvtx_sum_legacy.csv"));
+    let old = parse_nvtx_sum("legacy.csv", &legacy).unwrap();
+    assert_eq!(
+        (old[1].phase, old[1].instances, old[1].avg_ns, old[1].med_ns),
+        (Phase::Decode, 10, 30000.0, None)
+    );
+
+    // What the lab writes: profile/nvtx_sum.csv, one classified row per range.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nvtx_sum.csv");
+    lab::profile::write_csv(&path, &nvtx).unwrap();
+    insta::assert_snapshot!("nvtx_sum_written", std::fs::read_to_string(&path).unwrap());
+}
+
+#[test]
+fn bad_stats_csv_is_an_error_naming_the_place() {
+    let cases = [
+        ("no header", "nothing,here\n1,2\n", "stats.csv:1:1: no header line"),
+        (
+            "missing column",
+            "Time (%),Total Time (ns),Instances,Range\n1,2,3,x\n",
+            "no column Avg (ns) / Average (ns) / Average",
+        ),
+        (
+            "not a number",
+            "Time (%),Total Time (ns),Instances,Avg (ns),Min (ns),Max (ns),Range\n1,2,3,4,5,6,a\n9,ten,1,1,1,1,b\n",
+            "stats.csv:3:2: column `Total Time (ns)`: expected a non-negative number, found \"ten\"",
+        ),
+        (
+            "fractional count",
+            "Time (%),Total Time (ns),Instances,Avg (ns),Min (ns),Max (ns),Range\n1,2,3.5,4,5,6,a\n",
+            "stats.csv:2:3: column `Instances`: expected a whole count",
+        ),
+        (
+            "ragged row",
+            "Time (%),Total Time (ns),Instances,Avg (ns),Min (ns),Max (ns),Range\n1,2,3\n",
+            "stats.csv:2:1",
+        ),
+    ];
+    for (what, text, want) in cases {
+        let err = parse_nvtx_sum("stats.csv", text).unwrap_err().to_string();
+        assert!(err.contains(want), "{what}: {err}");
+    }
+}
+
+/// The pipeline around nsys on the emulated engine: a profiled run (the workload range and the
+/// emulator's step ranges compiled in when the `nvtx` feature is on), then `nsys stats` through a
+/// stand-in `nsys` (a script that writes the checked-in samples where nsys would), parsed into
+/// `profile/nvtx_sum.csv`, and the report's "Prefill vs decode (NVTX)" section. Nsight Systems
+/// itself is not on this machine: the capture is exercised only where it is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_profile_pipeline_with_a_stand_in_nsys() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let ws = common::workspace();
+    let mut opts = lab::run::BenchOptions::new(ws.path(), Tier::Cpu);
+    opts.engine = EngineKind::Emulated;
+    opts.num_requests = Some(8);
+    opts.request_rate = Some(50.0);
+    opts.progress = false;
+    opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
+    let reports = lab::run::bench(&opts).await.unwrap();
+    let dir = reports[0].dir.clone();
+    assert_eq!(reports[0].summary.completed, 8);
+
+    // No report yet: the error says what is missing, and where.
+    let profile = dir.join("profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let host = StatsHost::Host { nsys: ws.path().join("nsys").display().to_string() };
+    let err = lab::profile::summarize(&host, &profile, "kvlab").unwrap_err().to_string();
+    assert!(err.contains("kvlab.nsys-rep: no Nsight Systems report"), "{err}");
+
+    // The stand-in: `nsys stats ... --output=PREFIX REPORT` writes PREFIX_<report>.csv.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nsys");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do case $a in --output=*) prefix=${{a#--output=}};; esac; done\n\
+         cp {f}/nvtx_sum.csv \"${{prefix}}_nvtx_sum.csv\"\ncp {f}/cuda_gpu_kern_sum.csv \"${{prefix}}_cuda_gpu_kern_sum.csv\"\n",
+        f = fixtures.display()
+    );
+    let nsys = ws.path().join("nsys");
+    std::fs::write(&nsys, script).unwrap();
+    std::fs::set_permissions(&nsys, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(profile.join("kvlab.nsys-rep"), b"stand-in report").unwrap();
+    let summary = lab::profile::summarize(&host, &profile, "kvlab").unwrap();
+    assert_eq!((summary.nvtx.len(), summary.kernels.len()), (6, 3));
+    let written = std::fs::read_to_string(profile.join("nvtx_sum.csv")).unwrap();
+    assert!(written.starts_with("range,side,phase,style,instances,total_ns"), "{written}");
+
+    let data = report::RunData::load(&dir).unwrap();
+    report::write_report(&[data], &dir).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let section = &md[md.find("## Prefill vs decode (NVTX)").expect("the NVTX section")..];
+    // Client: 8240 ms prefill, 6100 ms decode (57.5% / 42.5%); engine steps by phase.
+    assert!(section.contains("| client | prefill | 96 | 8240.000 | 57.5% |"), "{section}");
+    assert!(section.contains("| client | decode | 96 | 6100.000 | 42.5% |"), "{section}");
+    assert!(section.contains("| engine | decode | 1450 | 1620.000 | 49.7% |"), "{section}");
+    assert!(section.contains("| engine | prefill | 48 | 1040.000 | 31.9% |"), "{section}");
+    assert!(section.contains("| engine | mixed | 40 | 600.000 | 18.4% |"), "{section}");
+    assert!(!section.contains("| other |"), "the workload range is not a phase: {section}");
+    let (p, d) = (section.find("| client | prefill").unwrap(), section.find("| client | decode").unwrap());
+    assert!(p < d, "prefill before decode: {section}");
+
+    // An unprofiled run has no such section.
+    let plain = reports[0].dir.parent().unwrap().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    for f in ["summary.json", "requests.jsonl", "run.toml"] {
+        std::fs::copy(dir.join(f), plain.join(f)).unwrap();
+    }
+    report::write_report(&[report::RunData::load(&plain).unwrap()], &plain).unwrap();
+    assert!(!std::fs::read_to_string(plain.join("report.md")).unwrap().contains("Prefill vs decode"));
+}

@@ -1,0 +1,121 @@
+//! Reading the line files a run appends to (`requests.jsonl`, `samples/*.csv`), which a killed
+//! run may leave with a torn last line.
+//!
+//! Invariant: only the last line can be torn, and only when the text does not end in `\n`
+//! (writers end every line with `\n` and flush per line). A torn line is reported, never an
+//! error; any other malformed line is an error naming its 1-based line.
+
+use serde::de::DeserializeOwned;
+
+/// The text after the last `\n`, when the text does not end in one: a line a killed writer may
+/// have left half-written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornLine {
+    /// Its 1-based line number.
+    pub line: usize,
+    /// Its length in bytes.
+    pub bytes: usize,
+}
+
+impl TornLine {
+    /// The warning every reader prints: `file:line: torn last line (N bytes) skipped ...`.
+    pub fn warning(&self, file: &str) -> String {
+        format!(
+            "{file}:{}: torn last line ({} bytes, no newline: the writer was killed while writing it) skipped",
+            self.line, self.bytes
+        )
+    }
+}
+
+/// Splits `text` into its complete lines and an unterminated last line (if any, and not blank).
+pub fn split_torn_tail(text: &str) -> (&str, Option<(&str, TornLine)>) {
+    if text.is_empty() || text.ends_with('\n') {
+        return (text, None);
+    }
+    let cut = text.rfind('\n').map_or(0, |i| i + 1);
+    let tail = &text[cut..];
+    if tail.trim().is_empty() {
+        return (text, None);
+    }
+    let line = text[..cut].matches('\n').count() + 1;
+    (&text[..cut], Some((tail, TornLine { line, bytes: tail.len() })))
+}
+
+/// A malformed JSON line that is not a torn last line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct JsonlError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// The parsed lines of a JSON Lines text: `(1-based line, value)`, blank lines left out.
+#[derive(Debug, Clone)]
+pub struct JsonLines<T> {
+    pub items: Vec<(usize, T)>,
+    /// The unterminated last line that did not parse, skipped.
+    pub torn: Option<TornLine>,
+}
+
+/// Parses every line of `text` as a `T`. An unterminated last line that does not parse is
+/// skipped and reported in [`JsonLines::torn`] (one that parses is kept: a file edited by hand
+/// may lack its final newline); any other line that does not parse is an error.
+pub fn parse_json_lines<T: DeserializeOwned>(text: &str) -> Result<JsonLines<T>, JsonlError> {
+    let (complete, tail) = split_torn_tail(text);
+    let mut items = Vec::new();
+    for (i, line) in complete.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value =
+            serde_json::from_str(line).map_err(|e| JsonlError { line: i + 1, message: e.to_string() })?;
+        items.push((i + 1, value));
+    }
+    let mut torn = None;
+    if let Some((tail, t)) = tail {
+        match serde_json::from_str(tail) {
+            Ok(value) => items.push((t.line, value)),
+            Err(_) => torn = Some(t),
+        }
+    }
+    Ok(JsonLines { items, torn })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_last_line_is_skipped_and_reported() {
+        let got = parse_json_lines::<serde_json::Value>("{\"a\":1}\n\n{\"a\":2}\n{\"a\":").unwrap();
+        assert_eq!(got.items.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(got.torn, Some(TornLine { line: 4, bytes: 5 }));
+        assert_eq!(
+            got.torn.unwrap().warning("r.jsonl"),
+            "r.jsonl:4: torn last line (5 bytes, no newline: the writer was killed while writing it) skipped"
+        );
+    }
+
+    #[test]
+    fn complete_unterminated_line_is_kept() {
+        let got = parse_json_lines::<serde_json::Value>("{\"a\":1}\n{\"a\":2}").unwrap();
+        assert_eq!(got.items.len(), 2);
+        assert_eq!(got.torn, None);
+    }
+
+    #[test]
+    fn a_bad_line_before_the_end_is_an_error() {
+        let err = parse_json_lines::<serde_json::Value>("{\"a\":1}\n{\"a\":\n{\"a\":2}\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        let err = parse_json_lines::<serde_json::Value>("{\"a\":\n").unwrap_err();
+        assert_eq!(err.line, 1, "a terminated line was written whole: not torn");
+    }
+
+    #[test]
+    fn split() {
+        assert_eq!(split_torn_tail("a\nb\n"), ("a\nb\n", None));
+        assert_eq!(split_torn_tail("a\nb"), ("a\n", Some(("b", TornLine { line: 2, bytes: 1 }))));
+        assert_eq!(split_torn_tail("a\n  "), ("a\n  ", None));
+        assert_eq!(split_torn_tail(""), ("", None));
+    }
+}

@@ -1,0 +1,388 @@
+//! `cargo xtask images`: kvlab's OCI images, built here with docker or podman.
+//!
+//! `base` is a minimal Debian from `debootstrap --variant=minbase`, loaded with `import` as
+//! `kvlab/base:bookworm`; it is tagged with a hash of its recipe and rebuilt only when that
+//! changes. `lab`, `llamacpp` and `emulator` build FROM it (build argument `BASE_IMAGE`; with
+//! `--upstream`, FROM the Containerfiles' pinned upstream bases instead). Binaries are not built in
+//! images: this very program (release) is copied in, with `configs/`. `vllm-lmcache` builds FROM
+//! the pinned vLLM image and so needs a registry; it is built only when named.
+//!
+//! Each image's build context is staged under `target/kvlab-images/<name>/` with exactly the files
+//! its Containerfile copies, so contexts stay small and the layer cache holds across runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use lab::engine::docker::{image_build, image_build_args, BaseRecipe, ImageBuild, ImagesConfig, KvlabImage};
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ImagesArgs {
+    /// Images to build: base, lab, llamacpp, emulator, vllm-lmcache (default: all but vllm-lmcache,
+    /// which needs the upstream vLLM image from a registry).
+    pub(crate) images: Vec<String>,
+    /// Print the commands instead of running them.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Build FROM the Containerfiles' pinned upstream bases (a machine that can pull) instead of
+    /// the local debootstrap base.
+    #[arg(long)]
+    pub(crate) upstream: bool,
+}
+
+/// How long each image took (for CI's log).
+#[derive(Debug, Clone)]
+pub(crate) struct Built {
+    pub(crate) image: KvlabImage,
+    pub(crate) seconds: f64,
+    pub(crate) cached: bool,
+}
+
+pub(crate) fn run(args: ImagesArgs) -> Result<()> {
+    let mut wanted = Vec::new();
+    for name in &args.images {
+        wanted.push(name.parse::<KvlabImage>()?);
+    }
+    if wanted.is_empty() {
+        wanted = vec![KvlabImage::Base, KvlabImage::Lab, KvlabImage::Llamacpp, KvlabImage::Emulator];
+    }
+    let built = build(&wanted, args.upstream, args.dry_run)?;
+    if args.dry_run {
+        return Ok(());
+    }
+    for b in built {
+        println!("{}: {:.1} s{}", b.image.repository(), b.seconds, if b.cached { " (cached)" } else { "" });
+    }
+    Ok(())
+}
+
+/// The runtime: docker or podman, whichever is on PATH (docker first).
+fn runtime() -> Option<String> {
+    lab::engine::HostProbe::detect().container_runtime
+}
+
+fn config(runtime: &str, upstream: bool) -> ImagesConfig {
+    let root = crate::workspace_root();
+    let git_rev = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&root)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    ImagesConfig {
+        runtime: runtime.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_rev,
+        local_base: (!upstream).then(|| BaseRecipe::default().tag()),
+        containers_dir: root.join("containers"),
+        context_dir: root.join("target/kvlab-images"),
+    }
+}
+
+/// Builds `wanted` (the base first when a local image needs it); returns the time of each.
+pub(crate) fn build(wanted: &[KvlabImage], upstream: bool, dry_run: bool) -> Result<Vec<Built>> {
+    let rt = match (runtime(), dry_run) {
+        (Some(rt), _) => rt,
+        (None, true) => "docker".to_owned(),
+        (None, false) => bail!(
+            "neither docker nor podman is on PATH; install Docker (https://docs.docker.com/engine/install/) \
+             or Podman to build kvlab's images"
+        ),
+    };
+    let cfg = config(&rt, upstream);
+    let mut order: Vec<KvlabImage> = wanted.to_vec();
+    if !upstream && order.iter().any(|i| i.uses_local_base()) {
+        order.push(KvlabImage::Base);
+    }
+    order.sort();
+    order.dedup();
+    if upstream {
+        order.retain(|i| *i != KvlabImage::Base || wanted.contains(&KvlabImage::Base));
+    }
+    if !dry_run {
+        check_daemon(&rt)?;
+    }
+    let mut built = Vec::new();
+    for image in order {
+        let start = Instant::now();
+        let cached = if image == KvlabImage::Base {
+            base(&rt, &cfg.context_dir, dry_run)?
+        } else {
+            let b = image_build(image, &cfg).context("an image without a Containerfile")?;
+            if dry_run {
+                println!("# stage {} ({})", b.context.display(), staged_files(image).join(", "));
+            } else {
+                stage(image, &b.context)?;
+            }
+            containerfile(&rt, &b, dry_run)?;
+            false
+        };
+        built.push(Built { image, seconds: start.elapsed().as_secs_f64(), cached });
+    }
+    Ok(built)
+}
+
+fn check_daemon(rt: &str) -> Result<()> {
+    let out = Command::new(rt)
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not run `{rt}`"))?;
+    if !out.status.success() {
+        bail!(
+            "the {rt} daemon is not running or not reachable ({}); start it to build images",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The files each build context holds (what its Containerfile copies).
+fn staged_files(image: KvlabImage) -> Vec<&'static str> {
+    match image {
+        KvlabImage::Base | KvlabImage::VllmLmcache => vec![],
+        KvlabImage::Lab => vec!["kvlab", "configs/"],
+        KvlabImage::Emulator => vec!["kvlab", "configs/", "emulator-entrypoint.sh"],
+        KvlabImage::Llamacpp => vec!["serve_llamacpp.py", "llamacpp-entrypoint.sh", "tiny.gguf", "wheels/"],
+    }
+}
+
+/// Builds the debootstrap base unless an image with the same recipe hash exists. `true`: cached.
+fn base(rt: &str, work: &Path, dry_run: bool) -> Result<bool> {
+    let recipe = BaseRecipe::default();
+    let rootfs = work.join("rootfs");
+    let debootstrap = recipe.debootstrap(&rootfs);
+    let tar = recipe.tar(&rootfs);
+    let import = recipe.import(rt);
+    if dry_run {
+        println!("{}", shell(&debootstrap.program, &debootstrap.args));
+        println!("rm -rf {0}/var/cache/apt/archives/*.deb {0}/var/lib/apt/lists/*", rootfs.display());
+        println!("{} | {}", shell(&tar.program, &tar.args), shell(&import.program, &import.args));
+        println!("{rt} tag {} {}", recipe.hash_tag(), recipe.tag());
+        return Ok(false);
+    }
+    let label = Command::new(rt)
+        .args(["image", "inspect", "--format", "{{index .Config.Labels \"kvlab.inputs\"}}", &recipe.tag()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("inspecting the base image")?;
+    if label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == recipe.input_hash() {
+        println!("{} is up to date ({})", recipe.tag(), recipe.hash_tag());
+        return Ok(true);
+    }
+    if lab::engine::find_on_path("debootstrap").is_none() {
+        bail!("debootstrap is missing: apt-get install debootstrap (it builds the kvlab/base image)");
+    }
+    if rootfs.exists() {
+        std::fs::remove_dir_all(&rootfs).with_context(|| format!("removing {}", rootfs.display()))?;
+    }
+    std::fs::create_dir_all(work)?;
+    println!("$ {}", shell(&debootstrap.program, &debootstrap.args));
+    let status = Command::new(&debootstrap.program)
+        .args(&debootstrap.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .context("running debootstrap")?;
+    if !status.success() {
+        bail!("debootstrap failed ({status}); it needs root and Debian's mirror ({})", recipe.mirror);
+    }
+    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        let d = rootfs.join(dir);
+        for entry in std::fs::read_dir(&d).with_context(|| d.display().to_string())?.flatten() {
+            if entry.path().is_file() {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    println!("$ {} | {}", shell(&tar.program, &tar.args), shell(&import.program, &import.args));
+    let mut tar_child =
+        Command::new(&tar.program).args(&tar.args).stdout(Stdio::piped()).spawn().context("running tar")?;
+    let tar_out = tar_child.stdout.take().context("tar's stdout")?;
+    let imported = Command::new(&import.program)
+        .args(&import.args)
+        .stdin(Stdio::from(tar_out))
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running `{rt} import`"))?;
+    let tarred = tar_child.wait()?;
+    if !tarred.success() || !imported.success() {
+        bail!("loading the base failed (tar: {tarred}, {rt} import: {imported})");
+    }
+    run_cmd(rt, &["tag".to_owned(), recipe.hash_tag(), recipe.tag()])?;
+    std::fs::remove_dir_all(&rootfs).with_context(|| format!("removing {}", rootfs.display()))?;
+    Ok(false)
+}
+
+/// Fills the build context of `image` with the files its Containerfile copies.
+fn stage(image: KvlabImage, ctx: &Path) -> Result<()> {
+    let root = crate::workspace_root();
+    if ctx.exists() {
+        std::fs::remove_dir_all(ctx).with_context(|| format!("removing {}", ctx.display()))?;
+    }
+    std::fs::create_dir_all(ctx)?;
+    let containers = root.join("containers");
+    match image {
+        KvlabImage::Base | KvlabImage::VllmLmcache => {}
+        KvlabImage::Lab | KvlabImage::Emulator => {
+            let exe = std::env::current_exe().context("locating this program to copy it into the image")?;
+            if cfg!(debug_assertions) {
+                eprintln!("warning: copying a debug build into the image; `cargo xtask` builds release");
+            }
+            copy_binary(&exe, &ctx.join("kvlab"))?;
+            copy_dir(&root.join("configs"), &ctx.join("configs"))?;
+            if image == KvlabImage::Emulator {
+                copy(&containers.join("emulator-entrypoint.sh"), &ctx.join("emulator-entrypoint.sh"))?;
+            }
+        }
+        KvlabImage::Llamacpp => {
+            std::fs::write(ctx.join("serve_llamacpp.py"), lab::engine::llamacpp::SERVE_SCRIPT)?;
+            copy(&containers.join("llamacpp-entrypoint.sh"), &ctx.join("llamacpp-entrypoint.sh"))?;
+            copy(&tiny_model(&root)?, &ctx.join("tiny.gguf"))?;
+            download_wheel(&root, &ctx.join("wheels"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The host's Python for the llama.cpp engine (`KVLAB_PYTHON`, `.venv`, else `python3`).
+fn host_python(root: &Path) -> PathBuf {
+    std::env::var_os("KVLAB_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| Some(root.join(".venv/bin/python")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Downloads the pinned xllamacpp wheel into `dest` with the host's pip (its cache and
+/// certificates apply). The wheel is abi3 (CPython 3.10 and later, manylinux2014), so bookworm's
+/// Python 3.11 takes it whatever the host's Python version.
+fn download_wheel(root: &Path, dest: &Path) -> Result<()> {
+    let python = host_python(root);
+    let spec = format!("xllamacpp=={}", lab::engine::llamacpp::XLLAMACPP_VERSION);
+    let status = Command::new(&python)
+        .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps"])
+        .args(["--only-binary=:all:", "--dest"])
+        .arg(dest)
+        .arg(&spec)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {} -m pip", python.display()))?;
+    if !status.success() {
+        bail!(
+            "`{} -m pip download {spec}` failed ({status}); the llamacpp image needs that wheel",
+            python.display()
+        );
+    }
+    Ok(())
+}
+
+/// The generated tiny GGUF (`.kvlab/models/tiny.gguf`), generated when missing.
+fn tiny_model(root: &Path) -> Result<PathBuf> {
+    let model = std::env::var_os("KVLAB_LLAMACPP_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".kvlab/models/tiny.gguf"));
+    if model.is_file() {
+        return Ok(model);
+    }
+    let python =
+        std::env::var_os("KVLAB_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
+    if !python.is_file() {
+        bail!(
+            "the llamacpp image needs the tiny model {} and there is no Python to generate it ({}); run \
+             `cargo xtask ci` once, or {}",
+            model.display(),
+            python.display(),
+            lab::engine::llamacpp::setup_hint()
+        );
+    }
+    if let Some(dir) = model.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let status = Command::new(&python)
+        .arg(root.join("crates/lab/python/gen_model.py"))
+        .arg(&model)
+        .status()
+        .context("running gen_model.py")?;
+    if !status.success() {
+        bail!("gen_model.py failed ({status}); it needs the gguf and numpy packages");
+    }
+    Ok(model)
+}
+
+fn containerfile(rt: &str, b: &ImageBuild, dry_run: bool) -> Result<()> {
+    let args = image_build_args(b);
+    if dry_run {
+        println!("{}", shell(rt, &args));
+        return Ok(());
+    }
+    println!("$ {}", shell(rt, &args));
+    run_cmd(rt, &args).with_context(|| format!("building {}", b.image.repository()))
+}
+
+fn run_cmd(program: &str, args: &[String]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("could not run `{program}`"))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", shell(program, args));
+    }
+    Ok(())
+}
+
+/// A command as a shell line (arguments with spaces or quotes single-quoted).
+pub(crate) fn shell(program: &str, args: &[String]) -> String {
+    let mut line = program.to_owned();
+    for a in args {
+        line.push(' ');
+        if a.is_empty() || a.contains([' ', '"', '\'', '$', '*']) {
+            line.push_str(&format!("'{}'", a.replace('\'', r"'\''")));
+        } else {
+            line.push_str(a);
+        }
+    }
+    line
+}
+
+/// Copies the program without its debug info (`strip`, where binutils is installed): a smaller
+/// image, the same code.
+fn copy_binary(from: &Path, to: &Path) -> Result<()> {
+    if lab::engine::find_on_path("strip").is_some() {
+        let status = Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(to)
+            .arg(from)
+            .status()
+            .context("running strip")?;
+        if status.success() {
+            return Ok(());
+        }
+    }
+    copy(from, to)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| from.display().to_string())? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            copy(&entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Faults against the real command line: `cargo xtask bench` as a child process stopped by
+//! SIGTERM, SIGINT and SIGKILL, an engine process killed mid-run, and what `report` and `sim`
+//! make of the partial directory. The tests also read `/proc` while the run is live: no socket of
+//! the run listens beyond 127.0.0.1, and a planted HF_TOKEN is on no command line or output.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "hf_faultsPlantedToken4242";
+
+fn xtask() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.env("HF_TOKEN", TOKEN).env_remove("KVLAB_REDIS_URL");
+    cmd
+}
+
+/// A child killed (and reaped) on drop, its output collected on [`Run::finish`].
+struct Run {
+    child: Child,
+}
+
+impl Run {
+    fn spawn(cmd: &mut Command) -> Run {
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        Run { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -s {sig}");
+    }
+
+    /// Waits up to `limit` for the exit; returns (exit success, stdout + stderr, time waited).
+    fn finish(mut self, limit: Duration) -> (Option<i32>, String, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+                self.child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+                return (status.code(), out, start.elapsed());
+            }
+            assert!(start.elapsed() < limit, "the process did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The one result directory under `out`, once it holds `n` finished requests.
+fn wait_for_records(out: &Path, n: usize, limit: Duration) -> PathBuf {
+    let start = Instant::now();
+    loop {
+        let dirs: Vec<PathBuf> = std::fs::read_dir(out)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        for dir in dirs {
+            let lines =
+                std::fs::read_to_string(dir.join("requests.jsonl")).unwrap_or_default().lines().count();
+            if lines >= n {
+                return dir;
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "fewer than {n} requests finished under {} in {limit:?}",
+            out.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn bench_args(out: &Path, label: &str, n: u32, rate: u32) -> Vec<String> {
+    [
+        "bench",
+        "--engine",
+        "emulated",
+        "--tier",
+        "baseline",
+        "--workload",
+        "random",
+        "--prompt-len",
+        "64",
+        "--gen-len",
+        "8",
+        "--num-requests",
+        &n.to_string(),
+        "--request-rate",
+        &rate.to_string(),
+        "--seed",
+        "3",
+        "--label",
+        label,
+        "--out",
+        &out.display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Checks an interrupted directory: the summary counts exactly the records and says interrupted.
+fn assert_interrupted(dir: &Path) {
+    let lines = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap().lines().count() as u64;
+    let summary = json(&dir.join("summary.json"));
+    assert_eq!(summary["interrupted"], true, "summary.json: {summary}");
+    let counted = summary["completed"].as_u64().unwrap() + summary["failed"].as_u64().unwrap();
+    assert_eq!(counted, lines, "completed + failed = lines of requests.jsonl");
+    assert_eq!(json(&dir.join("env.json"))["interrupted"], true);
+}
+
+/// SIGTERM and SIGINT stop a live run within 5 s, with a summary of what finished.
+#[test]
+fn sigterm_and_sigint_stop_a_run_within_5_s() {
+    for sig in ["TERM", "INT"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let run = Run::spawn(xtask().args(bench_args(&out, sig, 100_000, 50)));
+        let dir = wait_for_records(&out, 5, Duration::from_secs(120));
+        let sent = Instant::now();
+        run.signal(sig);
+        let (code, output, waited) = run.finish(Duration::from_secs(30));
+        eprintln!("SIG{sig}: the run stopped {:.3} s after the signal", sent.elapsed().as_secs_f64());
+        assert!(waited < Duration::from_secs(5), "SIG{sig}: stopped after {waited:?}\n{output}");
+        assert_ne!(code, Some(0), "an interrupted run exits non-zero\n{output}");
+        assert!(output.contains("interrupted"), "SIG{sig}: {output}");
+        assert_interrupted(&dir);
+        assert!(!output.contains(TOKEN));
+    }
+}
+
+/// SIGKILL mid-run: `requests.jsonl` keeps every finished request; a torn last line is skipped
+/// with a warning by `report` (which marks the run incomplete) and by `sim`.
+#[test]
+fn sigkill_leaves_a_directory_that_report_and_sim_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = Run::spawn(xtask().args(bench_args(&out, "killed", 100_000, 50)));
+    let dir = wait_for_records(&out, 10, Duration::from_secs(120));
+    run.signal("KILL");
+    let _ = run.finish(Duration::from_secs(10));
+    assert!(!dir.join("summary.json").exists(), "a killed run wrote no summary");
+    let text = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap();
+    assert!(text.ends_with('\n'));
+    let whole = text.lines().count();
+    // What a kill in the middle of a write leaves.
+    std::fs::write(dir.join("requests.jsonl"), format!("{text}{{\"v\":1,\"id\":99999,\"warm")).unwrap();
+
+    let report = xtask().args(["report", &dir.display().to_string()]).output().unwrap();
+    let output =
+        format!("{}{}", String::from_utf8_lossy(&report.stdout), String::from_utf8_lossy(&report.stderr));
+    assert!(report.status.success(), "{output}");
+    assert!(output.contains("torn last line"), "{output}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("INCOMPLETE"), "{md}");
+    assert!(md.contains(&format!("{whole} requests that finished")), "{md}");
+
+    let sim_out = tmp.path().join("sim");
+    let sim = xtask()
+        .args(["sim", "--trace", &dir.join("requests.jsonl").display().to_string(), "--out"])
+        .arg(&sim_out)
+        .output()
+        .unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&sim.stdout), String::from_utf8_lossy(&sim.stderr));
+    assert!(sim.status.success(), "{output}");
+    assert!(output.contains("torn last line"), "{output}");
+}
+
+/// The engine (`serve`, a separate process, driven with `--engine external`) is killed mid-run:
+/// the run notices, records when, classifies the requests in flight and exits non-zero.
+#[test]
+fn engine_killed_mid_run_is_recorded_and_fails_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut serve = Run::spawn(xtask().args(["serve", "--tier", "baseline"]));
+    let mut stdout = serve.child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let url = loop {
+        let mut b = [0u8; 1];
+        assert_eq!(stdout.read(&mut b).unwrap(), 1, "serve exited: {}", String::from_utf8_lossy(&seen));
+        seen.push(b[0]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(rest) = text.split("listening on ").nth(1) {
+            if let Some(url) = rest.split(';').next().filter(|_| rest.contains(';')) {
+                break url.to_owned();
+            }
+        }
+    };
+    let out = tmp.path().join("out");
+    let mut args = bench_args(&out, "crash", 100_000, 50);
+    args[2] = "external".to_owned();
+    args.extend(["--url".to_owned(), url]);
+    let bench = Run::spawn(xtask().args(&args));
+    let dir = wait_for_records(&out, 10, Duration::from_secs(120));
+    let killed = Instant::now();
+    serve.signal("KILL");
+    let (code, output, _) = bench.finish(Duration::from_secs(30));
+    eprintln!("the run ended {:.3} s after the engine was killed", killed.elapsed().as_secs_f64());
+    assert_ne!(code, Some(0), "{output}");
+    assert!(output.contains("exited") && output.contains("into the run"), "{output}");
+    let env = json(&dir.join("env.json"));
+    let at = env["engine_exited_at_s"].as_f64().unwrap_or_else(|| panic!("env.json: {env}"));
+    let summary = json(&dir.join("summary.json"));
+    assert_eq!(summary["engine_exited_at_s"].as_f64(), Some(at));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("requests.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let counted = summary["completed"].as_u64().unwrap() + summary["failed"].as_u64().unwrap();
+    assert_eq!(counted, records.len() as u64);
+    let failed: Vec<&serde_json::Value> = records.iter().filter(|r| !r["error"].is_null()).collect();
+    assert!(!failed.is_empty(), "the requests after the crash failed");
+    for r in &failed {
+        let class = r["error"]["class"].as_str().unwrap_or_default();
+        assert!(["connect", "stream_cut"].contains(&class), "classified as connect or stream_cut: {r}");
+    }
+    assert!(dir.join("engine.log").is_file(), "engine.log is kept");
+}
+
+/// Listening TCP sockets (state 0A) of `pid` as (address hex, port): from /proc/net/tcp{,6}
+/// and the socket inodes among the process's file descriptors.
+fn listening_sockets(pid: u32) -> Vec<(String, u16)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let link = std::fs::read_link(e.ok()?.path()).ok()?;
+                let link = link.to_string_lossy();
+                Some(link.strip_prefix("socket:[")?.trim_end_matches(']').to_owned())
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
+                continue;
+            }
+            let (addr, port) = f[1].split_once(':').unwrap();
+            out.push((addr.to_owned(), u16::from_str_radix(port, 16).unwrap()));
+        }
+    }
+    out
+}
+
+/// During a live run: every server of the run listens on 127.0.0.1 only, and the planted
+/// HF_TOKEN is on no process's command line, in no output and in no result file.
+#[test]
+fn a_live_run_listens_on_loopback_and_keeps_the_token_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = Run::spawn(xtask().args(bench_args(&out, "secure", 100_000, 50)));
+    let dir = wait_for_records(&out, 5, Duration::from_secs(120));
+    let sockets = listening_sockets(run.pid());
+    assert!(!sockets.is_empty(), "the in-process engine listens");
+    for (addr, port) in &sockets {
+        assert_eq!(addr, "0100007F", "port {port} listens on {addr}, not 127.0.0.1");
+    }
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(TOKEN),
+                "HF_TOKEN on {:?}'s command line",
+                e.path()
+            );
+        }
+    }
+    run.signal("TERM");
+    let (_, output, _) = run.finish(Duration::from_secs(30));
+    assert!(!output.contains(TOKEN), "HF_TOKEN in the output");
+    for f in walk(&dir) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(!text.contains(TOKEN), "HF_TOKEN in {}", f.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
