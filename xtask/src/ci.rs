@@ -98,7 +98,7 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
 
     step("cargo test");
     let test_args = &args.test_args;
-    cmd!(sh, "cargo test --workspace --locked --features {NVTX_FEATURES} {test_args...}")
+    cmd!(sh, "cargo test --workspace --locked --no-fail-fast --features {NVTX_FEATURES} {test_args...}")
         .env("KVLAB_REDIS_URL", redis.url())
         .env("KVLAB_PYTHON", &py.python)
         .env("KVLAB_LLAMACPP_MODEL", &py.model)

@@ -257,6 +257,8 @@ async fn serve_http(
         // As uvicorn (asyncio) does: without it, a response written in two parts waits for the
         // client's delayed ACK (40 ms) and every streamed token can be held back by Nagle.
         let _ = tcp.set_nodelay(true);
+        // A second handle on the socket outlives hyper's, for the lingering close below.
+        let Some((tcp, linger)) = with_second_handle(tcp) else { continue };
         let service = TowerToHyperService::new(app.clone());
         let mut signal = signal_rx.clone();
         let close = close_rx.clone();
@@ -272,6 +274,7 @@ async fn serve_http(
                     let _ = conn.as_mut().await;
                 }
             }
+            lingering_close(linger).await;
             drop(permit);
             drop(close);
         });
@@ -280,6 +283,36 @@ async fn serve_http(
     let _ = signal_tx.send(true);
     drop(close_rx);
     close_tx.closed().await;
+}
+
+/// The stream for hyper, and a duplicate handle on the same socket that keeps it open after
+/// hyper drops its own (`None` when the socket cannot be duplicated: the connection is dropped).
+fn with_second_handle(tcp: tokio::net::TcpStream) -> Option<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std = tcp.into_std().ok()?;
+    let second = std.try_clone().ok()?;
+    Some((tokio::net::TcpStream::from_std(std).ok()?, second))
+}
+
+/// Lingering close, as nginx and Apache do it: when the client is still sending (a body the
+/// server refused with 413 without reading it), read and discard for up to a second before
+/// closing. Closing a socket with unread input sends a reset, which can destroy the response
+/// before the client reads it. A connection with nothing pending closes at once.
+async fn lingering_close(sock: std::net::TcpStream) {
+    use std::io::Read as _;
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 16 * 1024];
+    // The handle is non-blocking: `WouldBlock` means nothing is pending.
+    match (&sock).read(&mut buf) {
+        Ok(n) if n > 0 => {}
+        _ => return,
+    }
+    let Ok(mut tcp) = tokio::net::TcpStream::from_std(sock) else { return };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Serves the emulated engine on `listener` until `shutdown` completes.

@@ -539,7 +539,12 @@ pub(crate) async fn run_point(
         )));
     }
     eprintln!("kvlab: {reason}");
-    let emulated = engine_kind == EngineKind::Emulated;
+    // An engine image says what it holds: the emulator in a container is still emulated.
+    let image_traits = match (engine_kind, opts.image.as_deref()) {
+        (EngineKind::Docker, Some(image)) => engine::docker::image_traits(image),
+        _ => engine::docker::ImageTraits::default(),
+    };
+    let emulated = engine_kind == EngineKind::Emulated || image_traits.emulated;
 
     let configs = opts.root.join("configs");
     let tier = TierConfig::load(&configs, point.tier)?;
@@ -610,9 +615,7 @@ pub(crate) async fn run_point(
         warmup: point.warmup.unwrap_or(0),
         time_limit_s: point.time_limit_s,
         seed: point.seed.unwrap_or(0),
-        text_prompts: engine_kind == EngineKind::Llamacpp
-            || (engine_kind == EngineKind::Docker
-                && opts.image.as_deref().is_some_and(engine::docker::image_wants_text_prompts)),
+        text_prompts: engine_kind == EngineKind::Llamacpp || image_traits.text_prompts,
     };
     let redis_url = (point.tier == Tier::Redis)
         .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()));

@@ -126,6 +126,7 @@ async fn llamacpp_image_end_to_end() {
     for rec in records(&long.dir) {
         assert_eq!(rec.prompt_tokens, Some(2049), "text prompts: 1 BOS + 1 token per character");
     }
+    assert!(!short.emulated, "real llama.cpp in a container is not emulated");
     let (t_short, t_long) = (short.summary.median_ttft_ms, long.summary.median_ttft_ms);
     eprintln!("container median TTFT: {t_short:.1} ms at 128 tokens, {t_long:.1} ms at 2048");
     assert!(
@@ -171,6 +172,11 @@ async fn emulator_image_disk_tier_on_a_volume() {
     let writes = lines.filter_map(|l| l.split(',').nth(idx)?.parse::<f64>().ok()).fold(0.0, f64::max);
     assert!(writes > 0.0, "samples/disk.csv shows no writes (the volume holds {stored} bytes)");
     assert!(r.summary.cached_tokens_total > 0, "a shared-prefix workload hits the cache");
+    // The image's `kvlab.engine=emulated` label keeps its numbers labelled emulated.
+    assert!(r.emulated, "an emulator image's run must say emulated");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["emulated"], serde_json::Value::Bool(true), "summary.json of an emulator image");
     assert_no_secret(ws.path());
 }
 

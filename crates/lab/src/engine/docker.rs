@@ -41,6 +41,8 @@ pub const CONTAINER_PORT: u16 = 8000;
 /// The image label by which an engine image asks for text prompts (one character per token)
 /// instead of token ids: `kvlab.prompts=text` (the llama.cpp image's tiny model).
 pub const LABEL_PROMPTS: &str = "kvlab.prompts";
+/// The image label naming the engine inside (`emulated` marks a run emulated).
+pub const LABEL_ENGINE: &str = "kvlab.engine";
 
 /// Everything `docker run` needs. Pure data: [`docker_run_args`] turns it into arguments.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,17 +199,31 @@ pub fn engine_env(e: &EngineEnv) -> Result<String> {
     Ok(text)
 }
 
-/// Whether `image` asks for text prompts (label `kvlab.prompts=text`). `false` when the image or
-/// the runtime is missing: the launcher then reports that clearly.
-pub fn image_wants_text_prompts(image: &str) -> bool {
-    let Some(runtime) = super::HostProbe::detect().container_runtime else { return false };
-    let format = format!("{{{{index .Config.Labels \"{LABEL_PROMPTS}\"}}}}");
-    std::process::Command::new(runtime)
-        .args(["image", "inspect", "--format", &format, image])
+/// What an engine image says about itself through its labels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageTraits {
+    /// `kvlab.prompts=text`: the engine wants text prompts (a small-vocabulary model rejects ids).
+    pub text_prompts: bool,
+    /// `kvlab.engine=emulated`: the image runs the emulated engine, so its numbers are emulated.
+    pub emulated: bool,
+}
+
+/// Reads the image's labels (`docker image inspect`); an image that cannot be inspected has none.
+pub fn image_traits(image: &str) -> ImageTraits {
+    let Some(runtime) = super::HostProbe::detect().container_runtime else { return ImageTraits::default() };
+    let out = std::process::Command::new(runtime)
+        .args(["image", "inspect", "--format", "{{json .Config.Labels}}", image])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "text")
+        .output();
+    let labels: std::collections::BTreeMap<String, String> = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_default(),
+        _ => return ImageTraits::default(),
+    };
+    ImageTraits {
+        text_prompts: labels.get(LABEL_PROMPTS).is_some_and(|v| v == "text"),
+        emulated: labels.get(LABEL_ENGINE).is_some_and(|v| v == "emulated"),
+    }
 }
 
 /// A running container: `docker rm --force` on stop or drop; `docker logs -f` feeds engine.log.
