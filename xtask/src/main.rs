@@ -17,6 +17,12 @@ mod soak;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc: the engine and the load generator open and close
+/// thousands of connections, and glibc's per-thread arenas keep growing across such rounds
+/// (`cargo xtask soak` measures it).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "kvlab: measure LLM serving engines with KV-cache offload")]
 struct Cli {
