@@ -59,16 +59,20 @@ async fn full_disk_and_corrupt_chunks() {
         files += 1;
     }
     assert_eq!(files, 24);
+    // A background store still in flight at the swap may fail too (seen on a loaded machine):
+    // let it land, then count from there.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let before = metric(&metrics(&base).await, "kvlab_tier_errors_total", DISK);
-    assert_eq!(before, 0.0);
+    assert!(before <= 1.0, "{before} errors before any request touched a corrupt chunk");
     let (text, usage) = complete(&base, &doc_prompt(1, 2048, 99), 8).await;
     assert_eq!(text, "abcdefgh");
     // The corrupt chunk was recomputed, not loaded.
     assert!(usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() < 2048);
     // One failed read, then the rewrite of that chunk hits ENOSPC.
-    let m =
-        wait_metrics(&base, "read and write errors", |m| metric(m, "kvlab_tier_errors_total", DISK) >= 2.0)
-            .await;
+    let m = wait_metrics(&base, "read and write errors", |m| {
+        metric(m, "kvlab_tier_errors_total", DISK) >= before + 2.0
+    })
+    .await;
     assert_eq!(metric(&m, "vllm:request_success_total", ""), 5.0);
     // The engine keeps serving.
     let (text, _) = complete(&base, &doc_prompt(7, 100, 0), 3).await;
