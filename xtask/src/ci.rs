@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lab::engine::find_on_path;
 use xshell::{cmd, Shell};
 
 /// The pinned llama.cpp wheel (its `CommonParams` changes between releases).
@@ -64,7 +65,7 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
     let redis = Redis::start(&root).context("starting redis-server for the redis-tier tests")?;
     println!("redis-server on {}", redis.url());
     let py = PythonEngine::ensure(&sh, &root).context("setting up the llama.cpp engine (Python venv)")?;
-    if which("chromium").is_none() {
+    if find_on_path("chromium").is_none() {
         // The HTML report is opened in a real headless browser.
         apt_install(&["chromium"])?;
     }
@@ -76,7 +77,7 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
     println!("slurm: nodes {} up in {:.1} s", slurm.0.nodes.join(","), slurm.0.startup_s);
 
     step("images");
-    if which("debootstrap").is_none() {
+    if find_on_path("debootstrap").is_none() {
         apt_install(&["debootstrap"])?;
     }
     let images = [
@@ -129,7 +130,7 @@ fn nvtx_and_flake(sh: &Shell) -> Result<()> {
     if !tree.trim().is_empty() {
         bail!("a plain `cargo build -p xtask` pulls the nvtx crate (it needs libclang); keep it behind the `nvtx` feature:\n{tree}");
     }
-    if which("nix-instantiate").is_none() {
+    if find_on_path("nix-instantiate").is_none() {
         apt_install(&["nix-bin"])?;
     }
     cmd!(sh, "nix-instantiate --parse flake.nix")
@@ -187,7 +188,7 @@ struct Redis {
 
 impl Redis {
     fn start(root: &Path) -> Result<Redis> {
-        if which("redis-server").is_none() {
+        if find_on_path("redis-server").is_none() {
             apt_install(&["redis-server"])?;
         }
         let port = free_port()?;
@@ -246,7 +247,8 @@ impl PythonEngine {
                 .status()
                 .is_ok_and(|s| s.success());
         if !ready {
-            let py3 = which("python3").context("python3 is missing: apt-get install python3 python3-venv")?;
+            let py3 = find_on_path("python3")
+                .context("python3 is missing: apt-get install python3 python3-venv")?;
             cmd!(sh, "{py3} -m venv {venv}")
                 .run()
                 .context("python3 -m venv failed (apt-get install python3-venv)")?;
@@ -261,11 +263,6 @@ impl PythonEngine {
         cmd!(sh, "{python} {script} {model}").run().context("generating the GGUF model")?;
         Ok(PythonEngine { python, model })
     }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {

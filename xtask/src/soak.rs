@@ -382,9 +382,7 @@ fn parent(args: &SoakArgs) -> anyhow::Result<()> {
 }
 
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    loadgen::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn round_requests(args: &SoakArgs) -> u64 {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::live::{cmdlines_containing, files_under, listening_sockets, LOOPBACK_HEX};
+
 const TOKEN: &str = "hf_faultsPlantedToken4242";
 
 fn xtask() -> Command {
@@ -236,34 +238,6 @@ fn engine_killed_mid_run_is_recorded_and_fails_the_run() {
     assert!(dir.join("engine.log").is_file(), "engine.log is kept");
 }
 
-/// Listening TCP sockets (state 0A) of `pid` as (address hex, port): from /proc/net/tcp{,6}
-/// and the socket inodes among the process's file descriptors.
-fn listening_sockets(pid: u32) -> Vec<(String, u16)> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| {
-                let link = std::fs::read_link(e.ok()?.path()).ok()?;
-                let link = link.to_string_lossy();
-                Some(link.strip_prefix("socket:[")?.trim_end_matches(']').to_owned())
-            })
-            .collect()
-        })
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
-                continue;
-            }
-            let (addr, port) = f[1].split_once(':').unwrap();
-            out.push((addr.to_owned(), u16::from_str_radix(port, 16).unwrap()));
-        }
-    }
-    out
-}
-
 /// During a live run: every server of the run listens on 127.0.0.1 only, and the planted
 /// HF_TOKEN is on no process's command line, in no output and in no result file.
 #[test]
@@ -275,35 +249,14 @@ fn a_live_run_listens_on_loopback_and_keeps_the_token_out() {
     let sockets = listening_sockets(run.pid());
     assert!(!sockets.is_empty(), "the in-process engine listens");
     for (addr, port) in &sockets {
-        assert_eq!(addr, "0100007F", "port {port} listens on {addr}, not 127.0.0.1");
+        assert_eq!(addr, LOOPBACK_HEX, "port {port} listens on {addr}, not 127.0.0.1");
     }
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
-            assert!(
-                !String::from_utf8_lossy(&cmdline).contains(TOKEN),
-                "HF_TOKEN on {:?}'s command line",
-                e.path()
-            );
-        }
-    }
+    assert_eq!(cmdlines_containing(TOKEN), Vec::<PathBuf>::new(), "HF_TOKEN on these command lines");
     run.signal("TERM");
     let (_, output, _) = run.finish(Duration::from_secs(30));
     assert!(!output.contains(TOKEN), "HF_TOKEN in the output");
-    for f in walk(&dir) {
+    for f in files_under(&dir) {
         let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
         assert!(!text.contains(TOKEN), "HF_TOKEN in {}", f.display());
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

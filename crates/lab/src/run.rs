@@ -349,24 +349,9 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// Writes `path` whole or not at all: `.<name>.tmp-<pid>` next to it, synced, then renamed over
-/// it. On an error (a full disk) the temporary file is removed and `path` is left as it was.
+/// [`loadgen::write_atomic`] with the lab's error: whole or not at all.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(LabError::io(path, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        LabError::io(path, e)
-    })
+    loadgen::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
 }
 
 /// Whether process `pid` is gone or a zombie (it exited and waits to be reaped).
@@ -536,6 +521,15 @@ pub(crate) async fn run_point(
     if opts.require_gpu && matches!(engine_kind, EngineKind::Emulated | EngineKind::External) {
         return Err(LabError::Invalid(format!(
             "--require-gpu: engine `{engine_kind}` does not measure a GPU; use --engine vllm-docker or vllm"
+        )));
+    }
+    // Only the emulated engine evicts by conversation (kvcache's policy): refuse it before
+    // anything starts for every other engine.
+    if point.conversation_aware_eviction && engine_kind != EngineKind::Emulated {
+        return Err(LabError::Invalid(format!(
+            "conversation_aware_eviction = true: engine `{engine_kind}` has no conversation-aware \
+             eviction (only the emulated engine does, through kvcache's policy); set it to false \
+             or use --engine emulated"
         )));
     }
     eprintln!("kvlab: {reason}");

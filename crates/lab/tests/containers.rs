@@ -332,10 +332,8 @@ async fn killed_lab_leaves_a_container_that_clean_removes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_lab_leaves_an_engine_process_that_clean_kills() {
     let _turn = ENGINE.lock().await;
-    let python = std::env::var("KVLAB_PYTHON")
-        .expect("KVLAB_PYTHON is not set: this test runs the llama.cpp engine; `cargo xtask ci` sets it");
-    let model = std::env::var("KVLAB_LLAMACPP_MODEL")
-        .expect("KVLAB_LLAMACPP_MODEL is not set; `cargo xtask ci` sets it");
+    let (python, model) = common::real_engine();
+    let (python, model) = (python.display().to_string(), model.display().to_string());
     let engine = ["--engine", "llamacpp", "--python", &python, "--model-path", &model];
     let mut lab = ChildLab::start(&engine, &[]);
     let dir = lab.wait_serving();

@@ -159,34 +159,14 @@ async fn disk_tier_filesystem_full_is_served_by_recompute() {
     server.await.unwrap().unwrap();
 }
 
-const SETUP: &str =
-    "run `cargo xtask ci` (it creates .venv with xllamacpp and the GGUF model and exports both)";
-
-fn llamacpp_env() -> (PathBuf, PathBuf) {
-    let var = |name: &str| match std::env::var_os(name).filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => panic!("{name} is not set: this test needs the llama.cpp engine; {SETUP}"),
-    };
-    (var("KVLAB_PYTHON"), var("KVLAB_LLAMACPP_MODEL"))
-}
-
-/// Options of a llama.cpp run of `n` requests, one at a time.
+/// Options of a llama.cpp run of `n` requests, two at a time.
 pub(crate) fn llamacpp(root: &Path, n: u32) -> BenchOptions {
-    let (python, model) = llamacpp_env();
-    let mut opts = BenchOptions::new(root, Tier::Baseline);
-    opts.engine = EngineKind::Llamacpp;
-    opts.python = Some(python);
-    opts.model_path = Some(model);
-    opts.workload = Some("random".into());
+    let mut opts = common::llamacpp_options(root, Tier::Baseline);
     opts.prompt_len = Some(64);
     opts.gen_len = Some(32);
     opts.num_requests = Some(n);
-    opts.request_rate = Some(f64::INFINITY);
     opts.max_concurrency = Some(2);
     opts.seed = Some(9);
-    opts.progress = false;
-    opts.ready_timeout = Duration::from_secs(120);
-    opts.out = Some(root.join("results"));
     opts
 }
 

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use lab::config::Tier;
 use lab::engine::EngineKind;
@@ -18,36 +17,9 @@ use lab::run::{bench, bench_until, BenchOptions, RunReport};
 
 use common::{assert_no_secret, records, workspace};
 
-const SETUP: &str = "run `cargo xtask ci` (it creates .venv with xllamacpp, gguf and numpy, generates \
-                     .kvlab/models/tiny.gguf with crates/lab/python/gen_model.py, and exports both)";
-
 /// One engine at a time: the tests of this file take turns, so that timings measure one server
 /// on the machine's cores rather than three competing ones.
 static ENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The Python with xllamacpp and the GGUF model, or a panic naming what is missing.
-fn real_engine() -> (PathBuf, PathBuf) {
-    let var = |name: &str, what: &str| -> PathBuf {
-        match std::env::var_os(name).filter(|v| !v.is_empty()) {
-            Some(v) => PathBuf::from(v),
-            None => panic!("{name} is not set: this test needs {what}; {SETUP}"),
-        }
-    };
-    let python = var("KVLAB_PYTHON", "a Python with the xllamacpp package (the llama.cpp engine)");
-    let model = var("KVLAB_LLAMACPP_MODEL", "the generated GGUF model");
-    let import = std::process::Command::new(&python).args(["-c", "import xllamacpp"]).output();
-    match import {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "KVLAB_PYTHON={}: `import xllamacpp` failed ({}); {SETUP}",
-            python.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!("KVLAB_PYTHON={}: cannot run it ({e}); {SETUP}", python.display()),
-    }
-    assert!(model.is_file(), "KVLAB_LLAMACPP_MODEL={}: no such file; {SETUP}", model.display());
-    (python, model)
-}
 
 /// What one run sends: a workload of `n` requests of `prompt_len` characters, one at a time.
 struct Load {
@@ -58,21 +30,13 @@ struct Load {
 }
 
 fn options(root: &Path, load: &Load) -> BenchOptions {
-    let (python, model) = real_engine();
-    let mut opts = BenchOptions::new(root, load.tier);
-    opts.engine = EngineKind::Llamacpp;
-    opts.python = Some(python);
-    opts.model_path = Some(model);
+    let mut opts = common::llamacpp_options(root, load.tier);
     opts.workload = Some(load.workload.to_owned());
     opts.prompt_len = Some(load.prompt_len);
     opts.gen_len = Some(8);
     opts.num_requests = Some(load.n);
-    opts.request_rate = Some(f64::INFINITY);
     opts.max_concurrency = Some(1);
     opts.seed = Some(11);
-    opts.progress = false;
-    opts.ready_timeout = Duration::from_secs(120);
-    opts.out = Some(root.join("results"));
     opts
 }
 

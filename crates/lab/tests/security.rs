@@ -13,59 +13,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lab::config::Tier;
-use lab::engine::EngineKind;
 use lab::run::{bench_until, BenchOptions};
 
 use common::{assert_no_secret, finished_requests_under, processes_mentioning, workspace, TOKEN};
-
-const SETUP: &str =
-    "run `cargo xtask ci` (it creates .venv with xllamacpp and the GGUF model and exports both)";
+use testkit::live::{cmdlines_containing, listening_sockets};
 
 fn options(root: &Path) -> BenchOptions {
-    let var = |name: &str| match std::env::var_os(name).filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => panic!("{name} is not set: this test needs the llama.cpp engine; {SETUP}"),
-    };
-    let mut opts = BenchOptions::new(root, Tier::Baseline);
-    opts.engine = EngineKind::Llamacpp;
-    opts.python = Some(var("KVLAB_PYTHON"));
-    opts.model_path = Some(var("KVLAB_LLAMACPP_MODEL"));
-    opts.workload = Some("random".into());
+    let mut opts = common::llamacpp_options(root, Tier::Baseline);
     opts.prompt_len = Some(32);
     opts.gen_len = Some(16);
     opts.num_requests = Some(24);
-    opts.request_rate = Some(f64::INFINITY);
     opts.max_concurrency = Some(1);
     opts.seed = Some(13);
-    opts.progress = false;
-    opts.ready_timeout = Duration::from_secs(120);
-    opts.out = Some(root.join("results"));
     opts
-}
-
-/// Listening TCP sockets (state 0A) of `pid`, as (local address in `/proc/net` hex, port).
-fn listening_sockets(pid: u32) -> Vec<(String, u16)> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| {
-                let link = std::fs::read_link(e.ok()?.path()).ok()?;
-                Some(link.to_string_lossy().strip_prefix("socket:[")?.trim_end_matches(']').to_owned())
-            })
-            .collect()
-        })
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
-                continue;
-            }
-            let (addr, port) = f[1].split_once(':').unwrap();
-            out.push((addr.to_owned(), u16::from_str_radix(port, 16).unwrap()));
-        }
-    }
-    out
 }
 
 /// What the live run looked like from `/proc`.
@@ -90,14 +50,7 @@ fn look(out: &Path) -> Seen {
         std::fs::read(format!("/proc/{pid}/environ"))
             .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
     });
-    let token_on_cmdline = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(TOKEN))
-        })
-        .map(|e| e.path())
-        .collect();
+    let token_on_cmdline = cmdlines_containing(TOKEN);
     Seen { engine_pids, listening, token_in_engine_env, token_on_cmdline }
 }
 

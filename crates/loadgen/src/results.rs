@@ -138,7 +138,7 @@ impl ResultWriter {
             w.write_record(stats::csv_row(record)).map_err(csv_err)?;
         }
         let bytes = w.into_inner().map_err(|e| err(io::Error::other(e.to_string())))?;
-        write_atomic(&path, &bytes)
+        write_atomic(&path, &bytes).map_err(err)
     }
 
     /// Writes `name` (relative to the directory) as pretty JSON with a final newline.
@@ -150,7 +150,11 @@ impl ResultWriter {
             source: io::Error::other(e),
         })?;
         text.push('\n');
-        write_atomic(&path, text.as_bytes())
+        write_atomic(&path, text.as_bytes()).map_err(|source| ResultsError {
+            action: "writing",
+            path,
+            source,
+        })
     }
 
     /// Writes `name` (relative to the directory) with `contents`.
@@ -160,19 +164,19 @@ impl ResultWriter {
     }
 }
 
-/// Writes `path` whole or not at all (a temporary file next to it, synced, then renamed), so a
-/// full disk never leaves a half-written summary.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ResultsError> {
+/// Writes `path` whole or not at all: `.<name>.tmp-<pid>` next to it, synced, then renamed over
+/// it. On an error (a full disk) the temporary file is removed and `path` is left as it was, so
+/// no reader ever sees a half-written summary. Every result file but the append-only
+/// `requests.jsonl` is written through this.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(bytes)?;
         f.sync_all()
     });
-    let renamed = written.and_then(|()| fs::rename(&tmp, path));
-    renamed.map_err(|source| {
+    written.and_then(|()| fs::rename(&tmp, path)).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-        ResultsError { action: "writing", path: path.to_owned(), source }
     })
 }
 

@@ -2,6 +2,7 @@
 //!
 //! [`edits`]: mutations of a valid input file, line by line, for the property tests of every parser
 //! of outside input ("no panic, and every error names the file, line and field").
+//! [`live`]: what a live run looks like from `/proc` and on disk, for the security and fault tests.
 
 pub mod edits {
     //! Edits of a valid file: hostile values, deleted, inserted and duplicated lines, truncation.
@@ -124,5 +125,68 @@ pub mod edits {
         let start = seps[nth % seps.len()] + 1;
         let end = line[start..].find([',', '}']).map_or(line.len(), |j| start + j);
         format!("{} {value}{}", &line[..start], &line[end..])
+    }
+}
+
+pub mod live {
+    //! A live run seen from outside: its listening sockets (`/proc/net/tcp{,6}`), the command
+    //! lines of every process, and the files it wrote.
+
+    use std::path::{Path, PathBuf};
+
+    /// The address `/proc/net/tcp` shows for 127.0.0.1 (hex, little-endian).
+    pub const LOOPBACK_HEX: &str = "0100007F";
+
+    /// Listening TCP sockets (state 0A) of `pid` as (local address in `/proc/net` hex, port):
+    /// the socket inodes among the process's descriptors, looked up in `/proc/net/tcp{,6}`.
+    pub fn listening_sockets(pid: u32) -> Vec<(String, u16)> {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| {
+                    let link = std::fs::read_link(e.ok()?.path()).ok()?;
+                    Some(link.to_string_lossy().strip_prefix("socket:[")?.trim_end_matches(']').to_owned())
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
+                    continue;
+                }
+                let (addr, port) = f[1].split_once(':').expect("/proc/net/tcp has ADDR:PORT");
+                out.push((addr.to_owned(), u16::from_str_radix(port, 16).expect("a hex port")));
+            }
+        }
+        out
+    }
+
+    /// The `/proc/PID` directories of every process whose command line contains `needle`.
+    pub fn cmdlines_containing(needle: &str) -> Vec<PathBuf> {
+        std::fs::read_dir("/proc")
+            .expect("/proc is readable")
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Every file under `dir`, recursively.
+    pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).expect("a readable directory").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 }

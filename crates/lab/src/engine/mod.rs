@@ -279,36 +279,10 @@ impl RunningEngine {
 pub fn launcher(kind: EngineKind) -> Box<dyn Launcher> {
     match kind {
         EngineKind::Auto | EngineKind::Emulated => Box::new(emulated::EmulatedLauncher),
-        EngineKind::VllmDocker | EngineKind::Docker => {
-            Box::new(NoConversationAware(docker::DockerLauncher { kind }))
-        }
-        EngineKind::Vllm => Box::new(NoConversationAware(vllm::VllmLauncher)),
-        EngineKind::Llamacpp => Box::new(NoConversationAware(llamacpp::LlamacppLauncher)),
-        EngineKind::External => Box::new(NoConversationAware(ExternalLauncher)),
-    }
-}
-
-/// An engine the lab cannot give kvcache's conversation-aware eviction: refuses
-/// `conversation_aware_eviction = true` before starting anything.
-struct NoConversationAware<L>(L);
-
-impl<L: Launcher> Launcher for NoConversationAware<L> {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
-        if spec.emulator.conversation_aware_eviction {
-            let name = self.0.name();
-            return Box::pin(async move {
-                Err(LabError::Invalid(format!(
-                    "conversation_aware_eviction = true: engine `{name}` has no conversation-aware \
-                     eviction (only the emulated engine does, through kvcache's policy); set it to false \
-                     or use --engine emulated"
-                )))
-            });
-        }
-        self.0.start(spec)
+        EngineKind::VllmDocker | EngineKind::Docker => Box::new(docker::DockerLauncher { kind }),
+        EngineKind::Vllm => Box::new(vllm::VllmLauncher),
+        EngineKind::Llamacpp => Box::new(llamacpp::LlamacppLauncher),
+        EngineKind::External => Box::new(ExternalLauncher),
     }
 }
 

@@ -31,16 +31,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Every file under `dir`, recursively.
 pub(crate) fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    testkit::live::files_under(dir)
 }
 
 /// Panics if a file under `dir` other than `.env` contains the planted secret.
@@ -84,19 +75,11 @@ pub(crate) async fn after_finished(out: PathBuf, n: usize) {
 
 /// The pids of live (non-zombie) processes whose command line mentions `needle`.
 pub(crate) fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
-        if !String::from_utf8_lossy(&cmdline).contains(needle) {
-            continue;
-        }
-        let zombie = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
-        if !zombie {
-            pids.push(pid);
-        }
-    }
-    pids
+    testkit::live::cmdlines_containing(needle)
+        .into_iter()
+        .filter(|proc| !std::fs::read_to_string(proc.join("stat")).is_ok_and(|s| s.contains(") Z ")))
+        .filter_map(|proc| proc.file_name()?.to_str()?.parse().ok())
+        .collect()
 }
 
 /// Checks the summary of an interrupted run against its `requests.jsonl`: every finished
@@ -120,4 +103,48 @@ pub(crate) fn assert_partial_accounting(dir: &Path) -> usize {
         serde_json::from_str(&std::fs::read_to_string(dir.join("env.json")).unwrap()).unwrap();
     assert_eq!(env["interrupted"], true, "env.json: {env}");
     records.len()
+}
+
+pub(crate) const SETUP: &str = "run `cargo xtask ci` (it creates .venv with xllamacpp, gguf and numpy, \
+                                generates .kvlab/models/tiny.gguf with crates/lab/python/gen_model.py, \
+                                and exports both)";
+
+/// The Python with xllamacpp and the GGUF model, or a panic naming what is missing.
+pub(crate) fn real_engine() -> (PathBuf, PathBuf) {
+    let var = |name: &str, what: &str| -> PathBuf {
+        match std::env::var_os(name).filter(|v| !v.is_empty()) {
+            Some(v) => PathBuf::from(v),
+            None => panic!("{name} is not set: this test needs {what}; {SETUP}"),
+        }
+    };
+    let python = var("KVLAB_PYTHON", "a Python with the xllamacpp package (the llama.cpp engine)");
+    let model = var("KVLAB_LLAMACPP_MODEL", "the generated GGUF model");
+    let import = std::process::Command::new(&python).args(["-c", "import xllamacpp"]).output();
+    match import {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "KVLAB_PYTHON={}: `import xllamacpp` failed ({}); {SETUP}",
+            python.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("KVLAB_PYTHON={}: cannot run it ({e}); {SETUP}", python.display()),
+    }
+    assert!(model.is_file(), "KVLAB_LLAMACPP_MODEL={}: no such file; {SETUP}", model.display());
+    (python, model)
+}
+
+/// A llama.cpp run of random prompts sent as fast as allowed, against the real engine
+/// ([`real_engine`]); each test sets its lengths, count, concurrency and seed.
+pub(crate) fn llamacpp_options(root: &Path, tier: lab::config::Tier) -> lab::run::BenchOptions {
+    let (python, model) = real_engine();
+    let mut opts = lab::run::BenchOptions::new(root, tier);
+    opts.engine = lab::engine::EngineKind::Llamacpp;
+    opts.python = Some(python);
+    opts.model_path = Some(model);
+    opts.workload = Some("random".into());
+    opts.request_rate = Some(f64::INFINITY);
+    opts.progress = false;
+    opts.ready_timeout = Duration::from_secs(120);
+    opts.out = Some(root.join("results"));
+    opts
 }
