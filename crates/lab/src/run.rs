@@ -354,16 +354,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     loadgen::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
 }
 
-/// Whether process `pid` is gone or a zombie (it exited and waits to be reaped).
-pub(crate) fn process_exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
-    }
-}
-
 /// What tells the lab that its engine died.
 enum EngineWatch {
     /// The engine's process: gone or a zombie.
@@ -380,7 +370,7 @@ async fn engine_exit(watch: EngineWatch, origin: Instant) -> f64 {
     match watch {
         EngineWatch::Nothing => std::future::pending().await,
         EngineWatch::Process(pid) => loop {
-            if process_exited(pid) {
+            if engine::orphans::process_exited(pid) {
                 return origin.elapsed().as_secs_f64();
             }
             tokio::time::sleep(ENGINE_POLL).await;
@@ -786,7 +776,7 @@ pub(crate) async fn run_point(
     };
     // Requests to a dead engine fail fast: the drive may end before the watcher's next look.
     let driven = match (driven, watched_pid) {
-        (Ok(_), Some(pid)) if engine_died_at.is_none() && process_exited(pid) => {
+        (Ok(_), Some(pid)) if engine_died_at.is_none() && engine::orphans::process_exited(pid) => {
             let at = origin.elapsed().as_secs_f64();
             engine_died_at = Some(at);
             eprintln!("kvlab: the {engine_kind} engine exited by {at:.3} s into the run");

@@ -63,11 +63,35 @@ impl Owner {
 
 /// The start time of a process (field 22 of `/proc/PID/stat`), `None` if there is no such process.
 pub fn process_start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.start_time)
+}
+
+/// Whether process `pid` is gone or has exited (a zombie waiting for its parent to reap it).
+pub(crate) fn process_exited(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|s| s.exited())
+}
+
+/// The two fields of `/proc/PID/stat` the lab reads, in one read.
+struct ProcStat {
+    /// Field 3: `R`, `S`, ... `Z` (zombie), `X` (dead).
+    state: char,
+    /// Field 22: clock ticks after boot when the process started.
+    start_time: u64,
+}
+
+impl ProcStat {
+    fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: fields after the last `)`.
-    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
     // `rest` starts at field 3 (state); field 22 is the 20th from there.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let state = rest.next()?.chars().next()?;
+    Some(ProcStat { state, start_time: rest.nth(18)?.parse().ok()? })
 }
 
 fn boot_id() -> String {
@@ -257,15 +281,10 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Whether the process is gone (or a zombie, which no signal can remove but its parent's reaper).
+/// Whether the process is gone, replaced by another with its pid, or a zombie (which no signal
+/// can remove but its parent's reaper).
 fn gone(pid: u32, start_time: u64) -> bool {
-    if process_start_time(pid) != Some(start_time) {
-        return true;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
-        .unwrap_or(true)
+    proc_stat(pid).is_none_or(|s| s.start_time != start_time || s.exited())
 }
 
 fn kill_and_wait(pid: u32, start_time: u64) {
