@@ -30,7 +30,9 @@ fn median_p90(mut v: Vec<f64>) -> [f64; 2] {
 }
 
 /// `n` requests of 8 tokens (220 ms each) with about `concurrency` in flight: open loop, evenly
-/// spaced arrivals; the first `warmup` (connection set-up) excluded.
+/// spaced arrivals; the first `warmup` excluded. At 256 the warm-up is two rounds (512 requests):
+/// the in-flight count wanders above its first peak for a while, and each new high opens a
+/// connection whose set-up (connect, accept) is not the client's timing error.
 async fn measure(concurrency: u32, n: u64, warmup: u32) -> Measured {
     let trace = Trace::default();
     let server = start(Behavior {
@@ -100,7 +102,7 @@ fn misses(concurrency: u32, m: &Measured) -> Vec<String> {
 async fn ttft_and_itl_within_2ms_at_concurrency_1_and_256() {
     let mut report = String::new();
     let mut failures = Vec::new();
-    for (concurrency, n, warmup) in [(1, 22, 2), (256, 1024, 256)] {
+    for (concurrency, n, warmup) in [(1, 22, 2), (256, 1280, 512)] {
         let mut last = Vec::new();
         for attempt in 1..=5 {
             let m = measure(concurrency, n, warmup).await;
