@@ -528,7 +528,12 @@ pub(crate) async fn run_point(
         (EngineKind::Docker, Some(image)) => engine::docker::image_traits(image),
         _ => engine::docker::ImageTraits::default(),
     };
-    let emulated = engine_kind == EngineKind::Emulated || image_traits.emulated;
+    // So does a server: kvlab's emulator behind `--engine external` says it is one.
+    let external_emulated = match (engine_kind, opts.url.as_deref()) {
+        (EngineKind::External, Some(url)) => engine::external_is_emulated(url).await,
+        _ => false,
+    };
+    let emulated = engine_kind == EngineKind::Emulated || image_traits.emulated || external_emulated;
 
     let configs = opts.root.join("configs");
     let tier = TierConfig::load(&configs, point.tier)?;
@@ -658,6 +663,7 @@ pub(crate) async fn run_point(
         disk_dir: disk_dir.clone(),
         model: model.clone(),
         tensor_parallel: tp,
+        pipeline_parallel: placement.pipeline_parallel,
         gpus: opts.gpus.clone(),
         gpu_type: point.gpu.clone(),
         port: opts.port,
@@ -900,6 +906,7 @@ pub async fn serve_emulated(
         disk_dir,
         model: opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
         tensor_parallel: 1,
+        pipeline_parallel: 1,
         gpus: GpuSelection::All,
         gpu_type: opts.gpu.clone(),
         port: opts.port,

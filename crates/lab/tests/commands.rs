@@ -53,6 +53,7 @@ fn docker_args_per_tier() {
                 vllm: Some(VllmContainer {
                     model: "meta-llama/Llama-3.1-8B-Instruct".into(),
                     tensor_parallel: 1,
+                    pipeline_parallel: 1,
                     gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
                 }),
                 lmcache_yaml: has_lmcache.then(|| PathBuf::from("/results/run/lmcache.yaml")),
@@ -209,6 +210,7 @@ fn vllm_process_command_per_tier() {
             host: "127.0.0.1",
             port: 18001,
             tensor_parallel: 2,
+            pipeline_parallel: 1,
             gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
             lmcache: cfg.lmcache.is_some(),
         };
@@ -292,7 +294,7 @@ fn gpu_selection_and_counts() {
     let err = lab::engine::check_gpu_count("big-model", 4, &GpuSelection::Count(2)).unwrap_err().to_string();
     assert_eq!(
         err,
-        "invalid configuration: model `big-model` needs 4 GPUs (tensor parallel) but only 2 were given; pass \
+        "invalid configuration: model `big-model` needs 4 GPUs (tensor x pipeline parallel) but only 2 were given; pass \
          --gpus 4 or a device list"
     );
     assert!(lab::engine::check_gpu_count("m", 1, &GpuSelection::All).is_ok());

@@ -148,6 +148,8 @@ async fn disk_tier_filesystem_full_is_served_by_recompute() {
     opts.out = Some(ws.path().join("results"));
     let reports = bench_until(&opts, std::future::pending()).await.expect("the run completes");
     assert_eq!((reports[0].summary.completed, reports[0].summary.failed), (60, 0), "every request served");
+    assert!(reports[0].emulated, "kvlab's emulator behind --engine external is labelled emulated");
+    assert!(reports[0].summary.emulated, "summary.json says emulated");
 
     let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
     let write_errors = metric_sum(&metrics, "kvlab_tier_write_errors_total", "disk");

@@ -25,6 +25,7 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
         disk_dir: dir.join("kvcache"),
         model: "tiny".into(),
         tensor_parallel: 1,
+        pipeline_parallel: 1,
         gpus: GpuSelection::All,
         gpu_type: None,
         port: None,
@@ -144,4 +145,35 @@ async fn vllm_docker_without_gpu_or_runtime_is_refused() {
         }
         (Some(_), true) => assert!(!err.is_empty()),
     }
+}
+
+/// A server that answers `/v1/models` like an OpenAI-compatible engine that is not kvlab's.
+fn plain_models_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = r#"{"object":"list","data":[{"id":"m","object":"model","owned_by":"vllm"}]}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// `--engine external` is labelled emulated only when the server says it is kvlab's emulator
+/// (the positive case runs against the real emulator in tests/faults.rs).
+#[tokio::test]
+async fn an_external_server_is_emulated_only_when_it_says_so() {
+    let plain = plain_models_server();
+    assert!(!lab::engine::external_is_emulated(&plain).await, "a plain OpenAI server");
+    assert!(!lab::engine::external_is_emulated(&format!("{plain}/v1/")).await, "with /v1/");
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    assert!(!lab::engine::external_is_emulated(&format!("http://{refused}")).await, "nothing listening");
 }

@@ -73,8 +73,8 @@ async fn too_few_gpus_are_refused() {
         let err = bench(&opts).await.expect_err("2 GPUs cannot hold a TP 8 model").to_string();
         assert_eq!(
             err,
-            "invalid configuration: model `llama-3-70b-tp8` needs 8 GPUs (tensor parallel) but only 2 were \
-             given; pass --gpus 8 or a device list",
+            "invalid configuration: model `llama-3-70b-tp8` needs 8 GPUs (tensor x pipeline parallel) but only 2 \
+             were given; pass --gpus 8 or a device list",
             "{engine}"
         );
         assert!(!ws.path().join("results").exists(), "{engine}: a result directory was created");

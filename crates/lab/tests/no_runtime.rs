@@ -27,6 +27,7 @@ async fn no_docker_no_podman() {
             disk_dir: empty.path().join("kv"),
             model: "m".into(),
             tensor_parallel: 1,
+            pipeline_parallel: 1,
             gpus: GpuSelection::All,
             gpu_type: None,
             port: None,

@@ -60,6 +60,7 @@ fn nsys_command_lines_per_engine_and_tier() {
         host: "127.0.0.1",
         port: 18000,
         tensor_parallel: 1,
+        pipeline_parallel: 1,
         gpu_memory_utilization: 0.9,
         lmcache: true,
     };
@@ -83,6 +84,7 @@ fn nsys_command_lines_per_engine_and_tier() {
             vllm: Some(VllmContainer {
                 model: "meta-llama/Llama-3.1-8B-Instruct".into(),
                 tensor_parallel: 1,
+                pipeline_parallel: 1,
                 gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
             }),
             lmcache_yaml: cfg.lmcache.is_some().then(|| PathBuf::from("/results/run/lmcache.yaml")),

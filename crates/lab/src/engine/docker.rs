@@ -74,6 +74,7 @@ pub struct DockerRun {
 pub struct VllmContainer {
     pub model: String,
     pub tensor_parallel: u32,
+    pub pipeline_parallel: u32,
     pub gpu_memory_utilization: f64,
 }
 
@@ -136,6 +137,7 @@ pub fn docker_run_args(run: &DockerRun) -> Vec<String> {
                 host,
                 port: container_port,
                 tensor_parallel: v.tensor_parallel,
+                pipeline_parallel: v.pipeline_parallel,
                 gpu_memory_utilization: v.gpu_memory_utilization,
                 lmcache: run.lmcache_yaml.is_some(),
             }
@@ -435,6 +437,7 @@ impl Launcher for DockerLauncher {
                 vllm: vllm.then(|| VllmContainer {
                     model: spec.model.clone(),
                     tensor_parallel: spec.tensor_parallel,
+                    pipeline_parallel: spec.pipeline_parallel,
                     gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
                 }),
                 disk_dir: disk.then(|| spec.disk_dir.clone()),

@@ -201,8 +201,9 @@ pub struct LaunchSpec {
     pub disk_dir: PathBuf,
     /// Model name as the engine knows it (a Hugging Face id for vLLM).
     pub model: String,
-    /// Tensor parallelism (from the model registry).
+    /// Tensor and pipeline parallelism (from the model registry).
     pub tensor_parallel: u32,
+    pub pipeline_parallel: u32,
     pub gpus: GpuSelection,
     /// GPU type for the emulator's cost model (`--gpu`).
     pub gpu_type: Option<String>,
@@ -288,6 +289,26 @@ pub fn launcher(kind: EngineKind) -> Box<dyn Launcher> {
 
 struct ExternalLauncher;
 
+/// Whether the server at `url` says it is kvlab's emulated engine (`x-kvlab-engine: emulated` on
+/// its `/v1/models`, or a model `owned_by: kvlab-emulated`), so that a run against it through
+/// `--engine external` is labelled emulated like any other. Unreachable or anything else: false.
+pub async fn external_is_emulated(url: &str) -> bool {
+    let Ok(client) = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).no_proxy().build()
+    else {
+        return false;
+    };
+    let base = url.trim_end_matches('/');
+    let base = base.strip_suffix("/v1").unwrap_or(base);
+    let Ok(resp) = client.get(format!("{base}/v1/models")).send().await else {
+        return false;
+    };
+    if resp.headers().get("x-kvlab-engine").is_some_and(|v| v.as_bytes() == b"emulated") {
+        return true;
+    }
+    let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
+    body["data"].as_array().is_some_and(|models| models.iter().any(|m| m["owned_by"] == "kvlab-emulated"))
+}
+
 impl Launcher for ExternalLauncher {
     fn name(&self) -> &'static str {
         "external"
@@ -327,12 +348,12 @@ pub(crate) fn reserve_port(engine: &str, port: Option<u16>) -> Result<u16> {
     Ok(port)
 }
 
-/// Refuses a model that needs more GPUs than the selection gives.
-pub fn check_gpu_count(model: &str, tensor_parallel: u32, gpus: &GpuSelection) -> Result<()> {
+/// Refuses a model that needs more GPUs (tensor x pipeline parallel) than the selection gives.
+pub fn check_gpu_count(model: &str, needed: u32, gpus: &GpuSelection) -> Result<()> {
     match gpus.count() {
-        Some(n) if n < tensor_parallel => Err(LabError::Invalid(format!(
-            "model `{model}` needs {tensor_parallel} GPUs (tensor parallel) but only {n} were given; \
-             pass --gpus {tensor_parallel} or a device list"
+        Some(n) if n < needed => Err(LabError::Invalid(format!(
+            "model `{model}` needs {needed} GPUs (tensor x pipeline parallel) but only {n} were given; \
+             pass --gpus {needed} or a device list"
         ))),
         _ => Ok(()),
     }

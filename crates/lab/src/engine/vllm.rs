@@ -17,6 +17,7 @@ pub struct VllmServe<'a> {
     pub host: &'a str,
     pub port: u16,
     pub tensor_parallel: u32,
+    pub pipeline_parallel: u32,
     pub gpu_memory_utilization: f64,
     /// With LMCache: the connector is configured.
     pub lmcache: bool,
@@ -34,6 +35,8 @@ impl VllmServe<'_> {
             self.port.to_string(),
             "--tensor-parallel-size".to_owned(),
             self.tensor_parallel.to_string(),
+            "--pipeline-parallel-size".to_owned(),
+            self.pipeline_parallel.to_string(),
             "--gpu-memory-utilization".to_owned(),
             format!("{}", self.gpu_memory_utilization),
         ];
@@ -104,6 +107,7 @@ impl Launcher for VllmLauncher {
                 host: "127.0.0.1",
                 port,
                 tensor_parallel: spec.tensor_parallel,
+                pipeline_parallel: spec.pipeline_parallel,
                 gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
                 lmcache: yaml.is_some(),
             };

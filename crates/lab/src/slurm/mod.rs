@@ -679,12 +679,27 @@ pub struct StatusEvent {
     pub error: Option<String>,
 }
 
+/// The events of a point (none before its task ran). A line that does not parse is skipped
+/// with a warning naming the file and line (a torn last line, from a task killed while writing
+/// it, with the shared torn-line warning): the rest still tells where the point stands.
 fn status_events(root: &Path, index: usize) -> Vec<StatusEvent> {
-    std::fs::read_to_string(root.join(format!("status/{index}.jsonl")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    let path = root.join(format!("status/{index}.jsonl"));
+    let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
+    let (complete, tail) = stats::split_torn_tail(&text);
+    let mut events = Vec::new();
+    for (i, line) in complete.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        match serde_json::from_str(line) {
+            Ok(e) => events.push(e),
+            Err(e) => eprintln!("kvlab: {}:{}: {e}; line skipped", path.display(), i + 1),
+        }
+    }
+    if let Some((tail, torn)) = tail {
+        match serde_json::from_str(tail) {
+            Ok(e) => events.push(e),
+            Err(_) => eprintln!("kvlab: {}", torn.warning(&path.display().to_string())),
+        }
+    }
+    events
 }
 
 /// Where a point stands.
@@ -1247,4 +1262,24 @@ async fn bare_run(opts: &BenchOptions, cfg: &SubmitConfig, wait: bool) -> Result
         }
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A malformed line and a torn last line are skipped; every good event is kept.
+    #[test]
+    fn status_events_keep_the_good_lines() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("status")).unwrap();
+        let line = |event: &str| {
+            format!(
+                r#"{{"v":1,"event":"{event}","node":"n1","job_id":"7","task_id":"0","restart_count":0,"unix_time":1.0,"error":null}}"#
+            )
+        };
+        let text = format!("{}\nnot json\n{}\n{{\"v\":1,\"ev", line("start"), line("done"));
+        std::fs::write(root.path().join("status/3.jsonl"), text).unwrap();
+        let events: Vec<String> = super::status_events(root.path(), 3).into_iter().map(|e| e.event).collect();
+        assert_eq!(events, ["start", "done"]);
+        assert!(super::status_events(root.path(), 4).is_empty(), "no file: no events");
+    }
 }
