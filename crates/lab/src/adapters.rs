@@ -143,26 +143,35 @@ pub(crate) fn gpu_info() -> serde_json::Value {
     }
 }
 
-/// Drives the plan with the load generator, writing requests.jsonl/csv and summary.json into
-/// `dir`. Returns the summary.
-pub(crate) async fn drive(
-    plan: &workload::Plan,
-    base_url: &str,
-    model: &str,
-    summary: stats::SummaryConfig,
-    dir: &Path,
-    origin: Instant,
-    progress: bool,
-) -> Result<stats::Summary> {
-    let mut cfg = loadgen::LoadgenConfig::new(base_url);
-    cfg.model = Some(model.to_owned());
-    cfg.progress = progress;
-    cfg.max_failed_fraction = 1.0;
-    cfg.stall_timeout = std::time::Duration::from_secs(120);
-    cfg.summary = summary;
-    let mut writer = loadgen::ResultWriter::in_dir(dir).map_err(other)?;
-    let outcome = loadgen::run(plan, &cfg, &mut writer, origin).await.map_err(other)?;
-    Ok(outcome.summary)
+/// A run of the plan by the load generator, writing requests.jsonl/csv and summary.json into
+/// `dir`; [`Drive::run`] returns the summary.
+pub(crate) struct Drive<'a> {
+    pub(crate) plan: &'a workload::Plan,
+    pub(crate) base_url: &'a str,
+    pub(crate) model: &'a str,
+    pub(crate) summary: stats::SummaryConfig,
+    /// The result directory (`requests.jsonl`, `requests.csv`, `summary.json`).
+    pub(crate) dir: &'a Path,
+    /// The run clock's zero.
+    pub(crate) origin: Instant,
+    pub(crate) progress: bool,
+    /// Cancelled on Ctrl-C / SIGTERM: the requests in flight are recorded as interrupted.
+    pub(crate) stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drive<'_> {
+    pub(crate) async fn run(self) -> Result<stats::Summary> {
+        let mut cfg = loadgen::LoadgenConfig::new(self.base_url);
+        cfg.stop = Some(self.stop);
+        cfg.model = Some(self.model.to_owned());
+        cfg.progress = self.progress;
+        cfg.max_failed_fraction = 1.0;
+        cfg.stall_timeout = std::time::Duration::from_secs(120);
+        cfg.summary = self.summary;
+        let mut writer = loadgen::ResultWriter::in_dir(self.dir).map_err(other)?;
+        let outcome = loadgen::run(self.plan, &cfg, &mut writer, self.origin).await.map_err(other)?;
+        Ok(outcome.summary)
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> LabError {

@@ -196,6 +196,9 @@ pub async fn stop_signal() {
 pub const ENGINE_POLL: Duration = Duration::from_millis(100);
 /// After the engine died: how long the requests in flight get to end (and be classified).
 const CRASH_GRACE: Duration = Duration::from_secs(2);
+/// After a stop: how long the load generator gets to record the requests in flight as
+/// interrupted (it takes milliseconds; the bound keeps a stop within its 5 s promise).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// [`bench`], interrupted when `shutdown` resolves (SIGINT or SIGTERM for the command line).
 ///
@@ -203,7 +206,9 @@ const CRASH_GRACE: Duration = Duration::from_secs(2);
 /// directory keeps every finished request in `requests.jsonl`, with `requests.csv` and a
 /// `summary.json` over exactly those records (`completed + failed` = lines of
 /// `requests.jsonl`) and `"interrupted": true` in `env.json`. Requests still in flight at that
-/// moment are abandoned and not recorded. Returns [`LabError::Interrupted`] naming the directory.
+/// moment end at once and are recorded as failed with class `interrupted` (their chunks so far
+/// kept), so every request sent has its record. Returns [`LabError::Interrupted`] naming the
+/// directory.
 pub async fn bench_until(
     opts: &BenchOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -745,19 +750,30 @@ pub(crate) async fn run_point(
     let mut engine_died_at = None;
     let driven = match &samplers {
         Ok(_) => {
-            let drive = adapters::drive(
-                &plan,
-                &running.base_url,
-                &model,
-                summary_cfg.clone(),
-                &dir,
+            let drive = adapters::Drive {
+                plan: &plan,
+                base_url: &running.base_url,
+                model: &model,
+                summary: summary_cfg.clone(),
+                dir: &dir,
                 origin,
-                opts.progress,
-            );
+                progress: opts.progress,
+                stop: stop.child_token(),
+            }
+            .run();
             tokio::pin!(drive);
             tokio::select! {
-                r = &mut drive => r,
-                () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
+                // A stop ends the drive at once too (its in-flight requests end as interrupted).
+                r = &mut drive => match r {
+                    Ok(_) if stop.is_cancelled() => Err(LabError::Interrupted(dir.clone())),
+                    r => r,
+                },
+                () = stop.cancelled() => {
+                    // The load generator saw the stop too: it sends nothing more and records
+                    // the requests in flight as interrupted; the partial summary is made below.
+                    let _ = tokio::time::timeout(STOP_GRACE, &mut drive).await;
+                    Err(LabError::Interrupted(dir.clone()))
+                }
                 at = engine_exit(watched, origin) => {
                     engine_died_at = Some(at);
                     eprintln!(

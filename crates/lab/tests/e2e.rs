@@ -147,7 +147,16 @@ async fn interrupt_keeps_every_finished_request() {
     let LabError::Interrupted(dir) = &err else { panic!("expected an interruption, got: {err}") };
     assert!(err.to_string().contains("partial results are kept"), "{err}");
     let n = common::assert_partial_accounting(dir);
-    assert!((5..400).contains(&n), "{n} finished requests recorded");
+    assert!((5..400).contains(&n), "{n} requests recorded");
+    // Open loop without dependencies sends in id order: every request sent has its record, the
+    // ones in flight at the stop included, so the ids are 0..n without a gap.
+    let records = common::records(dir);
+    let mut ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..n as u64).collect::<Vec<_>>(), "a request sent before the stop has no record");
+    let interrupted =
+        records.iter().filter(|r| r.error.as_ref().is_some_and(|e| e.class() == "interrupted")).count();
+    assert!(interrupted > 0, "the requests in flight at the stop are recorded as interrupted");
     // The emulator was shut down: its port no longer accepts connections.
     let log = std::fs::read_to_string(dir.join("engine.log")).unwrap();
     let url = log.split("listening on http://").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();

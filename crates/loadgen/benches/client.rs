@@ -3,6 +3,8 @@
 //!
 //! - `stream/chunks`: one long stream; throughput = streamed chunks per second.
 //! - `stream/chunks_x16`: 16 concurrent long streams.
+//! - `stream/chunks_stoppable`: `chunks` with a stop token set, as the lab runs it (Ctrl-C
+//!   records the requests in flight); its ratio to `chunks` is the cost of watching for the stop.
 //! - `requests/short`: requests of one token, 64 in flight; throughput = requests per second.
 //! - after the criterion groups, `concurrent streams`: about 1,100 streams in flight (open loop,
 //!   one token every 50 ms each), reporting the client's send lag p50/p99/max.
@@ -24,9 +26,13 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn run(plan: &Plan, url: &str) -> loadgen::RunOutcome {
+    run_with(plan, &config(url)).await
+}
+
+async fn run_with(plan: &Plan, cfg: &loadgen::LoadgenConfig) -> loadgen::RunOutcome {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut sink = ResultWriter::in_dir(tmp.path()).expect("result dir");
-    let out = loadgen::run(plan, &config(url), &mut sink, Instant::now()).await.expect("run");
+    let out = loadgen::run(plan, cfg, &mut sink, Instant::now()).await.expect("run");
     assert_eq!(out.summary.failed, 0, "{:?}", out.summary.failed_by_class);
     out
 }
@@ -36,12 +42,16 @@ fn streams(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("stream");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    for (name, n, tokens) in [("chunks", 1u64, 50_000u32), ("chunks_x16", 16, 5_000)] {
+    for (name, n, tokens, stoppable) in [
+        ("chunks", 1u64, 50_000u32, false),
+        ("chunks_x16", 16, 5_000, false),
+        ("chunks_stoppable", 1, 50_000, true),
+    ] {
         g.throughput(Throughput::Elements(n * u64::from(tokens)));
         let p = plan(n, tokens, Mode::Open);
-        g.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.to_async(&rt).iter(|| run(&p, &server.url))
-        });
+        let mut cfg = config(&server.url);
+        cfg.stop = stoppable.then(tokio_util::sync::CancellationToken::new);
+        g.bench_function(BenchmarkId::from_parameter(name), |b| b.to_async(&rt).iter(|| run_with(&p, &cfg)));
     }
     g.finish();
 }

@@ -55,6 +55,7 @@ pub(crate) struct Client {
     ignore_eos: bool,
     send_min_tokens: bool,
     continuous_usage: bool,
+    stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// When a request is sent, relative to what, and how it is flagged.
@@ -109,6 +110,7 @@ impl Client {
             ignore_eos: cfg.ignore_eos,
             send_min_tokens: cfg.send_min_tokens,
             continuous_usage: cfg.continuous_usage,
+            stop: cfg.stop.clone(),
         })
     }
 
@@ -178,12 +180,20 @@ impl Client {
 
         let mut st = Partial::new(req.max_tokens, when.origin);
         let sent = Instant::now();
-        let result = match tokio::time::timeout(self.request_timeout, self.exchange(builder, &mut st)).await {
-            Ok(r) => r,
-            // The stream was complete; only the drain after `[DONE]` ran out of time.
-            Err(_) if st.done => Ok(()),
-            Err(_) => Err(RequestError::Timeout {
+        let exchange = tokio::time::timeout(self.request_timeout, self.exchange(builder, &mut st));
+        let outcome = match &self.stop {
+            Some(stop) => until_stopped(exchange, stop).await,
+            None => Some(exchange.await),
+        };
+        let result = match outcome {
+            Some(Ok(r)) => r,
+            // The stream was complete; only the drain after `[DONE]` was cut short.
+            Some(Err(_)) | None if st.done => Ok(()),
+            Some(Err(_)) => Err(RequestError::Timeout {
                 message: format!("request exceeded the total timeout of {}", secs(self.request_timeout)),
+            }),
+            None => Err(RequestError::Interrupted {
+                message: "the run was stopped while this request was in flight".to_owned(),
             }),
         };
         let end = st.end.unwrap_or_else(Instant::now);
@@ -910,6 +920,36 @@ fn secs(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
+/// `fut`'s output, or `None` once `stop` is cancelled (`fut` first when both are ready).
+///
+/// Unlike `select!` with `stop.cancelled()`, which takes the token's waiter lock on every poll
+/// (every chunk), this registers with the token once per request, and again only if the waker
+/// changes; other polls cost an atomic load.
+async fn until_stopped<F: std::future::Future>(
+    fut: F,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cancelled = std::pin::pin!(stop.cancelled());
+    let mut registered: Option<std::task::Waker> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        if stop.is_cancelled() {
+            return std::task::Poll::Ready(None);
+        }
+        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            registered = Some(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,6 +988,7 @@ mod tests {
             ignore_eos: c.ignore_eos,
             send_min_tokens: c.send_min_tokens,
             continuous_usage: c.continuous_usage,
+            stop: None,
         };
         let req =
             Request { id: 0, prompt, prompt_len: 3, max_tokens: 4, send_at: None, depends_on: None, meta };

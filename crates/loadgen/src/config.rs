@@ -61,6 +61,10 @@ pub struct LoadgenConfig {
     pub max_failed_fraction: f64,
     /// Engine, tier and SLOs for `summary.json`.
     pub summary: stats::SummaryConfig,
+    /// Cancelled: the run stops. Nothing more is sent, and the requests in flight end at once as
+    /// failed with class `interrupted` (their chunks so far kept), so that every request sent
+    /// still has a record.
+    pub stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl LoadgenConfig {
@@ -84,6 +88,7 @@ impl LoadgenConfig {
             progress: true,
             max_failed_fraction: 0.0,
             summary: stats::SummaryConfig::default(),
+            stop: None,
         }
     }
 

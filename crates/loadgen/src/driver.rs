@@ -136,7 +136,7 @@ pub(crate) async fn run(
     let mut sent = 0u64;
     loop {
         let now = Instant::now();
-        if stop_at.is_some_and(|s| now >= s) {
+        if stop_at.is_some_and(|s| now >= s) || cfg.stop.as_ref().is_some_and(|s| s.is_cancelled()) {
             pending.clear();
         }
         while in_flight.len() < cap {
@@ -182,6 +182,8 @@ pub(crate) async fn run(
                 records.append(&mut batch);
             }
             () = sleep_until_opt(wake), if wake.is_some() => {}
+            // In-flight requests see the stop themselves; this wakes a loop waiting to send.
+            () = cancelled(cfg.stop.as_ref()), if !pending.is_empty() => {}
         }
     }
     progress.finish();
@@ -198,6 +200,14 @@ pub(crate) async fn run(
         not_sent: n as u64 - sent,
         max_failed_fraction: cfg.max_failed_fraction,
     })
+}
+
+/// Resolves when `stop` is cancelled; never without one.
+async fn cancelled(stop: Option<&tokio_util::sync::CancellationToken>) {
+    match stop {
+        Some(stop) => stop.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

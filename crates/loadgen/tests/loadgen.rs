@@ -257,6 +257,50 @@ async fn duration_limit_stops_sending() {
     assert_eq!((out.sent, out.not_sent, out.records.len()), (2, 1, 2));
 }
 
+/// A stop (the lab's Ctrl-C) sends nothing more and ends the requests in flight at once, each
+/// recorded as `interrupted` with the chunks it had: every request sent has its record.
+#[tokio::test]
+async fn a_stop_records_the_requests_in_flight_as_interrupted() {
+    let server = start(Behavior {
+        ttft: Duration::from_millis(20),
+        itl: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let at = |ms| Some(Duration::from_millis(ms));
+    // Two long streams in flight at the stop, one short one finished before it, one not yet due.
+    let requests = [(0, 2), (0, 100), (10, 100), (60_000, 2)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(t, max_tokens))| request(i as u64, Prompt::Text("x".into()), max_tokens, at(t)))
+        .collect();
+    let p = Plan { requests, mode: Mode::Open, limits: Limits::default() };
+    let mut cfg = config(&server.url);
+    let stop = tokio_util::sync::CancellationToken::new();
+    cfg.stop = Some(stop.clone());
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stop.cancel();
+    });
+    let started = Instant::now();
+    let (out, dir) = run(&p, &cfg).await;
+    canceller.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the stop ends the run at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!((out.sent, out.not_sent), (3, 1));
+    let classes: Vec<Option<&str>> =
+        out.records.iter().map(|r| r.error.as_ref().map(|e| e.class())).collect();
+    assert_eq!(classes, [None, Some("interrupted"), Some("interrupted")]);
+    for r in &out.records[1..] {
+        assert!(!r.chunks.is_empty(), "request {}: the chunks before the stop are kept", r.id);
+    }
+    assert_eq!((out.summary.completed, out.summary.failed), (1, 2));
+    let lines = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, 3, "requests.jsonl has a line for every request sent");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmup_is_flagged_and_excluded() {
     let server = start(Behavior::default());

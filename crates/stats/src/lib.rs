@@ -92,6 +92,8 @@ impl TokenSource {
 }
 
 /// Why a request failed. Every request sent ends completed or with exactly one of these.
+/// `Interrupted`: the run was stopped (Ctrl-C, SIGTERM) while the request was in flight; its
+/// chunks so far are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "class", rename_all = "snake_case")]
 pub enum RequestError {
@@ -100,6 +102,7 @@ pub enum RequestError {
     StreamCut { message: String },
     MalformedEvent { message: String },
     Timeout { message: String },
+    Interrupted { message: String },
 }
 
 impl RequestError {
@@ -112,6 +115,7 @@ impl RequestError {
             RequestError::StreamCut { .. } => "stream_cut",
             RequestError::MalformedEvent { .. } => "malformed_event",
             RequestError::Timeout { .. } => "timeout",
+            RequestError::Interrupted { .. } => "interrupted",
         }
     }
 
@@ -122,7 +126,8 @@ impl RequestError {
             RequestError::Connect { message }
             | RequestError::StreamCut { message }
             | RequestError::MalformedEvent { message }
-            | RequestError::Timeout { message } => message.clone(),
+            | RequestError::Timeout { message }
+            | RequestError::Interrupted { message } => message.clone(),
         }
     }
 }
