@@ -46,6 +46,11 @@ pub use config::{
     ServerLimits, TierPreset,
 };
 pub use server::{serve, Server};
+
+/// The response header on everything the emulator serves, with the value `emulated`.
+pub const ENGINE_HEADER: &str = "x-kvlab-engine";
+/// `owned_by` of the emulator's models in `/v1/models`.
+pub const OWNED_BY: &str = "kvlab-emulated";
 pub use virt::run_virtual;
 
 /// What can go wrong starting or running the emulator.

@@ -424,7 +424,7 @@ fn router(sh: Arc<Shared>) -> Router {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", None)
         })
         .layer(axum::middleware::map_response(|mut res: Response| async move {
-            res.headers_mut().insert("x-kvlab-engine", HeaderValue::from_static("emulated"));
+            res.headers_mut().insert(crate::ENGINE_HEADER, HeaderValue::from_static("emulated"));
             res
         }))
         .with_state(sh)
@@ -455,7 +455,7 @@ async fn models(State(sh): State<Arc<Shared>>) -> Response {
             "id": sh.name,
             "object": "model",
             "created": sh.created,
-            "owned_by": "kvlab-emulated",
+            "owned_by": crate::OWNED_BY,
             "root": sh.resolved.hf_id,
             "parent": null,
             "max_model_len": sh.resolved.cfg.scheduler.max_model_len,

@@ -93,7 +93,7 @@ impl LoadgenConfig {
     }
 
     /// The base URL without a trailing `/` or `/v1`: endpoints are appended as `/v1/...`.
-    pub(crate) fn root_url(&self) -> Result<&str, crate::Error> {
+    pub fn root_url(&self) -> Result<&str, crate::Error> {
         let url = self.base_url.trim_end_matches('/');
         let url = url.strip_suffix("/v1").unwrap_or(url);
         let bad = |reason: &str| crate::Error::BaseUrl { url: self.base_url.clone(), reason: reason.into() };

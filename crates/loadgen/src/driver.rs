@@ -134,9 +134,14 @@ pub(crate) async fn run(
     let mut records: Vec<RequestRecord> = Vec::with_capacity(n);
     let mut batch: Vec<RequestRecord> = Vec::new();
     let mut sent = 0u64;
+    // Without a stop, a token nobody cancels. One waiter for the whole run (polling a finished
+    // `WaitForCancellationFuture` again is allowed: it checks the token first).
+    let stop = cfg.stop.clone().unwrap_or_default();
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let now = Instant::now();
-        if stop_at.is_some_and(|s| now >= s) || cfg.stop.as_ref().is_some_and(|s| s.is_cancelled()) {
+        if stop_at.is_some_and(|s| now >= s) || stop.is_cancelled() {
             pending.clear();
         }
         while in_flight.len() < cap {
@@ -183,7 +188,7 @@ pub(crate) async fn run(
             }
             () = sleep_until_opt(wake), if wake.is_some() => {}
             // In-flight requests see the stop themselves; this wakes a loop waiting to send.
-            () = cancelled(cfg.stop.as_ref()), if !pending.is_empty() => {}
+            () = &mut stopped, if !pending.is_empty() => {}
         }
     }
     progress.finish();
@@ -200,14 +205,6 @@ pub(crate) async fn run(
         not_sent: n as u64 - sent,
         max_failed_fraction: cfg.max_failed_fraction,
     })
-}
-
-/// Resolves when `stop` is cancelled; never without one.
-async fn cancelled(stop: Option<&tokio_util::sync::CancellationToken>) {
-    match stop {
-        Some(stop) => stop.cancelled().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -61,15 +61,36 @@ pub struct JsonLines<T> {
 /// skipped and reported in [`JsonLines::torn`] (one that parses is kept: a file edited by hand
 /// may lack its final newline); any other line that does not parse is an error.
 pub fn parse_json_lines<T: DeserializeOwned>(text: &str) -> Result<JsonLines<T>, JsonlError> {
+    parse_lines(text, Err)
+}
+
+/// [`parse_json_lines`] for a reader that would rather lose a line than the file (a status
+/// view): a line that does not parse is left out and returned with the rest.
+pub fn parse_json_lines_skipping<T: DeserializeOwned>(text: &str) -> (JsonLines<T>, Vec<JsonlError>) {
+    let mut bad = Vec::new();
+    let lines = parse_lines(text, |e| {
+        bad.push(e);
+        Ok(())
+    });
+    (lines.unwrap_or(JsonLines { items: Vec::new(), torn: None }), bad)
+}
+
+/// The one loop of both: `on_bad` decides whether a malformed line (not a torn tail) ends the
+/// parse (`Err`) or is skipped (`Ok`).
+fn parse_lines<T: DeserializeOwned>(
+    text: &str,
+    mut on_bad: impl FnMut(JsonlError) -> Result<(), JsonlError>,
+) -> Result<JsonLines<T>, JsonlError> {
     let (complete, tail) = split_torn_tail(text);
     let mut items = Vec::new();
     for (i, line) in complete.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let value =
-            serde_json::from_str(line).map_err(|e| JsonlError { line: i + 1, message: e.to_string() })?;
-        items.push((i + 1, value));
+        match serde_json::from_str(line) {
+            Ok(value) => items.push((i + 1, value)),
+            Err(e) => on_bad(JsonlError { line: i + 1, message: e.to_string() })?,
+        }
     }
     let mut torn = None;
     if let Some((tail, t)) = tail {
@@ -109,6 +130,15 @@ mod tests {
         assert_eq!(err.line, 2);
         let err = parse_json_lines::<serde_json::Value>("{\"a\":\n").unwrap_err();
         assert_eq!(err.line, 1, "a terminated line was written whole: not torn");
+    }
+
+    #[test]
+    fn skipping_keeps_the_good_lines_and_names_the_bad() {
+        let (got, bad) =
+            parse_json_lines_skipping::<serde_json::Value>("{\"a\":1}\nnot json\n{\"a\":2}\n{\"a\":");
+        assert_eq!(got.items.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(got.torn, Some(TornLine { line: 4, bytes: 5 }));
+        assert_eq!(bad.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]

@@ -17,7 +17,9 @@ mod table;
 use serde::{Deserialize, Serialize};
 
 pub use crate::csv_row::{csv_header, csv_row};
-pub use crate::jsonl::{parse_json_lines, split_torn_tail, JsonLines, JsonlError, TornLine};
+pub use crate::jsonl::{
+    parse_json_lines, parse_json_lines_skipping, split_torn_tail, JsonLines, JsonlError, TornLine,
+};
 pub use crate::slo::{Slo, SloError};
 pub use crate::summary::{
     itl_values, mean, percentile, std_dev, summarize, OutputTokenSource, Summary, SummaryConfig,

@@ -289,24 +289,25 @@ pub fn launcher(kind: EngineKind) -> Box<dyn Launcher> {
 
 struct ExternalLauncher;
 
-/// Whether the server at `url` says it is kvlab's emulated engine (`x-kvlab-engine: emulated` on
-/// its `/v1/models`, or a model `owned_by: kvlab-emulated`), so that a run against it through
-/// `--engine external` is labelled emulated like any other. Unreachable or anything else: false.
+/// Whether the server at `url` says it is kvlab's emulated engine ([`emulator::ENGINE_HEADER`]
+/// on its `/v1/models`, or a model owned by [`emulator::OWNED_BY`]), so that a run against it
+/// through `--engine external` is labelled emulated like any other. Unreachable, a URL the load
+/// generator would refuse, or anything else: false.
 pub async fn external_is_emulated(url: &str) -> bool {
+    let cfg = loadgen::LoadgenConfig::new(url);
+    let Ok(root) = cfg.root_url() else { return false };
     let Ok(client) = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).no_proxy().build()
     else {
         return false;
     };
-    let base = url.trim_end_matches('/');
-    let base = base.strip_suffix("/v1").unwrap_or(base);
-    let Ok(resp) = client.get(format!("{base}/v1/models")).send().await else {
+    let Ok(resp) = client.get(format!("{root}/v1/models")).send().await else {
         return false;
     };
-    if resp.headers().get("x-kvlab-engine").is_some_and(|v| v.as_bytes() == b"emulated") {
+    if resp.headers().get(emulator::ENGINE_HEADER).is_some_and(|v| v.as_bytes() == b"emulated") {
         return true;
     }
     let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
-    body["data"].as_array().is_some_and(|models| models.iter().any(|m| m["owned_by"] == "kvlab-emulated"))
+    body["data"].as_array().is_some_and(|models| models.iter().any(|m| m["owned_by"] == emulator::OWNED_BY))
 }
 
 impl Launcher for ExternalLauncher {

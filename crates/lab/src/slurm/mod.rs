@@ -685,21 +685,14 @@ pub struct StatusEvent {
 fn status_events(root: &Path, index: usize) -> Vec<StatusEvent> {
     let path = root.join(format!("status/{index}.jsonl"));
     let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
-    let (complete, tail) = stats::split_torn_tail(&text);
-    let mut events = Vec::new();
-    for (i, line) in complete.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        match serde_json::from_str(line) {
-            Ok(e) => events.push(e),
-            Err(e) => eprintln!("kvlab: {}:{}: {e}; line skipped", path.display(), i + 1),
-        }
+    let (lines, bad) = stats::parse_json_lines_skipping(&text);
+    for e in bad {
+        eprintln!("kvlab: {}:{}: {}; line skipped", path.display(), e.line, e.message);
     }
-    if let Some((tail, torn)) = tail {
-        match serde_json::from_str(tail) {
-            Ok(e) => events.push(e),
-            Err(_) => eprintln!("kvlab: {}", torn.warning(&path.display().to_string())),
-        }
+    if let Some(torn) = lines.torn {
+        eprintln!("kvlab: {}", torn.warning(&path.display().to_string()));
     }
-    events
+    lines.items.into_iter().map(|(_, e)| e).collect()
 }
 
 /// Where a point stands.
