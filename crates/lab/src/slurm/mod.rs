@@ -1129,7 +1129,7 @@ pub async fn run_planned_point(
             let run_toml = final_dir.join("run.toml");
             if let Ok(text) = std::fs::read_to_string(&run_toml) {
                 let text = text.replace(&partial.display().to_string(), &final_dir.display().to_string());
-                std::fs::write(&run_toml, text).map_err(|e| LabError::io(&run_toml, e))?;
+                crate::run::write_atomic(&run_toml, text.as_bytes())?;
             }
             append_status(root, index, &event("done", None))?;
             eprintln!("kvlab: point {index} done: {}", final_dir.display());
