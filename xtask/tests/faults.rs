@@ -151,7 +151,7 @@ fn sigterm_and_sigint_stop_a_run_within_5_s() {
 }
 
 /// SIGKILL mid-run: `requests.jsonl` keeps every finished request; a torn last line is skipped
-/// with a warning by `report` (which marks the run incomplete) and by `sim`.
+/// with a warning by `report` (which marks the run incomplete), `regress` and `sim`.
 #[test]
 fn sigkill_leaves_a_directory_that_report_and_sim_read() {
     let tmp = tempfile::tempdir().unwrap();
@@ -175,6 +175,25 @@ fn sigkill_leaves_a_directory_that_report_and_sim_read() {
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("INCOMPLETE"), "{md}");
     assert!(md.contains(&format!("{whole} requests that finished")), "{md}");
+
+    // regress checks the partial directory on the summary computed from its records.
+    let baselines = tmp.path().join("baselines");
+    for extra in [&["--bless"][..], &[][..]] {
+        let regress = xtask()
+            .args(["regress", &dir.display().to_string(), "--baselines"])
+            .arg(&baselines)
+            .args(extra)
+            .output()
+            .unwrap();
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&regress.stdout),
+            String::from_utf8_lossy(&regress.stderr)
+        );
+        assert!(regress.status.success(), "regress {extra:?}: {output}");
+        assert!(output.contains("torn last line"), "regress {extra:?}: {output}");
+    }
+    assert_eq!(std::fs::read_dir(&baselines).unwrap().count(), 1, "one baseline blessed");
 
     let sim_out = tmp.path().join("sim");
     let sim = xtask()

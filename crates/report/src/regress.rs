@@ -541,8 +541,16 @@ impl Outcome {
 
 /// The subject of a result directory: its `summary.json`, checked against the baseline named
 /// by `run.toml`'s `baseline` key, else its `label`, else the directory name.
+///
+/// A killed run (no `summary.json`) is checked on the summary computed from the records it has,
+/// its torn last line skipped with a warning, as [`crate::RunData::load`] reads it.
 pub fn subject_from_dir(dir: &Path) -> Result<Subject, Error> {
-    let summary = crate::read_summary(&dir.join("summary.json"))?;
+    let summary_path = dir.join("summary.json");
+    let summary = if summary_path.exists() {
+        crate::read_summary(&summary_path)?
+    } else {
+        crate::RunData::load(dir)?.summary
+    };
     let run_toml = dir.join("run.toml");
     let mut name = None;
     if run_toml.exists() {
