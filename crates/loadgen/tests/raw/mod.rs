@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod cases;
+
 /// One step of an answer.
 #[derive(Debug, Clone)]
 pub enum Step {
