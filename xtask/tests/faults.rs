@@ -279,3 +279,71 @@ fn a_live_run_listens_on_loopback_and_keeps_the_token_out() {
         assert!(!text.contains(TOKEN), "HF_TOKEN in {}", f.display());
     }
 }
+
+/// Whether `pid` runs (exists and is not a zombie waiting for a reaper).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The engine processes the lab `lab` recorded under the workspace's `.kvlab/engines/`: (record, pid).
+fn recorded_engines(lab: u32) -> Vec<(PathBuf, u32)> {
+    let registry = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.kvlab/engines");
+    std::fs::read_dir(registry)
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|path| {
+            let record: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            let pid = record["pid"].as_u64()? as u32;
+            (record["owner"]["pid"].as_u64()? == u64::from(lab)).then_some((path, pid))
+        })
+        .collect()
+}
+
+/// SIGKILL leaves the lab's engine process (llama.cpp) running; the next `bench` finds it by
+/// its record and kills it before it starts, and says so.
+#[test]
+fn the_next_bench_reaps_the_engine_of_a_killed_lab() {
+    for var in ["KVLAB_PYTHON", "KVLAB_LLAMACPP_MODEL"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is unset: this test needs the llama.cpp engine (a Python venv with xllamacpp and \
+             the generated GGUF model), which `cargo xtask ci` sets up"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut args = bench_args(&out, "orphaned", 100_000, 5);
+    args[2] = "llamacpp".to_owned();
+    args[4] = "cpu".to_owned();
+    let run = Run::spawn(xtask().args(&args));
+    let lab = run.pid();
+    wait_for_records(&out, 2, Duration::from_secs(180));
+    let engines = recorded_engines(lab);
+    assert_eq!(engines.len(), 1, "one engine process recorded for lab {lab}: {engines:?}");
+    let (record, engine) = engines[0].clone();
+    run.signal("KILL");
+    let _ = run.finish(Duration::from_secs(10));
+    assert!(running(engine), "the engine {engine} outlives its killed lab (what the next run must reap)");
+
+    let next = xtask().args(bench_args(&tmp.path().join("next"), "next", 5, 50)).output().unwrap();
+    let output =
+        format!("{}{}", String::from_utf8_lossy(&next.stdout), String::from_utf8_lossy(&next.stderr));
+    let killed = std::time::Instant::now();
+    while running(engine) && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(engine), "the next bench killed the orphaned engine {engine}\n{output}");
+    assert!(next.status.success(), "{output}");
+    assert!(
+        output.contains(&format!("killed engine process {engine} "))
+            && output.contains(&format!("(its lab, pid {lab}, is gone)")),
+        "the next bench names what it reaped\n{output}"
+    );
+    assert!(!record.exists(), "the record {} is removed", record.display());
+    assert!(!output.contains(TOKEN));
+}
