@@ -130,23 +130,43 @@ fn assert_interrupted(dir: &Path) {
     assert_eq!(json(&dir.join("env.json"))["interrupted"], true);
 }
 
-/// SIGTERM and SIGINT stop a live run within 5 s, with a summary of what finished.
+/// SIGTERM and SIGINT stop a live run within 5 s, with a summary of what finished: with the
+/// in-process emulated engine, and with a llama.cpp engine process, which is stopped too.
 #[test]
 fn sigterm_and_sigint_stop_a_run_within_5_s() {
-    for sig in ["TERM", "INT"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("out");
-        let run = Run::spawn(xtask().args(bench_args(&out, sig, 100_000, 50)));
-        let dir = wait_for_records(&out, 5, Duration::from_secs(120));
-        let sent = Instant::now();
-        run.signal(sig);
-        let (code, output, waited) = run.finish(Duration::from_secs(30));
-        eprintln!("SIG{sig}: the run stopped {:.3} s after the signal", sent.elapsed().as_secs_f64());
-        assert!(waited < Duration::from_secs(5), "SIG{sig}: stopped after {waited:?}\n{output}");
-        assert_ne!(code, Some(0), "an interrupted run exits non-zero\n{output}");
-        assert!(output.contains("interrupted"), "SIG{sig}: {output}");
-        assert_interrupted(&dir);
-        assert!(!output.contains(TOKEN));
+    require_llamacpp();
+    for (engine, tier) in [("emulated", "baseline"), ("llamacpp", "cpu")] {
+        for sig in ["TERM", "INT"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("out");
+            let mut args = bench_args(&out, sig, 100_000, if engine == "emulated" { 50 } else { 5 });
+            args[2] = engine.to_owned();
+            args[4] = tier.to_owned();
+            let run = Run::spawn(xtask().args(&args));
+            let lab = run.pid();
+            let dir = wait_for_records(&out, 3, Duration::from_secs(180));
+            let engines = recorded_engines(lab);
+            assert_eq!(engines.len(), usize::from(engine != "emulated"), "{engine}: {engines:?}");
+            let sent = Instant::now();
+            run.signal(sig);
+            let (code, output, waited) = run.finish(Duration::from_secs(30));
+            eprintln!(
+                "{engine}, SIG{sig}: the run stopped {:.3} s after the signal",
+                sent.elapsed().as_secs_f64()
+            );
+            assert!(
+                waited < Duration::from_secs(5),
+                "{engine}, SIG{sig}: stopped after {waited:?}\n{output}"
+            );
+            for (record, pid) in engines {
+                assert!(!running(pid), "{engine}, SIG{sig}: the engine process {pid} is stopped");
+                assert!(!record.exists(), "{engine}, SIG{sig}: its record is removed");
+            }
+            assert_ne!(code, Some(0), "an interrupted run exits non-zero\n{output}");
+            assert!(output.contains("interrupted"), "{engine}, SIG{sig}: {output}");
+            assert_interrupted(&dir);
+            assert!(!output.contains(TOKEN));
+        }
     }
 }
 
@@ -280,6 +300,18 @@ fn a_live_run_listens_on_loopback_and_keeps_the_token_out() {
     }
 }
 
+/// The llama.cpp engine (a Python with xllamacpp and the generated GGUF model) the tests get
+/// from `cargo xtask ci`.
+fn require_llamacpp() {
+    for var in ["KVLAB_PYTHON", "KVLAB_LLAMACPP_MODEL"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is unset: this test needs the llama.cpp engine (a Python venv with xllamacpp and \
+             the generated GGUF model), which `cargo xtask ci` sets up"
+        );
+    }
+}
+
 /// Whether `pid` runs (exists and is not a zombie waiting for a reaper).
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -308,13 +340,7 @@ fn recorded_engines(lab: u32) -> Vec<(PathBuf, u32)> {
 /// its record and kills it before it starts, and says so.
 #[test]
 fn the_next_bench_reaps_the_engine_of_a_killed_lab() {
-    for var in ["KVLAB_PYTHON", "KVLAB_LLAMACPP_MODEL"] {
-        assert!(
-            std::env::var_os(var).is_some(),
-            "{var} is unset: this test needs the llama.cpp engine (a Python venv with xllamacpp and \
-             the generated GGUF model), which `cargo xtask ci` sets up"
-        );
-    }
+    require_llamacpp();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let mut args = bench_args(&out, "orphaned", 100_000, 5);
