@@ -355,3 +355,37 @@ fn orphaned_engine_processes_are_reaped_and_live_ones_kept() {
     kept.kill().unwrap();
     kept.wait().unwrap();
 }
+
+#[test]
+fn an_orphaned_engine_is_reaped_with_the_workers_of_its_process_group() {
+    use lab::engine::orphans::{process_start_time, reap_orphans, EngineRecord};
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_owner = Owner { pid: dead.id(), ..Owner::current() };
+    dead.wait().unwrap();
+    // An engine leading its own group, with a worker that would outlive a kill by pid.
+    let mut engine = std::process::Command::new("sh")
+        .args(["-c", "sleep 60 & echo $!; exec sleep 60"])
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(engine.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let worker: u32 = line.trim().parse().unwrap();
+    let record = EngineRecord {
+        pid: engine.id(),
+        start_time: process_start_time(engine.id()).unwrap(),
+        program: "sh".into(),
+        owner: dead_owner,
+    };
+    std::fs::write(dir.path().join("engine.json"), serde_json::to_string(&record).unwrap()).unwrap();
+    let reaped = reap_orphans(Some(dir.path())).unwrap();
+    assert_eq!(reaped.iter().filter(|r| r.kind == "process").count(), 1, "{reaped:?}");
+    assert!(!engine.wait().unwrap().success(), "the engine was signalled");
+    let worker_alive =
+        std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    assert!(!worker_alive, "the engine's worker {worker} was killed with its group");
+}

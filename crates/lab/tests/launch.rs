@@ -71,26 +71,91 @@ async fn engine_that_exits_at_start_shows_its_log() {
     assert!(err.contains("error: unknown model architecture"), "{err}");
 }
 
+/// The live (not zombie) processes of process group `pgid`, from /proc.
+fn group_members(pgid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
+            // Fields 3 (state) and 5 (process group).
+            fields[0] != "Z" && fields[0] != "X" && fields[2] == pgid.to_string()
+        })
+        .collect()
+}
+
+fn read_pid(path: &Path) -> u32 {
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+/// Waits up to 5 s for `pids` to be gone (the runtime reaps a dropped child in the background).
+async fn assert_gone(pids: &[u32], what: &str) {
+    let alive =
+        |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    for _ in 0..250 {
+        if !pids.iter().any(alive) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<&u32> = pids.iter().filter(|p| alive(p)).collect();
+    panic!("{what}: processes {left:?} still running");
+}
+
 #[tokio::test]
-async fn readiness_timeout_is_reported_and_the_process_is_reaped() {
+async fn readiness_timeout_is_reported_and_the_process_group_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Cpu);
-    let pid_file = dir.path().join("pid");
+    let (pid_file, child_file) = (dir.path().join("pid"), dir.path().join("child"));
     s.python = Some(fake_python(
         dir.path(),
-        &format!("echo loading; echo $$ > {}; exec sleep 60", pid_file.display()),
+        &format!(
+            "sleep 60 & echo $! > {}; echo loading; echo $$ > {}; exec sleep 60",
+            child_file.display(),
+            pid_file.display()
+        ),
     ));
     s.ready_timeout = Duration::from_millis(500);
     let err = start_err(&s).await;
     assert!(err.contains("not ready after 0 s"), "{err}");
-    assert!(err.contains("loading"), "{err}");
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    // kill_on_drop: the child is gone (give the runtime a moment to reap it).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false);
-    assert!(!alive, "engine process {pid} still running");
+    assert!(err.contains("raise the limit with --ready-timeout SECONDS"), "names the flag: {err}");
+    assert!(err.contains("loading"), "shows the engine's last log lines: {err}");
+    // The engine and the worker it started are both gone.
+    assert_gone(&[read_pid(&pid_file), read_pid(&child_file)], "after the readiness timeout").await;
+}
+
+/// A fake engine: a shell that starts a worker (`sleep`) and then becomes an HTTP server that
+/// answers every GET with 200, like a Python engine with a worker process.
+const FAKE_ENGINE_WITH_WORKER: &str = r#"sleep 300 &
+echo $! > "$(dirname "$0")/worker"
+exec python3 -c '
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+' "$4""#;
+
+#[tokio::test]
+async fn stop_ends_the_engine_and_every_process_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
+    s.python = Some(fake_python(dir.path(), FAKE_ENGINE_WITH_WORKER));
+    s.ready_timeout = Duration::from_secs(20);
+    let running = launcher(s.engine).start(&s).await.expect("the fake engine answers /health");
+    let pid = running.pid.unwrap();
+    let worker = read_pid(&dir.path().join("worker"));
+    let members = group_members(pid);
+    assert!(members.contains(&pid) && members.contains(&worker), "own process group {pid}: {members:?}");
+    running.stop().await.unwrap();
+    assert_eq!(group_members(pid), Vec::<u32>::new(), "no process of the engine's group is left");
+    assert_gone(&[pid, worker], "after stop").await;
 }
 
 #[tokio::test]

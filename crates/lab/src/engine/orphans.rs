@@ -71,10 +71,12 @@ pub(crate) fn process_exited(pid: u32) -> bool {
     proc_stat(pid).is_none_or(|s| s.exited())
 }
 
-/// The two fields of `/proc/PID/stat` the lab reads, in one read.
+/// The fields of `/proc/PID/stat` the lab reads, in one read.
 struct ProcStat {
     /// Field 3: `R`, `S`, ... `Z` (zombie), `X` (dead).
     state: char,
+    /// Field 5: the process group.
+    pgrp: u32,
     /// Field 22: clock ticks after boot when the process started.
     start_time: u64,
 }
@@ -89,9 +91,59 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: fields after the last `)`.
     let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    // `rest` starts at field 3 (state); field 22 is the 20th from there.
+    // `rest` starts at field 3 (state); field 5 is the 3rd from there, field 22 the 20th.
     let state = rest.next()?.chars().next()?;
-    Some(ProcStat { state, start_time: rest.nth(18)?.parse().ok()? })
+    let pgrp = rest.nth(1)?.parse().ok()?;
+    Some(ProcStat { state, pgrp, start_time: rest.nth(16)?.parse().ok()? })
+}
+
+/// The live (not zombie) processes of process group `pgid`.
+pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|s| s.pgrp == pgid && !s.exited()))
+        .collect()
+}
+
+/// Sends `sig` (`-TERM`, `-KILL`) to every process of group `pgid`: an engine started in its
+/// own group ([`super::process::spawn`]) and the workers it started.
+pub(crate) fn signal_group(pgid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// SIGTERM to group `pgid`, up to `grace` for its processes to exit, then SIGKILL and up to
+/// 5 s more. Returns whether the group is empty (zombies aside) at the end.
+///
+/// A process group id cannot be given to a new process while the group has members, so a
+/// group with members is still the engine's.
+pub(crate) fn stop_group(pgid: u32, grace: Duration) -> bool {
+    if group_members(pgid).is_empty() {
+        return true;
+    }
+    signal_group(pgid, "-TERM");
+    if wait_group_empty(pgid, grace) {
+        return true;
+    }
+    signal_group(pgid, "-KILL");
+    wait_group_empty(pgid, Duration::from_secs(5))
+}
+
+fn wait_group_empty(pgid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if group_members(pgid).is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn boot_id() -> String {
@@ -260,7 +312,13 @@ fn reap_processes(dir: &Path) -> Result<Vec<Reaped>> {
         }
         let same_boot = record.owner.boot_id == boot_id();
         if same_boot && process_start_time(record.pid) == Some(record.start_time) {
-            kill_and_wait(record.pid, record.start_time);
+            match proc_stat(record.pid) {
+                // The engine leads its own group: it goes with its workers.
+                Some(s) if s.pgrp == record.pid => {
+                    stop_group(record.pid, Duration::from_secs(5));
+                }
+                _ => kill_and_wait(record.pid, record.start_time),
+            }
             reaped.push(Reaped {
                 kind: "process",
                 what: format!("{} ({})", record.pid, record.program),

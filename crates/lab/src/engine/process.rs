@@ -35,17 +35,29 @@ impl CommandLine {
     }
 }
 
-/// A child process the lab owns. Dropping it kills the child (SIGKILL) and reaps it.
+/// How long an engine's process group gets to exit after SIGTERM before SIGKILL.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A child process the lab owns, leading its own process group (the engine's workers, such as
+/// vLLM's EngineCore or Python's multiprocessing children, are in it too). Dropping it kills the
+/// whole group (SIGKILL) and reaps the child.
 pub(crate) struct ProcessGuard {
     engine: &'static str,
     child: Child,
+    /// The process group: the child's pid. `None` once the group has been stopped.
+    pgid: Option<u32>,
     /// The orphan-registry record of the child, removed once it is reaped.
     record: Option<std::path::PathBuf>,
 }
 
 impl Drop for ProcessGuard {
     fn drop(&mut self) {
-        // The child is killed on drop (`kill_on_drop`), so its record goes too.
+        // The child itself is killed on drop (`kill_on_drop`); its group goes with it.
+        if let Some(pgid) = self.pgid.take() {
+            if !super::orphans::group_members(pgid).is_empty() {
+                super::orphans::signal_group(pgid, "-KILL");
+            }
+        }
         if let Some(record) = self.record.take() {
             super::orphans::unregister(&record);
         }
@@ -57,41 +69,50 @@ impl ProcessGuard {
         self.child.id()
     }
 
-    /// SIGTERM, up to 10 s for the process to exit, then SIGKILL; always reaps.
+    /// SIGTERM to the engine's process group, up to [`STOP_GRACE`] for every process of it to
+    /// exit, then SIGKILL; always reaps the child.
     pub(crate) async fn stop(mut self) -> Result<()> {
-        let stopped = self.stop_child().await;
+        let stopped = self.stop_group(STOP_GRACE).await;
         if let Some(record) = self.record.take() {
             super::orphans::unregister(&record);
         }
         stopped
     }
 
-    async fn stop_child(&mut self) -> Result<()> {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return Ok(());
+    async fn stop_group(&mut self, grace: Duration) -> Result<()> {
+        let engine = self.engine;
+        let failed = |what: String| LabError::launch(engine, what);
+        if let Some(pgid) = self.pgid.take() {
+            let empty = tokio::task::spawn_blocking(move || super::orphans::stop_group(pgid, grace))
+                .await
+                .unwrap_or(false);
+            if !empty {
+                let _ = self.child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+                return Err(failed(format!(
+                    "processes of the engine's process group {pgid} survived SIGKILL: {:?}",
+                    super::orphans::group_members(pgid)
+                )));
+            }
         }
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
-            Ok(_) => Ok(()),
+        // The child led the group: it has exited, and is reaped here.
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(failed(format!("could not reap the engine: {e}"))),
             Err(_) => {
                 let _ = self.child.start_kill();
                 self.child
                     .wait()
                     .await
                     .map(drop)
-                    .map_err(|e| LabError::launch(self.engine, format!("could not reap the engine: {e}")))
+                    .map_err(|e| failed(format!("could not reap the engine: {e}")))
             }
         }
     }
 }
 
-/// Spawns `cmd` with stdout and stderr appended to `log`, in its own working directory.
+/// Spawns `cmd` with stdout and stderr appended to `log`, in a process group of its own
+/// (so that stopping it stops the processes it starts).
 pub(crate) fn spawn(
     engine: &'static str,
     cmd: &CommandLine,
@@ -110,6 +131,7 @@ pub(crate) fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::from(file))
         .stderr(Stdio::from(err_file))
+        .process_group(0)
         .kill_on_drop(true);
     let child = command.spawn().map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
@@ -119,8 +141,9 @@ pub(crate) fn spawn(
         };
         LabError::launch(engine, hint)
     })?;
-    let record = child.id().and_then(|pid| super::orphans::register(pid, &cmd.program));
-    Ok(ProcessGuard { engine, child, record })
+    let pgid = child.id();
+    let record = pgid.and_then(|pid| super::orphans::register(pid, &cmd.program));
+    Ok(ProcessGuard { engine, child, pgid, record })
 }
 
 /// The last `n` lines of a log file, secrets redacted.
@@ -178,7 +201,9 @@ pub(crate) async fn wait_ready(
             return Err(LabError::launch(
                 engine,
                 format!(
-                    "not ready after {:.0} s ({base_url}/health and /v1/models); last lines of {}:\n{}",
+                    "not ready after {:.0} s ({base_url}/health and /v1/models); a slow engine (model \
+                     download, load, compilation) may need longer: raise the limit with --ready-timeout \
+                     SECONDS; last lines of {}:\n{}",
                     timeout.as_secs_f64(),
                     log.display(),
                     log_tail(log, 20, secrets)
