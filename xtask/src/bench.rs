@@ -347,20 +347,27 @@ pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions>
 }
 
 /// Unlike `vllm bench serve`, a run where requests failed never looks like a success: the exit
-/// code is non-zero when the failed fraction of any run exceeds `max_failed_fraction`.
+/// code is non-zero when the failed fraction of any run exceeds `max_failed_fraction`. The
+/// requests a point's `time_limit` cut short (`interrupted`) are not failures of the engine.
 pub(crate) fn check_failures(
     reports: &[lab::run::RunReport],
     max_failed_fraction: f64,
 ) -> anyhow::Result<()> {
     for report in reports {
         let s = &report.summary;
-        let sent = s.completed + s.failed;
-        let fraction = if sent == 0 { 1.0 } else { s.failed as f64 / sent as f64 };
+        let cut = if report.time_limit_reached {
+            s.failed_by_class.get("interrupted").copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let sent = s.completed + s.failed - cut;
+        let failed = s.failed - cut;
+        let fraction = if sent == 0 { 1.0 } else { failed as f64 / sent as f64 };
         if sent == 0 || fraction > max_failed_fraction {
             anyhow::bail!(
                 "{}: {} of {} requests failed (allowed fraction {}); records are in {}",
                 report.dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-                s.failed,
+                failed,
                 sent,
                 max_failed_fraction,
                 report.dir.join("requests.jsonl").display()

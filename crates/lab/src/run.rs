@@ -129,6 +129,9 @@ pub struct RunReport {
     pub summary: stats::Summary,
     /// The summary table as `vllm bench serve` prints it (labelled EMULATED when it is).
     pub table: String,
+    /// The point's `time_limit` ended the run while requests were in flight (they are recorded
+    /// as failed with class `interrupted`; `"time_limit_reached": true` in summary.json).
+    pub time_limit_reached: bool,
 }
 
 /// The resolved configuration of one run: `run.toml`. No secret is ever part of it.
@@ -367,6 +370,17 @@ enum EngineWatch {
     /// answer of any status, or none yet, counts as alive).
     Health(String),
     Nothing,
+}
+
+/// Resolves at `origin + limit` seconds with the limit; never without one.
+async fn time_limit(limit: Option<f64>, origin: Instant) -> f64 {
+    match limit {
+        Some(s) => {
+            tokio::time::sleep_until((origin + Duration::from_secs_f64(s)).into()).await;
+            s
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves with the run-clock time (seconds since `origin`) at which the engine was seen gone;
@@ -748,6 +762,9 @@ pub(crate) async fn run_point(
         _ => None,
     };
     let mut engine_died_at = None;
+    let mut time_limit_reached = false;
+    // Cancelled by a stop, or at the time limit: the load generator records what is in flight.
+    let drive_stop = stop.child_token();
     let driven = match &samplers {
         Ok(_) => {
             let drive = adapters::Drive {
@@ -758,7 +775,7 @@ pub(crate) async fn run_point(
                 dir: &dir,
                 origin,
                 progress: opts.progress,
-                stop: stop.child_token(),
+                stop: drive_stop.clone(),
             }
             .run();
             tokio::pin!(drive);
@@ -773,6 +790,23 @@ pub(crate) async fn run_point(
                     // the requests in flight as interrupted; the partial summary is made below.
                     let _ = tokio::time::timeout(STOP_GRACE, &mut drive).await;
                     Err(LabError::Interrupted(dir.clone()))
+                }
+                limit = time_limit(workload.time_limit_s, origin) => {
+                    // A deadline, not only the end of arrivals: requests still streaming end now
+                    // and are recorded as interrupted, as on a stop; the run itself succeeds.
+                    time_limit_reached = true;
+                    eprintln!(
+                        "kvlab: the time limit of {limit} s was reached; the requests in flight are \
+                         recorded as interrupted"
+                    );
+                    drive_stop.cancel();
+                    match tokio::time::timeout(STOP_GRACE, &mut drive).await {
+                        Ok(r) => r,
+                        Err(_) => Err(LabError::Other(format!(
+                            "the load generator did not stop within {} s of the time limit",
+                            STOP_GRACE.as_secs()
+                        ))),
+                    }
                 }
                 at = engine_exit(watched, origin) => {
                     engine_died_at = Some(at);
@@ -834,6 +868,15 @@ pub(crate) async fn run_point(
             env["partial_results_error"] = serde_json::json!(secrets.redact(&e.to_string()));
         }
     }
+    let driven = match driven {
+        Ok(_) if time_limit_reached => {
+            env["time_limit_reached"] = serde_json::json!(true);
+            marks.insert("time_limit_reached".into(), serde_json::json!(true));
+            marks.insert("time_limit_s".into(), serde_json::json!(workload.time_limit_s));
+            adapters::finish_partial(&dir, &summary_cfg, &marks)
+        }
+        driven => driven,
+    };
     write(&dir.join("env.json"), &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()))?;
     let summary = driven?;
     stopped?;
@@ -850,8 +893,15 @@ pub(crate) async fn run_point(
         )?;
     }
     println!("{}", secrets.redact(&table));
+    if time_limit_reached {
+        println!(
+            "time limit of {} s reached: {} requests were still in flight and are recorded as interrupted",
+            workload.time_limit_s.unwrap_or_default(),
+            summary.failed_by_class.get("interrupted").copied().unwrap_or(0)
+        );
+    }
     println!("results: {}", dir.display());
-    Ok(RunReport { dir, engine: engine_kind, emulated, summary, table })
+    Ok(RunReport { dir, engine: engine_kind, emulated, summary, table, time_limit_reached })
 }
 
 fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig) -> serde_json::Value {

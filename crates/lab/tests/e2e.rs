@@ -237,3 +237,55 @@ async fn conversation_aware_eviction_runs_on_the_emulated_engine() {
         .unwrap_or_else(|| panic!("no index.json records the refused point ({err})"));
     assert!(index.contains("conversation_aware_eviction = true: engine `external`"), "{index}");
 }
+
+/// An experiment file in the workspace; its points run on the emulated engine.
+fn experiment_options(ws: &Path, name: &str, toml: &str) -> BenchOptions {
+    let exp = ws.join(format!("{name}.toml"));
+    std::fs::write(&exp, toml).unwrap();
+    let mut opts = BenchOptions::new(ws, Tier::Cpu);
+    opts.engine = EngineKind::Emulated;
+    opts.experiment = Some(exp);
+    opts.progress = false;
+    opts.ready_timeout = std::time::Duration::from_secs(30);
+    opts
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()))
+}
+
+/// `time_limit` is a deadline: requests still streaming when it passes end then, recorded as
+/// interrupted (as on a stop), and the summary says the run hit its time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limit_ends_requests_still_streaming() {
+    let ws = workspace();
+    // Four thousand decode steps each: far longer than the limit.
+    let opts = experiment_options(
+        ws.path(),
+        "slow",
+        "name = \"slow\"\n[defaults]\nnum_prompts = 4\nprompt_len = 128\ngen_len = 4000\n\
+         time_limit = \"1.5s\"\n[matrix]\nmodels = [\"llama-3-8b\"]\ntiers = [\"cpu\"]\n\
+         workloads = [\"random\"]\n",
+    );
+    let start = std::time::Instant::now();
+    let reports = bench(&opts).await.expect("a run that hits its time limit succeeds");
+    let took = start.elapsed();
+    let r = &reports[0];
+    assert!(r.time_limit_reached);
+    assert!(took < std::time::Duration::from_secs(15), "the run went on past its time limit: {took:?}");
+    let records = common::records(&r.dir);
+    assert_eq!(records.len(), 4, "every request sent has its record");
+    for rec in &records {
+        let class = rec.error.as_ref().map(|e| e.class());
+        assert_eq!(class, Some("interrupted"), "cut at the time limit: {rec:?}");
+        assert!(rec.end <= 1.5 + 1.0, "recorded when the limit passed: {rec:?}");
+        assert!(rec.output_tokens > 0, "the tokens streamed so far are kept: {rec:?}");
+    }
+    let summary = json(&r.dir.join("summary.json"));
+    assert_eq!(summary["time_limit_reached"], true, "{summary}");
+    assert_eq!(summary["time_limit_s"], 1.5, "{summary}");
+    assert_eq!(summary["failed"], 4, "{summary}");
+    assert_eq!(json(&r.dir.join("env.json"))["time_limit_reached"], true);
+    assert_no_secret(ws.path());
+}
