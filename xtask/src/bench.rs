@@ -28,7 +28,7 @@ pub(crate) struct BenchArgs {
     /// Container image (--engine docker; overrides the pinned vLLM + LMCache image).
     #[arg(long)]
     pub(crate) image: Option<String>,
-    /// GPU type for the emulator's cost model (H100, H200, A100-80GB, L40S, L4).
+    /// GPU type for the emulator's cost model (configs/gpus.toml: H100, H200, A100-80G, L40S, L4).
     #[arg(long)]
     pub(crate) gpu: Option<String>,
     /// GPUs for the engine: a count (2) or a device list (0,2); default all.

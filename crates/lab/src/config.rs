@@ -255,9 +255,10 @@ pub(crate) struct PointSettings {
     /// Conversation-aware eviction where the engine supports it (the emulator does).
     conversation_aware_eviction: Option<bool>,
     /// Goodput SLOs in `vllm bench serve` form: `"ttft:300 tpot:50"` (milliseconds).
-    goodput: Option<String>,
-    engine: Option<String>,
-    gpu: Option<String>,
+    goodput: Option<Spanned<String>>,
+    engine: Option<Spanned<String>>,
+    /// GPU type of the emulator's cost model (`configs/gpus.toml`).
+    gpu: Option<Spanned<String>>,
 }
 
 impl PointSettings {
@@ -358,6 +359,9 @@ pub struct Experiment {
     /// The 1-based line of each entry of `matrix.models`, in order, for error messages.
     #[serde(skip)]
     pub model_lines: Vec<usize>,
+    /// The 1-based line and column of each entry of `matrix.models`, in order.
+    #[serde(skip)]
+    model_positions: Vec<(usize, usize)>,
 }
 
 /// One point of an experiment matrix, with defaults and overrides applied.
@@ -474,6 +478,7 @@ impl Experiment {
                 .collect::<Result<Vec<_>>>()?
         };
         let check_settings = |s: &PointSettings| -> Result<Option<f64>> {
+            check_names(s).map_err(|(span, msg)| err(span, msg))?;
             match &s.time_limit {
                 None => Ok(None),
                 Some(t) => match t.get_ref() {
@@ -519,9 +524,9 @@ impl Experiment {
                                 warmup: s.warmup,
                                 mock_decoding: s.mock_decoding.unwrap_or(false),
                                 conversation_aware_eviction: s.conversation_aware_eviction.unwrap_or(false),
-                                goodput: s.goodput.clone(),
-                                engine: s.engine.clone(),
-                                gpu: s.gpu.clone(),
+                                goodput: s.goodput.as_ref().map(|g| g.get_ref().clone()),
+                                engine: s.engine.as_ref().map(|e| e.get_ref().clone()),
+                                gpu: s.gpu.as_ref().map(|g| g.get_ref().clone()),
                             });
                         }
                     }
@@ -540,7 +545,8 @@ impl Experiment {
                 ));
             }
         }
-        let model_lines = m.models.iter().map(|s| crate::error::line_col(text, s.span().start).0).collect();
+        let model_positions: Vec<(usize, usize)> =
+            m.models.iter().map(|s| crate::error::line_col(text, s.span().start)).collect();
         Ok(Experiment {
             name: raw.name,
             description: raw.description,
@@ -548,9 +554,59 @@ impl Experiment {
             lmcache,
             slurm: raw.slurm,
             file: file.to_owned(),
-            model_lines,
+            model_lines: model_positions.iter().map(|&(line, _)| line).collect(),
+            model_positions,
         })
     }
+
+    /// An error at the entry of `matrix.models` that names `model` (the file alone if none does).
+    pub(crate) fn model_error(&self, model: &str, message: &str) -> LabError {
+        let mut seen: Vec<&str> = Vec::new();
+        for p in &self.points {
+            if !seen.contains(&p.model.as_str()) {
+                seen.push(&p.model);
+            }
+        }
+        let message = format!("matrix.models: {message}");
+        match seen.iter().position(|m| *m == model).and_then(|i| self.model_positions.get(i)) {
+            Some(&(line, col)) => LabError::Config { file: self.file.clone(), line, col, message },
+            None => LabError::Invalid(format!("{}: {message}", self.file)),
+        }
+    }
+}
+
+/// Checks the names a point's settings give: `engine`, `gpu` (the cost model's GPU registry)
+/// and `goodput`; the error is at the value's span.
+fn check_names(s: &PointSettings) -> std::result::Result<(), (std::ops::Range<usize>, String)> {
+    if let Some(e) = &s.engine {
+        e.get_ref()
+            .parse::<crate::engine::EngineKind>()
+            .map_err(|err| (e.span(), format!("engine: {}", strip_invalid(err))))?;
+    }
+    if let Some(g) = &s.gpu {
+        // As the emulator finds it: ignoring ASCII case.
+        let registry = costmodel::Registry::builtin();
+        if !registry.gpus.iter().any(|known| known.name.eq_ignore_ascii_case(g.get_ref())) {
+            let known: Vec<&str> = registry.gpus.iter().map(|k| k.name.as_str()).collect();
+            let message = format!(
+                "gpu: unknown GPU `{}`; configs/gpus.toml knows {} (any case)",
+                g.get_ref(),
+                known.join(", ")
+            );
+            return Err((g.span(), message));
+        }
+    }
+    if let Some(g) = &s.goodput {
+        parse_goodput(g.get_ref()).map_err(|err| (g.span(), err))?;
+    }
+    Ok(())
+}
+
+/// Goodput SLOs in `vllm bench serve` form, `"ttft:300 tpot:50"` (spaces or commas between
+/// pairs); the error names the pair at fault.
+pub(crate) fn parse_goodput(g: &str) -> std::result::Result<stats::Slo, String> {
+    let parts: Vec<&str> = g.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    stats::Slo::parse(&parts).map_err(|e| e.to_string())
 }
 
 /// `16G`, `500M`, `1024` (MiB): what `sbatch --mem` accepts.
@@ -559,7 +615,7 @@ fn is_slurm_mem(s: &str) -> bool {
     !digits.is_empty() && digits.len() + 1 >= s.len() && digits.chars().all(|c| c.is_ascii_digit())
 }
 
-fn strip_invalid(e: LabError) -> String {
+pub(crate) fn strip_invalid(e: LabError) -> String {
     match e {
         LabError::Invalid(m) => m,
         other => other.to_string(),

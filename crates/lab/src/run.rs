@@ -236,6 +236,7 @@ async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<V
         return Ok(vec![report]);
     };
     let exp = Experiment::load(exp_path)?;
+    check_points(opts, &exp, &HostProbe::detect())?;
     let out = out_dir(opts);
     let root = out.join(format!("{}_{}", sanitize(&exp.name), timestamp()));
     std::fs::create_dir_all(&root).map_err(|e| LabError::io(&root, e))?;
@@ -278,6 +279,30 @@ async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<V
         return Err(LabError::Other(format!("every point of {} failed; see {}", exp.name, root.display())));
     }
     Ok(reports)
+}
+
+/// Before any point runs: every point's engine knows its model (the model registry for the
+/// engines that need one). The error is at the model's entry in `matrix.models`.
+fn check_points(opts: &BenchOptions, exp: &Experiment, probe: &HostProbe) -> Result<()> {
+    if opts.model.is_some() {
+        // `--model` replaces the file's models; run_point checks the flag's.
+        return Ok(());
+    }
+    for point in &exp.points {
+        let (engine, _) = probe.choose(point_engine(opts, point)?);
+        if let Err(e) = resolve_model(engine, &point.model) {
+            return Err(exp.model_error(&point.model, &crate::config::strip_invalid(e)));
+        }
+    }
+    Ok(())
+}
+
+/// The engine a point asks for: `--engine` unless it is `auto`, then the point's `engine`.
+fn point_engine(opts: &BenchOptions, point: &Point) -> Result<EngineKind> {
+    match &point.engine {
+        Some(e) if opts.engine == EngineKind::Auto => e.parse(),
+        _ => Ok(opts.engine),
+    }
 }
 
 pub(crate) fn json_rate(r: f64) -> serde_json::Value {
@@ -515,11 +540,7 @@ pub(crate) async fn run_point(
 ) -> Result<RunReport> {
     let secrets = Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env();
     let probe = HostProbe::detect();
-    let requested = match &point.engine {
-        Some(e) if opts.engine == EngineKind::Auto => e.parse()?,
-        _ => opts.engine,
-    };
-    let (engine_kind, reason) = probe.choose(requested);
+    let (engine_kind, reason) = probe.choose(point_engine(opts, point)?);
     if opts.require_gpu && !probe.nvidia_gpu {
         return Err(LabError::Invalid(
             "--require-gpu: no NVIDIA GPU was found (no nvidia-smi on PATH, no /dev/nvidia0); install the \
@@ -658,13 +679,12 @@ pub(crate) async fn run_point(
     write(&dir.join("run.toml"), &secrets.redact(&run_toml))?;
 
     let plan = adapters::build_plan(&workload)?;
-    let slo = match &point.goodput {
-        None => None,
-        Some(g) => {
-            let parts: Vec<&str> = g.split([' ', ',']).filter(|s| !s.is_empty()).collect();
-            Some(stats::Slo::parse(&parts).map_err(|e| LabError::Invalid(format!("--goodput `{g}`: {e}")))?)
-        }
-    };
+    let slo = point
+        .goodput
+        .as_deref()
+        .map(crate::config::parse_goodput)
+        .transpose()
+        .map_err(|e| LabError::Invalid(format!("--goodput: {e}")))?;
     let summary_cfg = stats::SummaryConfig {
         engine: engine_kind.to_string(),
         tier: point.tier.to_string(),

@@ -186,3 +186,72 @@ fn shipped_lmcache_files_match_the_tiers() {
         LmcacheConfig::check_yaml(&path.display().to_string(), &shipped).unwrap();
     }
 }
+
+/// Each case's experiment text with a one-model matrix after it; the outcome, one line each.
+fn outcomes(cases: &[(&str, &str)], matrix: &str) -> String {
+    cases
+        .iter()
+        .map(|(name, settings)| {
+            let text = format!("{HEAD}{settings}{matrix}");
+            match Experiment::parse("exp.toml", &text) {
+                Ok(e) => format!("{name}: ok, {} point(s)", e.points.len()),
+                Err(e) => format!("{name}: {e}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn experiment_engine_gpu_and_goodput_are_checked_at_their_line() {
+    let matrix = "[matrix]\nmodels=[\"llama-3-8b\"]\ntiers=[\"disk\"]\nworkloads=[\"random\"]\n";
+    let cases = [
+        ("engine typo", "[defaults]\nengine = \"vlm\"\n"),
+        ("engine known", "[defaults]\nengine = \"llamacpp\"\n"),
+        ("gpu typo", "[defaults]\ngpu = \"H1000\"\n"),
+        ("gpu known", "[defaults]\ngpu = \"H100\"\n"),
+        ("goodput metric", "[defaults]\ngoodput = \"ttfb:300\"\n"),
+        ("goodput value", "[defaults]\ngoodput = \"ttft:300 tpot:soon\"\n"),
+        ("goodput known", "[defaults]\ngoodput = \"ttft:300,tpot:50\"\n"),
+        ("override engine typo", "[workload_overrides.random]\nnum_prompts = 2\nengine = \"docker-vllm\"\n"),
+    ];
+    insta::assert_snapshot!(outcomes(&cases, matrix));
+}
+
+/// A model the engine of its point does not know is refused before any point runs, at its
+/// line in `matrix.models`.
+#[tokio::test]
+async fn experiment_models_are_checked_before_any_point_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("configs")).unwrap();
+    let check = |engine: lab::engine::EngineKind, models: &str| {
+        let exp = dir.path().join("exp.toml");
+        std::fs::write(
+            &exp,
+            format!(
+                "{HEAD}[defaults]\nnum_prompts = 1\n[matrix]\nmodels = [\n  \"llama-3-8b\",\n  {models}\n]\n\
+                 tiers = [\"cpu\"]\nworkloads = [\"random\"]\n"
+            ),
+        )
+        .unwrap();
+        let mut opts = lab::run::BenchOptions::new(dir.path(), Tier::Cpu);
+        opts.engine = engine;
+        opts.experiment = Some(exp);
+        opts.out = Some(dir.path().join("results"));
+        opts.progress = false;
+        opts
+    };
+    let opts = check(lab::engine::EngineKind::Emulated, "\"lama-3-8b\"");
+    let err = lab::run::bench(&opts).await.expect_err("a typo of a model").to_string();
+    let prefix = format!(
+        "{}:7:3: matrix.models: unknown model `lama-3-8b` for engine `emulated`",
+        opts.experiment.unwrap().display()
+    );
+    assert!(err.starts_with(&prefix), "{err}");
+    assert!(err.contains("llama-3-8b (meta-llama/Meta-Llama-3-8B-Instruct)"), "lists the known ones: {err}");
+    assert!(!dir.path().join("results").exists(), "nothing ran");
+
+    let opts = check(lab::engine::EngineKind::Vllm, "\"lama-3-8b\"");
+    let err = lab::run::bench(&opts).await.expect_err("vLLM needs a registry model").to_string();
+    assert!(err.contains(":7:3: matrix.models: unknown model `lama-3-8b` for engine `vllm`"), "{err}");
+}
