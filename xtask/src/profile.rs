@@ -47,9 +47,13 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
     }
     let root = crate::workspace_root();
     let out_parent = args.bench.workload.out.clone().unwrap_or_else(|| root.join("results"));
-    let image =
-        args.bench.image.clone().unwrap_or_else(|| lab::engine::docker::VLLM_LMCACHE_IMAGE.to_owned());
-    let plan = Plan::new(engine, placement, &root, &out_parent, &image, &probe);
+    // vllm-docker: the lab's image, which carries nsys (the upstream vLLM image has none).
+    let image = args.bench.image.clone().or_else(|| lab::profile::default_image(engine)).unwrap_or_default();
+    let mut opts = crate::bench::options(args.bench.clone())?;
+    opts.engine = engine;
+    opts.image = Some(image.clone()).filter(|i| !i.is_empty());
+    opts.profile = Some(ProfileSpec { placement });
+    let plan = Plan::new(&opts, placement, &root, &out_parent, &probe)?;
     if args.dry_run {
         eprintln!("kvlab: {reason}");
         for line in plan.display() {
@@ -61,9 +65,14 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
     eprintln!("kvlab: {reason}");
     match placement {
         Placement::WrapsLab => wraps_lab(&plan),
-        Placement::InContainer => in_container(&args, engine, &probe, &image),
+        Placement::InContainer => {
+            in_container(&opts, args.bench.workload.max_failed_fraction, &probe, &image)
+        }
     }
 }
+
+/// Where the run's result directory stands in printed commands (it is made when the run starts).
+const RESULT_DIR: &str = "<result dir>";
 
 /// The commands of a profile, for `--dry-run` and for running them.
 struct Plan {
@@ -71,27 +80,42 @@ struct Plan {
     build: Option<Vec<String>>,
     /// `nsys profile ... <exe> profile --inside-nsys FILE <flags>` (nsys runs the lab).
     nsys: Option<lab::profile::CommandLine>,
-    /// `docker run ... --entrypoint nsys <image> profile ... vllm serve ...` (shown for vllm-docker).
-    container_note: Option<String>,
+    /// The engine's own command as its launcher runs it: vllm-docker's `docker run ...` with nsys
+    /// inside, or process vLLM's `vllm serve ...` (printed only; the launcher builds it again
+    /// from the same functions when the run starts).
+    engine: Option<lab::profile::CommandLine>,
     /// `nsys stats ...`, with `<result dir>` standing for the run's directory.
     stats: lab::profile::CommandLine,
+    secrets: lab::secrets::Secrets,
     staging: PathBuf,
     handoff: PathBuf,
 }
 
 impl Plan {
     fn new(
-        engine: EngineKind,
+        opts: &lab::run::BenchOptions,
         placement: Placement,
         root: &Path,
         out_parent: &Path,
-        image: &str,
         probe: &HostProbe,
-    ) -> Plan {
+    ) -> anyhow::Result<Plan> {
+        let engine = opts.engine;
         let staging = out_parent.join(format!(".profile-{}", std::process::id()));
         let handoff = staging.join("result-dir");
-        let placeholder = PathBuf::from("<result dir>").join("profile");
-        match placement {
+        let result_dir = PathBuf::from(RESULT_DIR);
+        let placeholder = result_dir.join("profile");
+        let spec = lab::profile::planned_spec(opts, engine, &result_dir)?;
+        let runtime = probe.container_runtime.clone().unwrap_or_else(|| "docker".to_owned());
+        let port = match opts.port {
+            Some(p) => p,
+            None => std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .context("choosing a free port on 127.0.0.1")?
+                .port(),
+        };
+        let engine_cmd = lab::profile::planned_engine_command(&spec, &runtime, port);
+        let secrets = spec.secrets.clone();
+        Ok(match placement {
             Placement::WrapsLab => {
                 let target =
                     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
@@ -128,83 +152,53 @@ impl Plan {
                     &placeholder,
                     lab::profile::LAB_REPORT,
                 );
-                Plan { build, nsys: Some(nsys), container_note: None, stats, staging, handoff }
+                Plan { build, nsys: Some(nsys), engine: engine_cmd, stats, secrets, staging, handoff }
             }
             Placement::InContainer => {
-                let runtime = probe.container_runtime.clone().unwrap_or_else(|| "docker".to_owned());
-                let p = lab::profile::NsysProfile {
-                    capture: lab::profile::Capture::CudaProfilerApi,
-                    end: lab::profile::CaptureEnd::StopShutdown,
-                    output: format!(
-                        "{}/{}",
-                        lab::profile::CONTAINER_PROFILE_DIR,
-                        lab::profile::ENGINE_REPORT
-                    ),
-                };
-                let note = format!(
-                    "{runtime} run ... --entrypoint nsys --volume {}:{}:rw {image} {} vllm serve ... {}",
-                    placeholder.display(),
-                    lab::profile::CONTAINER_PROFILE_DIR,
-                    lab::profile::nsys_profile_args(&p).join(" "),
-                    shell_words(&lab::profile::vllm_args()),
-                );
+                let image = spec.image.clone().unwrap_or_default();
                 let stats = lab::profile::stats_command(
-                    &StatsHost::Container { runtime, image: image.to_owned() },
+                    &StatsHost::Container { runtime, image },
                     &placeholder,
                     lab::profile::ENGINE_REPORT,
                 );
-                Plan { build: None, nsys: None, container_note: Some(note), stats, staging, handoff }
+                Plan { build: None, nsys: None, engine: engine_cmd, stats, secrets, staging, handoff }
             }
-        }
+        })
     }
 
     fn display(&self) -> Vec<String> {
-        let secrets = lab::secrets::Secrets::default();
+        let line = |cmd: &lab::profile::CommandLine| lab::profile::shell_line(cmd, &self.secrets);
         let mut lines = Vec::new();
         if let Some(build) = &self.build {
             lines.push(format!("# build with NVTX ranges (needs libclang)\n{}", build.join(" ")));
         }
         if let Some(nsys) = &self.nsys {
-            let env: Vec<String> = nsys.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let mut shown = nsys.clone();
-            shown.env.clear();
+            lines.push(format!("# the run under Nsight Systems\n{}", line(nsys)));
+        }
+        match (&self.engine, &self.nsys) {
+            (Some(engine), Some(_)) => lines.push(format!(
+                "# the engine, started by the run as its child (traced by nsys), on a free port\n{}",
+                line(engine)
+            )),
+            (Some(engine), None) => lines.push(format!(
+                "# the engine container, started by the run: nsys inside it writes into {RESULT_DIR}/profile/\n{}",
+                line(engine)
+            )),
+            (None, _) => {}
+        }
+        if self.nsys.is_some() {
             lines.push(format!(
-                "# the run under Nsight Systems\n{}{}",
-                prefix(&env),
-                shown.display(&secrets)
-            ));
-            lines.push(format!(
-                "# then: move {} into <result dir>/profile/",
+                "# then: move {} into {RESULT_DIR}/profile/",
                 self.staging.join(format!("{}.nsys-rep", lab::profile::LAB_REPORT)).display()
             ));
         }
-        if let Some(note) = &self.container_note {
-            lines.push(format!(
-                "# the engine container, run by the lab (the bench's docker run, wrapped)\n{note}"
-            ));
-        }
         lines.push(format!(
-            "# summaries, parsed into <result dir>/profile/nvtx_sum.csv\n{}",
-            self.stats.display(&secrets)
+            "# summaries, parsed into {RESULT_DIR}/profile/{}\n{}",
+            lab::profile::NVTX_SUM_CSV,
+            line(&self.stats)
         ));
         lines
     }
-}
-
-fn prefix(env: &[String]) -> String {
-    if env.is_empty() {
-        String::new()
-    } else {
-        format!("{} ", env.join(" "))
-    }
-}
-
-fn shell_words(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| if w.contains(['"', ' ', '{']) { format!("'{w}'") } else { w.clone() })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// This program's flags after `profile`, without `--dry-run`.
@@ -274,18 +268,13 @@ fn wraps_lab(plan: &Plan) -> anyhow::Result<()> {
 }
 
 fn in_container(
-    args: &ProfileArgs,
-    engine: EngineKind,
+    opts: &lab::run::BenchOptions,
+    max_failed: f64,
     probe: &HostProbe,
     image: &str,
 ) -> anyhow::Result<()> {
-    let max_failed = args.bench.workload.max_failed_fraction;
-    let mut opts = crate::bench::options(args.bench.clone())?;
-    opts.engine = engine;
-    opts.image = Some(image.to_owned());
-    opts.profile = Some(ProfileSpec { placement: Placement::InContainer });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let reports = rt.block_on(lab::run::bench(&opts))?;
+    let reports = rt.block_on(lab::run::bench(opts))?;
     let dir = reports.first().context("the run produced no result directory")?.dir.clone();
     let runtime = probe.container_runtime.clone().unwrap_or_else(|| "docker".to_owned());
     finish(&dir, &StatsHost::Container { runtime, image: image.to_owned() }, lab::profile::ENGINE_REPORT)?;

@@ -30,9 +30,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::engine::docker::{ContainerFiles, ContainerHost, DockerRun, KvlabImage};
 pub use crate::engine::process::CommandLine;
-use crate::engine::{EngineKind, LaunchSpec};
+use crate::engine::{EngineKind, HostProbe, LaunchSpec};
 use crate::error::{LabError, Result};
+use crate::secrets::Secrets;
 
 /// What nsys traces.
 pub const NSYS_TRACE: &str = "cuda,nvtx,osrt";
@@ -174,6 +176,13 @@ pub fn lab_command(engine: EngineKind, nsys: &str, exe: &str, args: &[String], o
     CommandLine { program: nsys.to_owned(), args: a, env: nsys_env(&p.capture) }
 }
 
+/// The image `profile` runs an engine in when `--image` is not given: for vllm-docker the lab's
+/// own `kvlab/vllm-lmcache:latest` (built from `containers/vllm-lmcache.Containerfile`, which
+/// carries nsys), not the upstream vLLM image, which has none.
+pub fn default_image(engine: EngineKind) -> Option<String> {
+    (engine == EngineKind::VllmDocker).then(|| KvlabImage::VllmLmcache.latest())
+}
+
 /// The arguments vLLM needs to be profiled: its CUDA profiler.
 pub fn vllm_args() -> [String; 2] {
     ["--profiler-config".to_owned(), VLLM_PROFILER_CONFIG.to_owned()]
@@ -222,6 +231,14 @@ pub fn container_args(
     out.extend(args[at + 1..].iter().cloned());
     out.extend(vllm_args());
     out
+}
+
+/// The container command of a run: `<runtime> run ...` with nsys wrapped around vLLM when the
+/// run is profiled in the container. The launcher runs exactly this; `profile --dry-run` prints
+/// it.
+pub fn container_command(run: &DockerRun, profile: Option<&ProfileSpec>, run_dir: &Path) -> CommandLine {
+    let args = container_args(crate::engine::docker::docker_run_args(run), &run.image, profile, run_dir);
+    CommandLine { program: run.runtime.clone(), args, env: BTreeMap::new() }
 }
 
 /// The arguments after `nsys` for the NVTX and CUDA kernel summaries of `report` as CSV files
@@ -275,6 +292,119 @@ pub fn stats_command(host: &StatsHost, profile_dir: &Path, report: &str) -> Comm
             ));
             CommandLine { program: runtime.clone(), args, env: BTreeMap::new() }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planning (`profile --dry-run`): the engine's command as its launcher would run it.
+
+/// The run id a planned command shows (the real one is the result directory's name and the pid).
+pub const PLANNED_RUN_ID: &str = "<run-id>";
+
+/// The launch spec of a flags-only run (no experiment file) with its result directory at
+/// `run_dir`, as `bench` would resolve it: the tier's configuration, the model's placement from
+/// the registry, the secrets of `.env` and the environment.
+pub fn planned_spec(
+    opts: &crate::run::BenchOptions,
+    engine: EngineKind,
+    run_dir: &Path,
+) -> Result<LaunchSpec> {
+    let tier = crate::config::TierConfig::load(&opts.root.join("configs"), opts.tier)?;
+    let model = opts.model.clone().unwrap_or_else(|| crate::run::DEFAULT_MODEL.to_owned());
+    let placement = crate::run::resolve_model(engine, &model)?;
+    let redis_url = (opts.tier == crate::config::Tier::Redis)
+        .then(|| opts.redis_url.clone().unwrap_or_else(|| crate::run::DEFAULT_REDIS_URL.to_owned()));
+    Ok(LaunchSpec {
+        engine,
+        run_id: PLANNED_RUN_ID.to_owned(),
+        run_dir: run_dir.to_path_buf(),
+        lmcache: tier.lmcache.clone(),
+        tier,
+        disk_dir: run_dir.join("kvcache"),
+        model: placement.served_name,
+        tensor_parallel: placement.tensor_parallel,
+        pipeline_parallel: placement.pipeline_parallel,
+        gpus: opts.gpus.clone(),
+        gpu_type: opts.gpu.clone(),
+        port: opts.port,
+        image: opts.image.clone(),
+        url: opts.url.clone(),
+        secrets: Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env(),
+        ready_timeout: opts.ready_timeout,
+        llamacpp_model: opts.model_path.clone(),
+        python: opts.python.clone(),
+        emulator: crate::engine::EmulatorRunSettings {
+            redis_url,
+            seed: opts.seed.unwrap_or(0),
+            ..Default::default()
+        },
+        profile: opts.profile,
+    })
+}
+
+/// The engine's command under the profile, as its launcher runs it on `port`: vllm-docker's
+/// `<runtime> run ...` with nsys inside (always with the GPU flags: its launcher refuses a host
+/// without a GPU), or process vLLM's `vllm serve ...` with its profiler on. `None` for engines in
+/// the lab's process. Secrets appear only as `--env-file PATH` or in the environment.
+pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Option<CommandLine> {
+    let lmcache_yaml = spec.lmcache.is_some().then(|| spec.run_dir.join("lmcache.yaml"));
+    match spec.engine {
+        EngineKind::VllmDocker => {
+            let image = spec.image.clone().or_else(|| default_image(spec.engine))?;
+            let run = crate::engine::docker::docker_run(
+                spec,
+                spec.engine,
+                ContainerHost { runtime, nvidia_gpu: true, owner: crate::engine::orphans::Owner::current() },
+                image,
+                port,
+                ContainerFiles {
+                    lmcache_yaml,
+                    engine_env: Some(spec.run_dir.join("engine.env")),
+                    env_file: spec
+                        .secrets
+                        .hf_token()
+                        .map(|_| crate::engine::docker::secret_env_path(&spec.run_id)),
+                },
+            );
+            Some(container_command(&run, spec.profile.as_ref(), &spec.run_dir))
+        }
+        EngineKind::Vllm => {
+            let serve = crate::engine::vllm::VllmServe {
+                model: &spec.model,
+                host: "127.0.0.1",
+                port,
+                tensor_parallel: spec.tensor_parallel,
+                pipeline_parallel: spec.pipeline_parallel,
+                gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
+                lmcache: lmcache_yaml.is_some(),
+            };
+            let mut cmd = crate::engine::vllm::vllm_process_command(
+                &serve,
+                lmcache_yaml.as_deref(),
+                &spec.gpus,
+                spec.secrets.hf_token(),
+            );
+            cmd.args.extend(vllm_process_args(spec));
+            Some(cmd)
+        }
+        _ => None,
+    }
+}
+
+/// A command as one shell line with its environment (`KEY=value ...`), every secret value
+/// shown as `<redacted>`: what `--dry-run` prints.
+pub fn shell_line(cmd: &CommandLine, secrets: &Secrets) -> String {
+    let mut parts: Vec<String> = cmd.env.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
+    parts.push(quote(&cmd.program));
+    parts.extend(cmd.args.iter().map(|a| quote(a)));
+    secrets.redact(&parts.join(" "))
+}
+
+fn quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c)) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -712,13 +842,13 @@ pub fn summarize(host: &StatsHost, profile_dir: &Path, report: &str) -> Result<P
 
 /// Refuses a profile that cannot work, saying what to install: nsys on the host (or in the
 /// engine's image for vllm-docker), a GPU for vLLM.
-pub fn preflight(engine: EngineKind, probe: &crate::engine::HostProbe, image: &str) -> Result<()> {
+pub fn preflight(engine: EngineKind, probe: &HostProbe, image: &str) -> Result<()> {
     let needs_gpu = matches!(engine, EngineKind::Vllm | EngineKind::VllmDocker);
     if needs_gpu && !probe.nvidia_gpu {
         return Err(LabError::Invalid(format!(
             "profile --engine {engine}: no NVIDIA GPU was found (no nvidia-smi on PATH, no /dev/nvidia0); \
-             vLLM needs one. Install the NVIDIA driver (`nix develop` makes NVML find the host's), or \
-             rehearse the pipeline on a machine without a GPU with --engine emulated"
+             vLLM needs one. Install the NVIDIA driver (`nix develop` makes NVML find the host's, and \
+             provides nsys), or rehearse the pipeline on a machine without a GPU with --engine emulated"
         )));
     }
     match placement(engine)? {
@@ -730,27 +860,54 @@ pub fn preflight(engine: EngineKind, probe: &crate::engine::HostProbe, image: &s
             }
         }
         Placement::InContainer => {
-            let runtime = probe.container_runtime.clone().ok_or_else(|| {
+            let runtime = probe.container_runtime.as_deref().ok_or_else(|| {
                 LabError::Invalid(
-                    "profile --engine vllm-docker: neither docker nor podman is on PATH; install one, or use \
-                     --engine vllm"
+                    "profile --engine vllm-docker: neither docker nor podman is on PATH; install one, or \
+                     profile --engine vllm from `nix develop`, which provides nsys"
                         .to_owned(),
                 )
             })?;
-            let ok = std::process::Command::new(&runtime)
-                .args(["run", "--rm", "--entrypoint", "nsys", image, "--version"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return Err(LabError::Invalid(format!(
-                    "profile --engine vllm-docker: the image {image} has no `nsys` (or `{runtime} run` failed); \
-                     build the lab's vLLM + LMCache image, which carries Nsight Systems \
-                     (`cargo xtask images vllm-lmcache`), and pass it with --image"
-                )));
-            }
+            image_has_nsys(runtime, image)?;
         }
+    }
+    Ok(())
+}
+
+/// The image exists here and has `nsys`: `<runtime> image inspect`, then `<runtime> run --rm
+/// --entrypoint nsys IMAGE --version`.
+fn image_has_nsys(runtime: &str, image: &str) -> Result<()> {
+    let lab_image = KvlabImage::VllmLmcache.latest();
+    let build = format!(
+        "`cargo xtask images vllm-lmcache` builds the lab's image {lab_image} (vLLM + LMCache + Nsight \
+         Systems; profile's default), or pass an image with nsys through --image; or profile --engine \
+         vllm from `nix develop`, which provides nsys"
+    );
+    let quiet = |args: &[&str]| {
+        std::process::Command::new(runtime)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+    };
+    let inspect = quiet(&["image", "inspect", "--format", "{{.Id}}", image]).map_err(|e| {
+        LabError::Invalid(format!("profile --engine vllm-docker: could not run `{runtime}`: {e}"))
+    })?;
+    if !inspect.status.success() {
+        return Err(LabError::Invalid(format!(
+            "profile --engine vllm-docker: the image {image} is not here (`{runtime} image inspect` failed); {build}"
+        )));
+    }
+    let version = quiet(&["run", "--rm", "--entrypoint", "nsys", image, "--version"]).map_err(|e| {
+        LabError::Invalid(format!("profile --engine vllm-docker: could not run `{runtime}`: {e}"))
+    })?;
+    if !version.status.success() {
+        let why = String::from_utf8_lossy(&version.stderr);
+        let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned();
+        return Err(LabError::Invalid(format!(
+            "profile --engine vllm-docker: the image {image} has no `nsys` (`{runtime} run --entrypoint nsys \
+             {image} --version` failed: {why}); nsys runs inside the engine's container. {build}"
+        )));
     }
     Ok(())
 }

@@ -290,6 +290,57 @@ impl Liveness for ContainerGuard {
     }
 }
 
+/// Where [`SecretEnvFile`] writes the secrets of a run (`--env-file PATH`).
+pub fn secret_env_path(run_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("kvlab-{run_id}-{}.env", std::process::id()))
+}
+
+/// Where the launcher runs a container: the runtime, whether there is a GPU, the owner.
+#[derive(Debug, Clone)]
+pub struct ContainerHost<'a> {
+    pub runtime: &'a str,
+    pub nvidia_gpu: bool,
+    pub owner: Owner,
+}
+
+/// The files the launcher gives the container (written before `run`).
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFiles {
+    pub lmcache_yaml: Option<PathBuf>,
+    pub engine_env: Option<PathBuf>,
+    pub env_file: Option<PathBuf>,
+}
+
+/// The container of a run as the launcher starts it (also what `profile --dry-run` prints).
+pub fn docker_run(
+    spec: &LaunchSpec,
+    kind: EngineKind,
+    host: ContainerHost<'_>,
+    image: String,
+    port: u16,
+    files: ContainerFiles,
+) -> DockerRun {
+    DockerRun {
+        runtime: host.runtime.to_owned(),
+        run_id: spec.run_id.clone(),
+        owner: host.owner,
+        image,
+        host_port: port,
+        gpus: host.nvidia_gpu.then(|| spec.gpus.clone()),
+        vllm: (kind == EngineKind::VllmDocker).then(|| VllmContainer {
+            model: spec.model.clone(),
+            tensor_parallel: spec.tensor_parallel,
+            pipeline_parallel: spec.pipeline_parallel,
+            gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
+        }),
+        disk_dir: (spec.tier.tier == Tier::Disk).then(|| spec.disk_dir.clone()),
+        lmcache_yaml: files.lmcache_yaml,
+        engine_env: files.engine_env,
+        env_file: files.env_file,
+        host_network: spec.tier.tier == Tier::Redis,
+    }
+}
+
 /// A private file with the secrets for `--env-file` (`KEY=value` lines, taken literally: no quotes,
 /// no `export`, unlike `.env`), deleted on drop: the runtime's client reads
 /// it when the container is created, so it never outlives the start.
@@ -299,7 +350,7 @@ impl SecretEnvFile {
     fn write(run_id: &str, token: &str) -> Result<SecretEnvFile> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
-        let path = std::env::temp_dir().join(format!("kvlab-{run_id}-{}.env", std::process::id()));
+        let path = secret_env_path(run_id);
         let _ = std::fs::remove_file(&path);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -427,34 +478,21 @@ impl Launcher for DockerLauncher {
                 Some(token) => Some(SecretEnvFile::write(&spec.run_id, token)?),
                 None => None,
             };
-            let run = DockerRun {
-                runtime: runtime.clone(),
-                run_id: spec.run_id.clone(),
-                owner: Owner::current(),
+            let run = docker_run(
+                spec,
+                self.kind,
+                ContainerHost { runtime: &runtime, nvidia_gpu: probe.nvidia_gpu, owner: Owner::current() },
                 image,
-                host_port: port,
-                gpus: probe.nvidia_gpu.then(|| spec.gpus.clone()),
-                vllm: vllm.then(|| VllmContainer {
-                    model: spec.model.clone(),
-                    tensor_parallel: spec.tensor_parallel,
-                    pipeline_parallel: spec.pipeline_parallel,
-                    gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
-                }),
-                disk_dir: disk.then(|| spec.disk_dir.clone()),
-                lmcache_yaml: yaml,
-                engine_env: Some(env_path),
-                env_file: secret_file.as_ref().map(|f| f.0.clone()),
-                host_network,
-            };
-            let log = spec.run_dir.join("engine.log");
-            let args = crate::profile::container_args(
-                docker_run_args(&run),
-                &run.image,
-                spec.profile.as_ref(),
-                &spec.run_dir,
+                port,
+                ContainerFiles {
+                    lmcache_yaml: yaml,
+                    engine_env: Some(env_path),
+                    env_file: secret_file.as_ref().map(|f| f.0.clone()),
+                },
             );
+            let log = spec.run_dir.join("engine.log");
+            let cmd = crate::profile::container_command(&run, spec.profile.as_ref(), &spec.run_dir);
             crate::profile::prepare(spec)?;
-            let cmd = CommandLine { program: runtime.clone(), args, env: Default::default() };
             std::fs::write(&log, format!("$ {}\n", cmd.display(&spec.secrets)))
                 .map_err(|e| LabError::io(&log, e))?;
             let name = container_name(&spec.run_id);
@@ -532,6 +570,11 @@ impl KvlabImage {
     /// The repository (`kvlab/NAME`).
     pub fn repository(self) -> String {
         format!("kvlab/{}", self.as_str())
+    }
+
+    /// `kvlab/NAME:latest`, the tag every build moves.
+    pub fn latest(self) -> String {
+        format!("{}:latest", self.repository())
     }
 
     /// The Containerfile under `containers/` (`None` for the debootstrap base).
@@ -702,7 +745,7 @@ pub fn image_build(image: KvlabImage, cfg: &ImagesConfig) -> Option<ImageBuild> 
         image,
         containerfile,
         context: cfg.context_dir.join(image.as_str()),
-        tags: vec![format!("{repo}:latest"), format!("{repo}:{}-{}", cfg.version, cfg.git_rev)],
+        tags: vec![image.latest(), format!("{repo}:{}-{}", cfg.version, cfg.git_rev)],
         build_args,
         labels: vec![
             ("org.opencontainers.image.version".to_owned(), cfg.version.clone()),
