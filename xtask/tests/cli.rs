@@ -91,3 +91,145 @@ fn experiment_typo_names_file_line_and_key() {
     assert!(msg.contains("num_promts"), "names the key:\n{msg}");
     assert!(!msg.contains("panicked") && !msg.contains("stack backtrace"), "{msg}");
 }
+
+/// A directory of stand-in programs: each named one records its arguments in `calls.log` and
+/// fails, so a test sees whether anything ran it.
+fn recording_bin(dir: &Path, programs: &[&str]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in programs {
+        let path = bin.join(name);
+        let script =
+            format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\nexit 1\n", dir.join("calls.log").display());
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+/// `PATH` with `first` ahead of this process's own.
+fn path_with(first: &Path) -> std::ffi::OsString {
+    let mut dirs = vec![first.to_owned()];
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(dirs).unwrap()
+}
+
+/// A workspace root (`KVLAB_ROOT`) with the repository's configs and a `.env` holding a token.
+fn root_with_token(dir: &Path, token: &str) -> std::path::PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("configs");
+    std::os::unix::fs::symlink(configs, root.join("configs")).unwrap();
+    std::fs::write(root.join(".env"), format!("HF_TOKEN={token}\n")).unwrap();
+    root
+}
+
+/// The dry-run's output with what differs between runs replaced: temporary paths, this
+/// binary, pids, ports and the owner labels.
+fn redact_profile(text: &str, tmp: &Path) -> String {
+    let exe = env!("CARGO_BIN_EXE_xtask");
+    let mut s = text.replace(exe, "[XTASK]").replace(&tmp.display().to_string(), "[TMP]");
+    let temp = std::env::temp_dir().display().to_string();
+    s = s.replace(&format!("{}/kvlab-", temp.trim_end_matches('/')), "[TEMP]/kvlab-");
+    let mut out = String::new();
+    for word in s.split_inclusive([' ', '\n']) {
+        let (body, sep) = word.split_at(word.trim_end_matches([' ', '\n']).len());
+        let digits = |w: &str| w.chars().all(|c| c.is_ascii_digit() || c == '-') && !w.is_empty();
+        let redacted = if let Some(rest) = body.strip_prefix("kvlab.owner-") {
+            format!("kvlab.owner-{}=[OWNER]", rest.split('=').next().unwrap_or(""))
+        } else if let Some(port) = body.strip_prefix("127.0.0.1:").and_then(|r| r.split_once(':')) {
+            format!("127.0.0.1:[PORT]:{}", port.1)
+        } else if body.contains(".profile-") {
+            let (head, tail) = body.split_once(".profile-").unwrap();
+            let tail = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{head}.profile-[PID]{tail}")
+        } else if body.starts_with("'[TEMP]/kvlab-") && body.ends_with(".env'") {
+            let run = body.trim_end_matches(".env'");
+            let (head, pid) = run.rsplit_once('-').unwrap();
+            assert!(digits(pid), "{body}");
+            format!("{head}-[PID].env'")
+        } else {
+            body.to_owned()
+        };
+        out.push_str(&redacted);
+        out.push_str(sep);
+    }
+    // `--port N` of the process vLLM (a free port chosen by the run).
+    let mut words: Vec<&str> = out.split(' ').collect();
+    for i in 1..words.len() {
+        if words[i - 1] == "--port" && words[i].chars().all(|c| c.is_ascii_digit()) && words[i] != "8000" {
+            words[i] = "[PORT]";
+        }
+    }
+    words.join(" ")
+}
+
+/// `profile --dry-run` prints the exact commands and starts nothing, for the emulated engine
+/// (nsys runs the lab, capture on the `workload` NVTX range), process vLLM (nsys runs the lab,
+/// vLLM its child with its CUDA profiler) and vllm-docker (the lab's image, nsys inside the
+/// container; the token only through `--env-file`). No result directory, no container, no nsys.
+#[test]
+fn profile_dry_run_prints_the_exact_commands_and_starts_nothing() {
+    let token = "hf_dryRunSecretToken123";
+    for (engine, tier) in
+        [("emulated", "cpu"), ("vllm", "disk"), ("vllm-docker", "disk"), ("vllm-docker", "redis")]
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = recording_bin(tmp.path(), &["docker", "podman", "nsys", "nvidia-smi", "vllm"]);
+        let root = root_with_token(tmp.path(), token);
+        let out_dir = tmp.path().join("results");
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["profile", "--engine", engine, "--tier", tier, "--dry-run", "--out"])
+            .arg(&out_dir)
+            .current_dir(tmp.path())
+            .env("PATH", path_with(&bin))
+            .env("KVLAB_ROOT", &root)
+            .env_remove("HF_TOKEN")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{engine}: {}", text(&out));
+        assert!(!text(&out).contains(token), "{engine}: the token was printed:\n{}", text(&out));
+        assert!(!out_dir.exists(), "{engine}: a dry run wrote {}", out_dir.display());
+        let calls = std::fs::read_to_string(tmp.path().join("calls.log")).unwrap_or_default();
+        assert_eq!(calls, "", "{engine}: a dry run ran programs");
+
+        assert!(
+            stdout.contains(
+                "profile --trace=cuda,nvtx,osrt --trace-fork-before-exec=true --cuda-graph-trace=node"
+            ),
+            "{engine}: {stdout}"
+        );
+        let range = if engine == "emulated" {
+            "--capture-range=nvtx --nvtx-capture=workload"
+        } else {
+            "--capture-range=cudaProfilerApi"
+        };
+        assert!(stdout.contains(range), "{engine}: {stdout}");
+        let report = if engine == "vllm-docker" {
+            "--volume '<result dir>/profile:/kvlab-profile:rw' kvlab/vllm-lmcache:latest stats"
+        } else {
+            "'<result dir>/profile/kvlab.nsys-rep'"
+        };
+        assert!(stdout.contains(report), "{engine}: nsys stats reads the run's profile/:\n{stdout}");
+        if engine.starts_with("vllm") {
+            assert!(stdout.contains(r#"--profiler-config '{"profiler":"cuda"}'"#), "{engine}: {stdout}");
+        }
+        if engine == "vllm-docker" {
+            assert!(stdout.contains("--entrypoint nsys --volume '<result dir>/profile:/kvlab-profile:rw' kvlab/vllm-lmcache:latest profile "), "{stdout}");
+            assert!(stdout.contains("--output=/kvlab-profile/engine"), "{stdout}");
+            assert!(stdout.contains("--env-file "), "the token goes through --env-file:\n{stdout}");
+        }
+        // Without the `nvtx` feature the plan starts with the build that adds the ranges.
+        let (build, shown) = match stdout.split_once("# the ") {
+            Some((b, rest)) if !b.is_empty() => (b.to_owned(), format!("# the {rest}")),
+            _ => (String::new(), stdout.clone()),
+        };
+        assert_eq!(build.is_empty(), cfg!(feature = "nvtx") || engine == "vllm-docker", "{stdout}");
+        let shown =
+            redact_profile(&shown, tmp.path()).replace("[TMP]/root/target/nvtx/release/xtask", "[XTASK]");
+        insta::assert_snapshot!(format!("profile_dry_run_{engine}_{tier}"), shown);
+    }
+}
