@@ -155,6 +155,9 @@ pub struct ResolvedRun {
     pub mock_decoding: bool,
     pub conversation_aware_eviction: bool,
     pub cache_size_bytes: Option<u64>,
+    /// The GPU KV blocks the cache size gives on the baseline tier (the emulator's
+    /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override`).
+    pub num_gpu_blocks: Option<u64>,
     pub goodput: Option<String>,
     pub url: Option<String>,
     pub image: Option<String>,
@@ -519,6 +522,62 @@ pub fn resolve_model(engine: EngineKind, model: &str) -> Result<ModelPlacement> 
     })
 }
 
+/// Tokens of one KV block: vLLM's default block size on CUDA, and the emulator's.
+pub(crate) const KV_BLOCK_TOKENS: u64 = 16;
+
+/// Where an experiment's cache size goes, for every engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct CacheSizing {
+    /// Baseline: the GPU's KV blocks (the emulator's `num_gpu_blocks`, vLLM's
+    /// `--num-gpu-blocks-override`).
+    pub(crate) gpu_blocks: Option<u64>,
+    /// Offload tiers: the emulator's offload capacity in bytes.
+    pub(crate) offload_bytes: Option<u64>,
+    /// cpu and disk: LMCache's size key and its value in GB.
+    pub(crate) lmcache: Option<(&'static str, f64)>,
+}
+
+/// The one mapping of a point's `cache_sizes` entry onto the engines' settings: the GPU cache
+/// (in blocks of [`KV_BLOCK_TOKENS`] tokens of `model`'s KV) for baseline, the offload store for
+/// cpu, disk and redis. A model outside the registry (llama.cpp, external) has no block size:
+/// its baseline cache size is refused.
+pub(crate) fn cache_sizing(tier: Tier, bytes: Option<u64>, model: Option<&str>) -> Result<CacheSizing> {
+    let Some(bytes) = bytes else { return Ok(CacheSizing::default()) };
+    let gb = bytes as f64 / 1e9;
+    Ok(match tier {
+        Tier::Baseline => {
+            let registry = costmodel::Registry::builtin();
+            let Some(spec) = model.and_then(|m| registry.model(m).ok()) else {
+                return Err(LabError::Invalid(format!(
+                    "cache_sizes on the baseline tier size the GPU's KV cache in blocks of a registry                      model, and model `{}` is not one (configs/models.toml); drop cache_sizes for it",
+                    model.unwrap_or("?")
+                )));
+            };
+            let block = spec.kv_bytes(KV_BLOCK_TOKENS);
+            let blocks = bytes / block.max(1);
+            if blocks == 0 {
+                return Err(LabError::Invalid(format!(
+                    "cache size of {bytes} bytes is less than one KV block of `{}` ({block} bytes)",
+                    spec.name
+                )));
+            }
+            CacheSizing { gpu_blocks: Some(blocks), ..CacheSizing::default() }
+        }
+        Tier::Cpu => CacheSizing {
+            offload_bytes: Some(bytes),
+            lmcache: Some(("max_local_cpu_size", gb)),
+            gpu_blocks: None,
+        },
+        Tier::Disk => CacheSizing {
+            offload_bytes: Some(bytes),
+            lmcache: Some(("max_local_disk_size", gb)),
+            gpu_blocks: None,
+        },
+        // LMCache's remote store has no size of its own: the emulator's Redis tier has.
+        Tier::Redis => CacheSizing { offload_bytes: Some(bytes), ..CacheSizing::default() },
+    })
+}
+
 /// Where a point of an experiment goes.
 pub(crate) struct PointCtx<'a> {
     pub(crate) experiment: &'a str,
@@ -583,16 +642,6 @@ pub(crate) async fn run_point(
             base.set(k, v.clone(), crate::lmcache::Origin { file: "experiment", line: 0 })?;
         }
     }
-    if let (Some(l), Some(bytes)) = (lmcache.as_mut(), point.cache_size) {
-        let gb = crate::lmcache::LmValue::Float(bytes as f64 / 1e9);
-        let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0 };
-        match point.tier {
-            Tier::Cpu => l.set("max_local_cpu_size", gb, origin)?,
-            Tier::Disk => l.set("max_local_disk_size", gb, origin)?,
-            Tier::Baseline | Tier::Redis => {}
-        }
-    }
-
     let model = match (engine_kind, &opts.model_path) {
         (EngineKind::Llamacpp, Some(path)) if opts.model.is_none() => {
             path.file_stem().map_or("tiny".to_owned(), |s| s.to_string_lossy().into_owned())
@@ -603,6 +652,11 @@ pub(crate) async fn run_point(
     let placement = resolve_model(engine_kind, &model)?;
     engine::check_gpu_count(&model, placement.gpus(), &opts.gpus)?;
     let tp = placement.tensor_parallel;
+    let sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
+    if let (Some(l), Some((key, gb))) = (lmcache.as_mut(), sizing.lmcache) {
+        let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0 };
+        l.set(key, crate::lmcache::LmValue::Float(gb), origin)?;
+    }
     let model = placement.served_name.clone();
 
     let label = opts.label.clone().map_or_else(
@@ -666,6 +720,7 @@ pub(crate) async fn run_point(
         mock_decoding: point.mock_decoding,
         conversation_aware_eviction: point.conversation_aware_eviction,
         cache_size_bytes: point.cache_size,
+        num_gpu_blocks: sizing.gpu_blocks,
         goodput: point.goodput.clone(),
         url: opts.url.clone(),
         image: opts.image.clone(),
@@ -719,7 +774,8 @@ pub(crate) async fn run_point(
             p.is_file().then_some(p)
         }),
         emulator: EmulatorRunSettings {
-            offload_bytes: point.cache_size,
+            offload_bytes: sizing.offload_bytes,
+            gpu_blocks: sizing.gpu_blocks,
             conversation_aware_eviction: point.conversation_aware_eviction,
             redis_url: redis_url.clone(),
             seed: workload.seed,

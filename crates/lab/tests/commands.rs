@@ -389,3 +389,10 @@ fn an_orphaned_engine_is_reaped_with_the_workers_of_its_process_group() {
         std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| !s.contains(") Z "));
     assert!(!worker_alive, "the engine's worker {worker} was killed with its group");
 }
+
+#[test]
+fn vllm_gets_the_gpu_blocks_a_baseline_cache_size_gives() {
+    use lab::engine::vllm::gpu_blocks_args;
+    assert_eq!(gpu_blocks_args(Some(1536)), ["--num-gpu-blocks-override", "1536"]);
+    assert!(gpu_blocks_args(None).is_empty(), "without a cache size vLLM sizes its own cache");
+}

@@ -289,3 +289,55 @@ async fn time_limit_ends_requests_still_streaming() {
     assert_eq!(json(&r.dir.join("env.json"))["time_limit_reached"], true);
     assert_no_secret(ws.path());
 }
+
+/// A local experiment of several points: one result directory per point and `index.json`
+/// naming each. Its baseline cache sizes size the emulator's GPU cache (in KV blocks of the
+/// model, 2 MiB for llama-3-8b), and `mock_decoding` makes its requests prefill only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_points_cache_sizes_and_mock_decoding() {
+    let ws = workspace();
+    let opts = experiment_options(
+        ws.path(),
+        "matrix",
+        "name = \"matrix\"\n[defaults]\nnum_prompts = 4\nprompt_len = 256\ngen_len = 8\nseed = 1\n\
+         [matrix]\nmodels = [\"llama-3-8b\"]\ntiers = [\"baseline\"]\n\
+         workloads = [\"random\", \"shared-prefix\"]\nrequest_rates = [50.0]\n\
+         cache_sizes = [\"1GiB\", \"3GiB\"]\n\
+         [workload_overrides.random]\nmock_decoding = true\n",
+    );
+    let reports = bench(&opts).await.unwrap();
+    assert_eq!(reports.len(), 4);
+    let root = reports[0].dir.parent().unwrap().to_owned();
+    let index = json(&root.join("index.json"));
+    let points = index["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4, "{index}");
+    let mut seen = Vec::new();
+    for (entry, r) in points.iter().zip(&reports) {
+        assert_eq!(entry["dir"], r.dir.file_name().unwrap().to_str().unwrap(), "{entry}");
+        assert_eq!((entry["completed"].as_u64(), entry["failed"].as_u64()), (Some(4), Some(0)), "{entry}");
+        let run_toml: toml::Value = std::fs::read_to_string(r.dir.join("run.toml")).unwrap().parse().unwrap();
+        let blocks = run_toml["num_gpu_blocks"].as_integer().unwrap();
+        let log = std::fs::read_to_string(r.dir.join("engine.log")).unwrap();
+        assert!(log.contains(&format!("\"num_gpu_blocks\":{blocks}")), "the emulator got {blocks}:\n{log}");
+        let output_tokens: Vec<u32> = common::records(&r.dir).iter().map(|rec| rec.output_tokens).collect();
+        let mock = entry["workload"] == "random";
+        assert_eq!(run_toml["mock_decoding"].as_bool(), Some(mock));
+        assert_eq!(output_tokens, vec![if mock { 1 } else { 8 }; 4], "{}", entry["workload"]);
+        seen.push((
+            entry["workload"].as_str().unwrap().to_owned(),
+            entry["cache_size"].as_u64().unwrap(),
+            blocks,
+        ));
+    }
+    let gib = 1u64 << 30;
+    assert_eq!(
+        seen,
+        [
+            ("random".to_owned(), gib, 512),
+            ("random".to_owned(), 3 * gib, 1536),
+            ("shared-prefix".to_owned(), gib, 512),
+            ("shared-prefix".to_owned(), 3 * gib, 1536),
+        ]
+    );
+    assert_no_secret(ws.path());
+}

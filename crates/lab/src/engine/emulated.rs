@@ -24,7 +24,7 @@ pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorCon
     }
     let t = &spec.tier.emulator;
     cfg.byte_scale = t.byte_scale;
-    cfg.scheduler.num_gpu_blocks = t.num_gpu_blocks;
+    cfg.scheduler.num_gpu_blocks = spec.emulator.gpu_blocks.or(t.num_gpu_blocks);
     let offload = spec.emulator.offload_bytes.unwrap_or((t.offload_gib * (1u64 << 30) as f64) as u64);
     match spec.tier.tier {
         Tier::Baseline => {}

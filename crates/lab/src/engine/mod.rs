@@ -222,11 +222,15 @@ pub struct LaunchSpec {
     pub profile: Option<crate::profile::ProfileSpec>,
 }
 
-/// Emulator settings that come from the run rather than the tier.
+/// Settings that come from the run rather than the tier: the emulator's, and the GPU cache
+/// size every engine that has one is given.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EmulatorRunSettings {
     /// Offload capacity override in bytes (an experiment's cache size).
     pub offload_bytes: Option<u64>,
+    /// GPU KV blocks override (a baseline point's cache size): the emulator's
+    /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override`.
+    pub gpu_blocks: Option<u64>,
     pub conversation_aware_eviction: bool,
     pub redis_url: Option<String>,
     pub seed: u64,

@@ -48,6 +48,12 @@ impl VllmServe<'_> {
     }
 }
 
+/// `--num-gpu-blocks-override N` where the run sizes the GPU's KV cache (a baseline point's
+/// cache size), else nothing.
+pub fn gpu_blocks_args(gpu_blocks: Option<u64>) -> Vec<String> {
+    gpu_blocks.map_or_else(Vec::new, |n| vec!["--num-gpu-blocks-override".to_owned(), n.to_string()])
+}
+
 /// The local-process command: `vllm serve …` with `LMCACHE_CONFIG_FILE`, `CUDA_VISIBLE_DEVICES`
 /// and `HF_TOKEN` in the environment (never in argv).
 pub fn vllm_process_command(
@@ -112,6 +118,7 @@ impl Launcher for VllmLauncher {
                 lmcache: yaml.is_some(),
             };
             let mut cmd = vllm_process_command(&serve, yaml.as_deref(), &spec.gpus, spec.secrets.hf_token());
+            cmd.args.extend(gpu_blocks_args(spec.emulator.gpu_blocks));
             cmd.args.extend(crate::profile::vllm_process_args(spec));
             let log = spec.run_dir.join("engine.log");
             let mut guard = process::spawn("vllm", &cmd, &log, &spec.secrets)?;
