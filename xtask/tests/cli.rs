@@ -233,3 +233,75 @@ fn profile_dry_run_prints_the_exact_commands_and_starts_nothing() {
         insta::assert_snapshot!(format!("profile_dry_run_{engine}_{tier}"), shown);
     }
 }
+
+/// `profile` refuses before anything starts, saying what to install: no nsys on PATH, no GPU
+/// for vLLM, and a container image without nsys (the default is the lab's image, which has it).
+#[test]
+fn profile_refusals_say_what_to_install() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let gpu_here = Path::new("/dev/nvidia0").exists();
+    let cases: [(&str, &[(&str, &str)], &[&str]); 3] = [
+        ("emulated", &[], &["`nsys` (Nsight Systems) is not on PATH", "`nix develop` provides it"]),
+        (
+            "vllm",
+            &[],
+            if gpu_here {
+                &["`nsys` (Nsight Systems) is not on PATH", "`nix develop` provides it"]
+            } else {
+                &["no NVIDIA GPU was found", "`nix develop`"]
+            },
+        ),
+        (
+            "vllm-docker",
+            &[
+                ("nvidia-smi", "exit 0"),
+                (
+                    "docker",
+                    "echo \"$*\" >> \"$0.log\"\ncase \"$1 $2\" in 'image inspect') exit 0;; 'run --rm') \
+                     echo 'exec: \"nsys\": executable file not found in $PATH' >&2; exit 127;; esac\nexit 1",
+                ),
+            ],
+            &[
+                "the image kvlab/vllm-lmcache:latest has no `nsys`",
+                "cargo xtask images vllm-lmcache",
+                "`nix develop`",
+            ],
+        ),
+    ];
+    for (engine, programs, expect) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (name, body) in programs {
+            let path = bin.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out_dir = tmp.path().join("results");
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["profile", "--engine", engine, "--tier", "cpu", "--out"])
+            .arg(&out_dir)
+            .current_dir(tmp.path())
+            // Only the stand-ins: no nsys, no nvidia-smi unless given.
+            .env("PATH", &bin)
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap();
+        let msg = text(&out);
+        assert!(!out.status.success(), "{engine}: {msg}");
+        for want in expect {
+            assert!(msg.contains(want), "{engine}: `{want}` missing from:\n{msg}");
+        }
+        assert!(!msg.contains("panicked"), "{msg}");
+        assert!(!out_dir.exists(), "{engine}: a refused profile wrote {}", out_dir.display());
+        if engine == "vllm-docker" {
+            let calls = std::fs::read_to_string(bin.join("docker.log")).unwrap();
+            assert_eq!(
+                calls,
+                "image inspect --format {{.Id}} kvlab/vllm-lmcache:latest\nrun --rm --entrypoint nsys \
+                 kvlab/vllm-lmcache:latest --version\n",
+                "only the image checks ran"
+            );
+        }
+    }
+}

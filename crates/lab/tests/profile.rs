@@ -286,3 +286,98 @@ async fn emulated_profile_pipeline_with_a_stand_in_nsys() {
     report::write_report(&[report::RunData::load(&plain).unwrap()], &plain).unwrap();
     assert!(!std::fs::read_to_string(plain.join("report.md")).unwrap().contains("Prefill vs decode"));
 }
+
+/// A stand-in container runtime: `image inspect` and `run ... nsys --version` answer as told
+/// (exit status and stderr), and every call is logged next to it.
+fn fake_runtime(dir: &Path, name: &str, inspect: (i32, &str), nsys: (i32, &str)) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    let log = dir.join(format!("{name}.log"));
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{log}'\ncase \"$1 $2\" in\n\
+         'image inspect') echo '{ie}' >&2; exit {ic};;\n\
+         'run --rm') echo '{ne}' >&2; exit {nc};;\nesac\nexit 99\n",
+        log = log.display(),
+        ic = inspect.0,
+        ie = inspect.1,
+        nc = nsys.0,
+        ne = nsys.1,
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Each refusal of `profile` before anything starts says what is missing and what to install
+/// (`nix develop` provides nsys); nsys missing from the host's PATH is checked end to end in
+/// xtask's cli tests, which control the PATH of the process.
+#[test]
+fn preflight_says_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = lab::profile::default_image(EngineKind::VllmDocker).unwrap();
+    assert_eq!(
+        image, "kvlab/vllm-lmcache:latest",
+        "profile's default is the lab's image, which carries nsys"
+    );
+    assert_eq!(lab::profile::default_image(EngineKind::Vllm), None);
+    let no_image = fake_runtime(dir.path(), "no-image", (1, "Error: No such image"), (0, ""));
+    let no_nsys = fake_runtime(
+        dir.path(),
+        "no-nsys",
+        (0, ""),
+        (127, "exec: \"nsys\": executable file not found in $PATH: unknown"),
+    );
+    let ok = fake_runtime(dir.path(), "ok", (0, ""), (0, ""));
+    let probe = |gpu: bool, runtime: Option<&Path>| lab::engine::HostProbe {
+        nvidia_gpu: gpu,
+        container_runtime: runtime.map(|r| r.display().to_string()),
+    };
+    let upstream = VLLM_LMCACHE_IMAGE;
+    let check = |engine: EngineKind, probe: lab::engine::HostProbe, image: &str, expect: &[&str]| {
+        let got = lab::profile::preflight(engine, &probe, image);
+        if expect.is_empty() {
+            assert!(got.is_ok(), "{engine} {image}: {got:?}");
+            return;
+        }
+        let msg = got.unwrap_err().to_string();
+        for want in expect {
+            assert!(msg.contains(want), "{engine} {image}: `{want}` missing from: {msg}");
+        }
+        assert!(msg.contains("nix develop"), "{engine}: says `nix develop`: {msg}");
+    };
+    check(
+        EngineKind::Vllm,
+        probe(false, None),
+        "",
+        &["no NVIDIA GPU", "Install the NVIDIA driver", "--engine emulated"],
+    );
+    check(EngineKind::VllmDocker, probe(false, Some(&ok)), &image, &["no NVIDIA GPU"]);
+    check(EngineKind::VllmDocker, probe(true, None), &image, &["neither docker nor podman", "--engine vllm"]);
+    check(
+        EngineKind::VllmDocker,
+        probe(true, Some(&no_image)),
+        &image,
+        &["the image kvlab/vllm-lmcache:latest is not here", "cargo xtask images vllm-lmcache"],
+    );
+    check(
+        EngineKind::VllmDocker,
+        probe(true, Some(&no_nsys)),
+        upstream,
+        &[
+            &format!("the image {upstream} has no `nsys`"),
+            "executable file not found",
+            "kvlab/vllm-lmcache:latest",
+            "cargo xtask images vllm-lmcache",
+            "--image",
+        ],
+    );
+    check(EngineKind::VllmDocker, probe(true, Some(&ok)), &image, &[]);
+    // What the checks ran: the image is inspected, then nsys is run inside it; no container stays.
+    let calls = std::fs::read_to_string(dir.path().join("no-nsys.log")).unwrap();
+    assert_eq!(
+        calls,
+        format!("image inspect --format {{{{.Id}}}} {upstream}\nrun --rm --entrypoint nsys {upstream} --version\n")
+    );
+    let calls = std::fs::read_to_string(dir.path().join("no-image.log")).unwrap();
+    assert_eq!(calls.lines().count(), 1, "nothing is run from an image that is not here: {calls}");
+}
