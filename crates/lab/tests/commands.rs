@@ -261,7 +261,7 @@ fn llamacpp_commands() {
                 script: "/run/serve_llamacpp.py".into(),
             },
         ] {
-            let cmd = llamacpp_command(&runtime, &serve);
+            let cmd = llamacpp_command(&runtime, &serve, &GpuSelection::All, None);
             all.push_str(&format!("## {tier}\n{} {}\n\n", cmd.program, cmd.args.join(" ")));
         }
     }
@@ -395,4 +395,28 @@ fn vllm_gets_the_gpu_blocks_a_baseline_cache_size_gives() {
     use lab::engine::vllm::gpu_blocks_args;
     assert_eq!(gpu_blocks_args(Some(1536)), ["--num-gpu-blocks-override", "1536"]);
     assert!(gpu_blocks_args(None).is_empty(), "without a cache size vLLM sizes its own cache");
+}
+
+#[test]
+fn llamacpp_env_has_the_chosen_gpus_and_the_token_outside_argv() {
+    let (_dir, secrets) = planted();
+    let serve = LlamacppServe {
+        model_path: Path::new("/models/tiny.gguf"),
+        alias: "tiny",
+        port: 18002,
+        ctx: 8192,
+        parallel: 1,
+        threads: 2,
+        cache_ram_mib: 0,
+    };
+    let runtime = LlamacppRuntime::Binary("/usr/bin/llama-server".into());
+    let check = |gpus: GpuSelection, expect: Option<&str>| {
+        let cmd = llamacpp_command(&runtime, &serve, &gpus, secrets.hf_token());
+        assert_eq!(cmd.env.get("CUDA_VISIBLE_DEVICES").map(String::as_str), expect, "{gpus:?}");
+        assert_eq!(cmd.env.get("HF_TOKEN").map(String::as_str), Some(TOKEN));
+        assert!(!cmd.args.iter().any(|a| a.contains(TOKEN)), "the token is not in argv");
+    };
+    check(GpuSelection::Devices(vec![1, 3]), Some("1,3"));
+    check(GpuSelection::Count(2), Some("0,1"));
+    check(GpuSelection::All, None);
 }

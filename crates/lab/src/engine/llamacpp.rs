@@ -4,11 +4,10 @@
 //! Tiers: `baseline` = host prompt cache off (`cache_ram_mib` 0), `cpu` = on. `disk` and `redis`
 //! have no llama.cpp equivalent and are refused.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::process::{self, CommandLine};
-use super::{reserve_port, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine};
+use super::{reserve_port, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine};
 use crate::error::{LabError, Result};
 
 /// The launcher script for xllamacpp, written into the run directory.
@@ -47,8 +46,14 @@ pub struct LlamacppServe<'a> {
     pub cache_ram_mib: u64,
 }
 
-/// The command line for a runtime.
-pub fn llamacpp_command(runtime: &LlamacppRuntime, s: &LlamacppServe<'_>) -> CommandLine {
+/// The command line for a runtime, with `CUDA_VISIBLE_DEVICES` for the chosen GPUs and
+/// `HF_TOKEN` (llama.cpp reads it to download gated models) in its environment.
+pub fn llamacpp_command(
+    runtime: &LlamacppRuntime,
+    s: &LlamacppServe<'_>,
+    gpus: &GpuSelection,
+    hf_token: Option<&str>,
+) -> CommandLine {
     let (program, mut args) = match runtime {
         LlamacppRuntime::Binary(bin) => (
             bin.display().to_string(),
@@ -89,7 +94,7 @@ pub fn llamacpp_command(runtime: &LlamacppRuntime, s: &LlamacppServe<'_>) -> Com
         ),
     };
     args.extend(["--alias".to_owned(), s.alias.to_owned()]);
-    CommandLine { program, args, env: BTreeMap::new() }
+    CommandLine { program, args, env: process::engine_env(gpus, hf_token) }
 }
 
 /// Refuses tiers llama.cpp cannot express; returns the host prompt cache size.
@@ -156,12 +161,7 @@ impl Launcher for LlamacppLauncher {
             let alias = &spec.model;
             let serve =
                 LlamacppServe { model_path, alias, port, ctx: 8192, parallel: 1, threads: 2, cache_ram_mib };
-            let mut cmd = llamacpp_command(&runtime, &serve);
-            // The secret reaches the engine's environment only (llama.cpp reads HF_TOKEN to
-            // download gated models), never its argv or log.
-            if let Some(token) = spec.secrets.hf_token() {
-                cmd.env.insert("HF_TOKEN".to_owned(), token.to_owned());
-            }
+            let cmd = llamacpp_command(&runtime, &serve, &spec.gpus, spec.secrets.hf_token());
             let log = spec.run_dir.join("engine.log");
             let mut guard = process::spawn("llamacpp", &cmd, &log, &spec.secrets)?;
             let base_url = format!("http://127.0.0.1:{port}");

@@ -38,6 +38,20 @@ impl CommandLine {
 /// How long an engine's process group gets to exit after SIGTERM before SIGKILL.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// The environment every engine process gets from the run: the chosen GPUs
+/// (`CUDA_VISIBLE_DEVICES`, where the selection names them) and `HF_TOKEN` (from `.env`; the
+/// environment is the only place a secret goes, never argv).
+pub(crate) fn engine_env(gpus: &super::GpuSelection, hf_token: Option<&str>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if let Some(devices) = gpus.device_list() {
+        env.insert("CUDA_VISIBLE_DEVICES".to_owned(), devices);
+    }
+    if let Some(token) = hf_token {
+        env.insert("HF_TOKEN".to_owned(), token.to_owned());
+    }
+    env
+}
+
 /// A child process the lab owns, leading its own process group (the engine's workers, such as
 /// vLLM's EngineCore or Python's multiprocessing children, are in it too). Dropping it kills the
 /// whole group (SIGKILL) and reaps the child.

@@ -1,6 +1,5 @@
 //! vLLM: `vllm serve` with LMCache, as a local process or (through [`super::docker`]) a container.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::process::{self, CommandLine};
@@ -62,15 +61,9 @@ pub fn vllm_process_command(
     gpus: &GpuSelection,
     hf_token: Option<&str>,
 ) -> CommandLine {
-    let mut env = BTreeMap::new();
+    let mut env = process::engine_env(gpus, hf_token);
     if let Some(yaml) = lmcache_yaml {
         env.insert("LMCACHE_CONFIG_FILE".to_owned(), yaml.display().to_string());
-    }
-    if let Some(devices) = gpus.device_list() {
-        env.insert("CUDA_VISIBLE_DEVICES".to_owned(), devices);
-    }
-    if let Some(token) = hf_token {
-        env.insert("HF_TOKEN".to_owned(), token.to_owned());
     }
     let mut args = vec!["serve".to_owned()];
     args.extend(serve.args());
