@@ -381,3 +381,66 @@ fn preflight_says_what_to_install() {
     let calls = std::fs::read_to_string(dir.path().join("no-image.log")).unwrap();
     assert_eq!(calls.lines().count(), 1, "nothing is run from an image that is not here: {calls}");
 }
+
+/// `containers/vllm-lmcache.Containerfile`, read as text: FROM the vLLM image pinned by tag and
+/// a digest build argument, LMCache pinned to one version, the Nsight Systems CLI installed,
+/// `NVTX_INJECTION64_PATH` cleared, and a non-root user last.
+#[test]
+fn vllm_lmcache_containerfile_is_pinned_and_carries_nsys() {
+    let text = std::fs::read_to_string(root().join("containers/vllm-lmcache.Containerfile")).unwrap();
+    // Instructions, with `\` continuations joined and comments dropped.
+    let mut instructions: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (body, cont) = match line.strip_suffix('\\') {
+            Some(b) => (b.trim(), true),
+            None => (line, false),
+        };
+        match (open, instructions.last_mut()) {
+            (true, Some(last)) => {
+                last.push(' ');
+                last.push_str(body);
+            }
+            _ => instructions.push(body.to_owned()),
+        }
+        open = cont;
+    }
+    let args: std::collections::BTreeMap<&str, &str> = instructions
+        .iter()
+        .filter_map(|i| i.strip_prefix("ARG "))
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    let of = |kind: &str| -> Vec<&str> {
+        instructions.iter().filter_map(|i| i.strip_prefix(kind).map(str::trim)).collect()
+    };
+    let check = |what: &str, ok: bool| assert!(ok, "vllm-lmcache.Containerfile: {what}\n{text}");
+
+    let tag = args.get("VLLM_TAG").copied().unwrap_or("");
+    check("VLLM_TAG is a version tag", tag.starts_with('v') && tag[1..].split('.').count() == 3);
+    let digest = args.get("VLLM_DIGEST").copied().unwrap_or("");
+    check(
+        "VLLM_DIGEST is a sha256 digest",
+        digest
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())),
+    );
+    check("one FROM, by tag and digest", of("FROM ") == ["vllm/vllm-openai:${VLLM_TAG}@${VLLM_DIGEST}"]);
+    let lmcache = args.get("LMCACHE_VERSION").copied().unwrap_or("");
+    check(
+        "LMCACHE_VERSION is x.y.z",
+        lmcache.split('.').count() == 3 && lmcache.split('.').all(|p| p.parse::<u32>().is_ok()),
+    );
+    check(
+        "pip installs lmcache==${LMCACHE_VERSION}",
+        of("RUN ").iter().any(|r| r.contains("pip install") && r.contains("\"lmcache==${LMCACHE_VERSION}\"")),
+    );
+    check(
+        "the Nsight Systems CLI is installed",
+        of("RUN ").iter().any(|r| r.contains("apt-get install") && r.contains("nsight-systems-cli")),
+    );
+    check("NVTX_INJECTION64_PATH is cleared", of("ENV ").contains(&"NVTX_INJECTION64_PATH="));
+    let user = of("USER ").last().copied().unwrap_or("root");
+    check("the last USER is not root", !matches!(user, "root" | "0" | "0:0"));
+    let mut after_user = instructions.iter().skip_while(|i| !i.starts_with("USER ")).skip(1);
+    check("nothing runs as root after USER", after_user.all(|i| !i.starts_with("RUN ")));
+}
