@@ -783,7 +783,8 @@ pub(crate) async fn run_point(
         profile: opts.profile,
     };
 
-    let mut env = env_json(&resolved, &probe, &tier);
+    let mut env = env_json(&resolved, &probe, &tier, &opts.root);
+    env["engine_version"] = engine::engine_version(&spec, &probe);
     if let Some((key, value)) = experiment.as_ref().and_then(|ctx| ctx.env_extra.clone()) {
         env[key] = value;
     }
@@ -980,7 +981,8 @@ pub(crate) async fn run_point(
     Ok(RunReport { dir, engine: engine_kind, emulated, summary, table, time_limit_reached })
 }
 
-fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig) -> serde_json::Value {
+/// `env.json`: revision of the workspace `root`, tool versions, GPU, host, engine.
+fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig, root: &Path) -> serde_json::Value {
     let version = |cmd: &str, arg: &str| -> Option<String> {
         let out = std::process::Command::new(cmd).arg(arg).output().ok()?;
         out.status
@@ -989,7 +991,8 @@ fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig) -> serde_js
     };
     serde_json::json!({
         "v": RUN_FORMAT_VERSION,
-        "git_revision": std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()
+        "git_revision": std::process::Command::new("git").arg("-C").arg(root).args(["rev-parse", "HEAD"])
+            .output().ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),
         "kvlab_version": env!("CARGO_PKG_VERSION"),

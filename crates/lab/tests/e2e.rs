@@ -341,3 +341,49 @@ async fn experiment_points_cache_sizes_and_mock_decoding() {
     );
     assert_no_secret(ws.path());
 }
+
+/// `value` with every leaf replaced by `…`; the host-dependent `gpu` and `samplers` whole.
+fn redacted_keys(value: &serde_json::Value, key: &str) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) if !matches!(key, "gpu" | "samplers") => {
+            map.iter().map(|(k, v)| (k.clone(), redacted_keys(v, k))).collect()
+        }
+        _ => serde_json::json!("…"),
+    }
+}
+
+/// env.json of an emulated run: its keys (snapshot), the revision of the workspace the run
+/// belongs to (not of the directory the lab runs in), and the engine's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_json_records_the_workspace_revision_and_the_engine_version() {
+    let ws = workspace();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(ws.path())
+            .args(["-c", "user.name=kvlab", "-c", "user.email=kvlab@localhost"])
+            .args(args)
+            .output()
+            .expect("this test needs git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "--quiet"]);
+    git(&["commit", "--quiet", "--allow-empty", "-m", "workspace"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let mut opts = BenchOptions::new(ws.path(), Tier::Cpu);
+    opts.engine = EngineKind::Emulated;
+    opts.num_requests = Some(2);
+    opts.prompt_len = Some(64);
+    opts.gen_len = Some(2);
+    opts.progress = false;
+    let reports = bench(&opts).await.unwrap();
+    let env = json(&reports[0].dir.join("env.json"));
+    assert_eq!(env["git_revision"], head.as_str(), "{env}");
+    assert_eq!(
+        env["engine_version"],
+        serde_json::json!({ "name": "kvlab-emulator", "version": env!("CARGO_PKG_VERSION"), "emulated": true })
+    );
+    insta::assert_json_snapshot!(redacted_keys(&env, ""));
+    assert_no_secret(ws.path());
+}

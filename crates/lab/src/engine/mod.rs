@@ -128,6 +128,56 @@ impl HostProbe {
     }
 }
 
+/// What `env.json` records of the engine: its name and version, or a container image and its
+/// id. Only version commands run; nothing of the engine's environment (no secret) is read.
+pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value {
+    use serde_json::json;
+    match spec.engine {
+        EngineKind::Auto | EngineKind::Emulated => {
+            json!({ "name": "kvlab-emulator", "version": env!("CARGO_PKG_VERSION"), "emulated": true })
+        }
+        EngineKind::Vllm => json!({ "name": "vllm", "version": first_output_line("vllm", &["--version"]) }),
+        EngineKind::Llamacpp => match (&spec.python, find_on_path("llama-server")) {
+            (Some(python), _) => json!({
+                "name": "xllamacpp",
+                "version": first_output_line(
+                    &python.display().to_string(),
+                    &["-c", "import importlib.metadata as m; print(m.version('xllamacpp'))"],
+                ),
+            }),
+            (None, Some(bin)) => json!({
+                "name": "llama-server",
+                "version": first_output_line(&bin.display().to_string(), &["--version"]),
+            }),
+            (None, None) => json!({ "name": "llamacpp", "version": null }),
+        },
+        EngineKind::VllmDocker | EngineKind::Docker => {
+            let image = spec.image.clone().unwrap_or_else(|| docker::VLLM_LMCACHE_IMAGE.to_owned());
+            let id = probe.container_runtime.as_deref().and_then(|runtime| {
+                first_output_line(runtime, &["image", "inspect", "--format", "{{.Id}}", &image])
+            });
+            json!({ "name": spec.engine, "image": image, "image_id": id })
+        }
+        EngineKind::External => json!({ "name": "external", "version": null }),
+    }
+}
+
+/// The first non-empty line `program args` prints (stdout, else stderr) when it succeeds.
+fn first_output_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .env_remove("HF_TOKEN")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let line = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned)
+    };
+    line(&out.stdout).or_else(|| line(&out.stderr))
+}
+
 /// The first executable called `name` on PATH.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
