@@ -444,3 +444,122 @@ fn vllm_lmcache_containerfile_is_pinned_and_carries_nsys() {
     let mut after_user = instructions.iter().skip_while(|i| !i.starts_with("USER ")).skip(1);
     check("nothing runs as root after USER", after_user.all(|i| !i.starts_with("RUN ")));
 }
+
+/// A loopback HTTP server that records `METHOD PATH` of every request in arrival order and
+/// answers `status(path)` (connection closed after each answer).
+async fn recording_server(
+    status: fn(&str) -> u16,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then as much body as Content-Length says.
+            let (head, body_len) = loop {
+                let n = sock.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), 0);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (head, (end + 4 + len).saturating_sub(buf.len()));
+                }
+            };
+            let mut rest = vec![0u8; body_len];
+            let _ = sock.read_exact(&mut rest).await;
+            let line: Vec<&str> = head.lines().next().unwrap_or("").split(' ').take(2).collect();
+            let request = line.join(" ");
+            let code = status(line.get(1).copied().unwrap_or(""));
+            seen.lock().unwrap().push(request);
+            let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    (base, log)
+}
+
+/// A profiled vLLM run's capture: `/start_profile` reaches vLLM before the first request of
+/// the workload and `/stop_profile` after the last; an unprofiled run or the emulated engine
+/// send neither; an endpoint that fails or is not there is an error naming the URL and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
+    use lab::profile::WorkloadCapture;
+    let ws = common::workspace();
+    let mut opts = lab::run::BenchOptions::new(ws.path(), Tier::Cpu);
+    opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
+    let spec = |engine, profiled: bool| {
+        let mut spec = lab::profile::planned_spec(&opts, engine, ws.path()).unwrap();
+        if !profiled {
+            spec.profile = None;
+        }
+        spec
+    };
+    let wait = std::time::Duration::from_secs(5);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let (base, log) = recording_server(|_| 200).await;
+    let capture = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &base).await.unwrap();
+    for i in 0..3 {
+        let resp = client.post(format!("{base}/v1/completions")).body(format!("{{\"n\":{i}}}")).send().await;
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+    capture.end(EngineKind::Vllm, wait).await.unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "POST /start_profile",
+            "POST /v1/completions",
+            "POST /v1/completions",
+            "POST /v1/completions",
+            "POST /stop_profile"
+        ]
+    );
+
+    // Nothing to drive: not profiled, or the emulator (its capture is the client's NVTX range).
+    let (base, log) = recording_server(|_| 200).await;
+    for (engine, profiled) in [(EngineKind::Vllm, false), (EngineKind::Emulated, true)] {
+        let capture = WorkloadCapture::begin(&spec(engine, profiled), &base).await.unwrap();
+        capture.end(engine, wait).await.unwrap();
+    }
+    assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+
+    // vLLM without its profiler answers 404: the error names the URL and the missing flag.
+    let (base, _) = recording_server(|p| if p == "/start_profile" { 404 } else { 200 }).await;
+    let err = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &base).await.unwrap_err().to_string();
+    for want in
+        [&format!("POST {base}/start_profile answered 404"), "--profiler-config", r#"{"profiler":"cuda"}"#]
+    {
+        assert!(err.contains(want), "`{want}` missing from: {err}");
+    }
+    // The stop fails: reported as such, after a start that worked.
+    let (base, log) = recording_server(|p| if p == "/stop_profile" { 500 } else { 200 }).await;
+    let capture = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &base).await.unwrap();
+    let err = capture.end(EngineKind::Vllm, wait).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("POST {base}/stop_profile answered 500")), "{err}");
+    assert_eq!(*log.lock().unwrap(), ["POST /start_profile", "POST /stop_profile"]);
+    // Nothing listens: the error says the profiler could not be driven.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let err = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &closed).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("POST {closed}/start_profile failed")), "{err}");
+    assert!(err.contains("vLLM's profiler could not be driven"), "{err}");
+}
