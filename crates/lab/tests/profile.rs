@@ -563,3 +563,33 @@ async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
     assert!(err.contains(&format!("POST {closed}/start_profile failed")), "{err}");
     assert!(err.contains("vLLM's profiler could not be driven"), "{err}");
 }
+
+/// Process vLLM under a profile, per tier, through the planning API (`planned_spec`, then
+/// `planned_engine_command`, which adds `vllm_process_args`): its CUDA profiler on, the LMCache
+/// YAML and the token in the environment only; unprofiled, no profiler flags.
+#[test]
+fn vllm_process_command_under_profiling() {
+    let ws = common::workspace();
+    std::fs::write(ws.path().join(".env"), "HF_TOKEN=hf_processSecret42\n").unwrap();
+    let run_dir = Path::new("/results/run");
+    let mut all = String::new();
+    for tier in Tier::ALL {
+        let mut opts = lab::run::BenchOptions::new(ws.path(), tier);
+        opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
+        opts.redis_url = None;
+        let spec = lab::profile::planned_spec(&opts, EngineKind::Vllm, run_dir).unwrap();
+        let cmd = lab::profile::planned_engine_command(&spec, "docker", 18000).unwrap();
+        assert_eq!(cmd.args[cmd.args.len() - 2..], lab::profile::vllm_process_args(&spec)[..]);
+        assert_eq!(cmd.env.get("HF_TOKEN").map(String::as_str), Some("hf_processSecret42"));
+        let line = lab::profile::shell_line(&cmd, &spec.secrets);
+        assert!(!line.contains("hf_processSecret42"), "{line}");
+        all.push_str(&format!("## vllm {tier}, profiled\n{line}\n\n"));
+
+        let mut plain = spec.clone();
+        plain.profile = None;
+        assert!(lab::profile::vllm_process_args(&plain).is_empty());
+        let cmd = lab::profile::planned_engine_command(&plain, "docker", 18000).unwrap();
+        assert!(!cmd.args.iter().any(|a| a == "--profiler-config"), "{:?}", cmd.args);
+    }
+    insta::assert_snapshot!(all);
+}
