@@ -70,6 +70,8 @@ pub struct BenchOptions {
     pub goodput: Option<String>,
     /// Refuse to run without an NVIDIA GPU (so nothing is silently emulated).
     pub require_gpu: bool,
+    /// The GPUs `--gpus` is checked against and `--require-gpu` needs; `None`: what NVML counts.
+    pub gpu_inventory: Option<engine::GpuInventory>,
     pub port: Option<u16>,
     pub redis_url: Option<String>,
     /// llama.cpp: GGUF file and Python with xllamacpp.
@@ -109,6 +111,7 @@ impl BenchOptions {
             gpus: GpuSelection::All,
             goodput: None,
             require_gpu: false,
+            gpu_inventory: None,
             port: None,
             redis_url: std::env::var("KVLAB_REDIS_URL").ok().filter(|v| !v.is_empty()),
             python: std::env::var_os("KVLAB_PYTHON").map(PathBuf::from),
@@ -600,13 +603,11 @@ pub(crate) async fn run_point(
     let secrets = Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env();
     let probe = HostProbe::detect();
     let (engine_kind, reason) = probe.choose(point_engine(opts, point)?);
-    if opts.require_gpu && !probe.nvidia_gpu {
-        return Err(LabError::Invalid(
-            "--require-gpu: no NVIDIA GPU was found (no nvidia-smi on PATH, no /dev/nvidia0); install the \
-             NVIDIA driver, or drop --require-gpu to run on the emulated engine"
-                .to_owned(),
-        ));
+    let inventory = opts.gpu_inventory.clone().unwrap_or_else(engine::GpuInventory::detect);
+    if opts.require_gpu {
+        inventory.require()?;
     }
+    let gpus = inventory.resolve(&opts.gpus)?;
     if opts.require_gpu && matches!(engine_kind, EngineKind::Emulated | EngineKind::External) {
         return Err(LabError::Invalid(format!(
             "--require-gpu: engine `{engine_kind}` does not measure a GPU; use --engine vllm-docker or vllm"
@@ -650,7 +651,7 @@ pub(crate) async fn run_point(
         _ => point.model.clone(),
     };
     let placement = resolve_model(engine_kind, &model)?;
-    engine::check_gpu_count(&model, placement.gpus(), &opts.gpus)?;
+    engine::check_gpu_count(&model, placement.gpus(), &gpus)?;
     let tp = placement.tensor_parallel;
     let sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
     if let (Some(l), Some((key, gb))) = (lmcache.as_mut(), sizing.lmcache) {
@@ -712,7 +713,7 @@ pub(crate) async fn run_point(
         tier: point.tier,
         model: model.clone(),
         gpu: point.gpu.clone(),
-        gpus: opts.gpus.clone(),
+        gpus: gpus.clone(),
         tensor_parallel: tp,
         pipeline_parallel: placement.pipeline_parallel,
         registry_model: placement.registry_name.clone(),
@@ -758,7 +759,7 @@ pub(crate) async fn run_point(
         model: model.clone(),
         tensor_parallel: tp,
         pipeline_parallel: placement.pipeline_parallel,
-        gpus: opts.gpus.clone(),
+        gpus: gpus.clone(),
         gpu_type: point.gpu.clone(),
         port: opts.port,
         image: opts.image.clone(),

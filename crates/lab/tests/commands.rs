@@ -420,3 +420,79 @@ fn llamacpp_env_has_the_chosen_gpus_and_the_token_outside_argv() {
     check(GpuSelection::Count(2), Some("0,1"));
     check(GpuSelection::All, None);
 }
+
+#[test]
+fn gpus_are_checked_against_the_nvml_count() {
+    use lab::engine::GpuInventory;
+    let check = |inventory: &GpuInventory, flag: &str, expect: &str| {
+        let got = match inventory.resolve(&flag.parse().unwrap()) {
+            Ok(sel) => format!("--gpus {}", sel.flag()),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(got, expect, "--gpus {flag} with {inventory:?}");
+    };
+    let one = GpuInventory::Available { count: 1 };
+    check(&one, "all", "--gpus 1");
+    check(&one, "1", "--gpus 1");
+    check(
+        &one,
+        "2",
+        "invalid configuration: --gpus 2 asks for 2 GPUs, but NVML counts 1 GPU (devices 0 to 0); pass \
+         --gpus all or at most --gpus 1",
+    );
+    let four = GpuInventory::Available { count: 4 };
+    check(&four, "all", "--gpus 4");
+    check(&four, "0,3", "--gpus 0,3");
+    check(
+        &four,
+        "1,4",
+        "invalid configuration: --gpus 1,4 names device 4, but NVML counts 4 GPUs (devices 0 to 3); pass \
+         --gpus all or at most --gpus 4",
+    );
+    // Without NVML nothing is known: the selection stays (the emulated engine needs no GPU).
+    let none = GpuInventory::Unavailable { reason: "NVML init failed: a library was not found".into() };
+    check(&none, "all", "--gpus all");
+    check(&none, "2", "--gpus 2");
+    assert_eq!(four.require().unwrap(), 4);
+    assert_eq!(
+        none.require().unwrap_err().to_string(),
+        "invalid configuration: --require-gpu: NVML reports no NVIDIA GPU (NVML init failed: a library was not \
+         found); install the NVIDIA driver (it brings libnvidia-ml), or drop --require-gpu to run on the \
+         emulated engine"
+    );
+    // `--gpus all` resolves to the count: a model needing more is refused before it starts.
+    let all = one.resolve(&GpuSelection::All).unwrap();
+    assert!(lab::engine::check_gpu_count("llama-3-70b-tp4", 4, &all).is_err());
+}
+
+/// `--require-gpu` through a run: on a host without NVML (this one, and CI) the refusal names
+/// NVML; with NVML the GPU check passes and the emulated engine is refused as measuring none.
+#[tokio::test]
+async fn require_gpu_asks_nvml() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = lab::run::BenchOptions::new(dir.path(), Tier::Cpu);
+    opts.engine = lab::engine::EngineKind::Emulated;
+    opts.require_gpu = true;
+    opts.progress = false;
+    let err = lab::run::bench(&opts).await.expect_err("refused").to_string();
+    match lab::engine::GpuInventory::detect() {
+        lab::engine::GpuInventory::Unavailable { reason } => {
+            assert_eq!(
+                err,
+                format!(
+                    "invalid configuration: --require-gpu: NVML reports no NVIDIA GPU ({reason}); install the \
+                     NVIDIA driver (it brings libnvidia-ml), or drop --require-gpu to run on the emulated engine"
+                )
+            );
+        }
+        lab::engine::GpuInventory::Available { .. } => {
+            assert!(err.contains("engine `emulated` does not measure a GPU"), "{err}")
+        }
+    }
+    // An injected inventory stands in for NVML.
+    opts.gpu_inventory = Some(lab::engine::GpuInventory::Available { count: 1 });
+    opts.gpus = "2".parse().unwrap();
+    opts.require_gpu = false;
+    let err = lab::run::bench(&opts).await.expect_err("refused").to_string();
+    assert!(err.contains("--gpus 2 asks for 2 GPUs, but NVML counts 1 GPU"), "{err}");
+}

@@ -184,6 +184,59 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
+/// The host's NVIDIA GPUs as NVML counts them (the samplers' probe, which loads libnvidia-ml at
+/// run time), or why none are known. Passed into a run so that tests can give any count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "nvml", rename_all = "snake_case")]
+pub enum GpuInventory {
+    Available { count: u32 },
+    Unavailable { reason: String },
+}
+
+impl GpuInventory {
+    pub fn detect() -> GpuInventory {
+        match samplers::gpu::NvmlSampler::new().and_then(|nvml| nvml.devices()) {
+            Ok(devices) => GpuInventory::Available { count: devices.len() as u32 },
+            Err(e) => GpuInventory::Unavailable { reason: e.to_string() },
+        }
+    }
+
+    /// `--require-gpu`: the GPU count, or a refusal saying what NVML said.
+    pub fn require(&self) -> Result<u32> {
+        match self {
+            GpuInventory::Available { count } => Ok(*count),
+            GpuInventory::Unavailable { reason } => Err(LabError::Invalid(format!(
+                "--require-gpu: NVML reports no NVIDIA GPU ({reason}); install the NVIDIA driver (it brings \
+                 libnvidia-ml), or drop --require-gpu to run on the emulated engine"
+            ))),
+        }
+    }
+
+    /// The selection checked against the GPUs NVML counts: `all` becomes that count, a count
+    /// or a device that is not there is refused. Without NVML nothing can be checked and the
+    /// selection stays as given (the emulated engine needs no GPU).
+    pub fn resolve(&self, gpus: &GpuSelection) -> Result<GpuSelection> {
+        let GpuInventory::Available { count } = *self else { return Ok(gpus.clone()) };
+        let refuse = |what: String| {
+            Err(LabError::Invalid(format!(
+                "--gpus {what}, but NVML counts {count} GPU{} (devices 0 to {}); pass --gpus all or at most \
+                 --gpus {count}",
+                if count == 1 { "" } else { "s" },
+                count.saturating_sub(1)
+            )))
+        };
+        match gpus {
+            GpuSelection::All => Ok(GpuSelection::Count(count)),
+            GpuSelection::Count(n) if *n > count => refuse(format!("{n} asks for {n} GPUs")),
+            GpuSelection::Devices(d) => match d.iter().find(|&&i| i >= count) {
+                Some(i) => refuse(format!("{} names device {i}", gpus.flag())),
+                None => Ok(gpus.clone()),
+            },
+            _ => Ok(gpus.clone()),
+        }
+    }
+}
+
 /// GPUs given to the engine: `--gpus N` or a device list `--gpus 0,2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
@@ -201,6 +254,15 @@ impl GpuSelection {
             GpuSelection::All => None,
             GpuSelection::Count(n) => Some(*n),
             GpuSelection::Devices(d) => Some(d.len() as u32),
+        }
+    }
+
+    /// The selection as `--gpus` takes it.
+    pub fn flag(&self) -> String {
+        match self {
+            GpuSelection::All => "all".to_owned(),
+            GpuSelection::Count(n) => n.to_string(),
+            GpuSelection::Devices(d) => d.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
         }
     }
 
