@@ -1,6 +1,8 @@
-//! With no container runtime on PATH, the docker engines are refused, naming what to install.
-//! (Its own test binary: it empties PATH for the whole process.)
+//! With no container runtime, no GPU or no vLLM on PATH, the engines that need them are
+//! refused, naming what to install. (Its own test binary: it sets PATH for the whole process,
+//! one test at a time.)
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,39 +13,51 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// PATH is the process's: one test sets it at a time.
+static PATH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
+    let tier = TierConfig::load(&root().join("configs"), tier).unwrap();
+    LaunchSpec {
+        engine,
+        run_id: "t".into(),
+        run_dir: dir.to_owned(),
+        lmcache: tier.lmcache.clone(),
+        tier,
+        disk_dir: dir.join("kv"),
+        model: "m".into(),
+        tensor_parallel: 1,
+        pipeline_parallel: 1,
+        gpus: GpuSelection::All,
+        gpu_type: None,
+        port: None,
+        image: Some("img:1".into()),
+        url: None,
+        secrets: Default::default(),
+        ready_timeout: Duration::from_secs(1),
+        llamacpp_model: None,
+        python: None,
+        emulator: EmulatorRunSettings::default(),
+        profile: None,
+    }
+}
+
+async fn start_err(spec: &LaunchSpec) -> String {
+    match launcher(spec.engine).start(spec).await {
+        Ok(_) => panic!("{} started", spec.engine),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn no_docker_no_podman() {
+    let _path = PATH_LOCK.lock().await;
     let empty = tempfile::tempdir().unwrap();
     std::env::set_var("PATH", empty.path());
     assert_eq!(HostProbe::detect().container_runtime, None);
-    let tier = TierConfig::load(&root().join("configs"), Tier::Cpu).unwrap();
     for engine in [EngineKind::VllmDocker, EngineKind::Docker] {
-        let spec = LaunchSpec {
-            engine,
-            run_id: "t".into(),
-            run_dir: empty.path().to_owned(),
-            lmcache: tier.lmcache.clone(),
-            tier: tier.clone(),
-            disk_dir: empty.path().join("kv"),
-            model: "m".into(),
-            tensor_parallel: 1,
-            pipeline_parallel: 1,
-            gpus: GpuSelection::All,
-            gpu_type: None,
-            port: None,
-            image: Some("img:1".into()),
-            url: None,
-            secrets: Default::default(),
-            ready_timeout: Duration::from_secs(1),
-            llamacpp_model: None,
-            python: None,
-            emulator: EmulatorRunSettings::default(),
-            profile: None,
-        };
-        let err = match launcher(engine).start(&spec).await {
-            Ok(_) => panic!("started without a runtime"),
-            Err(e) => e.to_string(),
-        };
+        let spec = spec(empty.path(), engine, Tier::Cpu);
+        let err = start_err(&spec).await;
         assert_eq!(
             err,
             format!(
@@ -52,4 +66,44 @@ async fn no_docker_no_podman() {
             )
         );
     }
+}
+
+#[tokio::test]
+async fn vllm_not_on_path() {
+    let _path = PATH_LOCK.lock().await;
+    let empty = tempfile::tempdir().unwrap();
+    std::env::set_var("PATH", empty.path());
+    let err = start_err(&spec(empty.path(), EngineKind::Vllm, Tier::Disk)).await;
+    assert_eq!(
+        err,
+        "engine `vllm` failed: `vllm` is not on PATH; install it (`pip install vllm lmcache`, or `nix develop`), \
+         or use --engine vllm-docker"
+    );
+}
+
+/// A container runtime (a fake `docker`, the only program on PATH) but no GPU: vllm-docker is
+/// refused naming the GPU, before the runtime is asked anything.
+#[tokio::test]
+async fn vllm_docker_without_gpu() {
+    let _path = PATH_LOCK.lock().await;
+    let bin = tempfile::tempdir().unwrap();
+    let asked = bin.path().join("asked");
+    let docker = bin.path().join("docker");
+    std::fs::write(&docker, format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", asked.display())).unwrap();
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::env::set_var("PATH", bin.path());
+    let probe = HostProbe::detect();
+    assert_eq!(probe.container_runtime.as_deref(), Some("docker"));
+    let err = start_err(&spec(bin.path(), EngineKind::VllmDocker, Tier::Disk)).await;
+    if Path::new("/dev/nvidia0").exists() {
+        // A GPU host: the GPU is found, and the fake runtime's failure is what stops the run.
+        assert!(probe.nvidia_gpu && !err.contains("no NVIDIA GPU found"), "{err}");
+        return;
+    }
+    assert_eq!(
+        err,
+        "engine `vllm-docker` failed: no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0); vLLM needs \
+         one. Install the NVIDIA driver and container toolkit, or use --engine emulated"
+    );
+    assert!(!asked.exists(), "the runtime was asked: {}", std::fs::read_to_string(&asked).unwrap());
 }
