@@ -305,3 +305,72 @@ fn profile_refusals_say_what_to_install() {
         }
     }
 }
+
+/// A newcomer's first command, `cargo xtask bench --tier disk --num-requests 20`, on a host
+/// without a GPU: the emulated engine runs, every file of the result directory is written, the
+/// disk tier shows writes, and the `.env` token is in no line printed and no file written.
+#[test]
+fn plain_bench_writes_a_complete_result_directory_without_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = "hf_cliPlantedToken4711";
+    let root = root_with_token(tmp.path(), token);
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bench", "--tier", "disk", "--num-requests", "20"])
+        .current_dir(tmp.path())
+        .env("KVLAB_ROOT", &root)
+        .env_remove("HF_TOKEN")
+        .output()
+        .expect("run the xtask binary");
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(!printed.contains(token), "the token was printed:\n{printed}");
+    assert!(printed.contains("auto: no NVIDIA GPU"), "says which engine it chose and why:\n{printed}");
+    let results: Vec<_> =
+        std::fs::read_dir(root.join("results")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let dir = &results[0];
+    assert!(printed.contains(&format!("results: {}", dir.display())), "{printed}");
+    for f in [
+        "run.toml",
+        "env.json",
+        "requests.jsonl",
+        "requests.csv",
+        "summary.json",
+        "engine.log",
+        "report.md",
+        "report.html",
+        "samples/disk.csv",
+        "samples/cpu.csv",
+        "samples/engine.csv",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} is missing from {}", dir.display());
+    }
+    assert!(std::fs::read_dir(dir.join("plots")).unwrap().next().is_some(), "plots/ is empty");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["completed"].as_u64(), summary["failed"].as_u64()), (Some(20), Some(0)), "{summary}");
+    assert_eq!(summary["emulated"], true);
+    assert_eq!(std::fs::read_to_string(dir.join("requests.jsonl")).unwrap().lines().count(), 20);
+    // No GPU: the GPU sampler is recorded as unavailable, and the run went on.
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("env.json")).unwrap()).unwrap();
+    assert!(env["gpu"]["absent"].is_string() || dir.join("samples/gpu.csv").is_file(), "{env}");
+    let disk = std::fs::read_to_string(dir.join("samples/disk.csv")).unwrap();
+    let mut lines = disk.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "write_bytes_s").unwrap();
+    let writes = lines.filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).fold(0.0, f64::max);
+    assert!(writes > 0.0, "samples/disk.csv shows no writes from the disk tier:\n{disk}");
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if p.is_file() && p != root.join(".env") {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(!String::from_utf8_lossy(&bytes).contains(token), "the token is in {}", p.display());
+            }
+        }
+    }
+}
