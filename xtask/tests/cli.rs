@@ -240,7 +240,9 @@ fn profile_dry_run_prints_the_exact_commands_and_starts_nothing() {
 fn profile_refusals_say_what_to_install() {
     use std::os::unix::fs::PermissionsExt as _;
     let gpu_here = Path::new("/dev/nvidia0").exists();
-    let cases: [(&str, &[(&str, &str)], &[&str]); 3] = [
+    // (engine, stand-in programs on PATH as (name, script body), what the message says)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case<'_>; 3] = [
         ("emulated", &[], &["`nsys` (Nsight Systems) is not on PATH", "`nix develop` provides it"]),
         (
             "vllm",

@@ -1,10 +1,16 @@
 //! The load generator's NVTX ranges cost nothing measurable: the same closed-loop workload
 //! against the emulated engine, with the per-request ranges on and off, gives the same TTFT and
 //! ITL means within noise. Built with the `nvtx` feature (as `cargo xtask ci` builds the tests),
-//! the ranges are real NVTX calls, and the test first asserts that they are compiled in; without
-//! it both runs have none and only the on/off switch is exercised.
+//! the ranges are real NVTX calls, and the test's build asserts that they are compiled in;
+//! without it both runs have none and only the on/off switch is exercised.
 
 mod common;
+
+// With the feature on, the load generator's ranges must really be compiled in (the emulator's
+// `nvtx` feature turns on loadgen's), or both runs below would be without ranges: checked when
+// the test is built.
+#[cfg(feature = "nvtx")]
+const _: () = assert!(loadgen::nvtx::ENABLED, "emulator/nvtx is on but loadgen::nvtx::ENABLED is false");
 
 use std::time::Instant;
 
@@ -43,11 +49,6 @@ async fn means(base: &str, ranges: bool) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ranges_do_not_change_latencies() {
-    // With the feature on, the load generator's ranges must really be compiled in (the
-    // emulator's `nvtx` feature turns on loadgen's), or both runs below would be without ranges.
-    if cfg!(feature = "nvtx") {
-        assert!(loadgen::nvtx::ENABLED, "emulator/nvtx is on but loadgen::nvtx::ENABLED is false");
-    }
     let mut cfg = fast(EmulatorConfig::default());
     // A modelled second lasts 20 ms: steps of a few modelled ms take tens of microseconds,
     // long against an NVTX call and short enough for a quick test.
