@@ -200,13 +200,7 @@ fn parent(args: &SoakArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating this program")?;
     let out = match &args.out {
         Some(o) => o.clone(),
-        None => crate::workspace_root().join("results").join(format!(
-            "soak_{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        )),
+        None => crate::workspace_root().join("results").join(format!("soak_{}", loadgen::timestamp())),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // A soak killed before left its last round's records there.

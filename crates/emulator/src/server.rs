@@ -158,7 +158,7 @@ impl Server {
             writer,
             next_id: AtomicU64::new(0),
             t0: Instant::now(),
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created: since_epoch().as_secs(),
             users: Mutex::new(HashMap::new()),
         });
         let engine = tokio::spawn(engine_loop(shared.clone()));
@@ -207,10 +207,16 @@ impl Server {
     }
 }
 
+/// The wall clock, for `created` fields and run ids only: durations come from `Instant`.
+#[allow(clippy::disallowed_methods)]
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
 /// A run id for a server started without one: unique per process and start.
 fn fresh_run_id() -> String {
     static STARTS: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = since_epoch().as_nanos();
     format!("emulator-{}-{nanos}-{}", std::process::id(), STARTS.fetch_add(1, Relaxed))
 }
 

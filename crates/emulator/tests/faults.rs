@@ -192,6 +192,8 @@ async fn engine_busy(base: &str) -> bool {
 }
 
 #[tokio::test]
+// The wall clock only makes the key prefix unique across test processes.
+#[allow(clippy::disallowed_methods)]
 async fn runs_sharing_one_redis_keep_to_their_own_keys() {
     let url = redis_url();
     let unique = format!(

@@ -375,9 +375,7 @@ pub(crate) fn out_dir(opts: &BenchOptions) -> PathBuf {
 }
 
 pub(crate) fn timestamp() -> String {
-    let now = time::OffsetDateTime::now_local().unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
-    now.format(&fmt).unwrap_or_else(|_| "00000000-000000".to_owned())
+    loadgen::timestamp()
 }
 
 pub(crate) fn sanitize(s: &str) -> String {

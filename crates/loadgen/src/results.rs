@@ -40,16 +40,21 @@ pub struct ResultWriter {
     requests: Option<BufWriter<File>>,
 }
 
+/// Now, as `YYYYmmdd-HHMMSS` (local time where the system tells the offset, else UTC): the
+/// wall clock, for names only; durations come from `Instant`.
+#[allow(clippy::disallowed_methods)]
+pub fn timestamp() -> String {
+    let now = time::OffsetDateTime::now_local().unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(time::macros::format_description!("[year][month][day]-[hour][minute][second]"))
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
 impl ResultWriter {
     /// Creates a fresh `<root>/<label>_<YYYYmmdd-HHMMSS>/` (local time where the system tells the
     /// offset, else UTC; `-2`, `-3`, ... appended when the name is taken). Characters of `label`
     /// other than ASCII letters, digits, `.`, `-` and `_` become `_`.
     pub fn create(root: &Path, label: &str) -> Result<ResultWriter, ResultsError> {
-        let now = time::OffsetDateTime::now_local().unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-        let stamp = now
-            .format(time::macros::format_description!("[year][month][day]-[hour][minute][second]"))
-            .unwrap_or_else(|_| now.unix_timestamp().to_string());
-        ResultWriter::create_named(root, label, &stamp)
+        ResultWriter::create_named(root, label, &timestamp())
     }
 
     fn create_named(root: &Path, label: &str, stamp: &str) -> Result<ResultWriter, ResultsError> {

@@ -1053,9 +1053,7 @@ pub async fn run_planned_point(
         job_id: env("SLURM_ARRAY_JOB_ID").or_else(|| env("SLURM_JOB_ID")),
         task_id: env("SLURM_ARRAY_TASK_ID"),
         restart_count: env("SLURM_RESTART_COUNT").and_then(|r| r.parse().ok()),
-        unix_time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
+        unix_time: unix_time_s(),
         error,
     };
     if final_dir.join("summary.json").is_file() {
@@ -1255,6 +1253,13 @@ async fn bare_run(opts: &BenchOptions, cfg: &SubmitConfig, wait: bool) -> Result
         }
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// The wall clock in seconds since the epoch, for an event's time stamp only (events on
+/// different nodes share no monotonic clock).
+#[allow(clippy::disallowed_methods)]
+fn unix_time_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
