@@ -668,6 +668,17 @@ pub(crate) async fn run_point(
             None => sanitize(&l),
         },
     );
+    // A container engine's runtime, daemon, image and port are checked before the run's
+    // directory exists: a refused run leaves nothing behind.
+    if matches!(engine_kind, EngineKind::Docker | EngineKind::VllmDocker) {
+        tokio::select! {
+            r = engine::docker::preflight(engine_kind, opts.image.as_deref(), opts.port) => { r?; }
+            () = stop.cancelled() => {
+                let parent = experiment.as_ref().map_or_else(|| out_dir(opts), |ctx| ctx.root.to_path_buf());
+                return Err(LabError::Interrupted(parent));
+            }
+        }
+    }
     let dir = match &experiment {
         Some(PointCtx { exact_dir: Some(dir), .. }) => {
             std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;

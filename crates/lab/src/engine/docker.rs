@@ -370,8 +370,60 @@ impl Drop for SecretEnvFile {
     }
 }
 
-/// Refuses clearly when the runtime's daemon does not answer or a kvlab image is missing.
-async fn preflight(engine: &str, runtime: &str, image: &str) -> Result<()> {
+/// What [`preflight`] found: the runtime to run the container with, the image, the GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight {
+    /// `docker` or `podman`.
+    pub runtime: String,
+    /// The image to run: `--image`, or vllm-docker's default.
+    pub image: String,
+    /// Whether the host has an NVIDIA GPU (GPU flags are given only then).
+    pub nvidia_gpu: bool,
+}
+
+/// Everything a container engine needs before anything is written, checked in this order, each
+/// refusal saying what to do: a runtime on PATH, a GPU for vLLM, an image, the runtime's daemon
+/// answering, the image present locally (an image from elsewhere than kvlab is pulled once; kvlab's
+/// are built, never pulled), and `port` (if one is asked for) free on 127.0.0.1. The lab runs it
+/// before it creates the run's directory, so a refused run leaves nothing behind; the launcher
+/// runs it again.
+pub async fn preflight(kind: EngineKind, image: Option<&str>, port: Option<u16>) -> Result<Preflight> {
+    let engine = kind.as_str();
+    let probe = super::HostProbe::detect();
+    let runtime = probe.container_runtime.clone().ok_or_else(|| {
+        LabError::launch(
+            engine,
+            "no container runtime: neither `docker` nor `podman` is on PATH; install Docker \
+             (https://docs.docker.com/engine/install/) or Podman, or use --engine emulated",
+        )
+    })?;
+    let vllm = kind == EngineKind::VllmDocker;
+    if vllm && !probe.nvidia_gpu {
+        return Err(LabError::launch(
+            engine,
+            "no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0); vLLM needs one. Install the \
+             NVIDIA driver and container toolkit, or use --engine emulated",
+        ));
+    }
+    let image =
+        match (image, vllm) {
+            (Some(i), _) => i.to_owned(),
+            (None, true) => VLLM_LMCACHE_IMAGE.to_owned(),
+            (None, false) => return Err(LabError::launch(
+                engine,
+                "--engine docker needs --image IMAGE (kvlab/llamacpp, kvlab/emulator: `cargo xtask images`)",
+            )),
+        };
+    check_daemon(engine, &runtime).await?;
+    ensure_image(engine, &runtime, &image).await?;
+    if let Some(port) = port {
+        reserve_port(engine, Some(port))?;
+    }
+    Ok(Preflight { runtime, image, nvidia_gpu: probe.nvidia_gpu })
+}
+
+/// Refuses clearly when the runtime's daemon does not answer.
+async fn check_daemon(engine: &str, runtime: &str) -> Result<()> {
     let version = tokio::process::Command::new(runtime)
         .args(["version", "--format", "{{.Server.Version}}"])
         .stdin(Stdio::null())
@@ -379,32 +431,76 @@ async fn preflight(engine: &str, runtime: &str, image: &str) -> Result<()> {
         .await
         .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
     if !version.status.success() {
-        let why = String::from_utf8_lossy(&version.stderr);
-        let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no answer").trim();
         return Err(LabError::launch(
             engine,
             format!(
-                "the {runtime} daemon is not running or not reachable ({why}); start it (`systemctl start \
-                 {runtime}` or `dockerd`), or use --engine emulated"
-            ),
-        ));
-    }
-    let inspect = tokio::process::Command::new(runtime)
-        .args(["image", "inspect", "--format", "{{.Id}}", image])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
-    if !inspect.status.success() && image.starts_with("kvlab/") {
-        return Err(LabError::launch(
-            engine,
-            format!(
-                "image `{image}` does not exist here; kvlab's images are built locally: run `cargo xtask \
-                 images` (then `{runtime} images kvlab/*` lists them)"
+                "the {runtime} daemon is not running or not reachable ({}); start it (`systemctl start \
+                 {runtime}` or `dockerd`), or use --engine emulated",
+                last_line(&version.stderr, "no answer")
             ),
         ));
     }
     Ok(())
+}
+
+/// The last non-empty line a command wrote (its reason), or `otherwise`.
+fn last_line(text: &[u8], otherwise: &str) -> String {
+    let text = String::from_utf8_lossy(text);
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(otherwise).trim().to_owned()
+}
+
+/// Makes sure `image` is present locally. kvlab's images are built here (`cargo xtask images`),
+/// never pulled; any other image is pulled once, and where that fails (no registry, as on a
+/// machine without network) the refusal says how to bring it in.
+async fn ensure_image(engine: &str, runtime: &str, image: &str) -> Result<()> {
+    let inspect = tokio::process::Command::new(runtime)
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
+    if inspect.success() {
+        return Ok(());
+    }
+    if let Some(name) = image.strip_prefix("kvlab/") {
+        let name = name.split([':', '@']).next().unwrap_or(name);
+        let build = match name.parse::<KvlabImage>() {
+            Ok(KvlabImage::Base) | Err(_) => "cargo xtask images".to_owned(),
+            Ok(known) => format!("cargo xtask images {}", known.as_str()),
+        };
+        return Err(LabError::launch(
+            engine,
+            format!(
+                "image `{image}` is not present locally, and kvlab's images are built here, not pulled \
+                 from a registry: run `{build}` (then `{runtime} images 'kvlab/*'` lists them)"
+            ),
+        ));
+    }
+    eprintln!("kvlab: image {image} is not present locally; pulling it (`{runtime} pull {image}`)");
+    let pull = tokio::process::Command::new(runtime)
+        .args(["pull", image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime} pull`: {e}")))?;
+    if pull.status.success() {
+        return Ok(());
+    }
+    Err(LabError::launch(
+        engine,
+        format!(
+            "image `{image}` is not present locally and this {runtime} daemon cannot pull it (`{runtime} \
+             pull {image}` failed: {}). Pull it on a machine that reaches its registry, `{runtime} save \
+             --output FILE {image}` there and `{runtime} load --input FILE` here, or use an image that \
+             `{runtime} images` lists",
+            last_line(&pull.stderr, "no reason given")
+        ),
+    ))
 }
 
 pub(crate) struct DockerLauncher {
@@ -419,33 +515,8 @@ impl Launcher for DockerLauncher {
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
             let engine = self.kind.as_str();
-            let probe = super::HostProbe::detect();
-            let runtime = probe.container_runtime.clone().ok_or_else(|| {
-                LabError::launch(
-                    engine,
-                    "no container runtime: neither `docker` nor `podman` is on PATH; install Docker \
-                     (https://docs.docker.com/engine/install/) or Podman, or use --engine emulated",
-                )
-            })?;
-            let vllm = self.kind == EngineKind::VllmDocker;
-            if vllm && !probe.nvidia_gpu {
-                return Err(LabError::launch(
-                    engine,
-                    "no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0); vLLM needs one. Install the \
-                     NVIDIA driver and container toolkit, or use --engine emulated",
-                ));
-            }
-            let image = match (&spec.image, vllm) {
-                (Some(i), _) => i.clone(),
-                (None, true) => VLLM_LMCACHE_IMAGE.to_owned(),
-                (None, false) => {
-                    return Err(LabError::launch(
-                        engine,
-                        "--engine docker needs --image IMAGE (kvlab/llamacpp, kvlab/emulator: `cargo xtask images`)",
-                    ))
-                }
-            };
-            preflight(engine, &runtime, &image).await?;
+            let Preflight { runtime, image, nvidia_gpu } =
+                preflight(self.kind, spec.image.as_deref(), spec.port).await?;
             let port = reserve_port(engine, spec.port)?;
             let host_network = spec.tier.tier == Tier::Redis;
             let disk = spec.tier.tier == Tier::Disk;
@@ -481,7 +552,7 @@ impl Launcher for DockerLauncher {
             let run = docker_run(
                 spec,
                 self.kind,
-                ContainerHost { runtime: &runtime, nvidia_gpu: probe.nvidia_gpu, owner: Owner::current() },
+                ContainerHost { runtime: &runtime, nvidia_gpu, owner: Owner::current() },
                 image,
                 port,
                 ContainerFiles {
