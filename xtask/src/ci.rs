@@ -85,16 +85,10 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         lab::engine::docker::KvlabImage::Llamacpp,
         lab::engine::docker::KvlabImage::Emulator,
     ];
-    for b in
-        crate::images::build(&images, false, false).context("building kvlab's images (cargo xtask images)")?
-    {
-        println!(
-            "image {}: {:.1} s{}",
-            b.image.repository(),
-            b.seconds,
-            if b.cached { " (cached)" } else { "" }
-        );
-    }
+    let built = crate::images::build(&images, false, false)
+        .context("building kvlab's images (cargo xtask images)")?;
+    // Build time and size of each; an image over its size budget fails CI.
+    crate::images::report(&built)?;
     let xtask_bin = std::env::current_exe().context("locating this program for the tests")?;
 
     step("cargo test");

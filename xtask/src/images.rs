@@ -51,10 +51,57 @@ pub(crate) fn run(args: ImagesArgs) -> Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    for b in built {
-        println!("{}: {:.1} s{}", b.image.repository(), b.seconds, if b.cached { " (cached)" } else { "" });
+    // Over budget is CI's failure (`cargo xtask ci`); here it is said.
+    if let Err(e) = report(&built) {
+        eprintln!("warning: {e:#}");
     }
     Ok(())
+}
+
+/// The tag an image is known by here: the base's `kvlab/base:<suite>`, else `kvlab/NAME:latest`.
+pub(crate) fn local_tag(image: KvlabImage) -> String {
+    match image {
+        KvlabImage::Base => BaseRecipe::default().tag(),
+        other => other.latest(),
+    }
+}
+
+/// The size of a built image in bytes (`image inspect --format {{.Size}}`, its base's layers
+/// included).
+pub(crate) fn image_size(rt: &str, image: KvlabImage) -> Result<u64> {
+    let tag = local_tag(image);
+    let out = Command::new(rt)
+        .args(["image", "inspect", "--format", "{{.Size}}", &tag])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not run `{rt}`"))?;
+    if !out.status.success() {
+        bail!("`{rt} image inspect {tag}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().with_context(|| format!("the size of {tag}: `{}`", text.trim()))
+}
+
+/// Prints each image `built` with its build time, size and budget; fails, naming every image
+/// over its budget ([`KvlabImage::size_budget`]).
+pub(crate) fn report(built: &[Built]) -> Result<()> {
+    let rt = runtime().context("no container runtime: docker or podman")?;
+    let mut sizes = Vec::new();
+    for b in built {
+        let size = image_size(&rt, b.image)?;
+        let budget = b.image.size_budget().map_or("no budget".to_owned(), |budget| {
+            format!("budget {:.0} MB", lab::engine::docker::mb(budget))
+        });
+        println!(
+            "image {}: {:.1} s{}, {:.1} MB ({budget})",
+            b.image.repository(),
+            b.seconds,
+            if b.cached { " (cached)" } else { "" },
+            lab::engine::docker::mb(size),
+        );
+        sizes.push((b.image, size));
+    }
+    lab::engine::docker::check_size_budgets(&sizes).map_err(anyhow::Error::msg)
 }
 
 /// The runtime: docker or podman, whichever is on PATH (docker first).
@@ -165,13 +212,7 @@ fn base(rt: &str, work: &Path, dry_run: bool) -> Result<bool> {
         println!("{rt} tag {} {}", recipe.hash_tag(), recipe.tag());
         return Ok(false);
     }
-    let label = Command::new(rt)
-        .args(["image", "inspect", "--format", "{{index .Config.Labels \"kvlab.inputs\"}}", &recipe.tag()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .context("inspecting the base image")?;
-    if label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == recipe.input_hash() {
+    if base_is_current(rt, &recipe)? {
         println!("{} is up to date ({})", recipe.tag(), recipe.hash_tag());
         return Ok(true);
     }
@@ -217,6 +258,18 @@ fn base(rt: &str, work: &Path, dry_run: bool) -> Result<bool> {
     run_cmd(rt, &["tag".to_owned(), recipe.hash_tag(), recipe.tag()])?;
     std::fs::remove_dir_all(&rootfs).with_context(|| format!("removing {}", rootfs.display()))?;
     Ok(false)
+}
+
+/// Whether `kvlab/base:<suite>` exists here and was made from `recipe`'s inputs (its
+/// `kvlab.inputs` label is their hash): then it is not built again.
+fn base_is_current(rt: &str, recipe: &BaseRecipe) -> Result<bool> {
+    let label = Command::new(rt)
+        .args(["image", "inspect", "--format", "{{index .Config.Labels \"kvlab.inputs\"}}", &recipe.tag()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("inspecting the base image")?;
+    Ok(label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == recipe.input_hash())
 }
 
 /// Fills the build context of `image` with the files its Containerfile copies.
@@ -385,4 +438,40 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache check against the real daemon: the base `cargo xtask images` made is current for
+    /// the recipe it was made from, and not for that recipe with any input changed (which is
+    /// then built anew under its own hash tag).
+    #[test]
+    fn base_cache_holds_only_for_the_same_inputs() {
+        assert!(
+            std::env::var("KVLAB_DOCKER_IMAGES").is_ok_and(|v| v == "1"),
+            "KVLAB_DOCKER_IMAGES is not set: this test needs the Docker daemon and kvlab/base:bookworm \
+             (`cargo xtask images base`; `cargo xtask ci` builds it and sets the variable)"
+        );
+        let rt = runtime().expect("docker or podman on PATH (the Docker daemon this test needs)");
+        let recipe = BaseRecipe::default();
+        assert!(
+            base_is_current(&rt, &recipe).unwrap(),
+            "{} is not current: run `cargo xtask images base`",
+            recipe.tag()
+        );
+        type Edit = fn(&mut BaseRecipe);
+        let edits: [(&str, Edit); 3] = [
+            ("variant", |r| r.variant = "buildd".into()),
+            ("mirror", |r| r.mirror = "http://mirror.example/debian".into()),
+            ("include", |r| r.include.push("ca-certificates".into())),
+        ];
+        for (input, edit) in edits {
+            let mut changed = recipe.clone();
+            edit(&mut changed);
+            assert_eq!(changed.tag(), recipe.tag(), "the same tag, other inputs");
+            assert!(!base_is_current(&rt, &changed).unwrap(), "a changed {input} reuses the old base");
+        }
+    }
 }

@@ -663,6 +663,54 @@ impl KvlabImage {
     pub fn uses_local_base(self) -> bool {
         matches!(self, KvlabImage::Lab | KvlabImage::Llamacpp | KvlabImage::Emulator)
     }
+
+    /// The most the image may weigh, in bytes as `docker image inspect --format {{.Size}}` counts
+    /// them (the base's layers included): about a third over its size when the budget was set
+    /// (containers/README.md lists both). `None` for vLLM + LMCache, whose size is upstream's.
+    pub fn size_budget(self) -> Option<u64> {
+        const MB: u64 = 1_000_000;
+        match self {
+            KvlabImage::Base => Some(160 * MB),
+            KvlabImage::Lab => Some(180 * MB),
+            KvlabImage::Llamacpp => Some(460 * MB),
+            KvlabImage::Emulator => Some(190 * MB),
+            KvlabImage::VllmLmcache => None,
+        }
+    }
+}
+
+/// Checks measured image sizes (bytes) against [`KvlabImage::size_budget`]: the error names every
+/// image over its budget, with its size and the budget in MB (10^6 bytes, as `docker images`
+/// prints them).
+pub fn check_size_budgets(sizes: &[(KvlabImage, u64)]) -> std::result::Result<(), String> {
+    let over: Vec<String> = sizes
+        .iter()
+        .filter_map(|&(image, size)| {
+            let budget = image.size_budget()?;
+            (size > budget).then(|| {
+                format!(
+                    "{} is {:.1} MB, over its budget of {:.0} MB",
+                    image.repository(),
+                    mb(size),
+                    mb(budget)
+                )
+            })
+        })
+        .collect();
+    if over.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "image size over budget: {}; keep the image small (clean apt lists and caches in the same RUN, copy \
+         stripped binaries, stage only what the Containerfile copies) or raise the budget in \
+         KvlabImage::size_budget and containers/README.md with the reason",
+        over.join("; ")
+    ))
+}
+
+/// Bytes as MB (10^6).
+pub fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
 }
 
 impl std::str::FromStr for KvlabImage {
@@ -845,4 +893,55 @@ pub fn image_build_args(b: &ImageBuild) -> Vec<String> {
     }
     a.push(b.context.display().to_string());
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The base is rebuilt exactly when an input of its recipe changes: each input, changed
+    /// alone, gives another hash (and hash tag); the same inputs give the same hash.
+    #[test]
+    fn base_hash_covers_every_input() {
+        let base = BaseRecipe::default();
+        assert_eq!(base.input_hash(), BaseRecipe::default().input_hash());
+        type Edit = fn(&mut BaseRecipe);
+        let edits: [(&str, Edit); 4] = [
+            ("suite", |r| r.suite = "trixie".into()),
+            ("variant", |r| r.variant = "buildd".into()),
+            ("mirror", |r| r.mirror = "http://mirror.example/debian".into()),
+            ("include", |r| r.include.push("ca-certificates".into())),
+        ];
+        let mut seen = vec![base.input_hash()];
+        for (input, edit) in edits {
+            let mut changed = base.clone();
+            edit(&mut changed);
+            let hash = changed.input_hash();
+            assert!(!seen.contains(&hash), "changing the {input} left the hash at {hash}");
+            assert_ne!(changed.hash_tag(), base.hash_tag(), "{input}");
+            seen.push(hash);
+        }
+        // The label the cache compares is the hash itself.
+        let import = base.import("docker").args.join(" ");
+        assert!(import.contains(&format!("LABEL kvlab.inputs={}", base.input_hash())), "{import}");
+    }
+
+    #[test]
+    fn size_budgets_name_every_image_over_budget() {
+        let within: Vec<(KvlabImage, u64)> =
+            KvlabImage::ALL.into_iter().filter_map(|i| Some((i, i.size_budget()?))).collect();
+        assert_eq!(within.len(), 4, "every image built here has a budget");
+        assert_eq!(check_size_budgets(&within), Ok(()), "at the budget is within it");
+        let over = [
+            (KvlabImage::Lab, 180_000_001),
+            (KvlabImage::Emulator, 100_000_000),
+            (KvlabImage::Llamacpp, 512_300_000),
+            (KvlabImage::VllmLmcache, 20_000_000_000),
+        ];
+        let err = check_size_budgets(&over).unwrap_err();
+        assert!(err.contains("kvlab/lab is 180.0 MB, over its budget of 180 MB"), "{err}");
+        assert!(err.contains("kvlab/llamacpp is 512.3 MB, over its budget of 460 MB"), "{err}");
+        assert!(!err.contains("kvlab/emulator") && !err.contains("vllm-lmcache"), "{err}");
+        assert!(err.contains("KvlabImage::size_budget"), "says where the budget is: {err}");
+    }
 }
