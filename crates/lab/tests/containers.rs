@@ -57,6 +57,45 @@ fn containers_with(label: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
+/// Names of the containers a lab with pid `owner` started (`kvlab.managed=true`), running or not.
+fn managed_containers_of(owner: u32) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "--all", "--filter", "label=kvlab.managed=true", "--filter"])
+        .arg(format!("label=kvlab.owner-pid={owner}"))
+        .args(["--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker ps: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// The secret env-files (`--env-file`) a lab with pid `owner` left in `tmp`: they live only while
+/// the container is created.
+fn env_files_of(tmp: &Path, owner: u32) -> Vec<PathBuf> {
+    let suffix = format!("-{owner}.env");
+    std::fs::read_dir(tmp)
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("kvlab-") && name.ends_with(&suffix)
+        })
+        .collect()
+}
+
+/// The entries of `dir` (none when it does not exist).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+/// A docker image's id (`None`: not here).
+fn image_id(image: &str) -> Option<String> {
+    let out =
+        Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", image]).output().unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 fn run_id(dir: &Path) -> String {
     let run: toml::Value = toml::from_str(&std::fs::read_to_string(dir.join("run.toml")).unwrap()).unwrap();
     run["run_id"].as_str().unwrap().to_owned()
@@ -180,47 +219,222 @@ async fn emulator_image_disk_tier_on_a_volume() {
     assert_no_secret(ws.path());
 }
 
-/// Clear errors, nothing left behind: a missing image, a port already taken.
+/// A container this test runs itself (not through the lab): removed when the test ends, however.
+struct TestContainer(String);
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "--force", &self.0]).output();
+    }
+}
+
+/// The lab's own image runs the load generator (`kvlab loadgen`, the image's entrypoint) against
+/// an emulated engine on the host's loopback: every request completes, and the result directory
+/// it writes on the mounted volume is complete and says emulated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_image_and_taken_port_fail_clearly() {
+async fn lab_image_runs_the_load_generator() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_image("kvlab/lab");
+    let _turn = ENGINE.lock().await;
+    let cfg = emulator::EmulatorConfig { time_scale: 0.01, ..Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = emulator::Server::start(&cfg, listener).await.unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let out = tempfile::tempdir().unwrap();
+    let meta = std::fs::metadata(out.path()).unwrap();
+    let name = format!("kvlab-test-lab-image-{}", std::process::id());
+    let _container = TestContainer(name.clone());
+    let run = tokio::process::Command::new("docker")
+        .args(["run", "--rm", "--network=host", "--name", &name, "--label", "kvlab.test=lab-image"])
+        .arg("--user")
+        .arg(format!("{}:{}", meta.uid(), meta.gid()))
+        .arg("--volume")
+        .arg(format!("{}:/results", out.path().display()))
+        .args(["kvlab/lab", "loadgen", "--url", &url, "--workload", "random", "--prompt-len", "64"])
+        .args(["--gen-len", "8", "--num-requests", "12", "--request-rate", "inf", "--seed", "5"])
+        .args(["--label", "in-container", "--out", "/results"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "kvlab/lab loadgen failed:\n{said}");
+    let dirs = entries(out.path());
+    assert_eq!(dirs.len(), 1, "one result directory on the volume: {dirs:?}\n{said}");
+    let dir = &dirs[0];
+    assert!(dir.file_name().unwrap().to_string_lossy().starts_with("in-container_"), "{}", dir.display());
+    let in_container = format!("results: /results/{}", dir.file_name().unwrap().to_string_lossy());
+    assert!(said.contains(&in_container), "the lab names its directory as it sees it:\n{said}");
+    for f in ["run.toml", "env.json", "requests.jsonl", "requests.csv", "summary.json", "report.md"] {
+        assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+    let recs = records(dir);
+    assert_eq!(recs.len(), 12, "{said}");
+    assert!(recs.iter().all(|r| r.error.is_none() && r.first_token.is_some()), "{recs:#?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["completed"].as_u64(), summary["failed"].as_u64()), (Some(12), Some(0)), "{summary}");
+    assert!(summary["output_throughput"].as_f64().unwrap() > 0.0, "{summary}");
+    assert_eq!(summary["emulated"], serde_json::Value::Bool(true), "the engine said emulated: {summary}");
+    assert_eq!(containers_with("kvlab.test=lab-image"), Vec::<String>::new(), "--rm left the container");
+}
+
+/// `cargo xtask images base` with the recipe unchanged reuses the image it made: reported cached,
+/// no debootstrap, the same image id under both its tags. (That another recipe has another hash,
+/// so a changed input is built anew, are the unit tests `base_hash_covers_every_input` of the
+/// lab and `base_cache_holds_only_for_the_same_inputs` of xtask.)
+#[test]
+fn base_image_is_reused_when_its_inputs_are_unchanged() {
+    require_image("kvlab/base:bookworm");
+    let recipe = lab::engine::docker::BaseRecipe::default();
+    let before = image_id(&recipe.tag());
+    assert_eq!(image_id(&recipe.hash_tag()), before, "{} is tagged with its inputs' hash", recipe.tag());
+    let started = Instant::now();
+    let out = Command::new(xtask_bin()).args(["images", "base"]).stdin(Stdio::null()).output().unwrap();
+    let took = started.elapsed();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("{} is up to date ({})", recipe.tag(), recipe.hash_tag())), "{said}");
+    assert!(said.contains("image kvlab/base: ") && said.contains(" (cached), "), "{said}");
+    assert!(!said.contains("debootstrap"), "the base was rebuilt:\n{said}");
+    assert_eq!(image_id(&recipe.tag()), before, "the base's image id changed:\n{said}");
+    assert!(took < Duration::from_secs(30), "a cached base took {took:?}:\n{said}");
+}
+
+/// Every image built here is within its size budget (`KvlabImage::size_budget`, recorded in
+/// containers/README.md); `cargo xtask ci` checks the same after it builds them.
+#[test]
+fn images_are_within_their_size_budgets() {
+    use lab::engine::docker::{check_size_budgets, BaseRecipe, KvlabImage};
+    let mut sizes = Vec::new();
+    for image in [KvlabImage::Base, KvlabImage::Lab, KvlabImage::Llamacpp, KvlabImage::Emulator] {
+        let tag = if image == KvlabImage::Base { BaseRecipe::default().tag() } else { image.latest() };
+        require_image(&tag);
+        let out = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Size}}", &tag])
+            .output()
+            .unwrap();
+        let size: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        eprintln!("{tag}: {:.1} MB of {:.0}", size as f64 / 1e6, image.size_budget().unwrap() as f64 / 1e6);
+        sizes.push((image, size));
+    }
+    check_size_budgets(&sizes).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Clear errors, nothing left behind: a missing image (kvlab's, which is built and never pulled,
+/// or another, whose pull fails on this daemon), a port already taken, both refused before the
+/// run's directory exists; and an engine that refuses the tier, whose directory keeps its log. In
+/// every case no container of this lab and no secret env-file remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_container_runs_fail_clearly_and_leave_nothing() {
     require_image("kvlab/llamacpp");
     let _turn = ENGINE.lock().await;
     let ws = workspace();
-    let opts = options(ws.path(), "kvlab/no-such-image", Tier::Cpu, "random", 64, 1);
-    let Err(err) = bench(&opts).await else { panic!("a missing image fails") };
-    let err = err.to_string();
-    assert!(err.contains("kvlab/no-such-image") && err.contains("cargo xtask images"), "{err}");
-
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut opts = options(ws.path(), "kvlab/llamacpp", Tier::Cpu, "random", 64, 1);
-    opts.port = Some(taken.local_addr().unwrap().port());
-    let Err(err) = bench(&opts).await else { panic!("a taken port fails") };
-    let err = err.to_string();
-    assert!(err.contains("is not available") && err.contains("--port"), "{err}");
-
-    // llama.cpp has no disk tier: the image refuses, and the launcher shows its last lines.
-    let opts = options(ws.path(), "kvlab/llamacpp", Tier::Disk, "random", 64, 1);
-    let Err(err) = bench(&opts).await else { panic!("the disk tier is refused") };
-    let err = err.to_string();
-    assert!(err.contains("exited at start") && err.contains("cannot express"), "{err}");
-
-    for dir in std::fs::read_dir(ws.path().join("results")).unwrap() {
-        let id = run_id(&dir.unwrap().path());
-        assert_eq!(containers_with(&format!("kvlab.run-id={id}")), Vec::<String>::new(), "left behind: {id}");
+    let taken_port = taken.local_addr().unwrap().port();
+    let other = "example.invalid/kvlab-test/no-such-image:1";
+    let pull = format!("`docker pull {other}` failed");
+    struct Case<'a> {
+        what: &'a str,
+        image: &'a str,
+        tier: Tier,
+        port: Option<u16>,
+        says: Vec<&'a str>,
+        /// Whether the run got as far as its result directory (the engine ran and refused).
+        dir_kept: bool,
     }
+    let cases = [
+        Case {
+            what: "a kvlab image that is not built",
+            image: "kvlab/no-such-image",
+            tier: Tier::Cpu,
+            port: None,
+            says: vec![
+                "`kvlab/no-such-image` is not present locally",
+                "not pulled",
+                "run `cargo xtask images`",
+            ],
+            dir_kept: false,
+        },
+        Case {
+            what: "a tag of a kvlab image that is not built",
+            image: "kvlab/emulator:no-such-tag",
+            tier: Tier::Cpu,
+            port: None,
+            says: vec![
+                "`kvlab/emulator:no-such-tag` is not present locally",
+                "`cargo xtask images emulator`",
+            ],
+            dir_kept: false,
+        },
+        Case {
+            what: "another image, which this daemon cannot pull",
+            image: other,
+            tier: Tier::Cpu,
+            port: None,
+            says: vec!["is not present locally", "cannot pull it", &pull, "docker load --input"],
+            dir_kept: false,
+        },
+        Case {
+            what: "a port already taken",
+            image: "kvlab/llamacpp",
+            tier: Tier::Cpu,
+            port: Some(taken_port),
+            says: vec!["is not available", "--port"],
+            dir_kept: false,
+        },
+        Case {
+            // llama.cpp has no disk tier: the image refuses, and the launcher shows its last lines.
+            what: "an engine that refuses the tier",
+            image: "kvlab/llamacpp",
+            tier: Tier::Disk,
+            port: None,
+            says: vec!["exited at start", "cannot express"],
+            dir_kept: true,
+        },
+    ];
+    let me = std::process::id();
+    for (i, case) in cases.iter().enumerate() {
+        let mut opts = options(ws.path(), case.image, case.tier, "random", 64, 1);
+        opts.port = case.port;
+        opts.out = Some(ws.path().join(format!("results-{i}")));
+        let Err(err) = bench(&opts).await else { panic!("{}: the run started", case.what) };
+        let err = err.to_string();
+        for want in &case.says {
+            assert!(err.contains(want), "{}: `{want}` missing from: {err}", case.what);
+        }
+        let dirs = entries(opts.out.as_ref().unwrap());
+        if case.dir_kept {
+            assert_eq!(dirs.len(), 1, "{}: {dirs:?}", case.what);
+            let id = run_id(&dirs[0]);
+            assert_eq!(containers_with(&format!("kvlab.run-id={id}")), Vec::<String>::new(), "{}", case.what);
+            let log = std::fs::read_to_string(dirs[0].join("engine.log")).unwrap();
+            assert!(log.contains("--env-file"), "{}: the container got the token file:\n{log}", case.what);
+        } else {
+            assert_eq!(dirs, Vec::<PathBuf>::new(), "{}: refused before the run, yet it wrote", case.what);
+        }
+        assert_eq!(managed_containers_of(me), Vec::<String>::new(), "{}: a container is left", case.what);
+        assert_eq!(env_files_of(&std::env::temp_dir(), me), Vec::<PathBuf>::new(), "{}: env-file", case.what);
+    }
+    drop(taken);
     assert_no_secret(ws.path());
 }
 
-/// A lab started as a child process: `bench` with a slow open-loop workload.
+/// A lab started as a child process: `bench` with a slow open-loop workload, its own temporary
+/// directory (`TMPDIR`, where the secret env-file would be).
 struct ChildLab {
     child: std::process::Child,
     out: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 impl ChildLab {
     fn start(engine_args: &[&str], env: &[(&str, &str)]) -> ChildLab {
         let out = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(xtask_bin());
+        cmd.env("TMPDIR", tmp.path());
         cmd.args(["bench", "--tier", "cpu", "--workload", "random", "--prompt-len", "64", "--gen-len", "4"])
             .args(["--num-requests", "100000", "--request-rate", "2", "--ready-timeout", "120", "--out"])
             .arg(out.path())
@@ -229,7 +443,7 @@ impl ChildLab {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(out.path().join("stdout.txt")).unwrap())
             .stderr(std::fs::File::create(out.path().join("stderr.txt")).unwrap());
-        ChildLab { child: cmd.spawn().unwrap(), out }
+        ChildLab { child: cmd.spawn().unwrap(), out, tmp }
     }
 
     /// Waits until the engine answered requests; returns the run's directory.
@@ -258,17 +472,24 @@ impl ChildLab {
         format!("stdout:\n{}\nstderr:\n{}", read("stdout.txt"), read("stderr.txt"))
     }
 
-    fn signal(&mut self, sig: &str) {
+    /// Sends `sig`; returns how long the lab took to exit, and how.
+    fn signal(&mut self, sig: &str) -> (Duration, std::process::ExitStatus) {
         let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());
-        self.child.wait().unwrap();
+        let sent = Instant::now();
+        let status = self.child.wait().unwrap();
+        (sent.elapsed(), status)
     }
 }
 
 impl Drop for ChildLab {
+    /// A test that fails midway leaves no lab and no container of it.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for name in managed_containers_of(self.child.id()) {
+            let _ = Command::new("docker").args(["rm", "--force", &name]).output();
+        }
     }
 }
 
@@ -279,52 +500,112 @@ fn clean() -> String {
     text
 }
 
-/// SIGKILL of the lab leaves its container running (nothing can stop that); `cargo xtask clean`
-/// finds it by its labels and removes it. The planted HF_TOKEN reached the container's
-/// environment and is in no result file and no line the lab printed. SIGTERM, by contrast, stops
-/// and removes the container on the lab's way out.
+/// `bench` with the emulated engine: quick, and it reaps orphans before it starts.
+const QUICK_BENCH: &[&str] = &[
+    "bench",
+    "--engine",
+    "emulated",
+    "--tier",
+    "cpu",
+    "--workload",
+    "random",
+    "--prompt-len",
+    "16",
+    "--gen-len",
+    "2",
+    "--num-requests",
+    "2",
+    "--request-rate",
+    "inf",
+];
+
+/// SIGKILL of the lab leaves its container running (nothing can stop that); the next command
+/// that reaps, `cargo xtask clean` or the next `cargo xtask bench` (any engine), finds it by its
+/// labels, removes it and says so. The planted HF_TOKEN reached the container's environment, and
+/// is in no result file, no line the lab printed, and no file left in its temporary directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_lab_leaves_a_container_that_clean_removes() {
+async fn killed_lab_leaves_a_container_that_the_next_command_removes() {
     require_image("kvlab/llamacpp");
     let _turn = ENGINE.lock().await;
     let engine = ["--engine", "docker", "--image", "kvlab/llamacpp"];
-    let mut lab = ChildLab::start(&engine, &[("HF_TOKEN", TOKEN)]);
-    let dir = lab.wait_serving();
-    let id = run_id(&dir);
-    let label = format!("kvlab.run-id={id}");
-    let names = containers_with(&label);
-    assert_eq!(names.len(), 1, "{names:?}");
-    let env = Command::new("docker")
-        .args(["inspect", "--format", "{{json .Config.Env}}", &names[0]])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&env.stdout).contains(&format!("HF_TOKEN={TOKEN}")),
-        "the token reaches the engine"
-    );
-    let owner = format!("kvlab.owner-pid={}", lab.child.id());
-    assert_eq!(containers_with(&owner), names, "labelled with its owner");
-
-    lab.signal("-KILL");
-    assert_eq!(containers_with(&label), names, "SIGKILL cannot remove it: an orphan");
-    let cleaned = clean();
-    assert!(cleaned.contains(&names[0]), "clean did not report the container:\n{cleaned}");
-    assert_eq!(containers_with(&label), Vec::<String>::new(), "the orphan is still there");
-    assert!(!lab.output().contains(TOKEN), "the secret was printed");
-    for f in files(lab.out.path()) {
+    // (the command after the SIGKILL, its arguments)
+    let reapers: [(&str, &[&str]); 2] = [("clean", &["clean"]), ("the next bench", QUICK_BENCH)];
+    for (reaper, args) in reapers {
+        let mut lab = ChildLab::start(&engine, &[("HF_TOKEN", TOKEN)]);
+        let dir = lab.wait_serving();
+        let id = run_id(&dir);
+        let label = format!("kvlab.run-id={id}");
+        let names = containers_with(&label);
+        assert_eq!(names.len(), 1, "{reaper}: {names:?}");
+        let env = Command::new("docker")
+            .args(["inspect", "--format", "{{json .Config.Env}}", &names[0]])
+            .output()
+            .unwrap();
         assert!(
-            !std::fs::read_to_string(&f).unwrap_or_default().contains(TOKEN),
-            "secret in {}",
-            f.display()
+            String::from_utf8_lossy(&env.stdout).contains(&format!("HF_TOKEN={TOKEN}")),
+            "the token reaches the engine"
         );
-    }
+        assert_eq!(entries(lab.tmp.path()), Vec::<PathBuf>::new(), "the env-file outlived the start");
+        let owner = format!("kvlab.owner-pid={}", lab.child.id());
+        assert_eq!(containers_with(&owner), names, "labelled with its owner");
 
-    let mut lab = ChildLab::start(&engine, &[]);
-    let dir = lab.wait_serving();
-    let label = format!("kvlab.run-id={}", run_id(&dir));
-    assert_eq!(containers_with(&label).len(), 1);
-    lab.signal("-TERM");
-    assert_eq!(containers_with(&label), Vec::<String>::new(), "SIGTERM left the container: {}", lab.output());
+        lab.signal("-KILL");
+        assert_eq!(containers_with(&label), names, "SIGKILL cannot remove it: an orphan");
+        let next_out = tempfile::tempdir().unwrap();
+        let mut next = Command::new(xtask_bin());
+        next.args(args);
+        if args[0] == "bench" {
+            next.arg("--out").arg(next_out.path());
+        }
+        let out = next.output().unwrap();
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{reaper} failed:\n{said}");
+        assert!(
+            said.contains(&format!("removed container {} of run {id}", names[0])),
+            "{reaper} did not report the orphan it removed:\n{said}"
+        );
+        assert_eq!(containers_with(&label), Vec::<String>::new(), "{reaper}: the orphan is still there");
+        assert!(!lab.output().contains(TOKEN) && !said.contains(TOKEN), "the secret was printed");
+        for f in files(lab.out.path()).into_iter().chain(files(next_out.path())) {
+            assert!(
+                !std::fs::read_to_string(&f).unwrap_or_default().contains(TOKEN),
+                "secret in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+/// SIGTERM and SIGINT (Ctrl-C) of a lab running a container: the lab exits within 5 s, the
+/// container is stopped and removed, and the summary over what finished says interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_signals_remove_the_container() {
+    require_image("kvlab/llamacpp");
+    let _turn = ENGINE.lock().await;
+    let engine = ["--engine", "docker", "--image", "kvlab/llamacpp"];
+    for sig in ["-TERM", "-INT"] {
+        let mut lab = ChildLab::start(&engine, &[]);
+        let dir = lab.wait_serving();
+        let label = format!("kvlab.run-id={}", run_id(&dir));
+        assert_eq!(containers_with(&label).len(), 1, "{sig}");
+        let (took, status) = lab.signal(sig);
+        eprintln!("{sig}: the lab stopped in {:.2} s", took.as_secs_f64());
+        assert!(took <= Duration::from_secs(5), "{sig}: the lab took {took:?} to stop: {}", lab.output());
+        assert!(!status.success(), "{sig}: an interrupted run exits non-zero: {}", lab.output());
+        assert_eq!(
+            containers_with(&label),
+            Vec::<String>::new(),
+            "{sig} left the container: {}",
+            lab.output()
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["interrupted"], serde_json::Value::Bool(true), "{sig}: {summary}");
+        let done = summary["completed"].as_u64().unwrap() + summary["failed"].as_u64().unwrap();
+        assert_eq!(done as usize, records(&dir).len(), "{sig}: the summary covers every record");
+        assert!(summary["completed"].as_u64().unwrap() >= 1, "{sig}: {summary}");
+    }
 }
 
 /// SIGKILL of a lab running llama.cpp as a process: the engine survives its lab, `clean` finds
@@ -348,29 +629,32 @@ async fn killed_lab_leaves_an_engine_process_that_clean_kills() {
     assert_eq!(common::processes_mentioning(&script), Vec::<u32>::new(), "the orphaned engine still runs");
 }
 
-/// A daemon that does not answer: a clear message naming it, and no result of a run.
+/// A daemon that does not answer: a clear message naming it, and nothing left behind: no result
+/// directory, no container, no secret env-file.
 #[test]
 fn daemon_not_running_fails_clearly() {
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new(xtask_bin())
-        .args([
-            "bench",
-            "--engine",
-            "docker",
-            "--image",
-            "kvlab/llamacpp",
-            "--tier",
-            "cpu",
-            "--num-requests",
-            "1",
-        ])
-        .arg("--out")
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(xtask_bin())
+        .args(["bench", "--engine", "docker", "--image", "kvlab/llamacpp", "--tier", "cpu"])
+        .args(["--num-requests", "1", "--out"])
         .arg(out.path())
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .output()
+        .env("HF_TOKEN", TOKEN)
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let run = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{stderr}");
     assert!(stderr.contains("the docker daemon is not running or not reachable"), "{stderr}");
     assert!(stderr.contains("/nonexistent/docker.sock"), "the message says which daemon: {stderr}");
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+    assert_eq!(entries(out.path()), Vec::<PathBuf>::new(), "a refused run wrote a result directory");
+    assert_eq!(entries(tmp.path()), Vec::<PathBuf>::new(), "a file (the secret env-file?) was left");
+    // The real daemon (this test's DOCKER_HOST) has no container of that lab.
+    assert_eq!(managed_containers_of(pid), Vec::<String>::new(), "a container was left");
 }
