@@ -376,3 +376,107 @@ fn plain_bench_writes_a_complete_result_directory_without_the_token() {
         }
     }
 }
+
+/// `cargo xtask images --dry-run` prints every build command, in order, with the runtime on PATH,
+/// and builds nothing: the runtime, debootstrap and the other tools are stand-ins that would record
+/// a call, and no build context is staged under the root.
+#[test]
+fn images_dry_run_prints_the_build_commands_and_builds_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tools = ["docker", "podman", "debootstrap", "tar", "strip", "python3"];
+    let all = recording_bin(&tmp.path().join("all"), &tools);
+    let podman_only = recording_bin(&tmp.path().join("podman"), &["podman"]);
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let file = |name: &str| format!("--file {} ", root.join("containers").join(name).display());
+    struct Case<'a> {
+        args: &'a [&'a str],
+        path: std::ffi::OsString,
+        runtime: &'a str,
+        /// The images whose `build` is printed, in order, with their Containerfile.
+        builds: &'a [(&'a str, &'a str)],
+        /// Whether the debootstrap base is made (and the builds are FROM it).
+        base: bool,
+    }
+    let everything = [
+        ("lab", "kvlab.Containerfile"),
+        ("llamacpp", "llamacpp.Containerfile"),
+        ("emulator", "emulator.Containerfile"),
+    ];
+    let cases = [
+        Case { args: &[], path: path_with(&all), runtime: "docker", builds: &everything, base: true },
+        Case {
+            args: &["emulator"],
+            path: path_with(&all),
+            runtime: "docker",
+            builds: &[("emulator", "emulator.Containerfile")],
+            base: true,
+        },
+        Case { args: &["base"], path: path_with(&all), runtime: "docker", builds: &[], base: true },
+        Case {
+            args: &["--upstream", "lab"],
+            path: path_with(&all),
+            runtime: "docker",
+            builds: &[("lab", "kvlab.Containerfile")],
+            base: false,
+        },
+        Case {
+            args: &["vllm-lmcache"],
+            path: path_with(&all),
+            runtime: "docker",
+            builds: &[("vllm-lmcache", "vllm-lmcache.Containerfile")],
+            base: false,
+        },
+        Case {
+            args: &[],
+            path: podman_only.clone().into(),
+            runtime: "podman",
+            builds: &everything,
+            base: true,
+        },
+    ];
+    for case in &cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .arg("images")
+            .args(case.args)
+            .arg("--dry-run")
+            .current_dir(tmp.path())
+            .env("PATH", &case.path)
+            .env("KVLAB_ROOT", &root)
+            .output()
+            .expect("run the xtask binary");
+        let printed = text(&out);
+        let what = format!("images {} --dry-run ({})", case.args.join(" "), case.runtime);
+        assert!(out.status.success(), "{what}:\n{printed}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let rt = case.runtime;
+        let builds: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&format!("{rt} build "))).collect();
+        assert_eq!(builds.len(), case.builds.len(), "{what}:\n{stdout}");
+        for (line, (image, containerfile)) in builds.iter().zip(case.builds) {
+            assert!(line.contains(&file(containerfile)), "{what}: {image} from {containerfile}: {line}");
+            assert!(line.contains(&format!("--tag kvlab/{image}:latest ")), "{what}: {line}");
+            let from_base = line.contains("--build-arg BASE_IMAGE=kvlab/base:bookworm ");
+            assert_eq!(from_base, case.base, "{what}: FROM the local base or upstream: {line}");
+        }
+        let base_lines = [
+            "debootstrap --variant=minbase bookworm ".to_owned(),
+            format!("| {rt} import --change 'LABEL kvlab.inputs="),
+            format!("{rt} tag kvlab/base:bookworm-"),
+        ];
+        for want in &base_lines {
+            assert_eq!(stdout.contains(want.as_str()), case.base, "{what}: `{want}` in:\n{stdout}");
+        }
+        if case.base {
+            let debootstrap = stdout.find("debootstrap ").unwrap();
+            assert!(
+                builds.iter().all(|b| stdout.find(b).unwrap() > debootstrap),
+                "{what}: base first:\n{stdout}"
+            );
+        }
+    }
+    for dir in [tmp.path().join("all"), tmp.path().join("podman")] {
+        let calls = std::fs::read_to_string(dir.join("calls.log")).unwrap_or_default();
+        assert_eq!(calls, "", "a dry run ran a build tool");
+    }
+    assert!(!root.join("target").exists(), "a dry run staged a build context under {}", root.display());
+}
