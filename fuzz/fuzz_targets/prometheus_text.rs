@@ -2,11 +2,9 @@
 //! of the text.
 #![no_main]
 
+#[path = "checks.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Err(e) = samplers::parse_exposition(text) {
-        assert!(e.line >= 1 && e.line <= text.lines().count(), "{e}");
-    }
-});
+fuzz_target!(|data: &[u8]| checks::check("prometheus_text", data));

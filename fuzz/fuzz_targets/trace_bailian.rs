@@ -1,9 +1,9 @@
 //! The Bailian trace reader: no panic; an error names the file and a line of it.
 #![no_main]
 
-#[path = "trace_check.rs"]
-mod trace_check;
+#[path = "checks.rs"]
+mod checks;
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| trace_check::check(workload::TraceFormat::Bailian, "trace.jsonl", data));
+fuzz_target!(|data: &[u8]| checks::check("trace_bailian", data));

@@ -239,7 +239,7 @@ fn load(path: &Path, opts: &LoadOptions) -> Result<SimTrace> {
 
 fn write(path: &Path, text: &str) -> Result<()> {
     // Atomic like a run's record files: a full disk leaves no half-written sim.json.
-    loadgen::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    stats::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// 12 capacities from 1% to 100% of the largest trace's unique blocks (geometric), and inf.

@@ -376,7 +376,7 @@ fn parent(args: &SoakArgs) -> anyhow::Result<()> {
 }
 
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    loadgen::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    stats::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn round_requests(args: &SoakArgs) -> u64 {

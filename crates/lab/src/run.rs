@@ -386,9 +386,9 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// [`loadgen::write_atomic`] with the lab's error: whole or not at all.
+/// [`stats::write_atomic`] with the lab's error: whole or not at all.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    loadgen::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
+    stats::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
 }
 
 /// What tells the lab that its engine died.

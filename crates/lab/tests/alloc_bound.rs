@@ -5,7 +5,8 @@
 //!
 //! The parsers are those of the fuzz targets (`fuzz/fuzz_targets/`): the experiment, tier,
 //! registry and LMCache files, the three trace formats, the SSE body and the OpenAI chunk,
-//! `summary.json` and `requests.jsonl` records, the Prometheus text. One test runs them all on
+//! `summary.json` and `requests.jsonl` records, the thresholds and baselines of `regress`, the
+//! Prometheus text. One test runs them all on
 //! one thread, so no other test's allocations are counted.
 #![allow(unsafe_code)] // the counting allocator
 
@@ -136,7 +137,13 @@ fn parsers() -> Vec<(&'static str, String, bool, Parser)> {
             let _ = loadgen::parse::chunk(t);
         }),
         ("summary_json", summary, false, |t| {
-            let _ = serde_json::from_str::<stats::Summary>(t);
+            let _ = report::parse_summary(t, Path::new("summary.json"));
+        }),
+        ("thresholds_toml", repo("configs/regress.toml"), false, |t| {
+            let _ = report::regress::Thresholds::parse(t, Path::new("regress.toml"));
+        }),
+        ("baseline_snap", repo("results/baselines/emulated-pinned-cpu.snap"), false, |t| {
+            let _ = report::regress::Baselines::parse(t, Path::new("b.snap"));
         }),
         ("requests_jsonl", format!("{record}\n"), true, |t| {
             let _ = stats::parse_json_lines::<stats::RequestRecord>(t);

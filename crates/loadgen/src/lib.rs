@@ -50,7 +50,7 @@ use std::time::Instant;
 
 pub use crate::config::{Api, LoadgenConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES};
 pub use crate::driver::RunOutcome;
-pub use crate::results::{timestamp, write_atomic, ResultWriter, ResultsError};
+pub use crate::results::{timestamp, ResultWriter, ResultsError};
 
 /// Why a run could not be carried out. Failures of single requests are not errors: they are
 /// classified in their records.

@@ -9,7 +9,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use stats::RequestRecord;
+use stats::{write_atomic, RequestRecord};
 
 /// The per-request log, one JSON line per finished request.
 pub(crate) const REQUESTS_JSONL: &str = "requests.jsonl";
@@ -167,22 +167,6 @@ impl ResultWriter {
         let path = self.dir.join(name);
         fs::write(&path, contents).map_err(|source| ResultsError { action: "writing", path, source })
     }
-}
-
-/// Writes `path` whole or not at all: `.<name>.tmp-<pid>` next to it, synced, then renamed over
-/// it. On an error (a full disk) the temporary file is removed and `path` is left as it was, so
-/// no reader ever sees a half-written summary. Every result file but the append-only
-/// `requests.jsonl` is written through this.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let written = File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    written.and_then(|()| fs::rename(&tmp, path)).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
 }
 
 #[cfg(test)]

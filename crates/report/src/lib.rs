@@ -26,7 +26,7 @@ pub mod scenario;
 use std::path::{Path, PathBuf};
 
 pub use crate::figure::{Figure, Panel, Series, SeriesKind};
-pub use crate::result::{read_records, read_summary, RunData, Table};
+pub use crate::result::{parse_summary, read_records, read_summary, RunData, Table};
 
 /// Why a report or a regression check failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,8 @@ pub enum Error {
     Parse { file: PathBuf, line: usize, message: String },
     #[error("{}: field `{field}` has the wrong type", file.display())]
     Field { file: PathBuf, field: String },
-    /// A semantic error in a config file, at `line`, on `key`.
+    /// An error in an input file at `line`, on `key` (a TOML key or JSON field path,
+    /// `(top level)` outside any).
     #[error("{}:{line}: {key}: {message}", file.display())]
     Config { file: PathBuf, line: usize, key: String, message: String },
     #[error("no result directory matches `{0}` (a result directory holds summary.json)")]
@@ -80,8 +81,8 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<ReportOutput, Error>
         let png = render::png(figure)?;
         let svg_path = plots_dir.join(format!("{}.svg", figure.name));
         let png_path = plots_dir.join(format!("{}.png", figure.name));
-        std::fs::write(&svg_path, &svg).map_err(io(&svg_path))?;
-        std::fs::write(&png_path, &png).map_err(io(&png_path))?;
+        stats::write_atomic(&svg_path, svg.as_bytes()).map_err(io(&svg_path))?;
+        stats::write_atomic(&png_path, &png).map_err(io(&png_path))?;
         plot_files.push(svg_path);
         plot_files.push(png_path);
         svgs.push(svg);
@@ -89,9 +90,9 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<ReportOutput, Error>
     let markdown = out.join("report.md");
     let html = out.join("report.html");
     let md = markdown::render(runs, &comparison, &figures);
-    std::fs::write(&markdown, md).map_err(io(&markdown))?;
+    stats::write_atomic(&markdown, md.as_bytes()).map_err(io(&markdown))?;
     let page = html::render(runs, &comparison, &figures, &svgs);
-    std::fs::write(&html, page).map_err(io(&html))?;
+    stats::write_atomic(&html, page.as_bytes()).map_err(io(&html))?;
     Ok(ReportOutput { markdown, html, plots: plot_files, table: comparison.terminal_table() })
 }
 

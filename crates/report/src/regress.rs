@@ -38,7 +38,7 @@ use serde_json::Value;
 use stats::Summary;
 use toml::Spanned;
 
-use crate::result::{line_of, read, toml_error};
+use crate::result::{json_error, line_of, parse_toml, read};
 use crate::Error;
 
 /// Fields redacted from baselines wherever they appear: they change from run to run without
@@ -165,7 +165,7 @@ impl Thresholds {
 
     /// Parses the text of a thresholds file; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Thresholds, Error> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        let raw: RawConfig = parse_toml(file, text)?;
         let err = |span: std::ops::Range<usize>, key: String, message: String| Error::Config {
             file: file.to_owned(),
             line: line_of(text, span.start),
@@ -322,24 +322,25 @@ impl Baselines {
         if !path.exists() {
             return Err(Error::NoBaseline { name: name.to_owned(), path });
         }
-        let text = read(&path)?;
-        let (header_lines, body) = split_snapshot(&text).ok_or_else(|| Error::Parse {
-            file: path.clone(),
+        Baselines::parse(&read(&path)?, &path)
+    }
+
+    /// Parses the text of a baseline snapshot (insta's `---` header, then JSON); `file` names it
+    /// in errors, with the line of the file and the field.
+    pub fn parse(text: &str, file: &Path) -> Result<Value, Error> {
+        let (header_lines, body) = split_snapshot(text).ok_or_else(|| Error::Parse {
+            file: file.to_owned(),
             line: 1,
-            message: "not an insta snapshot: expected a `---` header".into(),
+            message: "(header): not an insta snapshot: expected a `---` header".into(),
         })?;
-        serde_json::from_str(body).map_err(|e| Error::Parse {
-            file: path.clone(),
-            line: header_lines + e.line(),
-            message: e.to_string(),
-        })
+        stats::parse_json(body).map_err(|e| json_error(file, header_lines, e))
     }
 
     /// Writes (blesses) the baseline of a subject; returns the file written.
     pub fn write(&self, subject: &Subject, decimals: u32) -> Result<PathBuf, Error> {
         let path = self.path(&subject.name);
         std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io { path: self.dir.clone(), source })?;
-        std::fs::write(&path, snapshot_text(subject, decimals))
+        stats::write_atomic(&path, snapshot_text(subject, decimals).as_bytes())
             .map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(path)
     }
@@ -555,7 +556,7 @@ pub fn subject_from_dir(dir: &Path) -> Result<Subject, Error> {
     let mut name = None;
     if run_toml.exists() {
         let text = read(&run_toml)?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&run_toml, &text, &e))?;
+        let table: toml::Table = parse_toml(&run_toml, &text)?;
         for key in ["baseline", "label"] {
             if let Some(v) = table.get(key) {
                 let v = v

@@ -50,7 +50,7 @@ impl RunData {
         let mut request_rate = None;
         if run_toml.exists() {
             let text = read(&run_toml)?;
-            let value: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&run_toml, &text, &e))?;
+            let value: toml::Table = parse_toml(&run_toml, &text)?;
             let field = |key: &str| Error::Field { file: run_toml.clone(), field: key.to_owned() };
             label = match value.get("label") {
                 None => None,
@@ -125,14 +125,25 @@ impl RunData {
     }
 }
 
-/// Reads `summary.json`; errors name the file, line and the field serde complains about.
+/// Reads `summary.json`; errors name the file, line and field ([`parse_summary`]).
 pub fn read_summary(path: &Path) -> Result<Summary, Error> {
-    let text = read(path)?;
-    serde_json::from_str(&text).map_err(|e| Error::Parse {
-        file: path.to_owned(),
-        line: e.line(),
-        message: e.to_string(),
-    })
+    parse_summary(&read(path)?, path)
+}
+
+/// Parses the text of a `summary.json`; `file` names it in errors, with the line, the column
+/// and the field.
+pub fn parse_summary(text: &str, file: &Path) -> Result<Summary, Error> {
+    stats::parse_json(text).map_err(|e| json_error(file, 0, e))
+}
+
+/// A JSON error at `first_line + e.line` of `file`: `file:LINE: FIELD: message (column C)`.
+pub(crate) fn json_error(file: &Path, first_line: usize, e: stats::JsonError) -> Error {
+    Error::Config {
+        file: file.to_owned(),
+        line: first_line + e.line,
+        key: e.field,
+        message: format!("{} (column {})", e.message, e.column),
+    }
 }
 
 /// Reads `requests.jsonl` (blank lines are skipped; a torn last line, left by a killed run, is
@@ -147,7 +158,7 @@ pub(crate) fn read_records_torn(path: &Path) -> Result<(Vec<RequestRecord>, Opti
     let lines = stats::parse_json_lines::<RequestRecord>(&text).map_err(|e| Error::Parse {
         file: path.to_owned(),
         line: e.line,
-        message: e.message,
+        message: format!("{}: {}", e.field, e.message),
     })?;
     if let Some(t) = &lines.torn {
         eprintln!("warning: {}", t.warning(&path.display().to_string()));
@@ -173,10 +184,30 @@ pub(crate) fn read(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
-/// A `toml` error as file:line: message (the message names the key).
-pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
-    let line = e.span().map_or(0, |span| line_of(text, span.start));
-    Error::Parse { file: path.to_owned(), line, message: e.message().to_owned() }
+/// Parses TOML text into `T`; an error is `file:LINE: KEY: message`, KEY being the path of the
+/// field the parser was in (`(top level)` outside any).
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, Error> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let key = e.path().to_string();
+        let e = e.into_inner();
+        let start = e.span().map_or(0, |span| span.start);
+        let line = line_of(text, start);
+        // A map key the parser holds as a `Spanned` shows as `?`: it is the key of the line.
+        let line_key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+        let key = match line_key {
+            Some(k) if key.contains('?') && !k.is_empty() => key.replacen('?', k.trim_matches('"'), 1),
+            _ => key,
+        };
+        let message = match e.message().trim() {
+            // The toml crate gives no message for a control character in a comment.
+            "" => match text.get(start..).and_then(|t| t.chars().next()) {
+                Some(c) => format!("unexpected character {c:?}"),
+                None => "unexpected end of file".to_owned(),
+            },
+            m => m.to_owned(),
+        };
+        Error::Config { file: path.to_owned(), line, key: stats::shown_field(key), message }
+    })
 }
 
 /// 1-based line of a byte offset.

@@ -85,17 +85,17 @@ impl ScenarioRun {
             tier = self.tier,
         );
         let path = dir.join("run.toml");
-        std::fs::write(&path, run_toml).map_err(io(&path))?;
+        stats::write_atomic(&path, run_toml.as_bytes()).map_err(io(&path))?;
         let path = dir.join("summary.json");
         let json = serde_json::to_string_pretty(&self.summary).map_err(|e| Error::Scenario(e.to_string()))?;
-        std::fs::write(&path, json + "\n").map_err(io(&path))?;
+        stats::write_atomic(&path, (json + "\n").as_bytes()).map_err(io(&path))?;
         let mut lines = String::new();
         for r in &self.records {
             lines.push_str(&serde_json::to_string(r).map_err(|e| Error::Scenario(e.to_string()))?);
             lines.push('\n');
         }
         let path = dir.join("requests.jsonl");
-        std::fs::write(&path, lines).map_err(io(&path))?;
+        stats::write_atomic(&path, lines.as_bytes()).map_err(io(&path))?;
         Ok(())
     }
 }

@@ -202,11 +202,14 @@ fn malformed_inputs_name_file_and_line() {
     lines[2] = lines[2].replace("\"end\":", "\"end_\":");
     std::fs::write(dir.path().join("requests.jsonl"), lines.join("\n")).unwrap();
     let err = RunData::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("requests.jsonl:3: missing field `end`"), "{err}");
+    assert!(err.contains("requests.jsonl:3: (top level): missing field `end`"), "{err}");
 
     std::fs::write(dir.path().join("summary.json"), "{\"v\": 1,\n \"engine\": 3}").unwrap();
     let err = RunData::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("summary.json:2: invalid type: integer `3`, expected a string"), "{err}");
+    assert!(
+        err.contains("summary.json:2: engine: invalid type: integer `3`, expected a string (column 12)"),
+        "{err}"
+    );
 }
 
 /// A partial run is marked: an interrupted run (env.json) and a run of an experiment root whose

@@ -3,7 +3,11 @@
 //!
 //! Invariant: only the last line can be torn, and only when the text does not end in `\n`
 //! (writers end every line with `\n` and flush per line). A torn line is reported, never an
-//! error; any other malformed line is an error naming its 1-based line.
+//! error; any other malformed line is an error naming its 1-based line and the field.
+//!
+//! Every JSON reader of result files goes through [`parse_json`], so every error names the line,
+//! the column and the field (the path of keys and indices serde was in, `(top level)` outside
+//! any field).
 
 use serde::de::DeserializeOwned;
 
@@ -41,11 +45,55 @@ pub fn split_torn_tail(text: &str) -> (&str, Option<(&str, TornLine)>) {
     (&text[..cut], Some((tail, TornLine { line, bytes: tail.len() })))
 }
 
+/// A JSON text that did not parse as the type asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line} column {column}: {field}: {message}")]
+pub struct JsonError {
+    /// 1-based, within the text parsed.
+    pub line: usize,
+    pub column: usize,
+    /// The path of the field (`chunks[2][0]`, `p99_ttft_ms`), or `(top level)`.
+    pub field: String,
+    /// serde's message, without its position.
+    pub message: String,
+}
+
+/// `serde_json::from_str`, with the field of an error.
+pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, JsonError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut field = String::new();
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        field = e.path().to_string();
+        e.into_inner()
+    });
+    let err = match value.and_then(|v| de.end().map(|()| v)) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let (line, column) = (err.line(), err.column());
+    let full = err.to_string();
+    let suffix = format!(" at line {line} column {column}");
+    let message = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
+    Err(JsonError { line, column, field: shown_field(field), message })
+}
+
+/// A serde field path as errors show it: `(top level)` for the root (`serde_path_to_error`'s
+/// `.`), which TOML readers share.
+pub fn shown_field(path: String) -> String {
+    if path.is_empty() || path == "." || path == "?" {
+        "(top level)".to_owned()
+    } else {
+        path
+    }
+}
+
 /// A malformed JSON line that is not a torn last line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[error("line {line}: {field}: {message}")]
 pub struct JsonlError {
+    /// 1-based line of the file.
     pub line: usize,
+    pub field: String,
     pub message: String,
 }
 
@@ -87,14 +135,18 @@ fn parse_lines<T: DeserializeOwned>(
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str(line) {
+        match parse_json(line) {
             Ok(value) => items.push((i + 1, value)),
-            Err(e) => on_bad(JsonlError { line: i + 1, message: e.to_string() })?,
+            Err(e) => on_bad(JsonlError {
+                line: i + 1,
+                field: e.field,
+                message: format!("{} (column {})", e.message, e.column),
+            })?,
         }
     }
     let mut torn = None;
     if let Some((tail, t)) = tail {
-        match serde_json::from_str(tail) {
+        match parse_json(tail) {
             Ok(value) => items.push((t.line, value)),
             Err(_) => torn = Some(t),
         }
@@ -139,6 +191,30 @@ mod tests {
         assert_eq!(got.items.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(got.torn, Some(TornLine { line: 4, bytes: 5 }));
         assert_eq!(bad.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct R {
+            a: f64,
+            chunks: Vec<(f64, u32)>,
+        }
+        let check = |text: &str, expect: &str| {
+            assert_eq!(parse_json::<R>(text).unwrap_err().to_string(), expect, "{text}");
+        };
+        check(r#"{"a": "x", "chunks": []}"#, r#"line 1 column 9: a: invalid type: string "x", expected f64"#);
+        check(
+            "{\"a\": 1,\n \"chunks\": [[0.5, 1], [0.6, -1]]}",
+            "line 2 column 30: chunks[1][1]: invalid value: integer `-1`, expected u32",
+        );
+        check(r#"{"a": 1}"#, "line 1 column 8: (top level): missing field `chunks`");
+        check(r#"{"a": 1, "chunks": []} x"#, "line 1 column 24: (top level): trailing characters");
+        check("", "line 1 column 0: (top level): EOF while parsing a value");
+        let err =
+            parse_json_lines::<R>("{\"a\": 1, \"chunks\": []}\n{\"a\": true, \"chunks\": []}\n").unwrap_err();
+        assert_eq!(err.to_string(), "line 2: a: invalid type: boolean `true`, expected f64 (column 10)");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What it means: per-request records, summaries, percentiles, goodput.
 //!
-//! Pure: no I/O. [`RequestRecord`] is the `requests.jsonl` line format and [`Summary`] the
+//! Pure but for one function: no I/O except [`write_atomic`], the one way every result file but
+//! the append-only `requests.jsonl` is written (by the load generator, the lab and the report). [`RequestRecord`] is the `requests.jsonl` line format and [`Summary`] the
 //! `summary.json` format; both are versioned file-format boundaries. Summary field names follow
 //! `vllm bench serve` so existing notebooks keep working.
 //!
@@ -13,18 +14,21 @@ pub mod jsonl;
 mod slo;
 mod summary;
 mod table;
+mod write;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::csv_row::{csv_header, csv_row};
 pub use crate::jsonl::{
-    parse_json_lines, parse_json_lines_skipping, split_torn_tail, JsonLines, JsonlError, TornLine,
+    parse_json, parse_json_lines, parse_json_lines_skipping, shown_field, split_torn_tail, JsonError,
+    JsonLines, JsonlError, TornLine,
 };
 pub use crate::slo::{Slo, SloError};
 pub use crate::summary::{
     itl_values, mean, percentile, std_dev, summarize, OutputTokenSource, Summary, SummaryConfig,
 };
 pub use crate::table::render_table;
+pub use crate::write::write_atomic;
 
 /// Version of the `requests.jsonl` line format.
 pub const RECORD_VERSION: u32 = 1;

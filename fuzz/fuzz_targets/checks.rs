@@ -1,0 +1,140 @@
+//! What each fuzz target checks, one function for all of them: the fuzz targets call it (each
+//! includes this file with `#[path]`), and so does the workspace test that runs every seed of
+//! `fuzz/corpus/` in `cargo xtask ci` (`crates/lab/tests/fuzz_corpus.rs`), so a crash the fuzzer
+//! found, saved as a seed, is a regression test.
+//!
+//! The property, per parser: no panic, and an error names the file (where the input is a file)
+//! and a line that exists, and, where the reader knows it, the field.
+#![allow(dead_code)] // each fuzz target uses one entry
+
+use std::path::Path;
+
+use workload::{ParseOptions, Trace, TraceFormat};
+
+/// Every target, by the name of its `[[bin]]` in `fuzz/Cargo.toml`.
+pub(crate) const TARGETS: &[&str] = &[
+    "sse_stream",
+    "openai_chunk",
+    "trace_mooncake",
+    "trace_bailian",
+    "trace_azure",
+    "experiment_toml",
+    "tier_toml",
+    "registry_toml",
+    "lmcache_yaml",
+    "summary_json",
+    "prometheus_text",
+    "thresholds_toml",
+    "baseline_snap",
+];
+
+/// Runs `target`'s check on one input; panics where the property does not hold.
+pub(crate) fn check(target: &str, data: &[u8]) {
+    if target == "sse_stream" {
+        return sse_stream(data);
+    }
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match target {
+        "openai_chunk" => {
+            if let Err(e) = loadgen::parse::chunk(text) {
+                assert!(e.contains(" line ") && e.contains(" column "), "{e}");
+            }
+        }
+        "trace_mooncake" => trace(TraceFormat::Mooncake, "trace.jsonl", text),
+        "trace_bailian" => trace(TraceFormat::Bailian, "trace.jsonl", text),
+        "trace_azure" => trace(TraceFormat::Azure, "trace.csv", text),
+        "experiment_toml" => {
+            if let Err(e) = lab::config::Experiment::parse("exp.toml", text) {
+                assert!(e.to_string().contains("exp.toml"), "{e}");
+            }
+        }
+        "tier_toml" => {
+            for tier in lab::config::Tier::ALL {
+                if let Err(e) = lab::config::TierConfig::parse(tier, "tier.toml", text) {
+                    assert!(e.to_string().contains("tier.toml"), "{e}");
+                }
+            }
+        }
+        "registry_toml" => {
+            if let Err(e) = costmodel::Registry::parse_models(text, "models.toml") {
+                assert!(e.to_string().starts_with("models.toml:"), "{e}");
+            }
+            if let Err(e) = costmodel::Registry::parse_gpus(text, "gpus.toml") {
+                assert!(e.to_string().starts_with("gpus.toml:"), "{e}");
+            }
+        }
+        "lmcache_yaml" => {
+            if let Err(e) = lab::lmcache::LmcacheConfig::check_yaml("lm.yaml", text) {
+                assert!(e.to_string().starts_with("lm.yaml"), "{e}");
+            }
+        }
+        "summary_json" => {
+            if let Err(e) = report::parse_summary(text, Path::new("summary.json")) {
+                file_line_field(&e.to_string(), "summary.json", text);
+            }
+            if let Err(e) = stats::parse_json_lines::<stats::RequestRecord>(text) {
+                assert!(e.line >= 1 && e.line <= text.lines().count().max(1), "{e}");
+                assert!(!e.field.is_empty(), "{e}");
+            }
+        }
+        "prometheus_text" => {
+            if let Err(e) = samplers::parse_exposition(text) {
+                assert!(e.line >= 1 && e.line <= text.lines().count(), "{e}");
+            }
+        }
+        "thresholds_toml" => {
+            if let Err(e) = report::regress::Thresholds::parse(text, Path::new("regress.toml")) {
+                file_line_field(&e.to_string(), "regress.toml", text);
+            }
+        }
+        "baseline_snap" => {
+            if let Err(e) = report::regress::Baselines::parse(text, Path::new("b.snap")) {
+                file_line_field(&e.to_string(), "b.snap", text);
+            }
+        }
+        other => panic!("no check for fuzz target `{other}`"),
+    }
+}
+
+/// The SSE body: parsing it whole and split into reads gives the same result; tiny caps never
+/// panic. The first byte chooses the split (every `seed % 7 + 1` bytes) and the caps.
+fn sse_stream(data: &[u8]) {
+    let Some((&seed, body)) = data.split_first() else { return };
+    let cfg = loadgen::LoadgenConfig::new("http://127.0.0.1:1");
+    let whole = loadgen::parse::sse_stream(&[body], &cfg);
+    let step = usize::from(seed % 7) + 1;
+    let reads: Vec<&[u8]> = body.chunks(step).collect();
+    let split = loadgen::parse::sse_stream(&reads, &cfg);
+    assert_eq!(whole, split, "split every {step} bytes");
+    let mut small = cfg;
+    small.max_event_bytes = usize::from(seed);
+    small.max_body_bytes = u64::from(seed) * 4;
+    let _ = loadgen::parse::sse_stream(&reads, &small);
+}
+
+/// A trace reader, strict and skipping bad lines: an error is `file:LINE:` with a line that
+/// exists.
+fn trace(format: TraceFormat, file: &str, text: &str) {
+    for skip_bad_lines in [false, true] {
+        if let Err(e) = Trace::parse(format, text, file, &ParseOptions { skip_bad_lines }) {
+            let msg = e.to_string();
+            let line: usize = msg
+                .strip_prefix(file)
+                .and_then(|r| r.strip_prefix(':'))
+                .and_then(|r| r.split_once(':'))
+                .and_then(|(l, _)| l.parse().ok())
+                .unwrap_or_else(|| panic!("no file:line in {msg:?}"));
+            assert!(line <= text.lines().count().max(1), "{msg}");
+        }
+    }
+}
+
+/// `msg` is `file:LINE: FIELD: message`, LINE within the text (or one past its end).
+fn file_line_field(msg: &str, file: &str, text: &str) {
+    let rest = msg.strip_prefix(&format!("{file}:")).unwrap_or_else(|| panic!("no file: {msg}"));
+    let (line, rest) = rest.split_once(": ").unwrap_or_else(|| panic!("no line: {msg}"));
+    let line: usize = line.parse().unwrap_or_else(|_| panic!("no line: {msg}"));
+    assert!(line >= 1 && line <= text.lines().count() + 1, "{msg}");
+    let (field, message) = rest.split_once(": ").unwrap_or_else(|| panic!("no field: {msg}"));
+    assert!(!field.trim().is_empty() && !message.trim().is_empty(), "{msg}");
+}
