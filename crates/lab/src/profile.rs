@@ -377,6 +377,7 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
                 pipeline_parallel: spec.pipeline_parallel,
                 gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
                 lmcache: lmcache_yaml.is_some(),
+                gpu_blocks: spec.emulator.gpu_blocks,
             };
             let mut cmd = crate::engine::vllm::vllm_process_command(
                 &serve,

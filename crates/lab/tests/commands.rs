@@ -55,6 +55,7 @@ fn docker_args_per_tier() {
                     tensor_parallel: 1,
                     pipeline_parallel: 1,
                     gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
+                    gpu_blocks: None,
                 }),
                 lmcache_yaml: has_lmcache.then(|| PathBuf::from("/results/run/lmcache.yaml")),
                 engine_env: Some(PathBuf::from("/results/run/engine.env")),
@@ -213,6 +214,7 @@ fn vllm_process_command_per_tier() {
             pipeline_parallel: 1,
             gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
             lmcache: cfg.lmcache.is_some(),
+            gpu_blocks: None,
         };
         let yaml = cfg.lmcache.is_some().then(|| PathBuf::from("/results/run/lmcache.yaml"));
         let cmd = vllm_process_command(&serve, yaml.as_deref(), &GpuSelection::Count(2), secrets.hf_token());
@@ -392,9 +394,25 @@ fn an_orphaned_engine_is_reaped_with_the_workers_of_its_process_group() {
 
 #[test]
 fn vllm_gets_the_gpu_blocks_a_baseline_cache_size_gives() {
-    use lab::engine::vllm::gpu_blocks_args;
-    assert_eq!(gpu_blocks_args(Some(1536)), ["--num-gpu-blocks-override", "1536"]);
-    assert!(gpu_blocks_args(None).is_empty(), "without a cache size vLLM sizes its own cache");
+    // One argument list serves the process, the container (`docker_run_args`) and `--dry-run`.
+    let serve = |gpu_blocks| {
+        VllmServe {
+            model: "m",
+            host: "127.0.0.1",
+            port: 18001,
+            tensor_parallel: 1,
+            pipeline_parallel: 1,
+            gpu_memory_utilization: 0.9,
+            lmcache: false,
+            gpu_blocks,
+        }
+        .args()
+    };
+    assert!(serve(Some(1536)).ends_with(&["--num-gpu-blocks-override".to_owned(), "1536".to_owned()]));
+    assert!(
+        !serve(None).iter().any(|a| a == "--num-gpu-blocks-override"),
+        "without a cache size vLLM sizes its own cache"
+    );
 }
 
 #[test]

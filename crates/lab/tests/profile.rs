@@ -63,6 +63,7 @@ fn nsys_command_lines_per_engine_and_tier() {
         pipeline_parallel: 1,
         gpu_memory_utilization: 0.9,
         lmcache: true,
+        gpu_blocks: None,
     };
     let mut vllm =
         vllm_process_command(&serve, Some(Path::new("/results/run/lmcache.yaml")), &GpuSelection::All, None);
@@ -86,6 +87,7 @@ fn nsys_command_lines_per_engine_and_tier() {
                 tensor_parallel: 1,
                 pipeline_parallel: 1,
                 gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
+                gpu_blocks: None,
             }),
             lmcache_yaml: cfg.lmcache.is_some().then(|| PathBuf::from("/results/run/lmcache.yaml")),
             engine_env: Some(PathBuf::from("/results/run/engine.env")),

@@ -76,6 +76,8 @@ pub struct VllmContainer {
     pub tensor_parallel: u32,
     pub pipeline_parallel: u32,
     pub gpu_memory_utilization: f64,
+    /// `--num-gpu-blocks-override` (a baseline point's cache size).
+    pub gpu_blocks: Option<u64>,
 }
 
 /// The container name for a run.
@@ -140,6 +142,7 @@ pub fn docker_run_args(run: &DockerRun) -> Vec<String> {
                 pipeline_parallel: v.pipeline_parallel,
                 gpu_memory_utilization: v.gpu_memory_utilization,
                 lmcache: run.lmcache_yaml.is_some(),
+                gpu_blocks: v.gpu_blocks,
             }
             .args(),
         );
@@ -332,6 +335,7 @@ pub fn docker_run(
             tensor_parallel: spec.tensor_parallel,
             pipeline_parallel: spec.pipeline_parallel,
             gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
+            gpu_blocks: spec.emulator.gpu_blocks,
         }),
         disk_dir: (spec.tier.tier == Tier::Disk).then(|| spec.disk_dir.clone()),
         lmcache_yaml: files.lmcache_yaml,

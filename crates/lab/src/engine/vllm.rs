@@ -20,6 +20,8 @@ pub struct VllmServe<'a> {
     pub gpu_memory_utilization: f64,
     /// With LMCache: the connector is configured.
     pub lmcache: bool,
+    /// `--num-gpu-blocks-override` (a baseline point's cache size); `None`: what fits the GPU.
+    pub gpu_blocks: Option<u64>,
 }
 
 impl VllmServe<'_> {
@@ -43,14 +45,12 @@ impl VllmServe<'_> {
             args.push("--kv-transfer-config".to_owned());
             args.push(KV_TRANSFER_CONFIG.to_owned());
         }
+        if let Some(n) = self.gpu_blocks {
+            args.push("--num-gpu-blocks-override".to_owned());
+            args.push(n.to_string());
+        }
         args
     }
-}
-
-/// `--num-gpu-blocks-override N` where the run sizes the GPU's KV cache (a baseline point's
-/// cache size), else nothing.
-pub fn gpu_blocks_args(gpu_blocks: Option<u64>) -> Vec<String> {
-    gpu_blocks.map_or_else(Vec::new, |n| vec!["--num-gpu-blocks-override".to_owned(), n.to_string()])
 }
 
 /// The local-process command: `vllm serve …` with `LMCACHE_CONFIG_FILE`, `CUDA_VISIBLE_DEVICES`
@@ -109,9 +109,9 @@ impl Launcher for VllmLauncher {
                 pipeline_parallel: spec.pipeline_parallel,
                 gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
                 lmcache: yaml.is_some(),
+                gpu_blocks: spec.emulator.gpu_blocks,
             };
             let mut cmd = vllm_process_command(&serve, yaml.as_deref(), &spec.gpus, spec.secrets.hf_token());
-            cmd.args.extend(gpu_blocks_args(spec.emulator.gpu_blocks));
             cmd.args.extend(crate::profile::vllm_process_args(spec));
             let log = spec.run_dir.join("engine.log");
             let mut guard = process::spawn("vllm", &cmd, &log, &spec.secrets)?;
