@@ -155,10 +155,11 @@ pub fn read_records(path: &Path) -> Result<Vec<RequestRecord>, Error> {
 /// [`read_records`], also saying whether a torn last line was skipped.
 pub(crate) fn read_records_torn(path: &Path) -> Result<(Vec<RequestRecord>, Option<stats::TornLine>), Error> {
     let text = read(path)?;
-    let lines = stats::parse_json_lines::<RequestRecord>(&text).map_err(|e| Error::Parse {
+    let lines = stats::parse_json_lines::<RequestRecord>(&text).map_err(|e| Error::Config {
         file: path.to_owned(),
         line: e.line,
-        message: format!("{}: {}", e.field, e.message),
+        key: e.field,
+        message: e.message,
     })?;
     if let Some(t) = &lines.torn {
         eprintln!("warning: {}", t.warning(&path.display().to_string()));
