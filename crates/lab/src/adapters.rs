@@ -194,9 +194,8 @@ pub(crate) fn finish_partial(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(LabError::io(&jsonl, e)),
     };
-    let lines = stats::parse_json_lines::<stats::RequestRecord>(&text).map_err(|e| {
-        LabError::Other(format!("{}:{}: {}: {}", jsonl.display(), e.line, e.field, e.message))
-    })?;
+    let lines = stats::parse_json_lines::<stats::RequestRecord>(&text)
+        .map_err(|e| LabError::Other(e.in_file(&jsonl.display().to_string())))?;
     if let Some(t) = &lines.torn {
         eprintln!("warning: {}", t.warning(&jsonl.display().to_string()));
     }

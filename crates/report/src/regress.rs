@@ -328,10 +328,11 @@ impl Baselines {
     /// Parses the text of a baseline snapshot (insta's `---` header, then JSON); `file` names it
     /// in errors, with the line of the file and the field.
     pub fn parse(text: &str, file: &Path) -> Result<Value, Error> {
-        let (header_lines, body) = split_snapshot(text).ok_or_else(|| Error::Parse {
+        let (header_lines, body) = split_snapshot(text).ok_or_else(|| Error::Config {
             file: file.to_owned(),
             line: 1,
-            message: "(header): not an insta snapshot: expected a `---` header".into(),
+            key: "(header)".into(),
+            message: "not an insta snapshot: expected a `---` header".into(),
         })?;
         stats::parse_json(body).map_err(|e| json_error(file, header_lines, e))
     }

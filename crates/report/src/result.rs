@@ -141,8 +141,8 @@ pub(crate) fn json_error(file: &Path, first_line: usize, e: stats::JsonError) ->
     Error::Config {
         file: file.to_owned(),
         line: first_line + e.line,
+        message: e.message_with_column(),
         key: e.field,
-        message: format!("{} (column {})", e.message, e.column),
     }
 }
 

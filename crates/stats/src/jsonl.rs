@@ -58,6 +58,14 @@ pub struct JsonError {
     pub message: String,
 }
 
+impl JsonError {
+    /// The message with its column, `message (column C)`: what a reader that reports lines of
+    /// a file (`file:LINE: FIELD: ...`) shows.
+    pub fn message_with_column(&self) -> String {
+        format!("{} (column {})", self.message, self.column)
+    }
+}
+
 /// `serde_json::from_str`, with the field of an error.
 pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, JsonError> {
     let mut de = serde_json::Deserializer::from_str(text);
@@ -95,6 +103,13 @@ pub struct JsonlError {
     pub line: usize,
     pub field: String,
     pub message: String,
+}
+
+impl JsonlError {
+    /// `file:LINE: FIELD: message`, as every reader of a line file reports it.
+    pub fn in_file(&self, file: &str) -> String {
+        format!("{file}:{}: {}: {}", self.line, self.field, self.message)
+    }
 }
 
 /// The parsed lines of a JSON Lines text: `(1-based line, value)`, blank lines left out.
@@ -137,11 +152,10 @@ fn parse_lines<T: DeserializeOwned>(
         }
         match parse_json(line) {
             Ok(value) => items.push((i + 1, value)),
-            Err(e) => on_bad(JsonlError {
-                line: i + 1,
-                field: e.field,
-                message: format!("{} (column {})", e.message, e.column),
-            })?,
+            Err(e) => {
+                let message = e.message_with_column();
+                on_bad(JsonlError { line: i + 1, field: e.field, message })?
+            }
         }
     }
     let mut torn = None;

@@ -1,9 +1,10 @@
 //! What it means: per-request records, summaries, percentiles, goodput.
 //!
 //! Pure but for one function: no I/O except [`write_atomic`], the one way every result file but
-//! the append-only `requests.jsonl` is written (by the load generator, the lab and the report). [`RequestRecord`] is the `requests.jsonl` line format and [`Summary`] the
-//! `summary.json` format; both are versioned file-format boundaries. Summary field names follow
-//! `vllm bench serve` so existing notebooks keep working.
+//! the append-only `requests.jsonl` is written (by the load generator, the lab and the report).
+//! [`RequestRecord`] is the `requests.jsonl` line format and [`Summary`] the `summary.json`
+//! format; both are versioned file-format boundaries. Summary field names follow `vllm bench
+//! serve` so existing notebooks keep working.
 //!
 //! Entry points: [`summarize`] (records → [`Summary`]), [`Slo::parse`] (the `--goodput` syntax),
 //! [`render_table`] (terminal table), [`csv_header`] / [`csv_row`] (the `requests.csv` table) and

@@ -687,7 +687,7 @@ fn status_events(root: &Path, index: usize) -> Vec<StatusEvent> {
     let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
     let (lines, bad) = stats::parse_json_lines_skipping(&text);
     for e in bad {
-        eprintln!("kvlab: {}:{}: {}: {}; line skipped", path.display(), e.line, e.field, e.message);
+        eprintln!("kvlab: {}; line skipped", e.in_file(&path.display().to_string()));
     }
     if let Some(torn) = lines.torn {
         eprintln!("kvlab: {}", torn.warning(&path.display().to_string()));
