@@ -3,8 +3,8 @@
 //! `fuzz/corpus/` in `cargo xtask ci` (`crates/lab/tests/fuzz_corpus.rs`), so a crash the fuzzer
 //! found, saved as a seed, is a regression test.
 //!
-//! The property, per parser: no panic, and an error names the file (where the input is a file)
-//! and a line that exists, and, where the reader knows it, the field.
+//! The property, per parser: no panic, and an error about a file is `FILE:LINE: FIELD: message`
+//! with a line that exists (`testkit::located::check`, the check the property tests use too).
 #![allow(dead_code)] // each fuzz target uses one entry
 
 use std::path::Path;
@@ -45,36 +45,35 @@ pub(crate) fn check(target: &str, data: &[u8]) {
         "trace_azure" => trace(TraceFormat::Azure, "trace.csv", text),
         "experiment_toml" => {
             if let Err(e) = lab::config::Experiment::parse("exp.toml", text) {
-                assert!(e.to_string().contains("exp.toml"), "{e}");
+                located(&e, "exp.toml", text);
             }
         }
         "tier_toml" => {
             for tier in lab::config::Tier::ALL {
                 if let Err(e) = lab::config::TierConfig::parse(tier, "tier.toml", text) {
-                    assert!(e.to_string().contains("tier.toml"), "{e}");
+                    located(&e, "tier.toml", text);
                 }
             }
         }
         "registry_toml" => {
             if let Err(e) = costmodel::Registry::parse_models(text, "models.toml") {
-                assert!(e.to_string().starts_with("models.toml:"), "{e}");
+                located(&e, "models.toml", text);
             }
             if let Err(e) = costmodel::Registry::parse_gpus(text, "gpus.toml") {
-                assert!(e.to_string().starts_with("gpus.toml:"), "{e}");
+                located(&e, "gpus.toml", text);
             }
         }
         "lmcache_yaml" => {
             if let Err(e) = lab::lmcache::LmcacheConfig::check_yaml("lm.yaml", text) {
-                assert!(e.to_string().starts_with("lm.yaml"), "{e}");
+                located(&e, "lm.yaml", text);
             }
         }
         "summary_json" => {
             if let Err(e) = report::parse_summary(text, Path::new("summary.json")) {
-                file_line_field(&e.to_string(), "summary.json", text);
+                located(&e, "summary.json", text);
             }
             if let Err(e) = stats::parse_json_lines::<stats::RequestRecord>(text) {
-                assert!(e.line >= 1 && e.line <= text.lines().count().max(1), "{e}");
-                assert!(!e.field.is_empty(), "{e}");
+                located(&e.in_file("requests.jsonl"), "requests.jsonl", text);
             }
         }
         "prometheus_text" => {
@@ -84,12 +83,12 @@ pub(crate) fn check(target: &str, data: &[u8]) {
         }
         "thresholds_toml" => {
             if let Err(e) = report::regress::Thresholds::parse(text, Path::new("regress.toml")) {
-                file_line_field(&e.to_string(), "regress.toml", text);
+                located(&e, "regress.toml", text);
             }
         }
         "baseline_snap" => {
             if let Err(e) = report::regress::Baselines::parse(text, Path::new("b.snap")) {
-                file_line_field(&e.to_string(), "b.snap", text);
+                located(&e, "b.snap", text);
             }
         }
         other => panic!("no check for fuzz target `{other}`"),
@@ -112,29 +111,18 @@ fn sse_stream(data: &[u8]) {
     let _ = loadgen::parse::sse_stream(&reads, &small);
 }
 
-/// A trace reader, strict and skipping bad lines: an error is `file:LINE:` with a line that
-/// exists.
+/// A trace reader, strict and skipping bad lines.
 fn trace(format: TraceFormat, file: &str, text: &str) {
     for skip_bad_lines in [false, true] {
         if let Err(e) = Trace::parse(format, text, file, &ParseOptions { skip_bad_lines }) {
-            let msg = e.to_string();
-            let line: usize = msg
-                .strip_prefix(file)
-                .and_then(|r| r.strip_prefix(':'))
-                .and_then(|r| r.split_once(':'))
-                .and_then(|(l, _)| l.parse().ok())
-                .unwrap_or_else(|| panic!("no file:line in {msg:?}"));
-            assert!(line <= text.lines().count().max(1), "{msg}");
+            located(&e, file, text);
         }
     }
 }
 
-/// `msg` is `file:LINE: FIELD: message`, LINE within the text (or one past its end).
-fn file_line_field(msg: &str, file: &str, text: &str) {
-    let rest = msg.strip_prefix(&format!("{file}:")).unwrap_or_else(|| panic!("no file: {msg}"));
-    let (line, rest) = rest.split_once(": ").unwrap_or_else(|| panic!("no line: {msg}"));
-    let line: usize = line.parse().unwrap_or_else(|_| panic!("no line: {msg}"));
-    assert!(line >= 1 && line <= text.lines().count() + 1, "{msg}");
-    let (field, message) = rest.split_once(": ").unwrap_or_else(|| panic!("no field: {msg}"));
-    assert!(!field.trim().is_empty() && !message.trim().is_empty(), "{msg}");
+/// `e` is `file:LINE: FIELD: message`, LINE within the text (or one past its end).
+fn located(e: &dyn std::fmt::Display, file: &str, text: &str) {
+    if let Err(failure) = testkit::located::check(&e.to_string(), file, text) {
+        panic!("{failure}");
+    }
 }

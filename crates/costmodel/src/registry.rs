@@ -127,9 +127,9 @@ struct ModelsFile {
 /// A registry file that cannot be used, or a name not in the registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
-    /// `file:line:col: key `k`: message` (the key when the position names one).
-    #[error("{file}:{line}:{col}: {}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
-    Parse { file: String, line: usize, col: usize, key: Option<String>, message: String },
+    /// `FILE:LINE: FIELD: message`.
+    #[error(transparent)]
+    Parse(#[from] stats::Located),
     #[error("unknown {what} `{name}`; known: {known}")]
     Unknown { what: &'static str, name: String, known: String },
 }
@@ -169,10 +169,10 @@ impl Registry {
     /// A `models.toml` (an array of `[[model]]` tables). Unknown keys, missing keys, wrong types,
     /// duplicate names and impossible values are errors naming the file, line and key.
     pub fn parse_models(text: &str, file: &str) -> Result<Vec<ModelSpec>, RegistryError> {
-        let parsed: ModelsFile = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let parsed: ModelsFile = stats::parse_toml(text).map_err(|e| e.in_file(file))?;
         let mut seen = Vec::new();
-        for m in &parsed.models {
-            let at = |key: &str, message: String| spanned_error(text, file, &m.name, key, message);
+        for (i, m) in parsed.models.iter().enumerate() {
+            let at = |key: &str, message: String| table_error(text, file, ("model", i), key, message);
             if seen.contains(&m.name) {
                 return Err(at("name", format!("model `{}` is defined twice", m.name)));
             }
@@ -184,10 +184,10 @@ impl Registry {
                 ("weight_dtype_bytes", m.weight_dtype_bytes),
                 ("hidden_size", m.hidden_size),
                 ("num_attention_heads", m.num_attention_heads),
-                ("layers", m.kv.layers),
-                ("kv_heads", m.kv.kv_heads),
-                ("head_dim", m.kv.head_dim),
-                ("dtype_bytes", m.kv.dtype_bytes),
+                ("kv.layers", m.kv.layers),
+                ("kv.kv_heads", m.kv.kv_heads),
+                ("kv.head_dim", m.kv.head_dim),
+                ("kv.dtype_bytes", m.kv.dtype_bytes),
             ] {
                 if v == 0 {
                     return Err(at(key, "must be at least 1".into()));
@@ -206,10 +206,10 @@ impl Registry {
     /// A `gpus.toml` (a `[cost]` table and an array of `[[gpu]]` tables); errors as for
     /// [`Registry::parse_models`].
     pub fn parse_gpus(text: &str, file: &str) -> Result<GpusFile, RegistryError> {
-        let parsed: GpusFile = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let parsed: GpusFile = stats::parse_toml(text).map_err(|e| e.in_file(file))?;
         let mut seen = Vec::new();
-        for g in &parsed.gpus {
-            let at = |key: &str, message: String| spanned_error(text, file, &g.name, key, message);
+        for (i, g) in parsed.gpus.iter().enumerate() {
+            let at = |key: &str, message: String| table_error(text, file, ("gpu", i), key, message);
             if seen.contains(&g.name) {
                 return Err(at("name", format!("GPU `{}` is defined twice", g.name)));
             }
@@ -280,15 +280,6 @@ impl Registry {
     }
 }
 
-/// 1-based line and column of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
-}
-
 /// The key of a `key = value` line, if `line` is one.
 fn key_of_line(line: &str) -> Option<String> {
     let (key, _) = line.split_once('=')?;
@@ -298,36 +289,28 @@ fn key_of_line(line: &str) -> Option<String> {
     ok.then(|| key.to_owned())
 }
 
-fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> RegistryError {
-    let start = e.span().map_or(0, |s| s.start);
-    let (line, col) = line_col(text, start);
-    let line_text = text.lines().nth(line - 1).unwrap_or("");
-    RegistryError::Parse {
-        file: file.to_owned(),
-        line,
-        col,
-        key: key_of_line(line_text),
-        message: e.message().trim().to_owned(),
-    }
-}
-
-/// An error about `key` of the table whose `name = "<entry>"`: points at the key's line when the
-/// table has it, else at the name.
-fn spanned_error(text: &str, file: &str, entry: &str, key: &str, message: String) -> RegistryError {
+/// An error about `key` (`kv.layers`: `layers` of the `kv` table within) of the `index`-th
+/// `[[array]]` table: at the key's line when the table has it, else at the table's header.
+fn table_error(
+    text: &str,
+    file: &str,
+    (array, index): (&str, usize),
+    key: &str,
+    message: String,
+) -> RegistryError {
     let lines: Vec<&str> = text.lines().collect();
-    let is_name = |l: &str| {
-        key_of_line(l).as_deref() == Some("name")
-            && l.split_once('=').is_some_and(|(_, v)| v.trim().trim_matches('"') == entry)
-    };
-    let name_line = lines.iter().position(|l| is_name(l)).unwrap_or(0);
-    // The table runs until the next table header.
-    let end = lines[name_line + 1..]
+    let header = format!("[[{array}]]");
+    let start = lines.iter().enumerate().filter(|(_, l)| l.trim() == header).nth(index).map_or(0, |(n, _)| n);
+    // The table runs until the next array table header.
+    let end = lines
+        .get(start + 1..)
+        .unwrap_or_default()
         .iter()
         .position(|l| l.trim_start().starts_with("[["))
-        .map_or(lines.len(), |i| name_line + 1 + i);
-    let line = (name_line..end).find(|&i| key_of_line(lines[i]).as_deref() == Some(key)).unwrap_or(name_line);
-    let col = lines.get(line).map_or(1, |l| l.len() - l.trim_start().len() + 1);
-    RegistryError::Parse { file: file.to_owned(), line: line + 1, col, key: Some(key.to_owned()), message }
+        .map_or(lines.len(), |n| start + 1 + n);
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let line = (start..end).find(|&n| key_of_line(lines[n]).as_deref() == Some(last)).unwrap_or(start);
+    RegistryError::Parse(stats::Located::new(file, line + 1, format!("{array}[{index}].{key}"), message))
 }
 
 /// An error about the first line that sets `key` after the table header `section`.
@@ -335,5 +318,6 @@ fn key_error(text: &str, file: &str, section: &str, key: &str, message: String) 
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.iter().position(|l| l.trim() == section).unwrap_or(0);
     let line = (start..lines.len()).find(|&i| key_of_line(lines[i]).as_deref() == Some(key)).unwrap_or(start);
-    RegistryError::Parse { file: file.to_owned(), line: line + 1, col: 1, key: Some(key.to_owned()), message }
+    let field = format!("{}.{key}", section.trim_matches(['[', ']']));
+    RegistryError::Parse(stats::Located::new(file, line + 1, field, message))
 }

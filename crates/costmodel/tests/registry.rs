@@ -58,44 +58,44 @@ fn model_errors_name_file_line_and_key() {
     check(
         "models",
         &MODEL.replace("params = 1000000", "params = 1000000\nexperts = 8"),
-        "error: models.toml:9:1: key `experts`: unknown field `experts`, expected one of \
+        "error: models.toml:9: model[0].experts: unknown field `experts`, expected one of \
          `name`, `hf_id`, `tensor_parallel`, `pipeline_parallel`, `max_model_len`, `vocab_size`, \
-         `params`, `active_params`, `weight_dtype_bytes`, `hidden_size`, `num_attention_heads`, `kv`",
+         `params`, `active_params`, `weight_dtype_bytes`, `hidden_size`, `num_attention_heads`, `kv` (column 1)",
     );
     check(
         "models",
         &MODEL.replace("head_dim = 16", "head_dim = \"16\""),
-        "error: models.toml:15:12: key `head_dim`: invalid type: string \"16\", expected u32",
+        "error: models.toml:15: model[0].kv.head_dim: invalid type: string \"16\", expected u32 (column 12)",
     );
     check(
         "models",
         &MODEL.replace("tensor_parallel = 1", "tensor_parallel = 0"),
-        "error: models.toml:4:1: key `tensor_parallel`: must be at least 1",
+        "error: models.toml:4: model[0].tensor_parallel: must be at least 1",
     );
     check(
         "models",
         &MODEL.replace("layers = 2", "layers = 0"),
-        "error: models.toml:13:1: key `layers`: must be at least 1",
+        "error: models.toml:13: model[0].kv.layers: must be at least 1",
     );
     check(
         "models",
         &MODEL.replace("params = 1000000", "params = 1000000\nactive_params = 2000000"),
-        "error: models.toml:9:1: key `active_params`: must be between 1 and `params`",
+        "error: models.toml:9: model[0].active_params: must be between 1 and `params`",
     );
     check(
         "models",
         &format!("{MODEL}\n{MODEL}"),
-        "error: models.toml:2:1: key `name`: model `m` is defined twice",
+        "error: models.toml:19: model[1].name: model `m` is defined twice",
     );
     check(
         "models",
         &MODEL.replace("vocab_size = 1000\n", ""),
-        "error: models.toml:1:1: missing field `vocab_size`",
+        "error: models.toml:1: model[0]: missing field `vocab_size` (column 1)",
     );
     check(
         "models",
         &MODEL.replace("hf_id = \"org/m\"", "hf_id = org/m"),
-        "error: models.toml:3:9: key `hf_id`: invalid string\nexpected `\"`, `'`",
+        "error: models.toml:3: (top level): invalid string\nexpected `\"`, `'` (column 9)",
     );
 }
 
@@ -107,7 +107,7 @@ fn gpu_errors_name_file_line_and_key() {
         &g.replacen("bandwidth_efficiency = 0.60", "bandwidth_efficiency = 1.5", 2),
         &format!(
             // Two GPUs are wrong; the first in file order is reported.
-            "error: gpus.toml:{}:1: key `bandwidth_efficiency`: must be in (0, 1]",
+            "error: gpus.toml:{}: gpu[0].bandwidth_efficiency: must be in (0, 1]",
             line_of(&g, "bandwidth_efficiency = 0.60", 0)
         ),
     );
@@ -115,7 +115,7 @@ fn gpu_errors_name_file_line_and_key() {
         "gpus",
         &g.replacen("bf16_tflops = 989 ", "bf16_tflops = -989 ", 1),
         &format!(
-            "error: gpus.toml:{}:1: key `bf16_tflops`: must be a positive number",
+            "error: gpus.toml:{}: gpu[1].bf16_tflops: must be a positive number",
             line_of(&g, "bf16_tflops = 989 ", 0)
         ),
     );
@@ -123,7 +123,7 @@ fn gpu_errors_name_file_line_and_key() {
         "gpus",
         &g.replacen("latency_us = 200.0", "latency_us = -1.0", 1),
         &format!(
-            "error: gpus.toml:{}:1: key `latency_us`: must be 0 or a positive number",
+            "error: gpus.toml:{}: cost.remote.latency_us: must be 0 or a positive number",
             line_of(&g, "latency_us = 200.0", 0)
         ),
     );
@@ -131,9 +131,9 @@ fn gpu_errors_name_file_line_and_key() {
         "gpus",
         &g.replacen("nvlink_gbs = 600", "nvlink_gbs = 600\nnvswitch = true", 1),
         &format!(
-            "error: gpus.toml:{}:1: key `nvswitch`: unknown field `nvswitch`, expected one of \
+            "error: gpus.toml:{}: gpu[0].nvswitch: unknown field `nvswitch`, expected one of \
              `name`, `memory_gib`, `bf16_tflops`, `memory_bandwidth_gbs`, `pcie_gen`, `pcie_gbs`, \
-             `nvlink_gbs`, `compute_efficiency`, `bandwidth_efficiency`, `pcie_efficiency`",
+             `nvlink_gbs`, `compute_efficiency`, `bandwidth_efficiency`, `pcie_efficiency` (column 1)",
             line_of(&g, "nvlink_gbs = 600", 0) + 1
         ),
     );

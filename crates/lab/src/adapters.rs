@@ -195,7 +195,7 @@ pub(crate) fn finish_partial(
         Err(e) => return Err(LabError::io(&jsonl, e)),
     };
     let lines = stats::parse_json_lines::<stats::RequestRecord>(&text)
-        .map_err(|e| LabError::Other(e.in_file(&jsonl.display().to_string())))?;
+        .map_err(|e| LabError::Config(e.in_file(jsonl.display().to_string())))?;
     if let Some(t) = &lines.torn {
         eprintln!("warning: {}", t.warning(&jsonl.display().to_string()));
     }

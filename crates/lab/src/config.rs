@@ -65,12 +65,9 @@ impl FromStr for Tier {
     }
 }
 
-/// Parses TOML text into `T`, turning serde errors into `file:line:col: message`.
+/// Parses TOML text into `T`; an error is `file:LINE: FIELD: message (column C)`.
 pub(crate) fn parse_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T> {
-    toml::from_str(text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        LabError::at(file, text, offset, e.message().trim().to_owned())
-    })
+    stats::parse_toml(text).map_err(|e| LabError::Config(e.in_file(file)))
 }
 
 pub(crate) fn read(path: &Path) -> Result<String> {
@@ -89,12 +86,22 @@ pub struct EmulatorTierSettings {
     pub offload_gib: f64,
     /// Stored bytes per modelled KV byte, in (0, 1]: the offload store keeps this fraction of each
     /// chunk's real size, so a laptop disk or Redis can hold an 8B model's cache. In env.json.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "byte_scale")]
     pub byte_scale: f64,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+/// A fraction in (0, 1], checked as it is read (so the error has the value's line and field).
+fn byte_scale<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("must be in (0, 1], found {v}")))
+    }
 }
 
 /// vLLM settings for a tier.
@@ -149,10 +156,8 @@ impl TierConfig {
     /// Parses a tier file's text; `file` names it in errors.
     pub fn parse(tier: Tier, file: &str, text: &str) -> Result<TierConfig> {
         let raw: TierFile = parse_toml(file, text)?;
-        let lmcache = raw.lmcache.map(|table| lmcache_from_toml(file, text, &table)).transpose()?;
-        if !(raw.emulator.byte_scale > 0.0 && raw.emulator.byte_scale <= 1.0) {
-            return Err(LabError::Invalid(format!("{file}: emulator.byte_scale must be in (0, 1]")));
-        }
+        let lmcache =
+            raw.lmcache.map(|table| lmcache_from_toml(file, text, "lmcache", &table)).transpose()?;
         Ok(TierConfig {
             tier,
             description: raw.description,
@@ -164,16 +169,18 @@ impl TierConfig {
     }
 }
 
-/// Converts a `[lmcache]` TOML table into a checked [`LmcacheConfig`].
+/// Converts a `[lmcache]` TOML table (called `table_name` in errors) into a checked
+/// [`LmcacheConfig`].
 pub(crate) fn lmcache_from_toml(
     file: &str,
     text: &str,
+    table_name: &str,
     table: &BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 ) -> Result<LmcacheConfig> {
     let mut config = LmcacheConfig::default();
     for (key, value) in table {
-        let (line, _) = crate::error::line_col(text, key.span().start);
-        let origin = Origin { file, line };
+        let (line, _) = stats::line_col(text, key.span().start);
+        let origin = Origin { file, line, table: Some(table_name) };
         let v = match value.get_ref() {
             toml::Value::Boolean(b) => LmValue::Bool(*b),
             toml::Value::Integer(i) => LmValue::Int(*i),
@@ -184,7 +191,11 @@ pub(crate) fn lmcache_from_toml(
                     file,
                     text,
                     value.span().start,
-                    format!("LMCache key `{}`: a {} is not supported here", key.get_ref(), other.type_str()),
+                    format!("{table_name}.{}", key.get_ref()),
+                    format!(
+                        "a {} is not supported here (LMCache takes a string, number or boolean)",
+                        other.type_str()
+                    ),
                 ))
             }
         };
@@ -288,9 +299,9 @@ impl PointSettings {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Matrix {
-    models: Vec<Spanned<String>>,
-    tiers: Vec<Spanned<String>>,
-    workloads: Vec<Spanned<String>>,
+    models: Spanned<Vec<Spanned<String>>>,
+    tiers: Spanned<Vec<Spanned<String>>>,
+    workloads: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     request_rates: Vec<Spanned<f64>>,
     #[serde(default)]
@@ -356,9 +367,6 @@ pub struct Experiment {
     /// The file as given to [`Experiment::parse`], for error messages.
     #[serde(skip)]
     pub file: String,
-    /// The 1-based line of each entry of `matrix.models`, in order, for error messages.
-    #[serde(skip)]
-    pub model_lines: Vec<usize>,
     /// The 1-based line and column of each entry of `matrix.models`, in order.
     #[serde(skip)]
     model_positions: Vec<(usize, usize)>,
@@ -428,26 +436,36 @@ impl Experiment {
     /// Parses and expands an experiment file's text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Experiment> {
         let raw: ExperimentFile = parse_toml(file, text)?;
-        let err = |span: std::ops::Range<usize>, msg: String| LabError::at(file, text, span.start, msg);
+        let err = |span: std::ops::Range<usize>, field: String, msg: String| {
+            LabError::at(file, text, span.start, field, msg)
+        };
         let m = &raw.matrix;
         for (name, list) in [("models", &m.models), ("tiers", &m.tiers), ("workloads", &m.workloads)] {
-            if list.is_empty() {
-                return Err(LabError::Invalid(format!("{file}: matrix.{name} must not be empty")));
+            if list.get_ref().is_empty() {
+                return Err(err(list.span(), format!("matrix.{name}"), "must not be empty".into()));
             }
         }
         let tiers = m
             .tiers
+            .get_ref()
             .iter()
-            .map(|t| t.get_ref().parse::<Tier>().map_err(|e| err(t.span(), strip_invalid(e))))
+            .enumerate()
+            .map(|(i, t)| {
+                t.get_ref()
+                    .parse::<Tier>()
+                    .map_err(|e| err(t.span(), format!("matrix.tiers[{i}]"), strip_invalid(e)))
+            })
             .collect::<Result<Vec<_>>>()?;
-        for w in &m.workloads {
-            check_workload(w.get_ref()).map_err(|msg| err(w.span(), msg))?;
+        for (i, w) in m.workloads.get_ref().iter().enumerate() {
+            check_workload(w.get_ref())
+                .map_err(|msg| err(w.span(), format!("matrix.workloads[{i}]"), msg))?;
         }
         for w in raw.workload_overrides.keys() {
-            if !m.workloads.iter().any(|x| x.get_ref() == w.get_ref()) {
+            if !m.workloads.get_ref().iter().any(|x| x.get_ref() == w.get_ref()) {
                 return Err(err(
                     w.span(),
-                    format!("workload_overrides.{}: not a workload of matrix.workloads", w.get_ref()),
+                    format!("workload_overrides.{}", w.get_ref()),
+                    "not a workload of matrix.workloads".into(),
                 ));
             }
         }
@@ -456,9 +474,14 @@ impl Experiment {
         } else {
             m.request_rates
                 .iter()
-                .map(|r| match *r.get_ref() {
+                .enumerate()
+                .map(|(i, r)| match *r.get_ref() {
                     v if v > 0.0 => Ok(v),
-                    v => Err(err(r.span(), format!("request rate {v} must be > 0 (or inf)"))),
+                    v => Err(err(
+                        r.span(),
+                        format!("matrix.request_rates[{i}]"),
+                        format!("{v} must be > 0 (or inf)"),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()?
         };
@@ -467,37 +490,45 @@ impl Experiment {
         } else {
             m.cache_sizes
                 .iter()
-                .map(|s| {
+                .enumerate()
+                .map(|(i, s)| {
                     parse_size(s.get_ref()).map(Some).ok_or_else(|| {
                         err(
                             s.span(),
-                            format!("cache size `{}`: expected e.g. \"512MiB\" or \"2GiB\"", s.get_ref()),
+                            format!("matrix.cache_sizes[{i}]"),
+                            format!("`{}`: expected a size, e.g. \"512MiB\" or \"2GiB\"", s.get_ref()),
                         )
                     })
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        let check_settings = |s: &PointSettings| -> Result<Option<f64>> {
-            check_names(s).map_err(|(span, msg)| err(span, msg))?;
+        // `table`: where the settings are (`defaults`, `workload_overrides.NAME`).
+        let check_settings = |table: &str, s: &PointSettings| -> Result<Option<f64>> {
+            check_names(s).map_err(|(span, key, msg)| err(span, format!("{table}.{key}"), msg))?;
             match &s.time_limit {
                 None => Ok(None),
                 Some(t) => match t.get_ref() {
                     DurationLit::Secs(v) if *v > 0.0 => Ok(Some(*v)),
                     DurationLit::Text(s) if parse_duration_secs(s).is_some() => Ok(parse_duration_secs(s)),
-                    _ => Err(err(t.span(), "time_limit: expected seconds or e.g. \"90s\", \"5m\"".into())),
+                    _ => Err(err(
+                        t.span(),
+                        format!("{table}.time_limit"),
+                        "expected seconds or e.g. \"90s\", \"5m\"".into(),
+                    )),
                 },
             }
         };
-        check_settings(&raw.defaults)?;
-        for o in raw.workload_overrides.values() {
-            check_settings(o)?;
+        check_settings("defaults", &raw.defaults)?;
+        for (name, o) in &raw.workload_overrides {
+            check_settings(&format!("workload_overrides.{}", name.get_ref()), o)?;
         }
-        let lmcache = raw.lmcache.as_ref().map(|t| lmcache_from_toml(file, text, t)).transpose()?;
+        let lmcache =
+            raw.lmcache.as_ref().map(|t| lmcache_from_toml(file, text, "lmcache", t)).transpose()?;
 
         let mut points = Vec::new();
-        for model in &m.models {
+        for model in m.models.get_ref() {
             for &tier in &tiers {
-                for workload in &m.workloads {
+                for workload in m.workloads.get_ref() {
                     let over = raw
                         .workload_overrides
                         .iter()
@@ -505,7 +536,8 @@ impl Experiment {
                         .map(|(_, v)| v.clone())
                         .unwrap_or_default();
                     let s = raw.defaults.overlay(&over);
-                    let time_limit_s = check_settings(&s)?;
+                    let time_limit_s =
+                        check_settings(&format!("workload_overrides.{}", workload.get_ref()), &s)?;
                     for &request_rate in &rates {
                         for &cache_size in &sizes {
                             points.push(Point {
@@ -541,12 +573,13 @@ impl Experiment {
                     file,
                     text,
                     offset,
-                    format!("slurm.mem `{mem}`: expected Slurm's syntax, e.g. \"16G\" or \"500M\""),
+                    "slurm.mem",
+                    format!("`{mem}`: expected Slurm's syntax, e.g. \"16G\" or \"500M\""),
                 ));
             }
         }
         let model_positions: Vec<(usize, usize)> =
-            m.models.iter().map(|s| crate::error::line_col(text, s.span().start)).collect();
+            m.models.get_ref().iter().map(|s| stats::line_col(text, s.span().start)).collect();
         Ok(Experiment {
             name: raw.name,
             description: raw.description,
@@ -554,7 +587,6 @@ impl Experiment {
             lmcache,
             slurm: raw.slurm,
             file: file.to_owned(),
-            model_lines: model_positions.iter().map(|&(line, _)| line).collect(),
             model_positions,
         })
     }
@@ -567,21 +599,25 @@ impl Experiment {
                 seen.push(&p.model);
             }
         }
-        let message = format!("matrix.models: {message}");
-        match seen.iter().position(|m| *m == model).and_then(|i| self.model_positions.get(i)) {
-            Some(&(line, col)) => LabError::Config { file: self.file.clone(), line, col, message },
-            None => LabError::Invalid(format!("{}: {message}", self.file)),
+        match seen.iter().position(|m| *m == model).and_then(|i| Some((i, self.model_positions.get(i)?))) {
+            Some((i, &(line, col))) => LabError::config(
+                &self.file,
+                line,
+                format!("matrix.models[{i}]"),
+                format!("{message} (column {col})"),
+            ),
+            None => LabError::config(&self.file, 1, "matrix.models", message),
         }
     }
 }
 
 /// Checks the names a point's settings give: `engine`, `gpu` (the cost model's GPU registry)
-/// and `goodput`; the error is at the value's span.
-fn check_names(s: &PointSettings) -> std::result::Result<(), (std::ops::Range<usize>, String)> {
+/// and `goodput`; the error is at the value's span, with its key.
+fn check_names(s: &PointSettings) -> std::result::Result<(), (std::ops::Range<usize>, &'static str, String)> {
     if let Some(e) = &s.engine {
         e.get_ref()
             .parse::<crate::engine::EngineKind>()
-            .map_err(|err| (e.span(), format!("engine: {}", strip_invalid(err))))?;
+            .map_err(|err| (e.span(), "engine", strip_invalid(err)))?;
     }
     if let Some(g) = &s.gpu {
         // As the emulator finds it: ignoring ASCII case.
@@ -589,15 +625,15 @@ fn check_names(s: &PointSettings) -> std::result::Result<(), (std::ops::Range<us
         if !registry.gpus.iter().any(|known| known.name.eq_ignore_ascii_case(g.get_ref())) {
             let known: Vec<&str> = registry.gpus.iter().map(|k| k.name.as_str()).collect();
             let message = format!(
-                "gpu: unknown GPU `{}`; configs/gpus.toml knows {} (any case)",
+                "unknown GPU `{}`; configs/gpus.toml knows {} (any case)",
                 g.get_ref(),
                 known.join(", ")
             );
-            return Err((g.span(), message));
+            return Err((g.span(), "gpu", message));
         }
     }
     if let Some(g) = &s.goodput {
-        parse_goodput(g.get_ref()).map_err(|err| (g.span(), err))?;
+        parse_goodput(g.get_ref()).map_err(|err| (g.span(), "goodput", err))?;
     }
     Ok(())
 }

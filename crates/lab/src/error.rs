@@ -7,9 +7,10 @@ use std::path::PathBuf;
 /// get it for launch errors.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    /// A configuration file is malformed: unknown key, wrong type, bad value.
-    #[error("{file}:{line}:{col}: {message}")]
-    Config { file: String, line: usize, col: usize, message: String },
+    /// A configuration or input file is malformed (unknown key, wrong type, bad value):
+    /// `FILE:LINE: FIELD: message`.
+    #[error(transparent)]
+    Config(#[from] stats::Located),
     /// A configuration value is invalid where no position is known (for example a flag).
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -44,20 +45,26 @@ impl LabError {
         LabError::Launch { engine: engine.to_owned(), message: message.into() }
     }
 
-    /// An error at a byte offset of a file's text.
-    pub(crate) fn at(file: &str, text: &str, offset: usize, message: impl Into<String>) -> LabError {
-        let (line, col) = line_col(text, offset);
-        LabError::Config { file: file.to_owned(), line, col, message: message.into() }
+    /// An error on `field` at byte `offset` of `text`, the content of `file`.
+    pub(crate) fn at(
+        file: &str,
+        text: &str,
+        offset: usize,
+        field: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> LabError {
+        LabError::Config(stats::Located::at(file, text, offset, field, message))
     }
-}
 
-/// 1-based line and column of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-    (line, col)
+    /// An error on `field` at `line` of `file`.
+    pub(crate) fn config(
+        file: &str,
+        line: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> LabError {
+        LabError::Config(stats::Located::new(file, line, field, message))
+    }
 }
 
 pub(crate) type Result<T, E = LabError> = std::result::Result<T, E>;

@@ -100,11 +100,24 @@ pub struct LmcacheConfig {
     entries: BTreeMap<String, LmValue>,
 }
 
-/// Where a setting came from, for error messages: a file and a 1-based line.
+/// Where a setting came from, for error messages: a file, a 1-based line and the table the key
+/// is in (`lmcache` in a TOML file; none in LMCache's own YAML).
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
     pub file: &'a str,
     pub line: usize,
+    pub table: Option<&'a str>,
+}
+
+impl Origin<'_> {
+    /// An error about `key` set here.
+    fn error(&self, key: &str, message: String) -> LabError {
+        let field = match self.table {
+            Some(table) => format!("{table}.{key}"),
+            None => key.to_owned(),
+        };
+        LabError::config(self.file, self.line, field, message)
+    }
 }
 
 impl LmcacheConfig {
@@ -155,18 +168,18 @@ impl LmcacheConfig {
         let mut config = LmcacheConfig::default();
         for (idx, raw) in text.lines().enumerate() {
             let line = idx + 1;
-            let origin = Origin { file, line };
+            let origin = Origin { file, line, table: None };
             let content = strip_comment(raw);
             if content.trim().is_empty() || content.starts_with([' ', '\t', '-']) {
                 continue;
             }
             let Some((key, value)) = content.split_once(':') else {
-                return Err(LabError::Config {
-                    file: file.to_owned(),
+                return Err(LabError::config(
+                    file,
                     line,
-                    col: 1,
-                    message: format!("expected `key: value`, found `{}`", content.trim()),
-                });
+                    "(top level)",
+                    format!("expected `key: value`, found `{}`", content.trim()),
+                ));
             };
             let key = key.trim();
             let value = value.trim();
@@ -221,12 +234,7 @@ fn check_key(key: &str, origin: Origin<'_>) -> Result<()> {
         return Ok(());
     }
     let hint = closest(key).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
-    Err(LabError::Config {
-        file: origin.file.to_owned(),
-        line: origin.line,
-        col: 1,
-        message: format!("unknown LMCache key `{key}` (LMCache would only warn and ignore it){hint}"),
-    })
+    Err(origin.error(key, format!("unknown LMCache key (LMCache would only warn and ignore it){hint}")))
 }
 
 fn check_value(key: &str, value: &LmValue, origin: Origin<'_>) -> Result<()> {
@@ -261,12 +269,7 @@ fn check_value(key: &str, value: &LmValue, origin: Origin<'_>) -> Result<()> {
     };
     match problem {
         None => Ok(()),
-        Some(problem) => Err(LabError::Config {
-            file: origin.file.to_owned(),
-            line: origin.line,
-            col: 1,
-            message: format!("LMCache key `{key}` {problem}"),
-        }),
+        Some(problem) => Err(origin.error(key, problem.to_owned())),
     }
 }
 

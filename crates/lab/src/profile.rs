@@ -525,6 +525,8 @@ pub struct KernelRow {
 /// A parsed CSV table: its header and records, with 1-based line numbers.
 struct Table<'a> {
     file: &'a str,
+    /// The header's 1-based line (after any notices nsys printed first).
+    header_line: usize,
     header: Vec<String>,
     rows: Vec<(usize, csv::StringRecord)>,
 }
@@ -540,24 +542,20 @@ impl<'a> Table<'a> {
                 let l = l.trim_start_matches('\u{feff}').trim_start_matches('"');
                 l.starts_with("Time")
             })
-            .ok_or_else(|| LabError::Config {
-                file: file.to_owned(),
-                line: 1,
-                col: 1,
-                message: "no header line starting with `Time` (is this `nsys stats --format csv` output?)"
-                    .to_owned(),
+            .ok_or_else(|| {
+                LabError::config(
+                    file,
+                    1,
+                    "(header)",
+                    "no header line starting with `Time` (is this `nsys stats --format csv` output?)",
+                )
             })?;
         let body: String = text.lines().skip(start).collect::<Vec<_>>().join("\n");
         let mut reader =
             csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(body.as_bytes());
         let header: Vec<String> = reader
             .headers()
-            .map_err(|e| LabError::Config {
-                file: file.to_owned(),
-                line: start + 1,
-                col: 1,
-                message: e.to_string(),
-            })?
+            .map_err(|e| LabError::config(file, start + 1, "(header)", e.to_string()))?
             .iter()
             .map(|h| h.trim().to_owned())
             .collect();
@@ -565,28 +563,24 @@ impl<'a> Table<'a> {
         for rec in reader.records() {
             let rec = rec.map_err(|e| {
                 let line = e.position().map_or(start + 1, |p| start + p.line() as usize);
-                LabError::Config { file: file.to_owned(), line, col: 1, message: e.to_string() }
+                LabError::config(file, line, "(row)", e.to_string())
             })?;
             let line = rec.position().map_or(0, |p| start + p.line() as usize);
             rows.push((line, rec));
         }
-        Ok(Table { file, header, rows })
+        Ok(Table { file, header_line: start + 1, header, rows })
     }
 
     /// The index of the first column whose name is one of `names` (nsys renamed columns
     /// between versions: `Avg (ns)` was `Average`).
     fn col(&self, names: &[&str]) -> Result<usize> {
         self.header.iter().position(|h| names.iter().any(|n| h.eq_ignore_ascii_case(n))).ok_or_else(|| {
-            LabError::Config {
-                file: self.file.to_owned(),
-                line: 1,
-                col: 1,
-                message: format!(
-                    "no column {} in the header ({})",
-                    names.join(" / "),
-                    self.header.join(", ")
-                ),
-            }
+            LabError::config(
+                self.file,
+                self.header_line,
+                "(header)",
+                format!("no column {} in the header ({})", names.join(" / "), self.header.join(", ")),
+            )
         })
     }
 
@@ -597,23 +591,25 @@ impl<'a> Table<'a> {
     fn num(&self, line: usize, rec: &csv::StringRecord, col: usize) -> Result<f64> {
         let raw = rec.get(col).unwrap_or("").trim();
         let cleaned: String = raw.chars().filter(|c| *c != ',' && *c != '_').collect();
-        cleaned.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| LabError::Config {
-            file: self.file.to_owned(),
-            line,
-            col: col + 1,
-            message: format!("column `{}`: expected a non-negative number, found {raw:?}", self.header[col]),
+        cleaned.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+            LabError::config(
+                self.file,
+                line,
+                self.header[col].as_str(),
+                format!("expected a non-negative number, found {raw:?} (column {})", col + 1),
+            )
         })
     }
 
     fn count(&self, line: usize, rec: &csv::StringRecord, col: usize) -> Result<u64> {
         let v = self.num(line, rec, col)?;
         if v.fract() != 0.0 || v > u64::MAX as f64 {
-            return Err(LabError::Config {
-                file: self.file.to_owned(),
+            return Err(LabError::config(
+                self.file,
                 line,
-                col: col + 1,
-                message: format!("column `{}`: expected a whole count, found {v}", self.header[col]),
-            });
+                self.header[col].as_str(),
+                format!("expected a whole count, found {v} (column {})", col + 1),
+            ));
         }
         Ok(v as u64)
     }

@@ -638,7 +638,11 @@ pub(crate) async fn run_point(
     let mut lmcache = tier.lmcache.clone();
     if let (Some(base), Some(extra)) = (lmcache.as_mut(), exp_lmcache) {
         for (k, v) in extra.entries() {
-            base.set(k, v.clone(), crate::lmcache::Origin { file: "experiment", line: 0 })?;
+            base.set(
+                k,
+                v.clone(),
+                crate::lmcache::Origin { file: "experiment", line: 0, table: Some("lmcache") },
+            )?;
         }
     }
     let model = match (engine_kind, &opts.model_path) {
@@ -653,7 +657,7 @@ pub(crate) async fn run_point(
     let tp = placement.tensor_parallel;
     let sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
     if let (Some(l), Some((key, gb))) = (lmcache.as_mut(), sizing.lmcache) {
-        let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0 };
+        let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0, table: Some("lmcache") };
         l.set(key, crate::lmcache::LmValue::Float(gb), origin)?;
     }
     let model = placement.served_name.clone();

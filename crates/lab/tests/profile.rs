@@ -195,31 +195,37 @@ fn nsys_stats_csv_is_parsed() {
 #[test]
 fn bad_stats_csv_is_an_error_naming_the_place() {
     let cases = [
-        ("no header", "nothing,here\n1,2\n", "stats.csv:1:1: no header line"),
+        ("no header", "nothing,here\n1,2\n", "stats.csv:1: (header): no header line starting with `Time`"),
         (
             "missing column",
             "Time (%),Total Time (ns),Instances,Range\n1,2,3,x\n",
-            "no column Avg (ns) / Average (ns) / Average",
+            "stats.csv:1: (header): no column Avg (ns) / Average (ns) / Average",
+        ),
+        (
+            "missing column after nsys's notices",
+            "Processing [report.sqlite] with [nvtx_sum.py]...\n\nTime (%),Total Time (ns),Instances,Range\n1,2,3,x\n",
+            "stats.csv:3: (header): no column Avg (ns) / Average (ns) / Average",
         ),
         (
             "not a number",
             "Time (%),Total Time (ns),Instances,Avg (ns),Min (ns),Max (ns),Range\n1,2,3,4,5,6,a\n9,ten,1,1,1,1,b\n",
-            "stats.csv:3:2: column `Total Time (ns)`: expected a non-negative number, found \"ten\"",
+            "stats.csv:3: Total Time (ns): expected a non-negative number, found \"ten\" (column 2)",
         ),
         (
             "fractional count",
             "Time (%),Total Time (ns),Instances,Avg (ns),Min (ns),Max (ns),Range\n1,2,3.5,4,5,6,a\n",
-            "stats.csv:2:3: column `Instances`: expected a whole count",
+            "stats.csv:2: Instances: expected a whole count, found 3.5 (column 3)",
         ),
         (
             "ragged row",
             "Time (%),Total Time (ns),Instances,Avg (ns),Min (ns),Max (ns),Range\n1,2,3\n",
-            "stats.csv:2:1",
+            "stats.csv:2: (row): ",
         ),
     ];
     for (what, text, want) in cases {
         let err = parse_nvtx_sum("stats.csv", text).unwrap_err().to_string();
-        assert!(err.contains(want), "{what}: {err}");
+        assert!(err.starts_with(want), "{what}: {err}");
+        testkit::located::check(&err, "stats.csv", text).unwrap_or_else(|e| panic!("{what}: {e}"));
     }
 }
 

@@ -60,17 +60,17 @@ fn a_bad_point_submits_nothing_and_names_point_file_line_and_key() {
     check_plan(
         MATRIX,
         SlurmSettings { gpus_per_node: Some(2), ..Default::default() },
-        "invalid configuration: point 1 (x-001-disk-random): exp.toml:6: matrix.models: model `llama-3-70b-tp4` \
-         needs 4 GPUs (tensor parallel 4 x pipeline parallel 1) but a node has 2",
+        "exp.toml:6: matrix.models[1]: point 1 (x-001-disk-random): model `llama-3-70b-tp4` needs 4 GPUs \
+         (tensor parallel 4 x pipeline parallel 1) but a node has 2 (column 3)",
     );
     check_plan(
         &MATRIX.replace("llama-3-70b-tp4", "llama-9000"),
         SlurmSettings { gpus_per_node: Some(8), ..Default::default() },
-        "invalid configuration: point 1 (x-001-disk-random): exp.toml:6: matrix.models: unknown model `llama-9000` \
+        "exp.toml:6: matrix.models[1]: point 1 (x-001-disk-random): unknown model `llama-9000` \
          for engine `vllm`; the model registry (configs/models.toml) knows: llama-3-8b \
          (meta-llama/Meta-Llama-3-8B-Instruct), llama-3-70b-tp4 (meta-llama/Meta-Llama-3-70B-Instruct), \
          llama-3-70b-tp8 (meta-llama/Meta-Llama-3-70B-Instruct), qwen3-8b (Qwen/Qwen3-8B), mistral-7b \
-         (mistralai/Mistral-7B-Instruct-v0.3), tiny-llama (kvlab/tiny-llama-gguf)",
+         (mistralai/Mistral-7B-Instruct-v0.3), tiny-llama (kvlab/tiny-llama-gguf) (column 3)",
     );
     check_plan(
         &MATRIX.replace("engine = \"vllm\"", "engine = \"external\""),
@@ -81,8 +81,9 @@ fn a_bad_point_submits_nothing_and_names_point_file_line_and_key() {
     check_plan(
         &format!("{MATRIX}[slurm]\nmax_paralel = 2\n"),
         SlurmSettings::default(),
-        "exp.toml:10:1: unknown field `max_paralel`, expected one of `partition`, `account`, `qos`, `cpus_per_task`, \
-         `mem`, `max_parallel`, `points_per_task`, `gpus_per_node`, `time_margin_s`",
+        "exp.toml:10: slurm.max_paralel: unknown field `max_paralel`, expected one of `partition`, `account`, \
+         `qos`, `cpus_per_task`, `mem`, `max_parallel`, `points_per_task`, `gpus_per_node`, `time_margin_s` \
+         (column 1)",
     );
 }
 

@@ -33,15 +33,14 @@ pub use crate::result::{parse_summary, read_records, read_summary, RunData, Tabl
 pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    /// A malformed input file; `line` is 1-based (0 when unknown).
-    #[error("{}:{line}: {message}", file.display())]
-    Parse { file: PathBuf, line: usize, message: String },
+    #[error("bad glob pattern `{pattern}`: {message}")]
+    Glob { pattern: String, message: String },
     #[error("{}: field `{field}` has the wrong type", file.display())]
     Field { file: PathBuf, field: String },
-    /// An error in an input file at `line`, on `key` (a TOML key or JSON field path,
-    /// `(top level)` outside any).
-    #[error("{}:{line}: {key}: {message}", file.display())]
-    Config { file: PathBuf, line: usize, key: String, message: String },
+    /// An error in an input file: `FILE:LINE: FIELD: message` (a TOML key, JSON field path or
+    /// CSV column; `(top level)` outside any).
+    #[error(transparent)]
+    Config(#[from] stats::Located),
     #[error("no result directory matches `{0}` (a result directory holds summary.json)")]
     NoMatch(String),
     #[error("baseline `{name}` not found at {} (run with --bless to record it)", path.display())]
@@ -105,11 +104,8 @@ pub fn expand_dirs<S: AsRef<str>>(args: &[S]) -> Result<Vec<PathBuf>, Error> {
     for arg in args {
         let arg = arg.as_ref();
         let matches: Vec<PathBuf> = if arg.contains(['*', '?', '[']) {
-            let paths = glob::glob(arg).map_err(|e| Error::Parse {
-                file: PathBuf::from(arg),
-                line: 0,
-                message: format!("bad glob pattern: {e}"),
-            })?;
+            let paths = glob::glob(arg)
+                .map_err(|e| Error::Glob { pattern: arg.to_owned(), message: e.to_string() })?;
             let mut v: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
             v.sort();
             v

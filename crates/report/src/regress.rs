@@ -38,7 +38,7 @@ use serde_json::Value;
 use stats::Summary;
 use toml::Spanned;
 
-use crate::result::{json_error, line_of, parse_toml, read};
+use crate::result::{json_error, parse_toml, read};
 use crate::Error;
 
 /// Fields redacted from baselines wherever they appear: they change from run to run without
@@ -166,11 +166,13 @@ impl Thresholds {
     /// Parses the text of a thresholds file; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Thresholds, Error> {
         let raw: RawConfig = parse_toml(file, text)?;
-        let err = |span: std::ops::Range<usize>, key: String, message: String| Error::Config {
-            file: file.to_owned(),
-            line: line_of(text, span.start),
-            key,
-            message,
+        let err = |span: std::ops::Range<usize>, key: String, message: String| {
+            Error::Config(stats::Located::new(
+                file.display().to_string(),
+                stats::line_col(text, span.start).0,
+                key,
+                message,
+            ))
         };
         let known = known_metrics();
         let check_metric = |name: &Spanned<String>, key: String| {
@@ -328,11 +330,13 @@ impl Baselines {
     /// Parses the text of a baseline snapshot (insta's `---` header, then JSON); `file` names it
     /// in errors, with the line of the file and the field.
     pub fn parse(text: &str, file: &Path) -> Result<Value, Error> {
-        let (header_lines, body) = split_snapshot(text).ok_or_else(|| Error::Config {
-            file: file.to_owned(),
-            line: 1,
-            key: "(header)".into(),
-            message: "not an insta snapshot: expected a `---` header".into(),
+        let (header_lines, body) = split_snapshot(text).ok_or_else(|| {
+            Error::Config(stats::Located::new(
+                file.display().to_string(),
+                1,
+                "(header)",
+                "not an insta snapshot: expected a `---` header",
+            ))
         })?;
         stats::parse_json(body).map_err(|e| json_error(file, header_lines, e))
     }

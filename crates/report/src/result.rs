@@ -137,13 +137,8 @@ pub fn parse_summary(text: &str, file: &Path) -> Result<Summary, Error> {
 }
 
 /// A JSON error at `first_line + e.line` of `file`: `file:LINE: FIELD: message (column C)`.
-pub(crate) fn json_error(file: &Path, first_line: usize, e: stats::JsonError) -> Error {
-    Error::Config {
-        file: file.to_owned(),
-        line: first_line + e.line,
-        message: e.message_with_column(),
-        key: e.field,
-    }
+pub(crate) fn json_error(file: &Path, first_line: usize, e: stats::TextError) -> Error {
+    Error::Config(e.in_file_from(file.display().to_string(), first_line))
 }
 
 /// Reads `requests.jsonl` (blank lines are skipped; a torn last line, left by a killed run, is
@@ -155,12 +150,8 @@ pub fn read_records(path: &Path) -> Result<Vec<RequestRecord>, Error> {
 /// [`read_records`], also saying whether a torn last line was skipped.
 pub(crate) fn read_records_torn(path: &Path) -> Result<(Vec<RequestRecord>, Option<stats::TornLine>), Error> {
     let text = read(path)?;
-    let lines = stats::parse_json_lines::<RequestRecord>(&text).map_err(|e| Error::Config {
-        file: path.to_owned(),
-        line: e.line,
-        key: e.field,
-        message: e.message,
-    })?;
+    let lines = stats::parse_json_lines::<RequestRecord>(&text)
+        .map_err(|e| Error::Config(e.in_file(path.display().to_string())))?;
     if let Some(t) = &lines.torn {
         eprintln!("warning: {}", t.warning(&path.display().to_string()));
     }
@@ -185,35 +176,10 @@ pub(crate) fn read(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
-/// Parses TOML text into `T`; an error is `file:LINE: KEY: message`, KEY being the path of the
-/// field the parser was in (`(top level)` outside any).
+/// Parses TOML text into `T`; an error is `file:LINE: KEY: message (column C)`, KEY being the
+/// path of the field the parser was in (`(top level)` outside any).
 pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, Error> {
-    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-        let key = e.path().to_string();
-        let e = e.into_inner();
-        let start = e.span().map_or(0, |span| span.start);
-        let line = line_of(text, start);
-        // A map key the parser holds as a `Spanned` shows as `?`: it is the key of the line.
-        let line_key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
-        let key = match line_key {
-            Some(k) if key.contains('?') && !k.is_empty() => key.replacen('?', k.trim_matches('"'), 1),
-            _ => key,
-        };
-        let message = match e.message().trim() {
-            // The toml crate gives no message for a control character in a comment.
-            "" => match text.get(start..).and_then(|t| t.chars().next()) {
-                Some(c) => format!("unexpected character {c:?}"),
-                None => "unexpected end of file".to_owned(),
-            },
-            m => m.to_owned(),
-        };
-        Error::Config { file: path.to_owned(), line, key: stats::shown_field(key), message }
-    })
-}
-
-/// 1-based line of a byte offset.
-pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    stats::parse_toml(text).map_err(|e| Error::Config(e.in_file(path.display().to_string())))
 }
 
 /// A sample CSV file: a header and rows of cells, read by column name.
@@ -251,10 +217,9 @@ impl Table {
     fn parse(path: &Path, text: &str) -> Result<Table, Error> {
         let mut reader =
             csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
-        let parse = |e: csv::Error| Error::Parse {
-            file: path.to_owned(),
-            line: e.position().map_or(0, |p| p.line() as usize),
-            message: e.to_string(),
+        let parse = |e: csv::Error| {
+            let line = e.position().map_or(1, |p| p.line() as usize);
+            Error::Config(stats::Located::new(path.display().to_string(), line, "(row)", e.to_string()))
         };
         let columns = reader.headers().map_err(parse)?.iter().map(str::to_owned).collect();
         let mut rows = Vec::new();

@@ -8,6 +8,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use report::regress::{Baselines, Thresholds};
 use testkit::edits::{apply, edit};
+use testkit::located::check as check_error;
 
 const THRESHOLDS: &str = include_str!("../../../configs/regress.toml");
 const BASELINES: [&str; 2] = [
@@ -15,21 +16,6 @@ const BASELINES: [&str; 2] = [
     include_str!("../../../results/baselines/emulated-pinned-cpu.snap"),
 ];
 const SUMMARY: &str = include_str!("fixtures/cpu-emulated/summary.json");
-
-/// `msg` is `file:LINE: FIELD: message` with LINE inside `text` (or one past its end: an
-/// unexpected end after the last line end) and a non-empty FIELD.
-fn check_error(msg: &str, file: &str, text: &str) -> Result<(), TestCaseError> {
-    let rest = msg
-        .strip_prefix(&format!("{file}:"))
-        .ok_or_else(|| TestCaseError::fail(format!("no file: {msg}")))?;
-    let (line, rest) = rest.split_once(": ").ok_or_else(|| TestCaseError::fail(format!("no line: {msg}")))?;
-    let line: usize = line.parse().map_err(|_| TestCaseError::fail(format!("no line: {msg}")))?;
-    prop_assert!(line >= 1 && line <= text.lines().count() + 1, "line {} in {}", line, msg);
-    let (field, message) =
-        rest.split_once(": ").ok_or_else(|| TestCaseError::fail(format!("no field: {msg}")))?;
-    prop_assert!(!field.trim().is_empty() && !message.trim().is_empty(), "{}", msg);
-    Ok(())
-}
 
 #[test]
 fn fields_are_named() {

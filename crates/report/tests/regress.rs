@@ -49,7 +49,7 @@ fn check(toml: &str, expect: &str) {
 fn bad_thresholds_name_file_line_and_key() {
     check(
         "[metrics]\np99_ttft_ms = { max_rise = \"10%\", typo = 1 }\n",
-        "configs/regress.toml:2: metrics.p99_ttft_ms.typo: unknown field `typo`, expected one of `max_rise`, `max_fall`, `max`, `min`",
+        "configs/regress.toml:2: metrics.p99_ttft_ms.typo: unknown field `typo`, expected one of `max_rise`, `max_fall`, `max`, `min` (column 35)",
     );
     check(
         "[metrics]\nfailed = { max = 0 }\np99_tfft_ms = { max_rise = \"10%\" }\n",
@@ -76,7 +76,7 @@ fn bad_thresholds_name_file_line_and_key() {
     );
     check(
         "[tier.cpu]\np50_ttft_ms = { max = 220, maximum = 1 }\n",
-        "configs/regress.toml:2: tier.cpu.p50_ttft_ms.maximum: unknown field `maximum`, expected one of `max_rise`, `max_fall`, `max`, `min`",
+        "configs/regress.toml:2: tier.cpu.p50_ttft_ms.maximum: unknown field `maximum`, expected one of `max_rise`, `max_fall`, `max`, `min` (column 28)",
     );
     check(
         "[metrics]\np50_ttft_ms = { max = 1 }\n[tier.cpu]\np50_tfft_ms = { max = 220 }\n",
@@ -85,7 +85,7 @@ fn bad_thresholds_name_file_line_and_key() {
     );
     check(
         "[metric]\n",
-        "configs/regress.toml:1: metric: unknown field `metric`, expected one of `baseline`, `metrics`, `tier`, `gain`",
+        "configs/regress.toml:1: metric: unknown field `metric`, expected one of `baseline`, `metrics`, `tier`, `gain` (column 2)",
     );
 }
 

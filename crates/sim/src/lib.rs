@@ -25,9 +25,10 @@ pub use crate::trace::{InputFormat, LoadOptions, SimTrace};
 /// Why a simulation could not run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SimError {
-    /// A malformed or unusable input: `file:line: message` (line 0: the file as a whole).
-    #[error("{file}:{line}: {message}")]
-    Input { file: String, line: u64, message: String },
+    /// A malformed or unusable input: `FILE:LINE: FIELD: message` (line 1 and `(top level)`:
+    /// the file as a whole).
+    #[error(transparent)]
+    Input(stats::Located),
     /// A trace the workload readers rejected.
     #[error(transparent)]
     Trace(#[from] workload::Error),
@@ -37,7 +38,7 @@ pub enum SimError {
 }
 
 impl SimError {
-    pub(crate) fn input(file: &str, line: u64, message: &str) -> SimError {
-        SimError::Input { file: file.to_owned(), line, message: message.to_owned() }
+    pub(crate) fn input(file: &str, line: usize, field: &str, message: impl Into<String>) -> SimError {
+        SimError::Input(stats::Located::new(file, line, field, message))
     }
 }

@@ -33,8 +33,8 @@ impl InputFormat {
             .lines()
             .enumerate()
             .find(|(_, l)| !l.trim().is_empty())
-            .ok_or_else(|| SimError::input(file, 0, "empty file"))?;
-        let line = line_no as u64 + 1;
+            .ok_or_else(|| SimError::Input(stats::Located::whole(file, "empty file")))?;
+        let line = line_no + 1;
         let first = first.trim().trim_start_matches('\u{feff}');
         if first.starts_with('{') {
             if first.contains("\"token_source\"") || first.contains("\"first_token\"") {
@@ -46,13 +46,19 @@ impl InputFormat {
             if first.contains("\"hash_ids\"") {
                 return Ok(InputFormat::Mooncake);
             }
-            return Err(SimError::input(file, line, "JSON line with neither `hash_ids` nor `chat_id`"));
+            return Err(SimError::input(
+                file,
+                line,
+                "(top level)",
+                "JSON line with neither `hash_ids` nor `chat_id`",
+            ));
         }
         let lower = first.to_ascii_lowercase();
         if lower.contains("contexttokens") {
             return Err(SimError::input(
                 file,
                 line,
+                "(header)",
                 "an Azure LLM inference CSV carries no prefix or conversation data (TIMESTAMP, \
                  ContextTokens, GeneratedTokens only): nothing to replay",
             ));
@@ -63,6 +69,7 @@ impl InputFormat {
         Err(SimError::input(
             file,
             line,
+            "(top level)",
             "unknown trace format (expected Mooncake or Bailian JSONL, or a conversation CSV)",
         ))
     }
@@ -322,7 +329,7 @@ pub fn conversation_csv_to_trace(
     }
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let Some((h, header)) = lines.next() else {
-        return Err(SimError::input(file, 1, "empty file: expected a header"));
+        return Err(SimError::input(file, 1, "(header)", "empty file: expected a header"));
     };
     let names: Vec<String> =
         header.trim_start_matches('\u{feff}').split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
@@ -330,8 +337,9 @@ pub fn conversation_csv_to_trace(
         names.iter().position(|n| cands.contains(&n.as_str())).ok_or_else(|| {
             SimError::input(
                 file,
-                h as u64 + 1,
-                &format!("header: missing column {what} (one of {})", cands.join(", ")),
+                h + 1,
+                "(header)",
+                format!("missing column {what} (one of {})", cands.join(", ")),
             )
         })
     };
@@ -346,25 +354,29 @@ pub fn conversation_csv_to_trace(
     for (i, l) in lines {
         let line = i as u64 + 1;
         let cells: Vec<&str> = l.split(',').map(str::trim).collect();
-        let parsed = (|| -> Result<(f64, String, u32, u32), String> {
+        // Err: (field, message).
+        let parsed = (|| -> Result<(f64, String, u32, u32), (String, String)> {
             if cells.len() != names.len() {
-                return Err(format!("expected {} columns, found {}", names.len(), cells.len()));
+                return Err((
+                    "(row)".into(),
+                    format!("expected {} columns, found {}", names.len(), cells.len()),
+                ));
             }
             let ts: f64 =
                 cells[c_ts].parse().ok().filter(|t: &f64| t.is_finite() && *t >= 0.0).ok_or_else(|| {
-                    format!("field \"{}\": expected seconds, found {:?}", names[c_ts], cells[c_ts])
+                    (names[c_ts].clone(), format!("expected seconds, found {:?}", cells[c_ts]))
                 })?;
             let num = |c: usize| {
                 cells[c].parse::<u32>().map_err(|_| {
-                    format!("field \"{}\": expected a non-negative integer, found {:?}", names[c], cells[c])
+                    (names[c].clone(), format!("expected a non-negative integer, found {:?}", cells[c]))
                 })
             };
             Ok((ts, cells[c_conv].to_owned(), num(c_in)?, num(c_out)?))
         })();
         match parsed {
             Ok(row) => rows.push((line, row)),
-            Err(message) => {
-                let e = workload::Error::Trace { file: file.to_owned(), line, message };
+            Err((field, message)) => {
+                let e = workload::Error::Trace(stats::Located::new(file, line as usize, field, message));
                 if !skip_bad_lines {
                     return Err(e.into());
                 }
@@ -375,7 +387,7 @@ pub fn conversation_csv_to_trace(
     }
     let t0 = rows.iter().map(|(_, r)| r.0).fold(f64::INFINITY, f64::min);
     if rows.is_empty() {
-        return Err(SimError::input(file, 0, &format!("no valid rows ({bad} bad)")));
+        return Err(SimError::Input(stats::Located::whole(file, format!("no valid rows ({bad} bad)"))));
     }
     let mut convs: HashMap<String, (u64, u32)> = HashMap::new();
     let mut next_id = 0u64;
@@ -446,42 +458,40 @@ pub const RECORD_BLOCK_TOKENS: u32 = 16;
 /// malformed lines instead. A torn last line (no final newline, not a record: the run was killed
 /// while writing it) is skipped with a warning on stderr and counted in `bad_lines`.
 pub fn records_to_trace(text: &str, file: &str, skip_bad_lines: bool) -> Result<Trace, SimError> {
-    let mut rows = Vec::new();
-    let mut bad_lines = 0u64;
-    let torn = match stats::split_torn_tail(text) {
-        (_, Some((tail, t))) if serde_json::from_str::<stats::RequestRecord>(tail).is_err() => Some(t),
-        _ => None,
+    let (lines, bad) = if skip_bad_lines {
+        stats::parse_json_lines_skipping::<stats::RequestRecord>(text)
+    } else {
+        let lines = stats::parse_json_lines(text).map_err(|e| SimError::Input(e.in_file(file)))?;
+        (lines, Vec::new())
     };
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(t) = torn.as_ref().filter(|t| t.line == i + 1) {
-            eprintln!("warning: {}", t.warning(file));
-            bad_lines += 1;
-            continue;
-        }
-        let parsed = serde_json::from_str::<stats::RequestRecord>(line)
-            .map_err(|e| format!("not a request record: {e}"))
-            .and_then(|r| match r.prompt_blocks {
-                Some(_) => Ok(r),
-                None => {
-                    Err("field `prompt_blocks`: missing (the run was written without prompt block hashes, \
-                             so its prefixes cannot be replayed)"
-                        .to_owned())
-                }
-            });
-        match parsed {
-            Ok(r) => rows.push((n, r)),
-            Err(_) if skip_bad_lines => bad_lines += 1,
-            Err(message) => return Err(SimError::input(file, n, &message)),
+    let mut bad_lines = bad.len() as u64;
+    if let Some(t) = &lines.torn {
+        eprintln!("warning: {}", t.warning(file));
+        bad_lines += 1;
+    }
+    let mut rows = Vec::new();
+    for (n, r) in lines.items {
+        match r.prompt_blocks {
+            Some(_) => rows.push((n as u64, r)),
+            None if skip_bad_lines => bad_lines += 1,
+            None => {
+                return Err(SimError::input(
+                    file,
+                    n,
+                    "prompt_blocks",
+                    "missing (the run was written without prompt block hashes, so its prefixes cannot be \
+                     replayed)",
+                ))
+            }
         }
     }
     rows.retain(|(_, r)| r.error.is_none());
     rows.sort_by(|(_, a), (_, b)| a.sent.total_cmp(&b.sent).then(a.id.cmp(&b.id)));
     let Some(start) = rows.first().map(|(_, r)| r.sent) else {
-        return Err(SimError::input(file, 0, "no completed request with `prompt_blocks` to replay"));
+        return Err(SimError::Input(stats::Located::whole(
+            file,
+            "no completed request with `prompt_blocks` to replay",
+        )));
     };
     let entries = rows
         .into_iter()

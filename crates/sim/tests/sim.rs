@@ -132,24 +132,24 @@ fn bad_input_names_file_line_and_field() {
     };
     let t = "{\"timestamp\": 0, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": [0]}\n\
              {\"timestamp\": 1, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": \"x\"}\n";
-    check_err(t, &LoadOptions::default(), "t.jsonl:2: field \"hash_ids\": expected array");
+    check_err(t, &LoadOptions::default(), "t.jsonl:2: hash_ids: expected an array");
     let skipped = load(t, &LoadOptions { skip_bad_lines: true, ..LoadOptions::default() });
     assert_eq!((skipped.requests.len(), skipped.bad_lines), (1, 1));
     check_err(
         "{\"v\": 1, \"id\": 0, \"sent\": 0.1, \"first_token\": 0.2, \"token_source\": \"usage\"}\n",
         &LoadOptions::default(),
-        "t.jsonl:1: not a request record: missing field `intended` at line 1 column 75",
+        "t.jsonl:1: (top level): missing field `intended` (column 75)",
     );
     check_err(
         "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n",
         &LoadOptions::default(),
-        "t.jsonl:1: an Azure LLM inference CSV carries no prefix or conversation data (TIMESTAMP, \
+        "t.jsonl:1: (header): an Azure LLM inference CSV carries no prefix or conversation data (TIMESTAMP, \
          ContextTokens, GeneratedTokens only): nothing to replay",
     );
     check_err(
         "timestamp,conversation_id,prompt_tokens,output_tokens\n0,a,4x,1\n",
         &LoadOptions::default(),
-        "t.jsonl:2: field \"prompt_tokens\": expected a non-negative integer, found \"4x\"",
+        "t.jsonl:2: prompt_tokens: expected a non-negative integer, found \"4x\"",
     );
 }
 

@@ -11,6 +11,8 @@
 
 use serde::de::DeserializeOwned;
 
+use crate::located::Located;
+
 /// The text after the last `\n`, when the text does not end in one: a line a killed writer may
 /// have left half-written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +47,10 @@ pub fn split_torn_tail(text: &str) -> (&str, Option<(&str, TornLine)>) {
     (&text[..cut], Some((tail, TornLine { line, bytes: tail.len() })))
 }
 
-/// A JSON text that did not parse as the type asked for.
+/// A JSON or TOML text that did not parse as the type asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line} column {column}: {field}: {message}")]
-pub struct JsonError {
+pub struct TextError {
     /// 1-based, within the text parsed.
     pub line: usize,
     pub column: usize,
@@ -58,16 +60,29 @@ pub struct JsonError {
     pub message: String,
 }
 
-impl JsonError {
+impl TextError {
     /// The message with its column, `message (column C)`: what a reader that reports lines of
     /// a file (`file:LINE: FIELD: ...`) shows.
     pub fn message_with_column(&self) -> String {
         format!("{} (column {})", self.message, self.column)
     }
+
+    /// This error in `file`, whose text begins at line `first_line + 1`:
+    /// `file:LINE: FIELD: message (column C)`.
+    pub fn in_file(self, file: impl Into<String>) -> Located {
+        self.in_file_from(file, 0)
+    }
+
+    /// [`TextError::in_file`] for a text that is part of a file, after its first `first_line`
+    /// lines.
+    pub fn in_file_from(self, file: impl Into<String>, first_line: usize) -> Located {
+        let message = self.message_with_column();
+        Located::new(file, first_line + self.line, self.field, message)
+    }
 }
 
 /// `serde_json::from_str`, with the field of an error.
-pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, JsonError> {
+pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, TextError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let mut field = String::new();
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -82,7 +97,7 @@ pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, JsonError> {
     let full = err.to_string();
     let suffix = format!(" at line {line} column {column}");
     let message = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
-    Err(JsonError { line, column, field: shown_field(field), message })
+    Err(TextError { line, column, field: shown_field(field), message })
 }
 
 /// A serde field path as errors show it: `(top level)` for the root (`serde_path_to_error`'s
@@ -107,8 +122,8 @@ pub struct JsonlError {
 
 impl JsonlError {
     /// `file:LINE: FIELD: message`, as every reader of a line file reports it.
-    pub fn in_file(&self, file: &str) -> String {
-        format!("{file}:{}: {}: {}", self.line, self.field, self.message)
+    pub fn in_file(&self, file: impl Into<String>) -> Located {
+        Located::new(file, self.line, self.field.clone(), self.message.clone())
     }
 }
 

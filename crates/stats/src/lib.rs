@@ -12,6 +12,7 @@
 
 mod csv_row;
 pub mod jsonl;
+mod located;
 mod slo;
 mod summary;
 mod table;
@@ -21,9 +22,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::csv_row::{csv_header, csv_row};
 pub use crate::jsonl::{
-    parse_json, parse_json_lines, parse_json_lines_skipping, shown_field, split_torn_tail, JsonError,
-    JsonLines, JsonlError, TornLine,
+    parse_json, parse_json_lines, parse_json_lines_skipping, shown_field, split_torn_tail, JsonLines,
+    JsonlError, TextError, TornLine,
 };
+pub use crate::located::{line_col, parse_toml, Located};
 pub use crate::slo::{Slo, SloError};
 pub use crate::summary::{
     itl_values, mean, percentile, std_dev, summarize, OutputTokenSource, Summary, SummaryConfig,

@@ -2,7 +2,43 @@
 //!
 //! [`edits`]: mutations of a valid input file, line by line, for the property tests of every parser
 //! of outside input ("no panic, and every error names the file, line and field").
+//! [`located`]: the one check of a reader's error, `FILE:LINE: FIELD: message`.
 //! [`live`]: what a live run looks like from `/proc` and on disk, for the security and fault tests.
+
+pub mod located {
+    //! Every reader of outside input (configs, traces, result files, baselines) reports an error
+    //! as `FILE:LINE: FIELD: message`; this is the one check of that, shared by the property
+    //! tests of every crate and the fuzz targets.
+
+    use proptest::test_runner::TestCaseError;
+
+    /// The parts of an error `msg` about `file`: `(line, field, message)`.
+    pub fn parse<'a>(msg: &'a str, file: &str) -> Result<(usize, &'a str, &'a str), TestCaseError> {
+        let fail =
+            |what: &str| TestCaseError::fail(format!("no {what} in `FILE:LINE: FIELD: message`: {msg}"));
+        let rest = msg.strip_prefix(file).and_then(|r| r.strip_prefix(':')).ok_or_else(|| fail("file"))?;
+        let (line, rest) = rest.split_once(": ").ok_or_else(|| fail("line"))?;
+        let line: usize = line.parse().map_err(|_| fail("line"))?;
+        let (field, message) = rest.split_once(": ").ok_or_else(|| fail("field"))?;
+        Ok((line, field, message))
+    }
+
+    /// `msg` is `file:LINE: FIELD: message`, with LINE within `text` (or one past its end: an
+    /// unexpected end after the last line end) and a FIELD and message that are not blank.
+    pub fn check(msg: &str, file: &str, text: &str) -> Result<(), TestCaseError> {
+        let (line, field, message) = parse(msg, file)?;
+        let lines = text.lines().count();
+        if !(line >= 1 && line <= lines + 1) {
+            return Err(TestCaseError::fail(format!(
+                "line {line} is not in the text ({lines} lines): {msg}"
+            )));
+        }
+        if field.trim().is_empty() || message.trim().is_empty() {
+            return Err(TestCaseError::fail(format!("blank field or message: {msg}")));
+        }
+        Ok(())
+    }
+}
 
 pub mod edits {
     //! Edits of a valid file: hostile values, deleted, inserted and duplicated lines, truncation.

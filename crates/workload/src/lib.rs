@@ -30,10 +30,10 @@ pub use crate::trace::{ParseOptions, Trace, TraceEntry, TraceFormat};
 /// Why a workload could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
-    /// A malformed trace line: `trace.jsonl:17: field "hash_ids": expected array`
-    /// (line 0: the file as a whole).
-    #[error("{file}:{line}: {message}")]
-    Trace { file: String, line: u64, message: String },
+    /// A malformed trace line: `trace.jsonl:17: hash_ids: expected an array` (line 1 and
+    /// `(top level)`: the file as a whole).
+    #[error(transparent)]
+    Trace(stats::Located),
     /// Parameters that cannot be honoured; the message names the field.
     #[error("invalid workload: {0}")]
     Invalid(String),

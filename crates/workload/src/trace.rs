@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use stats::Located;
+
 use crate::Error;
 
 /// The supported trace formats.
@@ -80,7 +82,7 @@ struct Raw {
 
 impl Trace {
     /// Parse `text` (the content of `file_name`). Blank lines are ignored. Errors name the file,
-    /// the 1-based line and the field: `trace.jsonl:17: field "hash_ids": expected array`.
+    /// the 1-based line and the field: `trace.jsonl:17: hash_ids: expected an array`.
     pub fn parse(
         format: TraceFormat,
         text: &str,
@@ -105,8 +107,8 @@ impl Trace {
             };
             match parsed {
                 Ok(raw) => raws.push(raw),
-                Err(message) => {
-                    let error = Error::Trace { file: file_name.to_string(), line, message };
+                Err(Bad { field, message }) => {
+                    let error = Error::Trace(Located::new(file_name, line as usize, field, message));
                     if !options.skip_bad_lines {
                         return Err(error);
                     }
@@ -116,11 +118,10 @@ impl Trace {
             }
         }
         let Some(first) = raws.iter().map(|r| r.nanos).min() else {
-            return Err(Error::Trace {
-                file: file_name.to_string(),
-                line: 0,
-                message: format!("no valid {format:?} lines ({bad_lines} bad)"),
-            });
+            return Err(Error::Trace(Located::whole(
+                file_name,
+                format!("no valid {format:?} lines ({bad_lines} bad)"),
+            )));
         };
         resolve_sessions(&mut raws);
         let entries = raws
@@ -151,23 +152,33 @@ fn resolve_sessions(raws: &mut [Raw]) {
     }
 }
 
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a Value, String> {
-    obj.get(name).ok_or_else(|| format!("field {name:?}: missing"))
+/// What is wrong with a line: the field (`hash_ids[3]`, `(top level)`) and why.
+struct Bad {
+    field: String,
+    message: String,
 }
 
-fn get_u32(obj: &Map<String, Value>, name: &str) -> Result<u32, String> {
+fn bad(field: impl Into<String>, message: impl Into<String>) -> Bad {
+    Bad { field: field.into(), message: message.into() }
+}
+
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a Value, Bad> {
+    obj.get(name).ok_or_else(|| bad(name, "missing"))
+}
+
+fn get_u32(obj: &Map<String, Value>, name: &str) -> Result<u32, Bad> {
     field(obj, name)?
         .as_u64()
         .and_then(|v| u32::try_from(v).ok())
-        .ok_or_else(|| format!("field {name:?}: expected a non-negative integer below 2^32"))
+        .ok_or_else(|| bad(name, "expected a non-negative integer below 2^32"))
 }
 
-fn get_i64(obj: &Map<String, Value>, name: &str) -> Result<i64, String> {
-    field(obj, name)?.as_i64().ok_or_else(|| format!("field {name:?}: expected an integer"))
+fn get_i64(obj: &Map<String, Value>, name: &str) -> Result<i64, Bad> {
+    field(obj, name)?.as_i64().ok_or_else(|| bad(name, "expected an integer"))
 }
 
 /// A timestamp number in `unit_nanos` units, as nanoseconds.
-fn get_time(obj: &Map<String, Value>, name: &str, unit_nanos: f64) -> Result<i128, String> {
+fn get_time(obj: &Map<String, Value>, name: &str, unit_nanos: f64) -> Result<i128, Bad> {
     let value = field(obj, name)?;
     if let Some(i) = value.as_i64() {
         return Ok(i128::from(i) * unit_nanos as i128);
@@ -176,13 +187,14 @@ fn get_time(obj: &Map<String, Value>, name: &str, unit_nanos: f64) -> Result<i12
         .as_f64()
         .filter(|f| f.is_finite())
         .map(|f| (f * unit_nanos).round() as i128)
-        .ok_or_else(|| format!("field {name:?}: expected a number"))
+        .ok_or_else(|| bad(name, "expected a number"))
 }
 
-fn parse_json_line(format: TraceFormat, content: &str, line: u64) -> Result<Raw, String> {
-    let value: Value = serde_json::from_str(content).map_err(|e| format!("invalid JSON: {e}"))?;
+fn parse_json_line(format: TraceFormat, content: &str, line: u64) -> Result<Raw, Bad> {
+    let value: Value = stats::parse_json(content)
+        .map_err(|e| bad(e.field.clone(), format!("invalid JSON: {}", e.message_with_column())))?;
     let Value::Object(obj) = value else {
-        return Err("expected a JSON object".to_string());
+        return Err(bad("(top level)", "expected a JSON object"));
     };
     let unit_nanos = match format {
         TraceFormat::Mooncake => 1e6, // milliseconds
@@ -196,17 +208,15 @@ fn parse_json_line(format: TraceFormat, content: &str, line: u64) -> Result<Raw,
         None if format == TraceFormat::Bailian => Vec::new(),
         _ => {
             let Value::Array(items) = field(&obj, "hash_ids")? else {
-                return Err("field \"hash_ids\": expected array".to_string());
+                return Err(bad("hash_ids", "expected an array"));
             };
             items
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    v.as_u64().ok_or_else(|| {
-                        format!("field \"hash_ids\": item {i}: expected a non-negative integer")
-                    })
+                    v.as_u64().ok_or_else(|| bad(format!("hash_ids[{i}]"), "expected a non-negative integer"))
                 })
-                .collect::<Result<Vec<u64>, String>>()?
+                .collect::<Result<Vec<u64>, Bad>>()?
         }
     };
     let (chat, turn) = match format {
@@ -244,7 +254,9 @@ fn azure_header<'a>(
     file_name: &str,
 ) -> Result<AzureColumns, Error> {
     let header = lines.find(|(_, l)| !l.trim().is_empty());
-    let err = |line, message: String| Error::Trace { file: file_name.to_string(), line, message };
+    let err = |line: u64, message: String| {
+        Error::Trace(Located::new(file_name, line as usize, "(header)", message))
+    };
     let Some((line, header)) = header else {
         return Err(err(1, "empty file: expected the header TIMESTAMP,ContextTokens,GeneratedTokens".into()));
     };
@@ -253,7 +265,7 @@ fn azure_header<'a>(
         names
             .iter()
             .position(|n| n.eq_ignore_ascii_case(name))
-            .ok_or_else(|| err(line, format!("header: missing column {name:?}")))
+            .ok_or_else(|| err(line, format!("missing column {name:?}")))
     };
     Ok(AzureColumns {
         timestamp: find("TIMESTAMP")?,
@@ -263,20 +275,20 @@ fn azure_header<'a>(
     })
 }
 
-fn parse_azure(content: &str, line: u64, cols: &AzureColumns) -> Result<Raw, String> {
+fn parse_azure(content: &str, line: u64, cols: &AzureColumns) -> Result<Raw, Bad> {
     let cells: Vec<&str> = content.trim().split(',').map(str::trim).collect();
     if cells.len() != cols.count {
-        return Err(format!("expected {} columns, found {}", cols.count, cells.len()));
+        return Err(bad("(row)", format!("expected {} columns, found {}", cols.count, cells.len())));
     }
     let number = |idx: usize, name: &str| {
         cells[idx]
             .parse::<u32>()
-            .map_err(|_| format!("field {name:?}: expected a non-negative integer, found {:?}", cells[idx]))
+            .map_err(|_| bad(name, format!("expected a non-negative integer, found {:?}", cells[idx])))
     };
     let nanos = parse_datetime(cells[cols.timestamp]).ok_or_else(|| {
-        format!(
-            "field \"TIMESTAMP\": expected YYYY-MM-DD HH:MM:SS[.fraction], found {:?}",
-            cells[cols.timestamp]
+        bad(
+            "TIMESTAMP",
+            format!("expected YYYY-MM-DD HH:MM:SS[.fraction], found {:?}", cells[cols.timestamp]),
         )
     })?;
     Ok(Raw {

@@ -319,60 +319,60 @@ fn bad_trace_lines_name_file_line_and_field() {
     check(
         Mooncake,
         &format!("{good}\n{}", r#"{"timestamp": 5, "input_length": 10, "output_length": 2, "hash_ids": 3}"#),
-        r#"trace.jsonl:2: field "hash_ids": expected array"#,
+        r#"trace.jsonl:2: hash_ids: expected an array"#,
     );
     check(
         Mooncake,
         r#"{"timestamp": 5, "input_length": -1, "output_length": 2, "hash_ids": []}"#,
-        r#"trace.jsonl:1: field "input_length": expected a non-negative integer below 2^32"#,
+        r#"trace.jsonl:1: input_length: expected a non-negative integer below 2^32"#,
     );
     check(
         Mooncake,
         r#"{"timestamp": 5, "input_length": 1, "hash_ids": []}"#,
-        r#"trace.jsonl:1: field "output_length": missing"#,
+        r#"trace.jsonl:1: output_length: missing"#,
     );
     check(
         Mooncake,
         r#"{"timestamp": "x", "input_length": 1, "output_length": 1, "hash_ids": []}"#,
-        r#"trace.jsonl:1: field "timestamp": expected a number"#,
+        r#"trace.jsonl:1: timestamp: expected a number"#,
     );
     check(
         Mooncake,
         r#"{"timestamp": 1, "input_length": 1, "output_length": 1, "hash_ids": [1, "a"]}"#,
-        r#"trace.jsonl:1: field "hash_ids": item 1: expected a non-negative integer"#,
+        r#"trace.jsonl:1: hash_ids[1]: expected a non-negative integer"#,
     );
     check(
         Mooncake,
         &format!("{good}\n\n{{oops"),
-        "trace.jsonl:3: invalid JSON: key must be a string at line 1 column 2",
+        "trace.jsonl:3: (top level): invalid JSON: key must be a string (column 2)",
     );
-    check(Mooncake, "[1]", "trace.jsonl:1: expected a JSON object");
-    check(Mooncake, "\n\n", "trace.jsonl:0: no valid Mooncake lines (0 bad)");
+    check(Mooncake, "[1]", "trace.jsonl:1: (top level): expected a JSON object");
+    check(Mooncake, "\n\n", "trace.jsonl:1: (top level): no valid Mooncake lines (0 bad)");
     check(
         Bailian,
         r#"{"parent_chat_id": -1, "timestamp": 1.5, "input_length": 8, "output_length": 4}"#,
-        r#"trace.jsonl:1: field "chat_id": missing"#,
+        r#"trace.jsonl:1: chat_id: missing"#,
     );
     check(
         Bailian,
         r#"{"chat_id": 1, "timestamp": 1.5, "input_length": 8, "output_length": 4, "turn": "2"}"#,
-        r#"trace.jsonl:1: field "turn": expected a non-negative integer below 2^32"#,
+        r#"trace.jsonl:1: turn: expected a non-negative integer below 2^32"#,
     );
-    check(Azure, "TIMESTAMP,ContextTokens\n", r#"trace.jsonl:1: header: missing column "GeneratedTokens""#);
+    check(Azure, "TIMESTAMP,ContextTokens\n", r#"trace.jsonl:1: (header): missing column "GeneratedTokens""#);
     check(
         Azure,
         "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,12,x\n",
-        r#"trace.jsonl:2: field "GeneratedTokens": expected a non-negative integer, found "x""#,
+        r#"trace.jsonl:2: GeneratedTokens: expected a non-negative integer, found "x""#,
     );
     check(
         Azure,
         "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,12\n",
-        "trace.jsonl:2: expected 3 columns, found 2",
+        "trace.jsonl:2: (row): expected 3 columns, found 2",
     );
     check(
         Azure,
         "TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,12,3\n",
-        r#"trace.jsonl:2: field "TIMESTAMP": expected YYYY-MM-DD HH:MM:SS[.fraction], found "yesterday""#,
+        r#"trace.jsonl:2: TIMESTAMP: expected YYYY-MM-DD HH:MM:SS[.fraction], found "yesterday""#,
     );
 }
 
@@ -384,7 +384,7 @@ fn skip_bad_lines_counts_them() {
     assert_eq!(trace.bad_lines, 2);
     assert_eq!(
         trace.first_bad_line.map(|e| e.to_string()).as_deref(),
-        Some("m.jsonl:7: invalid JSON: expected ident at line 1 column 2")
+        Some("m.jsonl:7: (top level): invalid JSON: expected ident (column 2)")
     );
     assert!(parse(TraceFormat::Mooncake, &text, "m.jsonl", false).is_err());
 }

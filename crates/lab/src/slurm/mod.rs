@@ -197,10 +197,10 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
         if engine == EngineKind::External && opts.url.is_none() {
             return Err(at("engine", "the external engine needs --url http://HOST:PORT".into()));
         }
-        let placement = run::resolve_model(engine, &point.model).map_err(|e| {
-            let line = model_line(&exp, &p.model).map_or(String::new(), |l| format!("{l}: "));
-            LabError::Invalid(format!("point {i} ({name}): {}:{line}matrix.models: {}", exp.file, strip(e)))
-        })?;
+        // An error about the point's model is at its entry of `matrix.models`.
+        let model_error =
+            |message: String| exp.model_error(&p.model, &format!("point {i} ({name}): {message}"));
+        let placement = run::resolve_model(engine, &point.model).map_err(|e| model_error(strip(e)))?;
         TierConfig::load(&opts.root.join("configs"), point.tier)
             .map_err(|e| at("matrix.tiers", e.to_string()))?;
         let gpus = if needs_gpus(engine) { placement.gpus() } else { 0 };
@@ -213,11 +213,9 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
                 }
             };
             if let Some(n) = per_node.filter(|n| *n < gpus) {
-                let line = model_line(&exp, &p.model).map_or(String::new(), |l| format!("{l}: "));
-                return Err(LabError::Invalid(format!(
-                    "point {i} ({name}): {}:{line}matrix.models: model `{}` needs {gpus} GPUs (tensor parallel {} x \
-                     pipeline parallel {}) but a node has {n}",
-                    exp.file, point.model, placement.tensor_parallel, placement.pipeline_parallel
+                return Err(model_error(format!(
+                    "model `{}` needs {gpus} GPUs (tensor parallel {} x pipeline parallel {}) but a node has {n}",
+                    point.model, placement.tensor_parallel, placement.pipeline_parallel
                 )));
             }
         }
@@ -269,17 +267,6 @@ pub fn resources(
         account: slurm.account.clone(),
         qos: slurm.qos.clone(),
     }
-}
-
-fn model_line(exp: &Experiment, model: &str) -> Option<usize> {
-    let mut seen = Vec::new();
-    for p in &exp.points {
-        if !seen.contains(&p.model) {
-            seen.push(p.model.clone());
-        }
-    }
-    let pos = seen.iter().position(|m| m == model)?;
-    exp.model_lines.get(pos).copied()
 }
 
 fn strip(e: LabError) -> String {
@@ -687,7 +674,7 @@ fn status_events(root: &Path, index: usize) -> Vec<StatusEvent> {
     let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
     let (lines, bad) = stats::parse_json_lines_skipping(&text);
     for e in bad {
-        eprintln!("kvlab: {}; line skipped", e.in_file(&path.display().to_string()));
+        eprintln!("kvlab: {}; line skipped", e.in_file(path.display().to_string()));
     }
     if let Some(torn) = lines.torn {
         eprintln!("kvlab: {}", torn.warning(&path.display().to_string()));
