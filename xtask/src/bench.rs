@@ -25,7 +25,8 @@ pub(crate) struct BenchArgs {
     /// The engine's URL (--engine external).
     #[arg(long)]
     pub(crate) url: Option<String>,
-    /// Container image (--engine docker; overrides the pinned vLLM + LMCache image).
+    /// Container image (--engine docker needs one; --engine vllm-docker defaults to the lab's
+    /// kvlab/vllm-lmcache:latest, vLLM + LMCache pinned, built by `cargo xtask images vllm-lmcache`).
     #[arg(long)]
     pub(crate) image: Option<String>,
     /// GPU type for the emulator's cost model (configs/gpus.toml: H100, H200, A100-80G, L40S, L4).

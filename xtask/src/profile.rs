@@ -48,7 +48,8 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let out_parent = args.bench.workload.out.clone().unwrap_or_else(|| root.join("results"));
     // vllm-docker: the lab's image, which carries nsys (the upstream vLLM image has none).
-    let image = args.bench.image.clone().or_else(|| lab::profile::default_image(engine)).unwrap_or_default();
+    let image =
+        args.bench.image.clone().or_else(|| lab::engine::docker::default_image(engine)).unwrap_or_default();
     let mut opts = crate::bench::options(args.bench.clone())?;
     opts.engine = engine;
     opts.image = Some(image.clone()).filter(|i| !i.is_empty());

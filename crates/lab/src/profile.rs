@@ -176,13 +176,6 @@ pub fn lab_command(engine: EngineKind, nsys: &str, exe: &str, args: &[String], o
     CommandLine { program: nsys.to_owned(), args: a, env: nsys_env(&p.capture) }
 }
 
-/// The image `profile` runs an engine in when `--image` is not given: for vllm-docker the lab's
-/// own `kvlab/vllm-lmcache:latest` (built from `containers/vllm-lmcache.Containerfile`, which
-/// carries nsys), not the upstream vLLM image, which has none.
-pub fn default_image(engine: EngineKind) -> Option<String> {
-    (engine == EngineKind::VllmDocker).then(|| KvlabImage::VllmLmcache.latest())
-}
-
 /// The arguments vLLM needs to be profiled: its CUDA profiler.
 pub fn vllm_args() -> [String; 2] {
     ["--profiler-config".to_owned(), VLLM_PROFILER_CONFIG.to_owned()]
@@ -350,7 +343,7 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
     let lmcache_yaml = spec.lmcache.is_some().then(|| spec.run_dir.join("lmcache.yaml"));
     match spec.engine {
         EngineKind::VllmDocker => {
-            let image = spec.image.clone().or_else(|| default_image(spec.engine))?;
+            let image = spec.image.clone().or_else(|| crate::engine::docker::default_image(spec.engine))?;
             let run = crate::engine::docker::docker_run(
                 spec,
                 spec.engine,

@@ -8,7 +8,7 @@ use lab::engine::docker::{docker_run_args, DockerRun, VllmContainer};
 use lab::engine::llamacpp::{llamacpp_command, LlamacppRuntime, LlamacppServe};
 use lab::engine::orphans::Owner;
 use lab::engine::vllm::{vllm_process_command, VllmServe};
-use lab::engine::GpuSelection;
+use lab::engine::{EngineKind, GpuSelection};
 use lab::secrets::Secrets;
 
 const TOKEN: &str = "hf_plantedSECRETtoken123";
@@ -42,7 +42,7 @@ fn docker_args_per_tier() {
             let run = DockerRun {
                 runtime: runtime.to_owned(),
                 run_id: format!("{tier}-run-1"),
-                image: lab::engine::docker::VLLM_LMCACHE_IMAGE.to_owned(),
+                image: lab::engine::docker::default_image(EngineKind::VllmDocker).unwrap(),
                 owner: owner(),
                 host_port: 18000,
                 gpus: Some(if tier == Tier::Cpu {

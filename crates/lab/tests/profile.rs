@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use lab::config::{Tier, TierConfig};
-use lab::engine::docker::{docker_run_args, DockerRun, VllmContainer, VLLM_LMCACHE_IMAGE};
+use lab::engine::docker::{
+    default_image, docker_run_args, DockerRun, VllmContainer, UPSTREAM_VLLM_LMCACHE_IMAGE,
+};
 use lab::engine::orphans::Owner;
 use lab::engine::vllm::{vllm_process_command, VllmServe};
 use lab::engine::{EngineKind, GpuSelection};
@@ -70,16 +72,18 @@ fn nsys_command_lines_per_engine_and_tier() {
     vllm.args.extend(lab::profile::vllm_args());
     all.push_str(&format!("## vllm: the engine process under the lab\n{}\n\n", shown(&vllm)));
 
-    // vllm-docker: nsys inside the container, per tier.
+    // vllm-docker: nsys inside the container (the default image, which carries it), per
+    // container runtime and tier.
     let spec = ProfileSpec { placement: Placement::InContainer };
     assert_eq!(placement(EngineKind::VllmDocker).unwrap(), Placement::InContainer);
-    for tier in Tier::ALL {
+    let image = default_image(EngineKind::VllmDocker).unwrap();
+    for (runtime, tier) in ["docker", "podman"].into_iter().flat_map(|r| Tier::ALL.map(|t| (r, t))) {
         let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
         let run = DockerRun {
-            runtime: "docker".into(),
+            runtime: runtime.into(),
             run_id: format!("{tier}-run-1"),
             owner: Owner { pid: 4242, start_time: 123_456, boot_id: "5f1c-boot".into() },
-            image: VLLM_LMCACHE_IMAGE.to_owned(),
+            image: image.clone(),
             host_port: 18000,
             gpus: Some(GpuSelection::All),
             vllm: Some(VllmContainer {
@@ -102,14 +106,14 @@ fn nsys_command_lines_per_engine_and_tier() {
         let elsewhere = ProfileSpec { placement: Placement::WrapsLab };
         assert_eq!(container_args(plain.clone(), &run.image, Some(&elsewhere), run_dir), plain);
         let args = container_args(plain.clone(), &run.image, Some(&spec), run_dir);
-        let image_at = args.iter().position(|a| a == VLLM_LMCACHE_IMAGE).unwrap();
+        let image_at = args.iter().position(|a| *a == image).unwrap();
         assert_eq!(args[image_at - 4..image_at - 2], ["--entrypoint", "nsys"]);
         assert_eq!(args[image_at + 1], "profile");
         // Every argument of the plain command is still there, in order.
         let mut rest = args.iter();
         assert!(plain.iter().all(|p| rest.any(|a| a == p)), "{args:?}");
         all.push_str(&format!(
-            "## vllm-docker {tier}: nsys inside the container\ndocker {}\n\n",
+            "## vllm-docker {tier} ({runtime}): nsys inside the container\n{runtime} {}\n\n",
             args.join(" ")
         ));
     }
@@ -322,12 +326,12 @@ fn fake_runtime(dir: &Path, name: &str, inspect: (i32, &str), nsys: (i32, &str))
 #[test]
 fn preflight_says_what_to_install() {
     let dir = tempfile::tempdir().unwrap();
-    let image = lab::profile::default_image(EngineKind::VllmDocker).unwrap();
+    let image = lab::engine::docker::default_image(EngineKind::VllmDocker).unwrap();
     assert_eq!(
         image, "kvlab/vllm-lmcache:latest",
-        "profile's default is the lab's image, which carries nsys"
+        "the default of bench and profile is the lab's image, which carries nsys"
     );
-    assert_eq!(lab::profile::default_image(EngineKind::Vllm), None);
+    assert_eq!(lab::engine::docker::default_image(EngineKind::Vllm), None);
     let no_image = fake_runtime(dir.path(), "no-image", (1, "Error: No such image"), (0, ""));
     let no_nsys = fake_runtime(
         dir.path(),
@@ -340,7 +344,7 @@ fn preflight_says_what_to_install() {
         nvidia_gpu: gpu,
         container_runtime: runtime.map(|r| r.display().to_string()),
     };
-    let upstream = VLLM_LMCACHE_IMAGE;
+    let upstream = UPSTREAM_VLLM_LMCACHE_IMAGE;
     let check = |engine: EngineKind, probe: lab::engine::HostProbe, image: &str, expect: &[&str]| {
         let got = lab::profile::preflight(engine, &probe, image);
         if expect.is_empty() {

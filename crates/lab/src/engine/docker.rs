@@ -29,8 +29,17 @@ use super::{
 use crate::config::Tier;
 use crate::error::{LabError, Result};
 
-/// The pinned vLLM + LMCache image (pulled where it is missing).
-pub const VLLM_LMCACHE_IMAGE: &str = "lmcache/vllm-openai:v0.3.7";
+/// LMCache's own vLLM image, which `--image` can name. It carries no Nsight Systems, so
+/// `profile` refuses it; it is not the default.
+pub const UPSTREAM_VLLM_LMCACHE_IMAGE: &str = "lmcache/vllm-openai:v0.3.7";
+
+/// The image an engine runs in when `--image` is not given, the same for `bench` and `profile`:
+/// for vllm-docker the lab's `kvlab/vllm-lmcache:latest` (vLLM and LMCache pinned, nsys
+/// carried; `cargo xtask images vllm-lmcache`), so a profiled run measures the engine a plain
+/// one does. Other engines have none (`--engine docker` needs `--image`).
+pub fn default_image(engine: EngineKind) -> Option<String> {
+    (engine == EngineKind::VllmDocker).then(|| KvlabImage::VllmLmcache.latest())
+}
 
 /// Where the LMCache YAML, the engine settings and the disk tier appear inside the container.
 pub const CONTAINER_LMCACHE_YAML: &str = "/etc/kvlab/lmcache.yaml";
@@ -410,10 +419,9 @@ pub async fn preflight(kind: EngineKind, image: Option<&str>, port: Option<u16>)
         ));
     }
     let image =
-        match (image, vllm) {
-            (Some(i), _) => i.to_owned(),
-            (None, true) => VLLM_LMCACHE_IMAGE.to_owned(),
-            (None, false) => return Err(LabError::launch(
+        match image.map(str::to_owned).or_else(|| default_image(kind)) {
+            Some(image) => image,
+            None => return Err(LabError::launch(
                 engine,
                 "--engine docker needs --image IMAGE (kvlab/llamacpp, kvlab/emulator: `cargo xtask images`)",
             )),

@@ -152,7 +152,7 @@ pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json
             (None, None) => json!({ "name": "llamacpp", "version": null }),
         },
         EngineKind::VllmDocker | EngineKind::Docker => {
-            let image = spec.image.clone().unwrap_or_else(|| docker::VLLM_LMCACHE_IMAGE.to_owned());
+            let image = spec.image.clone().or_else(|| docker::default_image(spec.engine)).unwrap_or_default();
             let id = probe.container_runtime.as_deref().and_then(|runtime| {
                 first_output_line(runtime, &["image", "inspect", "--format", "{{.Id}}", &image])
             });
