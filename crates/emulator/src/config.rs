@@ -195,7 +195,7 @@ impl EmulatorConfig {
 
     /// Parses a TOML document; `file` names it in errors (which carry line and field).
     pub fn from_toml(text: &str, file: &str) -> Result<Self, Error> {
-        toml::from_str(text).map_err(|e| Error::Config(format!("{file}: {e}")))
+        stats::parse_toml(text).map_err(|e| Error::Config(e.in_file(file).to_string()))
     }
 
     /// The model name clients must use.
@@ -417,8 +417,9 @@ mod tests {
         let err = EmulatorConfig::from_toml("gpu = \"H100\"\n[scheduler]\nmax_num_seq = 3\n", "emu.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("emu.toml"), "{err}");
-        assert!(err.contains("line 3"), "{err}");
-        assert!(err.contains("max_num_seq"), "{err}");
+        assert!(
+            err.starts_with("emulator config: emu.toml:3: scheduler.max_num_seq: unknown field"),
+            "{err}"
+        );
     }
 }

@@ -133,7 +133,7 @@ fn err(msg: impl Into<String>) -> LabError {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))
+    stats::parse_json(&text).map_err(|e| LabError::Config(e.in_file(path.display().to_string())))
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
