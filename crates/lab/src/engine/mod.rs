@@ -10,6 +10,7 @@
 pub mod docker;
 pub(crate) mod emulated;
 pub mod llamacpp;
+pub mod lmcache_redis;
 pub mod orphans;
 pub(crate) mod process;
 pub mod vllm;
