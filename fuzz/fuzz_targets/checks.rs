@@ -79,6 +79,7 @@ pub(crate) fn check(target: &str, data: &[u8]) {
         "prometheus_text" => {
             if let Err(e) = samplers::parse_exposition(text) {
                 assert!(e.line >= 1 && e.line <= text.lines().count(), "{e}");
+                assert!(!e.field.is_empty() && !e.message.is_empty(), "{e}");
             }
         }
         "thresholds_toml" => {

@@ -49,10 +49,12 @@ impl PromSample {
 
 /// A line of metrics text that is not valid exposition format.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[error("line {line}: {field}: {message}")]
 pub struct PromParseError {
     /// 1-based line number.
     pub line: usize,
+    /// The metric at fault, or `(top level)` for a line with no metric name.
+    pub field: String,
     pub message: String,
 }
 
@@ -65,19 +67,21 @@ pub fn parse_exposition(text: &str) -> Result<Vec<PromSample>, PromParseError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let sample = parse_line(line).map_err(|message| PromParseError { line: i + 1, message })?;
+        let sample =
+            parse_line(line).map_err(|(field, message)| PromParseError { line: i + 1, field, message })?;
         samples.push(sample);
     }
     Ok(samples)
 }
 
-fn parse_line(line: &str) -> Result<PromSample, String> {
+/// A sample line; an error is `(field, message)`, the field being the metric.
+fn parse_line(line: &str) -> Result<PromSample, (String, String)> {
     let mut p = Cursor { rest: line };
     let metric = p.take_while(|c, first| {
         c.is_ascii_alphabetic() || c == '_' || c == ':' || (!first && c.is_ascii_digit())
     });
     if metric.is_empty() {
-        return Err(format!("expected a metric name at {:?}", p.rest));
+        return Err(("(top level)".to_owned(), format!("expected a metric name at {:?}", p.rest)));
     }
     let mut labels = Vec::new();
     if p.eat('{') {
@@ -89,14 +93,14 @@ fn parse_line(line: &str) -> Result<PromSample, String> {
             let name = p
                 .take_while(|c, first| c.is_ascii_alphabetic() || c == '_' || (!first && c.is_ascii_digit()));
             if name.is_empty() {
-                return Err(format!("{metric}: expected a label name at {:?}", p.rest));
+                return Err(at(metric, format!("expected a label name at {:?}", p.rest)));
             }
             p.skip_ws();
             if !p.eat('=') {
-                return Err(format!("{metric}: expected `=` after label {name}"));
+                return Err(at(metric, format!("expected `=` after label {name}")));
             }
             p.skip_ws();
-            let value = p.quoted().map_err(|e| format!("{metric}: label {name}: {e}"))?;
+            let value = p.quoted().map_err(|e| at(metric, format!("label {name}: {e}")))?;
             labels.push((name.to_owned(), value));
             p.skip_ws();
             if p.eat(',') {
@@ -105,15 +109,15 @@ fn parse_line(line: &str) -> Result<PromSample, String> {
             if p.eat('}') {
                 break;
             }
-            return Err(format!("{metric}: expected `,` or `}}` after label {name}"));
+            return Err(at(metric, format!("expected `,` or `}}` after label {name}")));
         }
     }
     if !p.skip_ws() {
-        return Err(format!("{metric}: expected a space before the value"));
+        return Err(at(metric, "expected a space before the value".to_owned()));
     }
     let value_text = p.word();
     let value =
-        parse_value(value_text).ok_or_else(|| format!("{metric}: value {value_text:?} is not a number"))?;
+        parse_value(value_text).ok_or_else(|| at(metric, format!("value {value_text:?} is not a number")))?;
     p.skip_ws();
     let timestamp_ms = match p.rest.chars().next() {
         None | Some('#') => None, // `#` starts an OpenMetrics exemplar
@@ -123,15 +127,20 @@ fn parse_line(line: &str) -> Result<PromSample, String> {
                 .parse::<i64>()
                 .ok()
                 .or_else(|| ts.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64))
-                .ok_or_else(|| format!("{metric}: timestamp {ts:?} is not a number"))?;
+                .ok_or_else(|| at(metric, format!("timestamp {ts:?} is not a number")))?;
             p.skip_ws();
             if !(p.rest.is_empty() || p.rest.starts_with('#')) {
-                return Err(format!("{metric}: unexpected text after the timestamp: {:?}", p.rest));
+                return Err(at(metric, format!("unexpected text after the timestamp: {:?}", p.rest)));
             }
             Some(ms)
         }
     };
     Ok(PromSample { metric: metric.to_owned(), labels, value, timestamp_ms })
+}
+
+/// An error about `metric`.
+fn at(metric: &str, message: String) -> (String, String) {
+    (metric.to_owned(), message)
 }
 
 fn parse_value(s: &str) -> Option<f64> {
@@ -276,7 +285,7 @@ mod tests {
         check("m 1 2 3", "error: line 1: m: unexpected text after the timestamp: \"3\"");
         check("m 1 later", "error: line 1: m: timestamp \"later\" is not a number");
         check("m", "error: line 1: m: expected a space before the value");
-        check("9m 1", "error: line 1: expected a metric name at \"9m 1\"");
+        check("9m 1", "error: line 1: (top level): expected a metric name at \"9m 1\"");
         check("m{a=\"\\x\"} 1", "error: line 1: m: label a: unknown escape \\x");
     }
 }

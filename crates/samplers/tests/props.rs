@@ -79,8 +79,9 @@ proptest! {
         let text = edits.iter().fold(exposition(&samples, false), |t, e| apply(&t, e).0);
         if let Err(e) = parse_exposition(&text) {
             prop_assert!(e.line >= 1 && e.line <= text.lines().count(), "line {} of {}", e.line, text);
-            let prefix = format!("line {}: ", e.line);
+            let prefix = format!("line {}: {}: ", e.line, e.field);
             prop_assert!(e.to_string().starts_with(&prefix), "{}", e);
+            prop_assert!(!e.field.is_empty() && !e.message.is_empty(), "{}", e);
         }
     }
 
