@@ -101,10 +101,14 @@ pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, TextError> {
 }
 
 /// A serde field path as errors show it: `(top level)` for the root (`serde_path_to_error`'s
-/// `.`), which TOML readers share.
+/// `.`), which TOML readers share. A path that a reader of `FILE:LINE: FIELD: message` could
+/// not split (blank, holding `": "` or a control character: an odd key of the input) is shown
+/// quoted and escaped, with `": "` as `":\x20"`.
 pub fn shown_field(path: String) -> String {
     if path.is_empty() || path == "." || path == "?" {
         "(top level)".to_owned()
+    } else if path.trim().is_empty() || path.contains(": ") || path.chars().any(char::is_control) {
+        format!("{path:?}").replace(": ", ":\\x20")
     } else {
         path
     }
@@ -244,6 +248,19 @@ mod tests {
         let err =
             parse_json_lines::<R>("{\"a\": 1, \"chunks\": []}\n{\"a\": true, \"chunks\": []}\n").unwrap_err();
         assert_eq!(err.to_string(), "line 2: a: invalid type: boolean `true`, expected f64 (column 10)");
+    }
+
+    #[test]
+    fn odd_keys_are_quoted_so_the_field_can_be_told_from_the_message() {
+        let check = |path: &str, expect: &str| assert_eq!(shown_field(path.to_owned()), expect);
+        check("", "(top level)");
+        check("chunks[1][0]", "chunks[1][0]");
+        check("vllm:num_requests", "vllm:num_requests");
+        check(" ", r#"" ""#);
+        check(": 0timestamp.?", r#"":\x200timestamp.?""#);
+        check("a\nb", r#""a\nb""#);
+        let once = shown_field(": x".to_owned());
+        assert_eq!(shown_field(once.clone()), once, "applied twice, the same");
     }
 
     #[test]
