@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use emulator::{EmulatorConfig, TierPreset};
+use testkit::services::redis_url;
 
 const DISK: &str = "tier=\"disk\"";
 const REMOTE: &str = "tier=\"remote\"";

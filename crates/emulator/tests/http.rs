@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use emulator::{EmulatorConfig, TierPreset};
 use serde_json::{json, Value};
+use testkit::services::redis_url;
 use workload::{Limits, Mode, Plan, Prompt, Request, RequestMeta};
 
 async fn post(base: &str, path: &str, body: Value) -> (u16, reqwest::header::HeaderMap, String) {

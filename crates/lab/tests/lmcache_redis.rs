@@ -3,7 +3,6 @@
 //! is emptied by the next claim. Against the redis-server `cargo xtask ci` starts
 //! (`KVLAB_REDIS_URL`); its own test binary, because one test sets PATH for a stand-in `vllm`.
 
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,29 +10,13 @@ use std::time::Duration;
 use lab::config::Tier;
 use lab::engine::lmcache_redis::LmcacheDb;
 use lab::engine::EngineKind;
+use testkit::services::redis_url;
 
 /// The tests share the server's databases: one at a time.
 static REDIS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The Redis the CI starts; fails naming redis-server when it is missing.
-fn redis_url() -> String {
-    let url = std::env::var("KVLAB_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "KVLAB_REDIS_URL is unset: this test needs a running redis-server (`cargo xtask ci` starts \
-             one; by hand: `redis-server --port 6390 --save ''` and KVLAB_REDIS_URL=redis://127.0.0.1:6390)"
-        )
-    });
-    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap_or_default().to_owned();
-    TcpStream::connect_timeout(
-        &hostport.parse().unwrap_or_else(|_| panic!("KVLAB_REDIS_URL={url}: not host:port")),
-        Duration::from_secs(2),
-    )
-    .unwrap_or_else(|e| panic!("redis-server at {url} (KVLAB_REDIS_URL) is unreachable: {e}"));
-    url
 }
 
 fn con(url: &str, db: u32) -> redis::Connection {

@@ -3,7 +3,33 @@
 //! [`edits`]: mutations of a valid input file, line by line, for the property tests of every parser
 //! of outside input ("no panic, and every error names the file, line and field").
 //! [`located`]: the one check of a reader's error, `FILE:LINE: FIELD: message`.
+//! [`services`]: the services `cargo xtask ci` starts (Redis), or a failure naming them.
 //! [`live`]: what a live run looks like from `/proc` and on disk, for the security and fault tests.
+
+pub mod services {
+    //! The services `cargo xtask ci` starts for the tests, found through the environment; a test
+    //! whose service is missing fails naming it.
+
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// The redis-server `cargo xtask ci` starts (`KVLAB_REDIS_URL`), checked to answer on TCP.
+    pub fn redis_url() -> String {
+        let url = std::env::var("KVLAB_REDIS_URL").unwrap_or_else(|_| {
+            panic!(
+                "KVLAB_REDIS_URL is unset: this test needs a running redis-server (`cargo xtask ci` starts \
+                 one; by hand: `redis-server --port 6390 --save ''` and KVLAB_REDIS_URL=redis://127.0.0.1:6390)"
+            )
+        });
+        let hostport = url.trim_start_matches("redis://").split('/').next().unwrap_or_default().to_owned();
+        TcpStream::connect_timeout(
+            &hostport.parse().unwrap_or_else(|_| panic!("KVLAB_REDIS_URL={url}: not host:port")),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|e| panic!("redis-server at {url} (KVLAB_REDIS_URL) is unreachable: {e}"));
+        url
+    }
+}
 
 pub mod located {
     //! Every reader of outside input (configs, traces, result files, baselines) reports an error

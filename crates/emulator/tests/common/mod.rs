@@ -22,24 +22,6 @@ pub fn fast(mut cfg: EmulatorConfig) -> EmulatorConfig {
     cfg
 }
 
-/// The Redis the CI starts (`KVLAB_REDIS_URL`); fails naming redis-server when it is missing.
-pub fn redis_url() -> String {
-    let url = std::env::var("KVLAB_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "KVLAB_REDIS_URL is unset: this test needs a running redis-server \
-             (e.g. `redis-server --port 6390 --save '' --daemonize yes` and \
-             KVLAB_REDIS_URL=redis://127.0.0.1:6390)"
-        )
-    });
-    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap_or_default().to_owned();
-    TcpStream::connect_timeout(
-        &hostport.parse().unwrap_or_else(|_| panic!("KVLAB_REDIS_URL={url}: not host:port")),
-        Duration::from_secs(2),
-    )
-    .unwrap_or_else(|e| panic!("redis-server at {url} (KVLAB_REDIS_URL) is unreachable: {e}"));
-    url
-}
-
 /// A private redis-server on a free loopback port; killed on drop.
 pub struct PrivateRedis {
     pub child: Child,
