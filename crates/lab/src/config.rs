@@ -249,6 +249,16 @@ enum DurationLit {
     Text(String),
 }
 
+impl DurationLit {
+    /// Seconds, if the literal is a valid duration.
+    fn secs(&self) -> Option<f64> {
+        match self {
+            DurationLit::Secs(v) => (*v > 0.0).then_some(*v),
+            DurationLit::Text(s) => parse_duration_secs(s),
+        }
+    }
+}
+
 /// Settings of one experiment point that defaults and per-workload overrides may set.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -503,19 +513,16 @@ impl Experiment {
                 .collect::<Result<Vec<_>>>()?
         };
         // `table`: where the settings are (`defaults`, `workload_overrides.NAME`).
-        let check_settings = |table: &str, s: &PointSettings| -> Result<Option<f64>> {
+        // Checked once per table; a point's settings overlay checked values, so need no check.
+        let check_settings = |table: &str, s: &PointSettings| -> Result<()> {
             check_names(s).map_err(|(span, key, msg)| err(span, format!("{table}.{key}"), msg))?;
             match &s.time_limit {
-                None => Ok(None),
-                Some(t) => match t.get_ref() {
-                    DurationLit::Secs(v) if *v > 0.0 => Ok(Some(*v)),
-                    DurationLit::Text(s) if parse_duration_secs(s).is_some() => Ok(parse_duration_secs(s)),
-                    _ => Err(err(
-                        t.span(),
-                        format!("{table}.time_limit"),
-                        "expected seconds or e.g. \"90s\", \"5m\"".into(),
-                    )),
-                },
+                Some(t) if t.get_ref().secs().is_none() => Err(err(
+                    t.span(),
+                    format!("{table}.time_limit"),
+                    "expected seconds or e.g. \"90s\", \"5m\"".into(),
+                )),
+                _ => Ok(()),
             }
         };
         check_settings("defaults", &raw.defaults)?;
@@ -536,8 +543,7 @@ impl Experiment {
                         .map(|(_, v)| v.clone())
                         .unwrap_or_default();
                     let s = raw.defaults.overlay(&over);
-                    let time_limit_s =
-                        check_settings(&format!("workload_overrides.{}", workload.get_ref()), &s)?;
+                    let time_limit_s = s.time_limit.as_ref().and_then(|t| t.get_ref().secs());
                     for &request_rate in &rates {
                         for &cache_size in &sizes {
                             points.push(Point {

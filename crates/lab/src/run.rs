@@ -686,9 +686,11 @@ pub(crate) async fn run_point(
     // LMCache has no key prefix: a vLLM run on the redis tier gets an empty Redis database of
     // its own, claimed before the run's directory exists (a refused run leaves nothing behind),
     // and emptied and released when this function returns, after the engine has stopped.
-    let lmcache_db = match (point.tier, engine_kind) {
-        (Tier::Redis, EngineKind::Vllm | EngineKind::VllmDocker) => {
-            let url = opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
+    let tier_redis = (point.tier == Tier::Redis)
+        .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()));
+    let lmcache_db = match (&tier_redis, engine_kind) {
+        (Some(url), EngineKind::Vllm | EngineKind::VllmDocker) => {
+            let url = url.clone();
             let claimant = format!("{label}-{}", std::process::id());
             let claim =
                 tokio::task::spawn_blocking(move || engine::lmcache_redis::LmcacheDb::claim(&url, &claimant));
@@ -727,11 +729,7 @@ pub(crate) async fn run_point(
         seed: point.seed.unwrap_or(0),
         text_prompts: engine_kind == EngineKind::Llamacpp || image_traits.text_prompts,
     };
-    let redis_url = match &lmcache_db {
-        Some(db) => Some(db.url()),
-        None => (point.tier == Tier::Redis)
-            .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
-    };
+    let redis_url = lmcache_db.as_ref().map(|db| db.url()).or(tier_redis);
     let resolved = ResolvedRun {
         v: RUN_FORMAT_VERSION,
         label: label.clone(),

@@ -39,6 +39,14 @@ fn claim_of(url: &str, db: u32) -> Option<String> {
     cmd(&mut con(url, 0), &["GET", &format!("kvlab:lmcache-db:{db}")])
 }
 
+/// The database the next claim would take.
+fn first_free_db(url: &str) -> u32 {
+    let probe = LmcacheDb::claim(url, "probe").unwrap();
+    let db = probe.db();
+    probe.release().unwrap();
+    db
+}
+
 #[tokio::test]
 async fn two_runs_get_databases_of_their_own_emptied_when_they_end() {
     let _lock = REDIS_LOCK.lock().await;
@@ -66,9 +74,7 @@ async fn two_runs_get_databases_of_their_own_emptied_when_they_end() {
 async fn a_database_that_holds_data_is_never_claimed_nor_emptied() {
     let _lock = REDIS_LOCK.lock().await;
     let url = redis_url();
-    let first = LmcacheDb::claim(&url, "probe").unwrap();
-    let db = first.db();
-    first.release().unwrap();
+    let db = first_free_db(&url);
     // Someone's own data in the database a claim would take first.
     cmd::<()>(&mut con(&url, db), &["SET", "users-key", "theirs"]);
     let run = LmcacheDb::claim(&url, "run").unwrap();
@@ -84,9 +90,7 @@ async fn a_database_that_holds_data_is_never_claimed_nor_emptied() {
 async fn a_killed_labs_database_is_emptied_by_the_next_claim() {
     let _lock = REDIS_LOCK.lock().await;
     let url = redis_url();
-    let probe = LmcacheDb::claim(&url, "probe").unwrap();
-    let db = probe.db();
-    probe.release().unwrap();
+    let db = first_free_db(&url);
     // A claim whose owner is gone: a process that has exited.
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let pid = child.id();

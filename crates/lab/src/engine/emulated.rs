@@ -132,16 +132,7 @@ impl super::process::Liveness for AlwaysAlive {
 /// The redis tier needs a Redis that answers: the emulator would otherwise count failed stores
 /// and go on, and the run would measure no offload at all.
 async fn check_redis(url: &str) -> Result<()> {
-    let shown = without_credentials(url);
-    let refuse = |why: String| {
-        LabError::launch(
-            "emulated",
-            format!(
-                "the redis tier needs a Redis server, and none answers at {shown} ({why}); start one \
-                 (redis-server --port 6379 --save '') or pass --redis-url / KVLAB_REDIS_URL"
-            ),
-        )
-    };
+    let refuse = |why: String| redis_unreachable("emulated", url, why);
     let client = redis::Client::open(url).map_err(|e| refuse(e.to_string()))?;
     let ping = async {
         let mut con = client.get_multiplexed_async_connection().await?;
@@ -152,6 +143,18 @@ async fn check_redis(url: &str) -> Result<()> {
         Ok(Err(e)) => Err(refuse(e.to_string())),
         Err(_) => Err(refuse("no answer to PING within 5 s".to_owned())),
     }
+}
+
+/// The refusal of a redis-tier run of `engine` whose Redis at `url` does not answer.
+pub(crate) fn redis_unreachable(engine: &str, url: &str, why: impl std::fmt::Display) -> LabError {
+    LabError::launch(
+        engine,
+        format!(
+            "the redis tier needs a Redis server, and none answers at {} ({why}); start one \
+             (redis-server --port 6379 --save '') or pass --redis-url / KVLAB_REDIS_URL",
+            without_credentials(url)
+        ),
+    )
 }
 
 /// `redis://user:secret@host:port/0` → `redis://host:port/0`: a password never reaches a message.

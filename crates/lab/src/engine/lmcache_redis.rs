@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::emulated::{redis_unreachable, without_credentials};
 use super::orphans::Owner;
 use crate::error::{LabError, Result};
 
@@ -90,7 +91,7 @@ impl LmcacheDb {
                  prefix), and every database 1-{} of {} is in use or holds data; free one, or raise \
                  `databases` in redis.conf",
                 databases - 1,
-                shown(&base)
+                without_credentials(&base)
             ),
         ))
     }
@@ -193,18 +194,7 @@ fn connect(base: &str, db: u32) -> Result<redis::Connection> {
 }
 
 fn failed(base: &str, e: redis::RedisError) -> LabError {
-    LabError::launch(
-        "vllm",
-        format!(
-            "the redis tier needs a Redis server, and {} did not answer ({e}); start one \
-             (redis-server --port 6379 --save '') or pass --redis-url / KVLAB_REDIS_URL",
-            shown(base)
-        ),
-    )
-}
-
-fn shown(url: &str) -> String {
-    super::emulated::without_credentials(url)
+    redis_unreachable("vllm", base, e)
 }
 
 /// `url` without its database and query: `redis[s]://[user:password@]host[:port]`.
@@ -212,7 +202,7 @@ fn base_url(url: &str) -> Result<String> {
     let rest = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")).ok_or_else(|| {
         LabError::Invalid(format!(
             "redis URL `{}`: LMCache's redis tier takes redis://HOST:PORT or rediss://HOST:PORT",
-            shown(url)
+            without_credentials(url)
         ))
     })?;
     let scheme = &url[..url.len() - rest.len()];
