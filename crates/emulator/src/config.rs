@@ -388,7 +388,7 @@ mod tests {
         check(
             "model = \"gpt-5\"",
             "unknown model \"gpt-5\" (known: llama-3-8b, llama-3-70b-tp4, llama-3-70b-tp8, qwen3-8b, \
-             mistral-7b, tiny-llama)",
+             mistral-7b, tiny-llama, tiny-llama-hf)",
         );
         check(
             "[links.remote]\nbandwidth_gbs = 0.0\nlatency_us = 10.0\n",

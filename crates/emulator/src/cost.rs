@@ -61,7 +61,7 @@ mod tests {
             "model",
             "gpt-5",
             "unknown model \"gpt-5\" (known: llama-3-8b, llama-3-70b-tp4, llama-3-70b-tp8, qwen3-8b, \
-             mistral-7b, tiny-llama)",
+             mistral-7b, tiny-llama, tiny-llama-hf)",
         );
         check("gpu", "H100", "h100");
         check("gpu", "b200", "unknown gpu \"b200\" (known: a100-80g, h100, h200, l4, l40s)");

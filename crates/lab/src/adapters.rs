@@ -23,6 +23,10 @@ pub struct WorkloadRequest {
     pub seed: u64,
     /// Text prompts (1 ASCII character = 1 token) instead of token IDs.
     pub text_prompts: bool,
+    /// Token ids are drawn from `start..end`: a model whose vocabulary is smaller than the
+    /// default range (the lab's tiny Llama has 8,192) gets ids it knows. `None`: the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<(u32, u32)>,
 }
 
 /// Builds the plan: `shared-prefix` (groups of requests sharing a long prefix), `multi-turn`
@@ -67,7 +71,7 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
     let spec = WorkloadSpec {
         source,
         format: if w.text_prompts { PromptFormat::Text } else { PromptFormat::Tokens },
-        vocab: Default::default(),
+        vocab: w.vocab.map_or_else(Default::default, |(start, end)| workload::Vocab { start, end }),
     };
     let schedule = if w.request_rate.is_infinite() {
         Schedule::Constant { rate: f64::INFINITY }
@@ -98,6 +102,7 @@ pub(crate) fn start_samplers(
     disk_dir: &Path,
     pid: Option<u32>,
     metrics_url: Option<String>,
+    sidecars: &[crate::engine::SidecarInfo],
 ) -> Result<Samplers> {
     use samplers::{cpu, disk, engine, gpu, SamplerSet, SamplerSetConfig};
     let mut set = SamplerSet::new(SamplerSetConfig::new(dir, origin)).map_err(other)?;
@@ -120,6 +125,16 @@ pub(crate) fn start_samplers(
     );
     if let Some(url) = metrics_url {
         add("engine", Ok(Box::new(engine::EngineMetricsSampler::new(engine::EngineMetricsConfig::new(url)))));
+    }
+    // A sidecar's metrics (LMCache's `lmcache_mp_*`) on the same clock, in `<name>.csv`.
+    for sidecar in sidecars {
+        if let Some(url) = &sidecar.metrics_url {
+            let config = engine::EngineMetricsConfig {
+                name: sidecar.name.to_owned(),
+                ..engine::EngineMetricsConfig::new(url)
+            };
+            add(sidecar.name, Ok(Box::new(engine::EngineMetricsSampler::new(config))));
+        }
     }
     add("gpu", gpu::NvmlSampler::new().map(|s| Box::new(s) as Box<dyn samplers::Sampler>));
     Ok(Samplers { set })

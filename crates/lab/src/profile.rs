@@ -332,6 +332,11 @@ pub fn planned_spec(
             ..Default::default()
         },
         profile: opts.profile,
+        vllm: crate::engine::vllm::VllmRunSettings {
+            python: opts.vllm_python.clone(),
+            lmcache_mode: Some(crate::engine::vllm::LmcacheMode::InProcess),
+            ..Default::default()
+        },
     })
 }
 
@@ -369,11 +374,20 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
                 tensor_parallel: spec.tensor_parallel,
                 pipeline_parallel: spec.pipeline_parallel,
                 gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
-                lmcache: lmcache_yaml.is_some(),
+                connector: if lmcache_yaml.is_some() {
+                    crate::engine::vllm::Connector::InProcess
+                } else {
+                    crate::engine::vllm::Connector::None
+                },
                 gpu_blocks: spec.emulator.gpu_blocks,
+                served_name: None,
+                cpu: false,
+                max_model_len: None,
+                kv_cache_bytes: None,
             };
             let mut cmd = crate::engine::vllm::vllm_process_command(
                 &serve,
+                spec.vllm.python.as_deref(),
                 lmcache_yaml.as_deref(),
                 &spec.gpus,
                 spec.secrets.hf_token(),

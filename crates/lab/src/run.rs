@@ -35,6 +35,14 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The model when none is given: a name of the model registry (`configs/models.toml`); vLLM is
 /// given its Hugging Face id.
 pub const DEFAULT_MODEL: &str = "llama-3-8b";
+/// The model `--engine vllm` serves on a machine without an NVIDIA GPU when none is named: the
+/// lab's generated tiny Llama (configs/models.toml), a local folder that `cargo xtask ci` makes.
+pub const VLLM_CPU_MODEL: &str = "tiny-llama-hf";
+/// vLLM's cache on the CPU build when the run gives no size: 40 blocks of 128 tokens, small
+/// enough that a workload's reuse outgrows it and the offload tiers serve hits.
+pub const VLLM_CPU_DEFAULT_BLOCKS: u64 = 40;
+/// Tokens of one KV block on vLLM's CPU build (its default there).
+pub const VLLM_CPU_BLOCK_TOKENS: u64 = 128;
 /// The default workload: reuse-heavy, so offload tiers see traffic.
 pub const DEFAULT_WORKLOAD: &str = "shared-prefix";
 /// Version of `run.toml` and `env.json`.
@@ -77,6 +85,18 @@ pub struct BenchOptions {
     /// llama.cpp: GGUF file and Python with xllamacpp.
     pub model_path: Option<PathBuf>,
     pub python: Option<PathBuf>,
+    /// vLLM's Python (`KVLAB_VLLM_PYTHON`, else the lab's venv `.kvlab/vllm-venv` when it
+    /// exists, else `vllm` on PATH).
+    pub vllm_python: Option<PathBuf>,
+    /// The folder of the lab's generated model for vLLM (`KVLAB_VLLM_MODEL`, else
+    /// `.kvlab/models/tiny-llama-hf`).
+    pub vllm_model_dir: Option<PathBuf>,
+    /// How LMCache is attached to vLLM (`--lmcache-mode`).
+    pub lmcache_mode: crate::engine::vllm::LmcacheMode,
+    /// The engine's GPU KV cache in blocks (vLLM's `--num-gpu-blocks-override`, the emulator's
+    /// `num_gpu_blocks`), for every tier (`--gpu-blocks`); a baseline point's `cache_sizes`
+    /// sets it too.
+    pub gpu_blocks: Option<u64>,
     pub ready_timeout: Duration,
     /// Show the load generator's progress bar.
     pub progress: bool,
@@ -116,6 +136,10 @@ impl BenchOptions {
             redis_url: std::env::var("KVLAB_REDIS_URL").ok().filter(|v| !v.is_empty()),
             python: std::env::var_os("KVLAB_PYTHON").map(PathBuf::from),
             model_path: std::env::var_os("KVLAB_LLAMACPP_MODEL").map(PathBuf::from),
+            vllm_python: std::env::var_os("KVLAB_VLLM_PYTHON").map(PathBuf::from),
+            vllm_model_dir: std::env::var_os("KVLAB_VLLM_MODEL").map(PathBuf::from),
+            lmcache_mode: crate::engine::vllm::LmcacheMode::Auto,
+            gpu_blocks: None,
             ready_timeout: Duration::from_secs(600),
             progress: true,
             profile: None,
@@ -161,6 +185,9 @@ pub struct ResolvedRun {
     /// The GPU KV blocks the cache size gives on the baseline tier (the emulator's
     /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override`).
     pub num_gpu_blocks: Option<u64>,
+    /// vLLM runs on an offload tier: how LMCache was attached (`mp`, `in-process`); absent
+    /// otherwise (the baseline tier runs no connector).
+    pub lmcache_mode: Option<crate::engine::vllm::LmcacheMode>,
     pub goodput: Option<String>,
     pub url: Option<String>,
     pub image: Option<String>,
@@ -393,11 +420,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// What tells the lab that its engine died.
 enum EngineWatch {
-    /// The engine's process: gone or a zombie.
-    Process(u32),
+    /// The engine's process and its sidecars (name, pid, log): one gone or a zombie.
+    Processes(Vec<(String, u32, PathBuf)>),
     /// An engine the lab did not start (`external`): `GET /health` refused twice in a row (an
     /// answer of any status, or none yet, counts as alive).
-    Health(String),
+    Health(String, PathBuf),
     Nothing,
 }
 
@@ -412,18 +439,21 @@ async fn time_limit(limit: Option<f64>, origin: Instant) -> f64 {
     }
 }
 
-/// Resolves with the run-clock time (seconds since `origin`) at which the engine was seen gone;
-/// never when there is nothing to watch.
-async fn engine_exit(watch: EngineWatch, origin: Instant) -> f64 {
+/// Resolves with the run-clock time (seconds since `origin`) at which the engine (or one of its
+/// sidecars) was seen gone, with the process's name and log; never when there is nothing to
+/// watch.
+async fn engine_exit(watch: EngineWatch, origin: Instant) -> (f64, String, PathBuf) {
     match watch {
         EngineWatch::Nothing => std::future::pending().await,
-        EngineWatch::Process(pid) => loop {
-            if engine::orphans::process_exited(pid) {
-                return origin.elapsed().as_secs_f64();
+        EngineWatch::Processes(procs) => loop {
+            if let Some((who, _, log)) =
+                procs.iter().find(|(_, pid, _)| engine::orphans::process_exited(*pid))
+            {
+                return (origin.elapsed().as_secs_f64(), who.clone(), log.clone());
             }
             tokio::time::sleep(ENGINE_POLL).await;
         },
-        EngineWatch::Health(base) => {
+        EngineWatch::Health(base, log) => {
             let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else {
                 return std::future::pending().await;
             };
@@ -435,7 +465,7 @@ async fn engine_exit(watch: EngineWatch, origin: Instant) -> f64 {
                     Err(e) if e.is_connect() => {
                         let (at, n) = first_refused.unwrap_or((asked, 0));
                         if n + 1 >= 2 {
-                            return at.duration_since(origin).as_secs_f64();
+                            return (at.duration_since(origin).as_secs_f64(), "external".to_owned(), log);
                         }
                         Some((at, n + 1))
                     }
@@ -444,6 +474,26 @@ async fn engine_exit(watch: EngineWatch, origin: Instant) -> f64 {
                 tokio::time::sleep(ENGINE_POLL * 3).await;
             }
         }
+    }
+}
+
+/// Resolves with the run-clock time at which the Redis at `url` stopped accepting connections
+/// (twice in a row, 250 ms apart); never while it answers.
+async fn store_lost(url: String, origin: Instant) -> f64 {
+    let node = url.trim_start_matches("redis://").rsplit('@').next().unwrap_or_default();
+    let node = node.split('/').next().unwrap_or_default().to_owned();
+    let mut first_refused: Option<f64> = None;
+    loop {
+        let at = origin.elapsed().as_secs_f64();
+        let refused = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(&node))
+            .await
+            .map_or(true, |r| r.is_err());
+        first_refused = match (refused, first_refused) {
+            (true, Some(first)) => return first,
+            (true, None) => Some(at),
+            (false, _) => None,
+        };
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -650,12 +700,40 @@ pub(crate) async fn run_point(
             path.file_stem().map_or("tiny".to_owned(), |s| s.to_string_lossy().into_owned())
         }
         (EngineKind::Llamacpp, None) if opts.model.is_none() => "tiny".to_owned(),
+        (EngineKind::Vllm, _)
+            if opts.model.is_none() && !probe.nvidia_gpu && point.model == DEFAULT_MODEL =>
+        {
+            eprintln!(
+                "kvlab: no NVIDIA GPU, so vLLM's CPU build serves the lab's tiny model `{VLLM_CPU_MODEL}` \
+                 (pass --model to choose another)"
+            );
+            VLLM_CPU_MODEL.to_owned()
+        }
         _ => point.model.clone(),
     };
     let placement = resolve_model(engine_kind, &model)?;
     engine::check_gpu_count(&model, placement.gpus(), &gpus)?;
     let tp = placement.tensor_parallel;
-    let sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
+    let mut sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
+    let registry_model = placement
+        .registry_name
+        .as_deref()
+        .and_then(|name| costmodel::Registry::builtin().model(name).ok().cloned());
+    let vllm_cpu = engine_kind == EngineKind::Vllm && !probe.nvidia_gpu;
+    sizing.gpu_blocks = opts.gpu_blocks.or(sizing.gpu_blocks).or_else(|| {
+        (vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL))
+            .then_some(VLLM_CPU_DEFAULT_BLOCKS)
+    });
+    let lmcache_mode = (matches!(engine_kind, EngineKind::Vllm | EngineKind::VllmDocker)
+        && point.tier != Tier::Baseline)
+        .then(|| opts.lmcache_mode.resolve(probe.nvidia_gpu));
+    if lmcache_mode == Some(crate::engine::vllm::LmcacheMode::Mp) && engine_kind == EngineKind::VllmDocker {
+        return Err(LabError::Invalid(
+            "--lmcache-mode mp runs LMCache's server beside vLLM as a local process; with \
+             --engine vllm-docker use --lmcache-mode in-process, or --engine vllm"
+                .to_owned(),
+        ));
+    }
     if let (Some(l), Some((key, gb))) = (lmcache.as_mut(), sizing.lmcache) {
         let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0, table: Some("lmcache") };
         l.set(key, crate::lmcache::LmValue::Float(gb), origin)?;
@@ -728,6 +806,10 @@ pub(crate) async fn run_point(
         time_limit_s: point.time_limit_s,
         seed: point.seed.unwrap_or(0),
         text_prompts: engine_kind == EngineKind::Llamacpp || image_traits.text_prompts,
+        vocab: registry_model
+            .as_ref()
+            .filter(|m| !emulated && m.vocab_size < workload::Vocab::default().end)
+            .map(|m| ((m.vocab_size / 80).max(4), m.vocab_size)),
     };
     let redis_url = lmcache_db.as_ref().map(|db| db.url()).or(tier_redis);
     let resolved = ResolvedRun {
@@ -749,6 +831,7 @@ pub(crate) async fn run_point(
         conversation_aware_eviction: point.conversation_aware_eviction,
         cache_size_bytes: point.cache_size,
         num_gpu_blocks: sizing.gpu_blocks,
+        lmcache_mode,
         goodput: point.goodput.clone(),
         url: opts.url.clone(),
         image: opts.image.clone(),
@@ -809,7 +892,40 @@ pub(crate) async fn run_point(
             seed: workload.seed,
         },
         profile: opts.profile,
+        vllm: crate::engine::vllm::VllmRunSettings {
+            python: opts.vllm_python.clone().or_else(|| {
+                let p = opts.root.join(".kvlab/vllm-venv/bin/python");
+                p.is_file().then_some(p)
+            }),
+            model_dir: (placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL)).then(|| {
+                opts.vllm_model_dir.clone().unwrap_or_else(|| opts.root.join(".kvlab/models/tiny-llama-hf"))
+            }),
+            lmcache_mode,
+            cpu: !probe.nvidia_gpu,
+            cache_dir: Some(opts.root.join(".kvlab/cache")),
+            max_model_len: registry_model.as_ref().filter(|_| vllm_cpu).map(|m| m.max_model_len),
+            // Twice the blocks the run asks for, in vLLM's CPU blocks, at least 16 MiB.
+            kv_cache_bytes: match (&registry_model, sizing.gpu_blocks) {
+                (Some(m), Some(blocks)) if vllm_cpu => {
+                    Some((blocks * VLLM_CPU_BLOCK_TOKENS * m.kv_bytes(1) * 2).max(16 << 20))
+                }
+                _ => None,
+            },
+            l1_cap_gb: Some(crate::engine::vllm::l1_cap_gb()),
+        },
     };
+    if let Some(dir) = spec
+        .vllm
+        .model_dir
+        .as_ref()
+        .filter(|d| engine_kind == EngineKind::Vllm && !d.join("config.json").is_file())
+    {
+        return Err(LabError::Invalid(format!(
+            "model `{VLLM_CPU_MODEL}` is generated by the lab and {} has none; `cargo xtask ci` makes it \
+             (with the vLLM venv), or point KVLAB_VLLM_MODEL at such a folder",
+            dir.display()
+        )));
+    }
 
     let mut env = env_json(&resolved, &probe, &tier, &opts.root);
     env["engine_version"] = engine::engine_version(&spec, &probe);
@@ -846,6 +962,12 @@ pub(crate) async fn run_point(
     };
 
     let origin = Instant::now();
+    // The redis tier's store is outside the engine: if it goes away the engine serves on by
+    // recompute, so the run goes on, and the time it was lost is recorded.
+    let store_watch = (point.tier == Tier::Redis && !running.in_process())
+        .then(|| redis_url.clone())
+        .flatten()
+        .map(|url| tokio::spawn(store_lost(url, origin)));
     let pid = if running.in_process() { None } else { running.pid };
     let samplers = adapters::start_samplers(
         &dir.join("samples"),
@@ -853,20 +975,31 @@ pub(crate) async fn run_point(
         &disk_dir,
         pid,
         Some(format!("{}/metrics", running.base_url)),
+        &running.sidecars(),
     );
     // The engine's own process (not the lab's, for the in-process emulator) is watched: if it
     // dies, the run stops once the requests in flight have ended.
+    let engine_log = dir.join("engine.log");
     let watched = match (running.in_process(), running.pid) {
         (true, _) => EngineWatch::Nothing,
-        (false, Some(pid)) => EngineWatch::Process(pid),
-        (false, None) if engine_kind == EngineKind::External => EngineWatch::Health(running.base_url.clone()),
+        (false, Some(pid)) => EngineWatch::Processes(
+            std::iter::once((engine_kind.to_string(), pid, engine_log.clone()))
+                .chain(
+                    running.sidecars().into_iter().filter_map(|s| Some((s.name.to_owned(), s.pid?, s.log))),
+                )
+                .collect(),
+        ),
+        (false, None) if engine_kind == EngineKind::External => {
+            EngineWatch::Health(running.base_url.clone(), engine_log.clone())
+        }
         (false, None) => EngineWatch::Nothing,
     };
-    let watched_pid = match &watched {
-        EngineWatch::Process(pid) => Some(*pid),
-        _ => None,
+    let watched_pids = match &watched {
+        EngineWatch::Processes(procs) => procs.clone(),
+        _ => Vec::new(),
     };
     let mut engine_died_at = None;
+    let mut died_process: Option<String> = None;
     let mut time_limit_reached = false;
     // Cancelled by a stop, or at the time limit: the load generator records what is in flight.
     let drive_stop = stop.child_token();
@@ -913,18 +1046,15 @@ pub(crate) async fn run_point(
                         ))),
                     }
                 }
-                at = engine_exit(watched, origin) => {
+                (at, who, log) = engine_exit(watched, origin) => {
                     engine_died_at = Some(at);
                     eprintln!(
-                        "kvlab: the {engine_kind} engine exited {at:.3} s into the run; the requests in flight \
+                        "kvlab: the {who} process exited {at:.3} s into the run; the requests in flight \
                          are recorded as failed; see {}",
-                        dir.join("engine.log").display()
+                        log.display()
                     );
-                    let died = || LabError::EngineDied {
-                        engine: engine_kind.to_string(),
-                        at_s: at,
-                        log: dir.join("engine.log"),
-                    };
+                    died_process = Some(who.clone());
+                    let died = || LabError::EngineDied { engine: who.clone(), at_s: at, log: log.clone() };
                     tokio::select! {
                         r = &mut drive => r.and_then(|_| Err(died())),
                         () = tokio::time::sleep(CRASH_GRACE) => Err(died()),
@@ -936,16 +1066,14 @@ pub(crate) async fn run_point(
         Err(e) => Err(LabError::Other(format!("samplers: {e}"))),
     };
     // Requests to a dead engine fail fast: the drive may end before the watcher's next look.
-    let driven = match (driven, watched_pid) {
-        (Ok(_), Some(pid)) if engine_died_at.is_none() && engine::orphans::process_exited(pid) => {
+    let gone = watched_pids.iter().find(|(_, pid, _)| engine::orphans::process_exited(*pid)).cloned();
+    let driven = match (driven, gone) {
+        (Ok(_), Some((who, _, log))) if engine_died_at.is_none() => {
             let at = origin.elapsed().as_secs_f64();
             engine_died_at = Some(at);
-            eprintln!("kvlab: the {engine_kind} engine exited by {at:.3} s into the run");
-            Err(LabError::EngineDied {
-                engine: engine_kind.to_string(),
-                at_s: at,
-                log: dir.join("engine.log"),
-            })
+            eprintln!("kvlab: the {who} process exited by {at:.3} s into the run");
+            died_process = Some(who.clone());
+            Err(LabError::EngineDied { engine: who, at_s: at, log })
         }
         (driven, _) => driven,
     };
@@ -953,16 +1081,37 @@ pub(crate) async fn run_point(
         Ok(()) => driven,
         Err(e) => driven.and(Err(e)),
     };
+    let mut marks = serde_json::Map::new();
     let sampler_status = samplers.map(|s| s.stop()).unwrap_or(serde_json::Value::Null);
+    if let Some(watch) = store_watch {
+        if watch.is_finished() {
+            if let Ok(at) = watch.await {
+                eprintln!(
+                    "kvlab: the redis tier's store stopped answering {at:.3} s into the run; the engine \
+                     served what followed without it"
+                );
+                env["tier_store_lost_at_s"] = serde_json::json!(at);
+                marks.insert("tier_store_lost_at_s".into(), serde_json::json!(at));
+            }
+        } else {
+            watch.abort();
+        }
+    }
     let stopped = running.stop().await;
+    // The engine's temporary files (vLLM's TMPDIR: IPC sockets, scratch) go with it.
+    let _ = std::fs::remove_dir_all(dir.join("tmp"));
     env["samplers"] = sampler_status;
     if let Err(e) = &driven {
         env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
     }
-    let mut marks = serde_json::Map::new();
     if let Some(at) = engine_died_at {
         env["engine_exited_at_s"] = serde_json::json!(at);
         marks.insert("engine_exited_at_s".into(), serde_json::json!(at));
+        if let Some(who) = &died_process {
+            // Which process of the engine exited: the engine itself, or a sidecar (`lmcache`).
+            env["exited_process"] = serde_json::json!(who);
+            marks.insert("exited_process".into(), serde_json::json!(who));
+        }
     }
     if let Err(LabError::Interrupted(_)) = &driven {
         env["interrupted"] = serde_json::json!(true);
@@ -978,6 +1127,10 @@ pub(crate) async fn run_point(
             env["time_limit_reached"] = serde_json::json!(true);
             marks.insert("time_limit_reached".into(), serde_json::json!(true));
             marks.insert("time_limit_s".into(), serde_json::json!(workload.time_limit_s));
+            adapters::finish_partial(&dir, &summary_cfg, &marks)
+        }
+        // summary.json says when the store was lost, as env.json does.
+        Ok(_) if marks.contains_key("tier_store_lost_at_s") => {
             adapters::finish_partial(&dir, &summary_cfg, &marks)
         }
         driven => driven,
@@ -1094,6 +1247,7 @@ pub async fn serve_emulated(
             ..Default::default()
         },
         profile: None,
+        vllm: Default::default(),
     };
     let running = engine::launcher(EngineKind::Emulated).start(&spec).await?;
     on_ready(&running.base_url);

@@ -7,7 +7,7 @@ use lab::config::{Tier, TierConfig};
 use lab::engine::docker::{docker_run_args, DockerRun, VllmContainer};
 use lab::engine::llamacpp::{llamacpp_command, LlamacppRuntime, LlamacppServe};
 use lab::engine::orphans::Owner;
-use lab::engine::vllm::{vllm_process_command, VllmServe};
+use lab::engine::vllm::{vllm_process_command, Connector, VllmServe};
 use lab::engine::{EngineKind, GpuSelection};
 use lab::secrets::Secrets;
 
@@ -144,7 +144,11 @@ fn image_build_commands() {
         all.push_str(&format!("{} {}\n", cmd.program, cmd.args.join(" ")));
     }
     all.push_str(&format!("tags: {} {}\n\n", recipe.tag(), recipe.hash_tag()));
-    for (runtime, local_base) in [("docker", Some(recipe.tag())), ("podman", None)] {
+    // vllm-cpu's recipe hash is its `kvlab.inputs` label; none where its recipe was not read.
+    let inputs = Some("0123456789abcdef".to_owned());
+    for (runtime, local_base, vllm_cpu_inputs) in
+        [("docker", Some(recipe.tag()), inputs), ("podman", None, None)]
+    {
         let cfg = ImagesConfig {
             runtime: runtime.into(),
             version: "0.1.0".into(),
@@ -152,6 +156,7 @@ fn image_build_commands() {
             local_base,
             containers_dir: PathBuf::from("/repo/containers"),
             context_dir: PathBuf::from("/repo/target/kvlab-images"),
+            vllm_cpu_inputs,
         };
         for image in KvlabImage::ALL {
             let Some(b) = image_build(image, &cfg) else {
@@ -213,11 +218,16 @@ fn vllm_process_command_per_tier() {
             tensor_parallel: 2,
             pipeline_parallel: 1,
             gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
-            lmcache: cfg.lmcache.is_some(),
+            connector: if cfg.lmcache.is_some() { Connector::InProcess } else { Connector::None },
+            served_name: None,
+            cpu: false,
+            max_model_len: None,
+            kv_cache_bytes: None,
             gpu_blocks: None,
         };
         let yaml = cfg.lmcache.is_some().then(|| PathBuf::from("/results/run/lmcache.yaml"));
-        let cmd = vllm_process_command(&serve, yaml.as_deref(), &GpuSelection::Count(2), secrets.hf_token());
+        let cmd =
+            vllm_process_command(&serve, None, yaml.as_deref(), &GpuSelection::Count(2), secrets.hf_token());
         no_secret(&cmd.args);
         assert_eq!(
             cmd.env.get("HF_TOKEN").map(String::as_str),
@@ -403,7 +413,11 @@ fn vllm_gets_the_gpu_blocks_a_baseline_cache_size_gives() {
             tensor_parallel: 1,
             pipeline_parallel: 1,
             gpu_memory_utilization: 0.9,
-            lmcache: false,
+            connector: if false { Connector::InProcess } else { Connector::None },
+            served_name: None,
+            cpu: false,
+            max_model_len: None,
+            kv_cache_bytes: None,
             gpu_blocks,
         }
         .args()
@@ -513,4 +527,72 @@ async fn require_gpu_asks_nvml() {
     opts.require_gpu = false;
     let err = lab::run::bench(&opts).await.expect_err("refused").to_string();
     assert!(err.contains("--gpus 2 asks for 2 GPUs, but NVML counts 1 GPU"), "{err}");
+}
+
+/// vLLM's CPU build with LMCache's server beside it (mp mode), per tier, as the launcher starts
+/// them: the module entry point (the CPU wheel's `vllm` script is broken), cached-token counts
+/// on, `VLLM_TARGET_DEVICE=cpu` (else SIGILL on AVX2 hosts), no usage statistics sent, caches in
+/// the lab's cache directory and temporary files in the run; LMCache's server on 127.0.0.1 with
+/// the tier's L2 adapter (disk: `fs` in the run's `kvcache/`; redis: `valkey` on the run's own
+/// database, keys prefixed with the run id); baseline starts no server and no connector.
+#[test]
+fn vllm_cpu_mp_processes_per_tier() {
+    let (_dir, secrets) = planted();
+    let mut all = String::new();
+    for tier in Tier::ALL {
+        let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
+        let spec = lab::engine::LaunchSpec {
+            engine: EngineKind::Vllm,
+            run_id: "run-1".into(),
+            run_dir: PathBuf::from("/results/run"),
+            lmcache: cfg.lmcache.clone(),
+            tier: cfg,
+            disk_dir: PathBuf::from("/results/run/kvcache"),
+            model: "kvlab/tiny-llama-hf".into(),
+            tensor_parallel: 1,
+            pipeline_parallel: 1,
+            gpus: GpuSelection::All,
+            gpu_type: None,
+            port: None,
+            image: None,
+            url: None,
+            secrets: secrets.clone(),
+            ready_timeout: std::time::Duration::from_secs(1),
+            llamacpp_model: None,
+            python: None,
+            emulator: lab::engine::EmulatorRunSettings {
+                redis_url: Some("redis://127.0.0.1:6379/3".into()),
+                gpu_blocks: Some(40),
+                ..Default::default()
+            },
+            profile: None,
+            vllm: lab::engine::vllm::VllmRunSettings {
+                python: Some(PathBuf::from("/lab/.kvlab/vllm-venv/bin/python")),
+                model_dir: Some(PathBuf::from("/lab/.kvlab/models/tiny-llama-hf")),
+                lmcache_mode: Some(lab::engine::vllm::LmcacheMode::Mp),
+                cpu: true,
+                cache_dir: Some(PathBuf::from("/lab/.kvlab/cache")),
+                max_model_len: Some(4096),
+                kv_cache_bytes: Some(20 << 20),
+                l1_cap_gb: Some(4.0),
+            },
+        };
+        let procs = lab::engine::vllm::vllm_processes(&spec, 18001, (18101, 18102)).unwrap();
+        let show = |program: &str, args: &[String], env: &std::collections::BTreeMap<String, String>| {
+            no_secret(args);
+            let env: Vec<String> = env
+                .iter()
+                .map(|(k, v)| if k == "HF_TOKEN" { format!("{k}=<from .env>") } else { format!("{k}={v}") })
+                .collect();
+            format!("env: {}\n{} {}\n", env.join(" "), program, args.join(" "))
+        };
+        all.push_str(&format!("## {tier}\n"));
+        if let Some((server, cmd)) = &procs.lmcache {
+            assert_eq!(server.metrics_url(), "http://127.0.0.1:18102/metrics");
+            all.push_str(&format!("lmcache: {}", show(&cmd.program, &cmd.args, &cmd.env)));
+        }
+        let v = &procs.vllm;
+        all.push_str(&format!("vllm: {}\n", show(&v.program, &v.args, &v.env)));
+    }
+    insta::assert_snapshot!(all);
 }

@@ -37,6 +37,7 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
         python: None,
         emulator: EmulatorRunSettings::default(),
         profile: None,
+        vllm: Default::default(),
     }
 }
 

@@ -55,7 +55,7 @@ fn unknown_model_lists_the_known_ones() {
          (configs/models.toml) knows: llama-3-8b (meta-llama/Meta-Llama-3-8B-Instruct), llama-3-70b-tp4 \
          (meta-llama/Meta-Llama-3-70B-Instruct), llama-3-70b-tp8 (meta-llama/Meta-Llama-3-70B-Instruct), \
          qwen3-8b (Qwen/Qwen3-8B), mistral-7b (mistralai/Mistral-7B-Instruct-v0.3), tiny-llama \
-         (kvlab/tiny-llama-gguf)",
+         (kvlab/tiny-llama-gguf), tiny-llama-hf (kvlab/tiny-llama-hf)",
     );
 }
 

@@ -70,7 +70,7 @@ fn a_bad_point_submits_nothing_and_names_point_file_line_and_key() {
          for engine `vllm`; the model registry (configs/models.toml) knows: llama-3-8b \
          (meta-llama/Meta-Llama-3-8B-Instruct), llama-3-70b-tp4 (meta-llama/Meta-Llama-3-70B-Instruct), \
          llama-3-70b-tp8 (meta-llama/Meta-Llama-3-70B-Instruct), qwen3-8b (Qwen/Qwen3-8B), mistral-7b \
-         (mistralai/Mistral-7B-Instruct-v0.3), tiny-llama (kvlab/tiny-llama-gguf) (column 3)",
+         (mistralai/Mistral-7B-Instruct-v0.3), tiny-llama (kvlab/tiny-llama-gguf), tiny-llama-hf (kvlab/tiny-llama-hf) (column 3)",
     );
     check_plan(
         &MATRIX.replace("engine = \"vllm\"", "engine = \"external\""),

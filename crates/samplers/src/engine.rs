@@ -17,6 +17,9 @@ pub struct EngineMetricsConfig {
     /// Keep only metrics whose name starts with one of these prefixes (`vllm:`, `lmcache:`);
     /// empty keeps everything.
     pub prefixes: Vec<String>,
+    /// The sampler's name, and so its file (`<name>.csv`): `engine` for the engine, the
+    /// sidecar's name (`lmcache`) for a process beside it.
+    pub name: String,
 }
 
 impl EngineMetricsConfig {
@@ -27,6 +30,7 @@ impl EngineMetricsConfig {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             prefixes: Vec::new(),
+            name: "engine".to_owned(),
         }
     }
 }
@@ -89,7 +93,7 @@ impl EngineMetricsSampler {
 
 impl Sampler for EngineMetricsSampler {
     fn name(&self) -> &str {
-        "engine"
+        &self.config.name
     }
 
     fn columns(&self) -> Vec<String> {

@@ -116,7 +116,7 @@ impl Launcher for EmulatedLauncher {
                 &spec.secrets,
             )
             .await?;
-            Ok(RunningEngine { base_url, pid: None, guard: Guard::InProcess(guard) })
+            Ok(RunningEngine { base_url, pid: None, guard: Guard::InProcess(guard), sidecars: Vec::new() })
         })
     }
 }

@@ -167,7 +167,12 @@ impl Launcher for LlamacppLauncher {
             let base_url = format!("http://127.0.0.1:{port}");
             process::wait_ready("llamacpp", &base_url, spec.ready_timeout, &mut guard, &log, &spec.secrets)
                 .await?;
-            Ok(RunningEngine { base_url, pid: guard.pid(), guard: Guard::Process(guard) })
+            Ok(RunningEngine {
+                base_url,
+                pid: guard.pid(),
+                guard: Guard::Process(guard),
+                sidecars: Vec::new(),
+            })
         })
     }
 }

