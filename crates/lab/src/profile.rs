@@ -362,6 +362,7 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
                         .secrets
                         .hf_token()
                         .map(|_| crate::engine::docker::secret_env_path(&spec.run_id)),
+                    lmcache_mp_port: None,
                 },
             );
             Some(container_command(&run, spec.profile.as_ref(), &spec.run_dir))

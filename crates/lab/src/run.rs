@@ -97,6 +97,8 @@ pub struct BenchOptions {
     /// `num_gpu_blocks`), for every tier (`--gpu-blocks`); a baseline point's `cache_sizes`
     /// sets it too.
     pub gpu_blocks: Option<u64>,
+    /// The emulator's KV block size in tokens (`--block-size`), to run the cache of a given vLLM.
+    pub block_size: Option<u32>,
     pub ready_timeout: Duration,
     /// Show the load generator's progress bar.
     pub progress: bool,
@@ -140,6 +142,7 @@ impl BenchOptions {
             vllm_model_dir: std::env::var_os("KVLAB_VLLM_MODEL").map(PathBuf::from),
             lmcache_mode: crate::engine::vllm::LmcacheMode::Auto,
             gpu_blocks: None,
+            block_size: None,
             ready_timeout: Duration::from_secs(600),
             progress: true,
             profile: None,
@@ -673,7 +676,7 @@ pub(crate) async fn run_point(
     eprintln!("kvlab: {reason}");
     // An engine image says what it holds: the emulator in a container is still emulated.
     let image_traits = match (engine_kind, opts.image.as_deref()) {
-        (EngineKind::Docker, Some(image)) => engine::docker::image_traits(image),
+        (EngineKind::Docker | EngineKind::VllmDocker, Some(image)) => engine::docker::image_traits(image),
         _ => engine::docker::ImageTraits::default(),
     };
     // So does a server: kvlab's emulator behind `--engine external` says it is one.
@@ -700,8 +703,11 @@ pub(crate) async fn run_point(
             path.file_stem().map_or("tiny".to_owned(), |s| s.to_string_lossy().into_owned())
         }
         (EngineKind::Llamacpp, None) if opts.model.is_none() => "tiny".to_owned(),
-        (EngineKind::Vllm, _)
-            if opts.model.is_none() && !probe.nvidia_gpu && point.model == DEFAULT_MODEL =>
+        (EngineKind::Vllm | EngineKind::VllmDocker, _)
+            if opts.model.is_none()
+                && (engine_kind == EngineKind::Vllm || image_traits.cpu)
+                && !probe.nvidia_gpu
+                && point.model == DEFAULT_MODEL =>
         {
             eprintln!(
                 "kvlab: no NVIDIA GPU, so vLLM's CPU build serves the lab's tiny model `{VLLM_CPU_MODEL}` \
@@ -719,7 +725,9 @@ pub(crate) async fn run_point(
         .registry_name
         .as_deref()
         .and_then(|name| costmodel::Registry::builtin().model(name).ok().cloned());
-    let vllm_cpu = engine_kind == EngineKind::Vllm && !probe.nvidia_gpu;
+    // vLLM's CPU build: the local process without a GPU, or an image that says it is one.
+    let vllm_cpu = (engine_kind == EngineKind::Vllm && !probe.nvidia_gpu)
+        || (engine_kind == EngineKind::VllmDocker && image_traits.cpu);
     sizing.gpu_blocks = opts.gpu_blocks.or(sizing.gpu_blocks).or_else(|| {
         (vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL))
             .then_some(VLLM_CPU_DEFAULT_BLOCKS)
@@ -727,10 +735,17 @@ pub(crate) async fn run_point(
     let lmcache_mode = (matches!(engine_kind, EngineKind::Vllm | EngineKind::VllmDocker)
         && point.tier != Tier::Baseline)
         .then(|| opts.lmcache_mode.resolve(probe.nvidia_gpu));
-    if lmcache_mode == Some(crate::engine::vllm::LmcacheMode::Mp) && engine_kind == EngineKind::VllmDocker {
+    use crate::engine::vllm::LmcacheMode;
+    // The CPU image runs LMCache's server in the container, also on a host with a GPU.
+    let lmcache_mode = lmcache_mode.map(|m| match m {
+        LmcacheMode::InProcess if vllm_cpu && opts.lmcache_mode == LmcacheMode::Auto => LmcacheMode::Mp,
+        m => m,
+    });
+    if lmcache_mode == Some(LmcacheMode::Mp) && engine_kind == EngineKind::VllmDocker && !image_traits.cpu {
         return Err(LabError::Invalid(
-            "--lmcache-mode mp runs LMCache's server beside vLLM as a local process; with \
-             --engine vllm-docker use --lmcache-mode in-process, or --engine vllm"
+            "--lmcache-mode mp with --engine vllm-docker needs an image that starts LMCache's server \
+             beside vLLM (kvlab/vllm-cpu, label kvlab.device=cpu); use --lmcache-mode in-process, or \
+             --engine vllm"
                 .to_owned(),
         ));
     }
@@ -890,6 +905,7 @@ pub(crate) async fn run_point(
             conversation_aware_eviction: point.conversation_aware_eviction,
             redis_url: redis_url.clone(),
             seed: workload.seed,
+            block_size: opts.block_size,
         },
         profile: opts.profile,
         vllm: crate::engine::vllm::VllmRunSettings {
@@ -901,7 +917,7 @@ pub(crate) async fn run_point(
                 opts.vllm_model_dir.clone().unwrap_or_else(|| opts.root.join(".kvlab/models/tiny-llama-hf"))
             }),
             lmcache_mode,
-            cpu: !probe.nvidia_gpu,
+            cpu: vllm_cpu,
             cache_dir: Some(opts.root.join(".kvlab/cache")),
             max_model_len: registry_model.as_ref().filter(|_| vllm_cpu).map(|m| m.max_model_len),
             // Twice the blocks the run asks for, in vLLM's CPU blocks, at least 16 MiB.
@@ -914,12 +930,9 @@ pub(crate) async fn run_point(
             l1_cap_gb: Some(crate::engine::vllm::l1_cap_gb()),
         },
     };
-    if let Some(dir) = spec
-        .vllm
-        .model_dir
-        .as_ref()
-        .filter(|d| engine_kind == EngineKind::Vllm && !d.join("config.json").is_file())
-    {
+    if let Some(dir) = spec.vllm.model_dir.as_ref().filter(|d| {
+        matches!(engine_kind, EngineKind::Vllm | EngineKind::VllmDocker) && !d.join("config.json").is_file()
+    }) {
         return Err(LabError::Invalid(format!(
             "model `{VLLM_CPU_MODEL}` is generated by the lab and {} has none; `cargo xtask ci` makes it \
              (with the vLLM venv), or point KVLAB_VLLM_MODEL at such a folder",

@@ -56,10 +56,16 @@ fn docker_args_per_tier() {
                     pipeline_parallel: 1,
                     gpu_memory_utilization: cfg.vllm.gpu_memory_utilization,
                     gpu_blocks: None,
+                    served_name: None,
+                    cpu: false,
+                    max_model_len: None,
+                    kv_cache_bytes: None,
+                    lmcache_mp_port: None,
                 }),
                 lmcache_yaml: has_lmcache.then(|| PathBuf::from("/results/run/lmcache.yaml")),
                 engine_env: Some(PathBuf::from("/results/run/engine.env")),
                 disk_dir: (tier == Tier::Disk).then(|| PathBuf::from("/results/run/kvcache")),
+                model_dir: None,
                 env_file: secrets.env_file().map(|_| PathBuf::from("/run/user/1000/kvlab-run.env")),
                 host_network: tier == Tier::Redis,
             };
@@ -82,6 +88,7 @@ fn docker_args_per_tier() {
         lmcache_yaml: None,
         engine_env: Some(PathBuf::from("/results/run/engine.env")),
         disk_dir: None,
+        model_dir: None,
         env_file: None,
         host_network: false,
     };
@@ -112,6 +119,7 @@ fn engine_env_per_tier() {
             redis_url: (tier == Tier::Redis).then(|| "redis://127.0.0.1:6379".to_owned()),
             gpu_type: Some("H100".into()),
             seed: 7,
+            lmcache_server_args: None,
         };
         all.push_str(&format!("## {tier}\n{}\n", engine_env(&env).unwrap()));
     }
@@ -126,6 +134,7 @@ fn engine_env_per_tier() {
         redis_url: None,
         gpu_type: None,
         seed: 0,
+        lmcache_server_args: None,
     };
     all.push_str(&format!("## a quote\n{}\n", engine_env(&bad).unwrap_err()));
     insta::assert_snapshot!(all);

