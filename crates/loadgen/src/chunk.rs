@@ -27,11 +27,15 @@ impl Chunk {
         serde_json::from_str(data)
     }
 
-    /// True when `choices[0]` carries generated content: `text` for completions, `delta.content`
-    /// (or a reasoning field) for chat. A role-only chat delta is not content.
+    /// True when `choices[0]` is a token arrival: generated content (`text` for completions,
+    /// `delta.content` or a reasoning field for chat), or a completion `text` that is empty but
+    /// does not end the stream. vLLM sends the latter for a token whose bytes end inside a UTF-8
+    /// character (its text follows with a later token), and `vllm bench serve` counts it as a
+    /// token too. Not content: a role-only chat delta, and an empty completion chunk that carries
+    /// the `finish_reason` (OpenAI and llama.cpp close a stream with one after the last token).
     pub(crate) fn has_content(&self) -> bool {
         self.choices.0.as_ref().is_some_and(|c| {
-            c.text.0
+            c.text.is_some_and(|t| t.0 || c.finish_reason.is_none())
                 || c.delta.as_ref().is_some_and(|d| d.content.0 || d.reasoning_content.0 || d.reasoning.0)
         })
     }
@@ -60,8 +64,9 @@ pub(crate) struct PromptTokensDetails {
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Choice {
+    /// `None`: absent or `null` (a chat chunk).
     #[serde(default)]
-    text: NonEmpty,
+    text: Option<NonEmpty>,
     #[serde(default)]
     delta: Option<Delta>,
     #[serde(default)]
@@ -156,6 +161,15 @@ mod tests {
         check(
             r#"{"choices":[{"text":"","finish_reason":"length"}]}"#,
             "content=false finished=true completion=None prompt=None cached=None error=false",
+        );
+        // vLLM: a token whose text is held back (it ends inside a UTF-8 character).
+        check(
+            r#"{"choices":[{"index":0,"text":"","logprobs":null,"finish_reason":null,"stop_reason":null}]}"#,
+            "content=true finished=false completion=None prompt=None cached=None error=false",
+        );
+        check(
+            r#"{"choices":[{"text":null}]}"#,
+            "content=false finished=false completion=None prompt=None cached=None error=false",
         );
         check(
             r#"{"choices":[{"text":"\n\"é\u00e9"}]}"#,

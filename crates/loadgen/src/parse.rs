@@ -54,7 +54,8 @@ pub fn sse_stream(reads: &[&[u8]], cfg: &LoadgenConfig) -> StreamReport {
 /// The parts of one OpenAI streaming chunk (the `data` of one event) the client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkReport {
-    /// `choices[0]` carries generated text (a role-only chat delta does not).
+    /// `choices[0]` is a token arrival: generated text, or an empty completion text that does
+    /// not carry the `finish_reason` (a role-only chat delta is not one).
     pub has_content: bool,
     /// `choices[0].finish_reason` is set.
     pub is_finished: bool,
