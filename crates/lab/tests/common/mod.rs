@@ -150,7 +150,8 @@ pub(crate) fn llamacpp_options(root: &Path, tier: lab::config::Tier) -> lab::run
     opts
 }
 
-pub(crate) const VLLM_SETUP: &str = "run `cargo xtask ci` (it installs vLLM's CPU wheel and LMCache with uv into the \
+pub(crate) const VLLM_SETUP: &str =
+    "run `cargo xtask ci` (it installs vLLM's CPU wheel and LMCache with uv into the \
                      lab's cache, generates the tiny Llama folder with crates/lab/python/gen_hf_model.py, \
                      and exports KVLAB_VLLM_PYTHON and KVLAB_VLLM_MODEL)";
 
