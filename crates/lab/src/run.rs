@@ -86,7 +86,7 @@ pub struct BenchOptions {
     pub model_path: Option<PathBuf>,
     pub python: Option<PathBuf>,
     /// vLLM's Python (`KVLAB_VLLM_PYTHON`, else the lab's venv `.kvlab/vllm-venv` when it
-    /// exists, else `vllm` on PATH).
+    /// exists); `None`: `vllm serve` from PATH.
     pub vllm_python: Option<PathBuf>,
     /// The folder of the lab's generated model for vLLM (`KVLAB_VLLM_MODEL`, else
     /// `.kvlab/models/tiny-llama-hf`).
@@ -111,8 +111,10 @@ impl BenchOptions {
     /// Defaults for everything but the root and the tier; environment variables
     /// (`KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`) fill what they name.
     pub fn new(root: impl Into<PathBuf>, tier: Tier) -> BenchOptions {
+        let root: PathBuf = root.into();
+        let lab_venv = root.join(".kvlab/vllm-venv/bin/python");
         BenchOptions {
-            root: root.into(),
+            root,
             tier,
             engine: EngineKind::Auto,
             model: None,
@@ -138,7 +140,10 @@ impl BenchOptions {
             redis_url: std::env::var("KVLAB_REDIS_URL").ok().filter(|v| !v.is_empty()),
             python: std::env::var_os("KVLAB_PYTHON").map(PathBuf::from),
             model_path: std::env::var_os("KVLAB_LLAMACPP_MODEL").map(PathBuf::from),
-            vllm_python: std::env::var_os("KVLAB_VLLM_PYTHON").map(PathBuf::from),
+            vllm_python: std::env::var_os("KVLAB_VLLM_PYTHON")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| lab_venv.is_file().then_some(lab_venv)),
             vllm_model_dir: std::env::var_os("KVLAB_VLLM_MODEL").map(PathBuf::from),
             lmcache_mode: crate::engine::vllm::LmcacheMode::Auto,
             gpu_blocks: None,
@@ -909,10 +914,7 @@ pub(crate) async fn run_point(
         },
         profile: opts.profile,
         vllm: crate::engine::vllm::VllmRunSettings {
-            python: opts.vllm_python.clone().or_else(|| {
-                let p = opts.root.join(".kvlab/vllm-venv/bin/python");
-                p.is_file().then_some(p)
-            }),
+            python: opts.vllm_python.clone(),
             model_dir: (placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL)).then(|| {
                 opts.vllm_model_dir.clone().unwrap_or_else(|| opts.root.join(".kvlab/models/tiny-llama-hf"))
             }),

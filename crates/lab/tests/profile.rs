@@ -610,6 +610,8 @@ fn vllm_process_command_under_profiling() {
         let mut opts = lab::run::BenchOptions::new(ws.path(), tier);
         opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
         opts.redis_url = None;
+        // `vllm serve` from PATH, as on a GPU machine (not a venv that KVLAB_VLLM_PYTHON names).
+        opts.vllm_python = None;
         let spec = lab::profile::planned_spec(&opts, EngineKind::Vllm, run_dir).unwrap();
         let cmd = lab::profile::planned_engine_command(&spec, "docker", 18000).unwrap();
         assert_eq!(cmd.args[cmd.args.len() - 2..], lab::profile::vllm_process_args(&spec)[..]);
