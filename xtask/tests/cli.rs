@@ -186,6 +186,8 @@ fn profile_dry_run_prints_the_exact_commands_and_starts_nothing() {
             .env("PATH", path_with(&bin))
             .env("KVLAB_ROOT", &root)
             .env_remove("HF_TOKEN")
+            // `vllm serve` from PATH, as on a GPU machine: not the venv `cargo xtask ci` names.
+            .env_remove("KVLAB_VLLM_PYTHON")
             .env_remove("CARGO_TARGET_DIR")
             .output()
             .unwrap();
