@@ -737,15 +737,12 @@ pub(crate) async fn run_point(
         (vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL))
             .then_some(VLLM_CPU_DEFAULT_BLOCKS)
     });
+    use crate::engine::vllm::LmcacheMode;
+    // `auto` follows the build that runs: vLLM's CPU build (the process without a GPU, or the
+    // CPU image on any host) gets LMCache's server, a GPU build the in-process connector.
     let lmcache_mode = (matches!(engine_kind, EngineKind::Vllm | EngineKind::VllmDocker)
         && point.tier != Tier::Baseline)
-        .then(|| opts.lmcache_mode.resolve(probe.nvidia_gpu));
-    use crate::engine::vllm::LmcacheMode;
-    // The CPU image runs LMCache's server in the container, also on a host with a GPU.
-    let lmcache_mode = lmcache_mode.map(|m| match m {
-        LmcacheMode::InProcess if vllm_cpu && opts.lmcache_mode == LmcacheMode::Auto => LmcacheMode::Mp,
-        m => m,
-    });
+        .then(|| opts.lmcache_mode.resolve(probe.nvidia_gpu && !vllm_cpu));
     if lmcache_mode == Some(LmcacheMode::Mp) && engine_kind == EngineKind::VllmDocker && !image_traits.cpu {
         return Err(LabError::Invalid(
             "--lmcache-mode mp with --engine vllm-docker needs an image that starts LMCache's server \

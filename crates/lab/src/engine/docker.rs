@@ -602,15 +602,7 @@ impl Launcher for DockerLauncher {
                 } else {
                     (CONTAINER_LMCACHE_PORT, CONTAINER_LMCACHE_HTTP_PORT)
                 };
-                let redis = spec.emulator.redis_url.as_deref().map(|url| (url, spec.run_id.as_str()));
-                super::vllm::LmcacheServer::for_tier(
-                    spec.tier.tier,
-                    spec.lmcache.as_ref(),
-                    ports,
-                    CONTAINER_DISK_DIR,
-                    redis,
-                    spec.vllm.l1_cap_gb.unwrap_or(f64::INFINITY),
-                )?
+                super::vllm::LmcacheServer::for_spec(spec, ports, CONTAINER_DISK_DIR)?
             } else {
                 None
             };

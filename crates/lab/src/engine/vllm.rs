@@ -38,7 +38,7 @@ pub const DEFAULT_CHUNK_TOKENS: u32 = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LmcacheMode {
-    /// mp without an NVIDIA GPU, in-process with one.
+    /// mp for vLLM's CPU build, in-process for its GPU build.
     Auto,
     /// `lmcache server` beside vLLM, `LMCacheMPConnector`.
     Mp,
@@ -58,10 +58,10 @@ impl LmcacheMode {
     /// `auto` for a host: LMCache 0.5 documents two integrations. The in-process connector is
     /// the simple single-node one and needs a CUDA device (on a CPU build of vLLM it "stores
     /// nothing": no CPU connector, degraded mode); the multi-process server works on both and is
-    /// the one that runs on a CPU machine. So: with an NVIDIA GPU in-process, without one mp.
-    pub fn resolve(self, nvidia_gpu: bool) -> LmcacheMode {
+    /// the one that runs on a CPU machine. So: vLLM's GPU build in-process, its CPU build mp.
+    pub fn resolve(self, gpu_build: bool) -> LmcacheMode {
         match self {
-            LmcacheMode::Auto if nvidia_gpu => LmcacheMode::InProcess,
+            LmcacheMode::Auto if gpu_build => LmcacheMode::InProcess,
             LmcacheMode::Auto => LmcacheMode::Mp,
             other => other,
         }
@@ -217,6 +217,12 @@ impl LmcacheServer {
         let wanted = number("max_local_cpu_size").unwrap_or(1.0);
         let wanted = if tier == Tier::Cpu { wanted } else { wanted.min(1.0) };
         let l1_size_gb = (wanted.min(l1_cap_gb) * 100.0).round().max(10.0) / 100.0;
+        if tier == Tier::Cpu && l1_size_gb < wanted {
+            eprintln!(
+                "kvlab: LMCache's DRAM tier is {l1_size_gb} GB, not the {wanted} GB the tier asks for: an eighth \
+                 of this machine's available memory (the server allocates it all at start)"
+            );
+        }
         let l2 = match tier {
             Tier::Baseline => return Ok(None),
             Tier::Cpu => None,
@@ -232,6 +238,15 @@ impl LmcacheServer {
             }
         };
         Ok(Some(LmcacheServer { port: ports.0, http_port: ports.1, chunk_size, l1_size_gb, l2 }))
+    }
+
+    /// [`LmcacheServer::for_tier`] for a run: its tier and LMCache settings, the run's Redis
+    /// database with the run id as key prefix, the DRAM cap of the run, `disk_dir` as the engine
+    /// sees the disk tier's directory. One place for the local server and the container's.
+    pub fn for_spec(spec: &LaunchSpec, ports: (u16, u16), disk_dir: &str) -> Result<Option<LmcacheServer>> {
+        let redis = spec.emulator.redis_url.as_deref().map(|url| (url, spec.run_id.as_str()));
+        let cap = spec.vllm.l1_cap_gb.unwrap_or(f64::INFINITY);
+        LmcacheServer::for_tier(spec.tier.tier, spec.lmcache.as_ref(), ports, disk_dir, redis, cap)
     }
 
     /// The arguments after `lmcache server`.
@@ -414,24 +429,7 @@ pub fn vllm_processes(spec: &LaunchSpec, port: u16, lmcache_ports: (u16, u16)) -
     let (connector, yaml, server) = match (offload, mode) {
         (false, _) => (Connector::None, None, None),
         (true, LmcacheMode::Mp) => {
-            let redis = spec.emulator.redis_url.as_deref().map(|url| (url, spec.run_id.as_str()));
-            let cap = settings.l1_cap_gb.unwrap_or(f64::INFINITY);
-            let server = LmcacheServer::for_tier(
-                spec.tier.tier,
-                spec.lmcache.as_ref(),
-                lmcache_ports,
-                &disk_dir,
-                redis,
-                cap,
-            )?;
-            if let Some(s) = server.as_ref().filter(|s| s.l1_size_gb < wanted_l1(spec)) {
-                eprintln!(
-                    "kvlab: LMCache's DRAM tier is {} GB, not the {} GB the tier asks for: an eighth of this \
-                     machine's available memory (the server allocates it all at start)",
-                    s.l1_size_gb,
-                    wanted_l1(spec)
-                );
-            }
+            let server = LmcacheServer::for_spec(spec, lmcache_ports, &disk_dir)?;
             (Connector::Mp { port: lmcache_ports.0 }, None, server)
         }
         (true, _) => (Connector::InProcess, write_lmcache_yaml(spec, &disk_dir)?, None),
@@ -476,15 +474,6 @@ pub(crate) fn l1_cap_gb() -> f64 {
         })
         .unwrap_or(4.0 * 1024.0 * 1024.0);
     available_kb * 1024.0 / 1e9 / 8.0
-}
-
-/// The DRAM tier the cpu tier's settings ask for, in GB.
-fn wanted_l1(spec: &LaunchSpec) -> f64 {
-    match spec.lmcache.as_ref().and_then(|l| l.get("max_local_cpu_size")) {
-        Some(LmValue::Float(f)) if spec.tier.tier == Tier::Cpu => *f,
-        Some(LmValue::Int(i)) if spec.tier.tier == Tier::Cpu => *i as f64,
-        _ => 0.0,
-    }
 }
 
 pub(crate) struct VllmLauncher;
