@@ -420,7 +420,8 @@ pub struct VllmProcesses {
 
 /// What a local vLLM run starts for `spec` on `port`, with LMCache's server on `lmcache_ports`
 /// (its ZMQ port, its HTTP port) where the tier and mode need one. Writes `lmcache.yaml` for
-/// the in-process mode. One function for the launcher and `profile --dry-run`.
+/// the in-process mode. What the launcher starts (and the command-line snapshots show); the
+/// profiler's dry run builds its GPU `vllm serve` line from [`VllmServe`] directly.
 pub fn vllm_processes(spec: &LaunchSpec, port: u16, lmcache_ports: (u16, u16)) -> Result<VllmProcesses> {
     let settings = &spec.vllm;
     let mode = settings.lmcache_mode.unwrap_or(LmcacheMode::InProcess);
