@@ -1,7 +1,7 @@
 //! The experiment matrix on Slurm. The pure parts (plan validation, batch script, sbatch
 //! arguments) always run; the rest runs against a REAL Slurm cluster (`cargo xtask slurm up
 //! --nodes 2`, exported through `SLURM_CONF`; `cargo xtask ci` does both) and fails naming Slurm
-//! when there is none, unless `KVLAB_SKIP_SLURM=1` is set explicitly.
+//! when there is none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -191,20 +191,10 @@ fn points_per_task_packs_points_and_keeps_the_task_ids() {
 
 // ---- against the real cluster ------------------------------------------------------------------
 
-/// The running cluster, or `None` when `KVLAB_SKIP_SLURM=1` (printed). Panics naming Slurm when
-/// no cluster is reachable.
-fn cluster() -> Option<ClusterHandle> {
-    if std::env::var("KVLAB_SKIP_SLURM").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: Slurm cluster tests (KVLAB_SKIP_SLURM=1)");
-        return None;
-    }
-    let conf = std::env::var_os("SLURM_CONF").map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "Slurm: SLURM_CONF is not set. These tests need a running Slurm cluster: \
-             `cargo xtask slurm up --nodes 2` and export the SLURM_CONF it prints \
-             (`cargo xtask ci` does both), or set KVLAB_SKIP_SLURM=1 to skip them explicitly"
-        )
-    });
+/// The running cluster (`testkit::services::slurm_conf`). Panics naming Slurm when no cluster
+/// is reachable.
+fn cluster() -> ClusterHandle {
+    let conf = testkit::services::slurm_conf();
     let nodes = cluster::client(&conf, "sinfo", &["-h", "-N", "-o", "%N %T"]).unwrap_or_else(|e| {
         panic!("Slurm: the cluster of SLURM_CONF={} does not answer: {e}", conf.display())
     });
@@ -217,7 +207,7 @@ fn cluster() -> Option<ClusterHandle> {
     let dir = conf.parent().and_then(Path::parent).expect("SLURM_CONF is <dir>/etc/slurm.conf");
     let mut handle = ClusterHandle::at(dir);
     handle.nodes = nodes;
-    Some(handle)
+    handle
 }
 
 /// Cancels whatever a test submitted, on every path.
@@ -249,8 +239,8 @@ fn submit_file(
 /// Half a node's CPUs per task: 2 tasks per node, so 6 tasks spread over both nodes whatever
 /// the host's core count.
 fn two_per_node() -> SlurmSettings {
-    let conf = std::env::var_os("SLURM_CONF").expect("cluster() checked SLURM_CONF");
-    let cpus = cluster::client(Path::new(&conf), "sinfo", &["-h", "-N", "-o", "%c"]).unwrap();
+    let conf = testkit::services::slurm_conf();
+    let cpus = cluster::client(&conf, "sinfo", &["-h", "-N", "-o", "%c"]).unwrap();
     let cpus = cpus.lines().filter_map(|l| l.trim().parse::<u32>().ok()).min().unwrap();
     SlurmSettings { cpus_per_task: Some((cpus / 2).max(1)), ..Default::default() }
 }
@@ -292,7 +282,7 @@ fn assert_requests_counted_once(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_points_on_two_nodes_write_every_result_and_the_index() {
     let _turn = CLUSTER.lock().await;
-    let Some(_cluster) = cluster() else { return };
+    let _cluster = cluster();
     let ws = workspace();
     let text = std::fs::read_to_string(repo().join("configs/experiments/smoke.toml")).unwrap();
     let start = Instant::now();
@@ -356,7 +346,7 @@ workloads = ["shared-prefix", "multi-turn", "random"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_point_is_named_with_its_log_and_resume_runs_only_the_missing_points() {
     let _turn = CLUSTER.lock().await;
-    let Some(_cluster) = cluster() else { return };
+    let _cluster = cluster();
     let ws = workspace();
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://127.0.0.1:{}", dead.local_addr().unwrap().port());
@@ -458,7 +448,7 @@ async fn started(root: &Path, n: usize, node: Option<&str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_leaves_nothing_in_squeue_and_no_engine() {
     let _turn = CLUSTER.lock().await;
-    let Some(_cluster) = cluster() else { return };
+    let _cluster = cluster();
     let ws = workspace();
     let (sub, _guard) = submit_file(ws.path(), &long_points("interrupt", 400), two_per_node(), None);
     let root = sub.root.clone();
@@ -475,8 +465,8 @@ async fn cancelling_leaves_nothing_in_squeue_and_no_engine() {
     assert!(!outcome.complete());
     assert_eq!(outcome.queued, 0);
     let job = &sub.job_ids[0];
-    let conf = std::env::var_os("SLURM_CONF").unwrap();
-    let queued = cluster::client(Path::new(&conf), "squeue", &["-h", "-j", job]).unwrap_or_default();
+    let conf = testkit::services::slurm_conf();
+    let queued = cluster::client(&conf, "squeue", &["-h", "-j", job]).unwrap_or_default();
     assert_eq!(queued.trim(), "", "squeue still lists job {job}");
     // No runner (and so no engine: the emulated engine runs in the runner) outlives the cancel.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -504,7 +494,7 @@ impl Drop for RestartOnDrop<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_requeues_its_points_which_run_once_on_the_other_node() {
     let _turn = CLUSTER.lock().await;
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let ws = workspace();
     let (sub, _guard) = submit_file(ws.path(), &long_points("nodeloss", 120), two_per_node(), None);
     started(&sub.root, 1, Some("n2")).await;
@@ -562,33 +552,41 @@ cpus_per_task = 1
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kvlab_adds_at_most_a_second_to_a_bare_sbatch_wait() {
+async fn kvlab_adds_at_most_a_second_and_the_noise_to_a_bare_sbatch_wait() {
     let _turn = CLUSTER.lock().await;
-    let Some(_cluster) = cluster() else { return };
+    let _cluster = cluster();
     let ws = workspace();
     let file = ws.path().join("exp.toml");
     std::fs::write(&file, ONE_SECOND_POINTS).unwrap();
     let opts = options(ws.path(), &file);
     let cfg = submit_config(two_per_node());
-    // The better of two runs each way: the cluster's scheduling waves are about 1 s apart.
-    let mut best: Option<slurm::Overhead> = None;
-    for _ in 0..2 {
+    // The cluster schedules in waves about 1 s apart, so one run's time carries up to a wave of
+    // noise either way. Three rounds, each kvlab then bare (drift hits both alike); the medians
+    // are compared, and the bound is a second plus the spread the bare runs themselves show
+    // (the noise measured in this run), not the luckiest of several tries.
+    let mut runs = Vec::new();
+    for _ in 0..3 {
         let o = slurm::measure_overhead(&opts, &cfg).await.unwrap();
         eprintln!(
             "kvlab {:.2} s, bare sbatch --wait {:.2} s, bare sbatch + squeue every 100 ms {:.2} s",
             o.kvlab_s, o.bare_s, o.bare_polled_s
         );
-        best = Some(match best {
-            None => o,
-            Some(b) => slurm::Overhead {
-                kvlab_s: b.kvlab_s.min(o.kvlab_s),
-                bare_s: b.bare_s.min(o.bare_s),
-                bare_polled_s: b.bare_polled_s.min(o.bare_polled_s),
-            },
-        });
+        runs.push(o);
     }
-    let best = best.unwrap();
-    assert!(best.kvlab_s - best.bare_s <= 1.0, "kvlab adds {:.2} s ({best:?})", best.kvlab_s - best.bare_s);
+    let median = |f: fn(&slurm::Overhead) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (kvlab, bare) = (median(|o| o.kvlab_s), median(|o| o.bare_s));
+    let bare_spread = runs.iter().map(|o| o.bare_s).fold(f64::NEG_INFINITY, f64::max)
+        - runs.iter().map(|o| o.bare_s).fold(f64::INFINITY, f64::min);
+    assert!(
+        kvlab - bare <= 1.0 + bare_spread,
+        "kvlab adds {:.2} s at the median (kvlab {kvlab:.2} s, bare {bare:.2} s), more than 1 s plus the bare \
+         runs' spread {bare_spread:.2} s: {runs:?}",
+        kvlab - bare
+    );
 }
 
 #[test]

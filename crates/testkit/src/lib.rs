@@ -3,7 +3,8 @@
 //! [`edits`]: mutations of a valid input file, line by line, for the property tests of every parser
 //! of outside input ("no panic, and every error names the file, line and field").
 //! [`located`]: the one check of a reader's error, `FILE:LINE: FIELD: message`.
-//! [`services`]: the services `cargo xtask ci` starts (Redis), or a failure naming them.
+//! [`services`]: the services `cargo xtask ci` starts or installs (Redis, the Slurm cluster,
+//! libCacheSim), or a failure naming them.
 //! [`live`]: what a live run looks like from `/proc` and on disk, for the security and fault tests.
 
 pub mod services {
@@ -11,6 +12,8 @@ pub mod services {
     //! whose service is missing fails naming it.
 
     use std::net::TcpStream;
+    use std::path::PathBuf;
+    use std::process::Command;
     use std::time::Duration;
 
     /// The redis-server `cargo xtask ci` starts (`KVLAB_REDIS_URL`), checked to answer on TCP.
@@ -28,6 +31,48 @@ pub mod services {
         )
         .unwrap_or_else(|e| panic!("redis-server at {url} (KVLAB_REDIS_URL) is unreachable: {e}"));
         url
+    }
+
+    /// The configuration of the loopback Slurm cluster `cargo xtask ci` starts (`SLURM_CONF`),
+    /// checked to be a file. Whether the cluster answers is the caller's check (it runs `sinfo`).
+    pub fn slurm_conf() -> PathBuf {
+        let conf = std::env::var_os("SLURM_CONF").map(PathBuf::from).unwrap_or_else(|| {
+            panic!(
+                "Slurm: SLURM_CONF is unset: this test needs a running Slurm cluster (`cargo xtask ci` \
+                 starts one; by hand: `cargo xtask slurm up --nodes 2` and export the SLURM_CONF it prints)"
+            )
+        });
+        assert!(
+            conf.is_file(),
+            "Slurm: SLURM_CONF={} is not a file: this test needs a running Slurm cluster (`cargo xtask \
+             slurm up --nodes 2`)",
+            conf.display()
+        );
+        conf
+    }
+
+    /// The Python with libCacheSim's bindings (`libcachesim` from PyPI) that `cargo xtask ci`
+    /// installs in a venv of its own (`KVLAB_LIBCACHESIM_PYTHON`), checked to import them.
+    pub fn libcachesim_python() -> PathBuf {
+        let python = std::env::var_os("KVLAB_LIBCACHESIM_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+            panic!(
+                "libCacheSim: KVLAB_LIBCACHESIM_PYTHON is unset: this test needs a Python with libCacheSim's \
+                 bindings (`cargo xtask ci` makes that venv; by hand: `uv venv V && uv pip install --python \
+                 V/bin/python libcachesim` and KVLAB_LIBCACHESIM_PYTHON=V/bin/python)"
+            )
+        });
+        let import = Command::new(&python).args(["-c", "import libcachesim"]).output();
+        match import {
+            Ok(o) if o.status.success() => python,
+            Ok(o) => panic!(
+                "libCacheSim: {} (KVLAB_LIBCACHESIM_PYTHON) cannot import libcachesim: {}",
+                python.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => {
+                panic!("libCacheSim: {} (KVLAB_LIBCACHESIM_PYTHON) does not run: {e}", python.display())
+            }
+        }
     }
 }
 
