@@ -253,8 +253,12 @@ impl LmcacheConfig {
 
 fn strip_comment(line: &str) -> &str {
     let mut in_quote = None;
+    let mut escaped = false;
     for (i, c) in line.char_indices() {
         match (c, in_quote) {
+            // In a double-quoted scalar a backslash escapes the next character (`\"`).
+            _ if escaped => escaped = false,
+            ('\\', Some('"')) => escaped = true,
             ('"' | '\'', None) => in_quote = Some(c),
             (q, Some(open)) if q == open => in_quote = None,
             ('#', None) => return &line[..i],
@@ -266,7 +270,8 @@ fn strip_comment(line: &str) -> &str {
 
 fn parse_scalar(value: &str) -> LmValue {
     if let Some(s) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        return LmValue::Str(s.to_owned());
+        // YAML's double-quoted escapes, of which JSON's (what `to_yaml` writes) are a subset.
+        return LmValue::Str(serde_json::from_str(value).unwrap_or_else(|_| s.to_owned()));
     }
     if let Some(s) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
         return LmValue::Str(s.to_owned());

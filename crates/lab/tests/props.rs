@@ -1,9 +1,10 @@
 //! Property tests of the lab's readers of user files: experiment TOML, tier TOML and the
 //! LMCache YAML check. On any edit of the shipped files, no panic, and every error is
-//! `FILE:LINE: FIELD: message` with the line within the text.
+//! `FILE:LINE: FIELD: message` with the line within the text. The LMCache YAML has a writer too
+//! (`LmcacheConfig::to_yaml`, the file a run hands LMCache): what it writes reads back equal.
 
 use lab::config::{Experiment, Tier, TierConfig};
-use lab::lmcache::LmcacheConfig;
+use lab::lmcache::{LmValue, LmcacheConfig, Origin, KNOWN_KEYS};
 use proptest::prelude::*;
 use testkit::edits::{apply, edit};
 use testkit::located::check as check_error;
@@ -38,8 +39,34 @@ fn a_bad_lmcache_key_is_named() {
     );
 }
 
+/// An LMCache value of any type; strings of any characters (quotes, backslashes, `#`, control
+/// characters, non-ASCII), floats finite or infinite (NaN equals nothing, itself included).
+fn lm_value() -> impl Strategy<Value = LmValue> {
+    prop_oneof![
+        any::<bool>().prop_map(LmValue::Bool),
+        any::<i64>().prop_map(LmValue::Int),
+        any::<f64>().prop_filter("NaN is never equal", |f| !f.is_nan()).prop_map(LmValue::Float),
+        any::<String>().prop_map(LmValue::Str),
+        "(file://|redis://)[a-z/:0-9]{0,12}".prop_map(LmValue::Str),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+
+    /// Settings the checks accept, written by `to_yaml`, read back by `check_yaml`: equal.
+    #[test]
+    fn lmcache_yaml_round_trip(settings in prop::collection::vec((0..KNOWN_KEYS.len(), lm_value()), 0..12)) {
+        let origin = Origin { file: "gen", line: 1, table: None };
+        let mut config = LmcacheConfig::default();
+        for (key, value) in settings {
+            // A value of the wrong type for its key is refused here as in a file: not written.
+            let _ = config.set(KNOWN_KEYS[key], value, origin);
+        }
+        let yaml = config.to_yaml();
+        let back = LmcacheConfig::check_yaml("lm.yaml", &yaml).map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
+        prop_assert_eq!(back, config, "{}", yaml);
+    }
 
     #[test]
     fn edited_experiments(which in 0usize..2, edits in prop::collection::vec(edit(), 1..4)) {
