@@ -3,8 +3,7 @@
 //! The hot path: per-request state lives in the request's future, chunk times go into a `Vec`
 //! sized for `max_tokens`, chunk JSON is parsed without copying text, and nothing is sent
 //! anywhere per token. The response body is cut at SSE event boundaries before the event parser
-//! sees it, so a read that carries many events does not make the parser copy its buffer once per
-//! line (long, fast streams stay linear).
+//! ([`crate::sse`]) sees it, and the usual event is parsed in place, as a slice of the read.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -13,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
@@ -23,6 +21,7 @@ use workload::{ChatMessage, Prompt, Request};
 
 use crate::chunk::Chunk;
 use crate::config::{Api, LoadgenConfig};
+use crate::sse::{Events, NotUtf8};
 use crate::Error;
 
 /// Longest HTTP error body excerpt kept in a record, in bytes.
@@ -41,7 +40,9 @@ pub(crate) enum Endpoint {
     Chat,
 }
 
-/// The part of the configuration a request needs, with the model resolved.
+/// The part of the configuration a request needs, with the model resolved. Each worker thread
+/// has its own (see [`Client::for_worker`]), so that its connections live on its runtime.
+#[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
     completions_url: String,
@@ -74,13 +75,7 @@ impl Client {
     /// Builds the HTTP client and resolves the model (asking `GET /v1/models` when unset).
     pub(crate) async fn connect(cfg: &LoadgenConfig) -> Result<Client, Error> {
         let root = cfg.root_url()?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .http1_only()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(usize::MAX)
-            .build()
-            .map_err(Error::Client)?;
+        let http = http_client()?;
         let auth = match &cfg.api_key {
             Some(key) => {
                 let mut value =
@@ -112,6 +107,50 @@ impl Client {
             continuous_usage: cfg.continuous_usage,
             stop: cfg.stop.clone(),
         })
+    }
+
+    /// The same client with a connection pool of its own, for a worker thread: connections
+    /// are driven by the runtime that opened them, so each worker must open its own.
+    pub(crate) fn for_worker(&self) -> Result<Client, Error> {
+        Ok(Client { http: http_client()?, ..self.clone() })
+    }
+
+    /// Opens up to `n` connections (as many concurrent `GET /v1/models`, each read to its end)
+    /// and leaves them idle in the pool; returns how many answered. Any HTTP answer counts: the
+    /// connection is open.
+    pub(crate) async fn open_connections(&self, n: usize) -> u64 {
+        let url = self.completions_url.replace("/v1/completions", "/v1/models");
+        let mut answers: futures_util::stream::FuturesUnordered<_> = (0..n)
+            .map(|_| {
+                let mut req = self.http.get(url.as_str());
+                if let Some(auth) = &self.auth {
+                    req = req.header(AUTHORIZATION, auth.clone());
+                }
+                async move {
+                    let resp = tokio::time::timeout(self.stall_timeout, req.send()).await.ok()?.ok()?;
+                    // Read to the end (bounded) so that the connection goes back to the pool.
+                    let mut body = resp.bytes_stream();
+                    let mut read = 0usize;
+                    while let Some(Ok(piece)) = body.next().await {
+                        read += piece.len();
+                        if read > MAX_MODELS_BODY {
+                            break;
+                        }
+                    }
+                    Some(())
+                }
+            })
+            .collect();
+        let mut opened = 0;
+        while let Some(answer) = answers.next().await {
+            opened += u64::from(answer.is_some());
+        }
+        opened
+    }
+
+    /// Requests in flight end as `interrupted` when `stop` is cancelled.
+    pub(crate) fn set_stop(&mut self, stop: tokio_util::sync::CancellationToken) {
+        self.stop = Some(stop);
     }
 
     /// The model requests name.
@@ -166,14 +205,13 @@ impl Client {
 
     /// Sends `req` and follows its stream to the end. Never fails: a failure is classified in
     /// the record's `error`.
-    pub(crate) async fn send(&self, req: &Request, when: Timing) -> RequestRecord {
-        let endpoint = Client::endpoint(self.api, &req.prompt).unwrap_or(Endpoint::Completions);
-        let url = match endpoint {
+    pub(crate) async fn send(&self, req: &Prepared, when: Timing) -> RequestRecord {
+        let url = match req.endpoint {
             Endpoint::Completions => &self.completions_url,
             Endpoint::Chat => &self.chat_url,
         };
-        let body = self.body(req);
-        let mut builder = self.http.post(url.as_str()).header(CONTENT_TYPE, "application/json").body(body);
+        let mut builder =
+            self.http.post(url.as_str()).header(CONTENT_TYPE, "application/json").body(req.body.clone());
         if let Some(auth) = &self.auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
@@ -385,9 +423,10 @@ impl Partial {
         }
     }
 
+    /// The record, without `prompt_blocks` (the writer thread adds them).
     fn finish(
         self,
-        req: &Request,
+        req: &Prepared,
         when: Timing,
         sent: Instant,
         end: Instant,
@@ -395,10 +434,7 @@ impl Partial {
     ) -> RequestRecord {
         let sent_s = self.secs(sent);
         let (output_tokens, token_source) = self.output_tokens();
-        let prompt_tokens = self.prompt_tokens.or(match req.prompt {
-            Prompt::Tokens(_) => Some(req.prompt_len),
-            Prompt::Text(_) | Prompt::Chat(_) => None,
-        });
+        let prompt_tokens = self.prompt_tokens.or(req.known_prompt_tokens);
         RequestRecord {
             v: RECORD_VERSION,
             id: req.id,
@@ -413,12 +449,58 @@ impl Partial {
             cached_tokens: self.cached_tokens,
             token_source,
             error,
-            session: req.meta.session,
-            turn: req.meta.turn,
-            prompt_blocks: Some(prompt_blocks(&req.prompt)),
+            session: req.session,
+            turn: req.turn,
+            prompt_blocks: None,
             chunks: self.chunks,
         }
     }
+}
+
+/// A request ready to go: its body serialized and its prompt hashed when the run was prepared,
+/// so that nothing of it is computed on the path that takes timestamps.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) id: u64,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) body: Bytes,
+    pub(crate) max_tokens: u32,
+    /// A token-ID prompt's length: the prompt tokens when the server reports none.
+    pub(crate) known_prompt_tokens: Option<u32>,
+    pub(crate) session: Option<u64>,
+    pub(crate) turn: Option<u32>,
+    /// The record's `prompt_blocks`.
+    pub(crate) blocks: Vec<u64>,
+}
+
+impl Prepared {
+    pub(crate) fn new(client: &Client, req: &Request) -> Prepared {
+        Prepared {
+            id: req.id,
+            endpoint: Client::endpoint(client.api, &req.prompt).unwrap_or(Endpoint::Completions),
+            body: Bytes::from(client.body(req)),
+            max_tokens: req.max_tokens,
+            known_prompt_tokens: match req.prompt {
+                Prompt::Tokens(_) => Some(req.prompt_len),
+                Prompt::Text(_) | Prompt::Chat(_) => None,
+            },
+            session: req.meta.session,
+            turn: req.meta.turn,
+            blocks: prompt_blocks(&req.prompt),
+        }
+    }
+}
+
+/// The HTTP client of one worker: HTTP/1.1 (one stream per connection, as engines are measured),
+/// no proxy, no Nagle, every idle connection kept.
+fn http_client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .build()
+        .map_err(Error::Client)
 }
 
 /// The prompt's chained 16-token block hashes, as the cache simulator replays them: token ids as
@@ -754,39 +836,50 @@ where
 const DRAIN_AFTER_DONE: usize = 64 << 10;
 
 /// Follows an event stream to its end, recording into `st`.
-pub(crate) async fn follow<S, E>(body: GuardedBody<S>, st: &mut Partial) -> Result<(), RequestError>
+pub(crate) async fn follow<S, E>(mut body: GuardedBody<S>, st: &mut Partial) -> Result<(), RequestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: StdError,
 {
-    let mut events = body.eventsource();
+    let mut events = Events::default();
     let mut drained = 0usize;
-    while let Some(event) = events.next().await {
+    while let Some(piece) = body.next().await {
         let now = Instant::now();
-        if st.done {
-            // Drained after `[DONE]` so the connection goes back to the pool; whatever comes
-            // (or fails) now does not change the result, and is not read for long.
-            match event {
-                Ok(e) if drained < DRAIN_AFTER_DONE => drained += e.data.len() + 1,
-                _ => break,
-            }
-            continue;
-        }
-        let event = event.map_err(classify)?;
-        if event.data == "[DONE]" {
-            st.done = true;
-            st.end = Some(now);
-            continue;
-        }
-        let chunk = Chunk::parse(&event.data).map_err(|e| RequestError::MalformedEvent {
-            message: format!("{e} in event {:?}", excerpt(&event.data, EVENT_EXCERPT)),
-        })?;
-        if chunk.error.is_some() {
-            return Err(RequestError::StreamCut {
-                message: format!("server sent an error event: {}", excerpt(&event.data, EVENT_EXCERPT)),
+        let piece = match piece {
+            Ok(piece) => piece,
+            // Whatever fails after `[DONE]` does not change the result.
+            Err(_) if st.done => break,
+            Err(e) => return Err(classify(e)),
+        };
+        let mut failed = None;
+        let go_on = events
+            .feed(&piece, |data| {
+                if st.done {
+                    // Drained after `[DONE]` so the connection goes back to the pool; what comes
+                    // now does not change the result, and is not read for long.
+                    drained += data.len() + 1;
+                    return drained < DRAIN_AFTER_DONE;
+                }
+                match on_event(st, data, now) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(|NotUtf8| RequestError::MalformedEvent {
+                message: "invalid UTF-8 in the event stream".into(),
             });
+        if let Some(e) = failed {
+            return Err(e);
         }
-        st.on_chunk(&chunk, now);
+        match go_on {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(_) if st.done => break,
+            Err(e) => return Err(e),
+        }
     }
     if !st.done && !st.finish_reason {
         return Err(RequestError::StreamCut {
@@ -796,19 +889,37 @@ where
     Ok(())
 }
 
-fn classify<E: StdError>(e: EventStreamError<BodyError<E>>) -> RequestError {
+/// One event's data, before `[DONE]`.
+fn on_event(st: &mut Partial, data: &str, now: Instant) -> Result<(), RequestError> {
+    if data == "[DONE]" {
+        st.done = true;
+        st.end = Some(now);
+        return Ok(());
+    }
+    let chunk = Chunk::parse(data).map_err(|e| RequestError::MalformedEvent {
+        message: format!("{e} in event {:?}", excerpt(data, EVENT_EXCERPT)),
+    })?;
+    if chunk.error.is_some() {
+        return Err(RequestError::StreamCut {
+            message: format!("server sent an error event: {}", excerpt(data, EVENT_EXCERPT)),
+        });
+    }
+    st.on_chunk(&chunk, now);
+    Ok(())
+}
+
+fn classify<E: StdError>(e: BodyError<E>) -> RequestError {
     match e {
-        EventStreamError::Transport(BodyError::Stall(stall)) => {
+        BodyError::Stall(stall) => {
             RequestError::Timeout { message: format!("no data for the stall timeout of {}", secs(stall)) }
         }
-        EventStreamError::Transport(BodyError::Http(e)) => RequestError::StreamCut { message: chain(&e) },
-        EventStreamError::Transport(e @ (BodyError::EventTooLarge(_) | BodyError::BodyTooLarge(_))) => {
+        BodyError::Http(e) => RequestError::StreamCut { message: chain(&e) },
+        e @ (BodyError::EventTooLarge(_) | BodyError::BodyTooLarge(_)) => {
             RequestError::MalformedEvent { message: e.to_string() }
         }
-        EventStreamError::Transport(BodyError::Utf8) | EventStreamError::Utf8(_) => {
+        BodyError::Utf8 => {
             RequestError::MalformedEvent { message: "invalid UTF-8 in the event stream".into() }
         }
-        EventStreamError::Parser(e) => RequestError::MalformedEvent { message: format!("invalid SSE: {e}") },
     }
 }
 

@@ -23,6 +23,24 @@ pub enum Api {
     Chat,
 }
 
+/// Whether a run's connections are open before its clock starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connections {
+    /// A warm-up phase before the run clock starts opens the connections the run will use
+    /// (closed loop: its concurrency; open loop: `max_concurrency`, or without one the requests
+    /// due in the schedule's first second, at most [`MAX_WARM_CONNECTIONS`]), so that connection
+    /// set-up is not counted as the server's latency. Recorded in `summary.json`
+    /// (`connection_warmup`).
+    #[default]
+    Warm,
+    /// Every connection is opened by the request that needs it, and its set-up counts in that
+    /// request's TTFT (the cold-client view).
+    Cold,
+}
+
+/// Most connections the warm-up opens for an open loop without `max_concurrency`.
+pub const MAX_WARM_CONNECTIONS: usize = 1024;
+
 /// How to reach the engine and how to judge the run.
 ///
 /// Build with [`LoadgenConfig::new`] and adjust fields; the defaults suit vLLM and the emulator.
@@ -56,6 +74,12 @@ pub struct LoadgenConfig {
     pub continuous_usage: bool,
     /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// Worker threads, each with its own runtime and connections, merging their records at the
+    /// end (as oha does). `None`: one per core this process may run on (its CPU affinity), at
+    /// most one per request slot.
+    pub threads: Option<usize>,
+    /// Open the connections before the run clock starts, or not.
+    pub connections: Connections,
     /// The run fails when more than this fraction of the (non-warm-up) requests sent failed.
     /// A run with no completed request fails whatever this is.
     pub max_failed_fraction: f64,
@@ -70,8 +94,8 @@ pub struct LoadgenConfig {
 impl LoadgenConfig {
     /// Defaults: automatic API, discovered model, 30 min request timeout, 5 min stall timeout,
     /// events up to [`DEFAULT_MAX_EVENT_BYTES`], bodies up to [`DEFAULT_MAX_BODY_BYTES`],
-    /// `ignore_eos` and `min_tokens` sent, no continuous usage, progress bar on, no failure
-    /// tolerated.
+    /// `ignore_eos` and `min_tokens` sent, no continuous usage, progress bar on, one worker per
+    /// core, warm connections, no failure tolerated.
     pub fn new(base_url: impl Into<String>) -> LoadgenConfig {
         LoadgenConfig {
             base_url: base_url.into(),
@@ -86,6 +110,8 @@ impl LoadgenConfig {
             send_min_tokens: true,
             continuous_usage: false,
             progress: true,
+            threads: None,
+            connections: Connections::Warm,
             max_failed_fraction: 0.0,
             summary: stats::SummaryConfig::default(),
             stop: None,
@@ -126,6 +152,8 @@ impl fmt::Debug for LoadgenConfig {
             .field("send_min_tokens", &self.send_min_tokens)
             .field("continuous_usage", &self.continuous_usage)
             .field("progress", &self.progress)
+            .field("threads", &self.threads)
+            .field("connections", &self.connections)
             .field("max_failed_fraction", &self.max_failed_fraction)
             .field("summary", &self.summary)
             .finish()

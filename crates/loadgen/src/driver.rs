@@ -17,18 +17,22 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use serde::Serialize;
 use stats::{RequestRecord, Summary};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use workload::{Mode, Plan};
 
-use crate::client::{Client, Timing};
-use crate::config::LoadgenConfig;
+use crate::client::{Client, Prepared, Timing};
+use crate::config::{Connections, LoadgenConfig, MAX_WARM_CONNECTIONS};
 use crate::progress::Progress;
-use crate::results::{ResultWriter, SUMMARY_JSON};
+use crate::results::{RequestsFile, ResultWriter, ResultsError, SUMMARY_JSON};
 use crate::Error;
 
 /// What a run did.
@@ -49,6 +53,10 @@ pub struct RunOutcome {
     pub not_sent: u64,
     /// The configured tolerance, copied for [`RunOutcome::is_success`].
     pub max_failed_fraction: f64,
+    /// The warm-up phase ([`Connections::Warm`]), `None` for cold connections.
+    pub connection_warmup: Option<ConnectionWarmup>,
+    /// Worker threads the run used.
+    pub threads: usize,
 }
 
 impl RunOutcome {
@@ -99,104 +107,96 @@ pub(crate) async fn run(
     origin: std::time::Instant,
 ) -> Result<RunOutcome, Error> {
     validate(plan, cfg)?;
-    let client = Client::connect(cfg).await?;
-    let origin = Instant::from_std(origin);
+    let mut client = Client::connect(cfg).await?;
     let n = plan.requests.len();
-
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, r) in plan.requests.iter().enumerate() {
-        if let Some(dep) = r.depends_on {
-            children[dep.parent as usize].push(i);
-        }
-    }
     let limit = |c: u32| usize::try_from(c).unwrap_or(usize::MAX).max(1);
     let max_concurrency = plan.limits.max_concurrency.map_or(usize::MAX, limit);
     let (cap, closed) = match plan.mode {
         Mode::Open => (max_concurrency, false),
         Mode::Closed { concurrency } => (limit(concurrency).min(max_concurrency), true),
     };
+    let shared = Arc::new(Shared::new(plan, &client, closed, cfg.threads.unwrap_or_else(cores)));
+    let threads = worker_count(cfg.threads, cap, shared.roots.len());
+    let warm = match cfg.connections {
+        Connections::Warm => shared.warm_connections(cap, closed),
+        Connections::Cold => 0,
+    };
+    // The run's own stop: the caller's, and a failed write of the records.
+    let stop = cfg.stop.as_ref().map_or_else(CancellationToken::new, CancellationToken::child_token);
+    client.set_stop(stop.clone());
 
-    let start = Instant::now();
-    let stop_at = plan.limits.duration.map(|d| start + d);
-    let mut pending: BinaryHeap<Reverse<(Instant, usize)>> = plan
-        .requests
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.depends_on.is_none())
-        .map(|(i, r)| {
-            let offset = if closed { Duration::ZERO } else { r.send_at.unwrap_or_default() };
-            Reverse((start + offset, i))
+    let (records_tx, records_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let writer = RecordWriter {
+        file: sink.take_requests()?,
+        records: records_rx,
+        progress: Progress::new(n as u64, cfg.progress),
+        shared: Arc::clone(&shared),
+        stop: stop.clone(),
+    };
+    std::thread::Builder::new()
+        .name("loadgen-writer".into())
+        .spawn(move || {
+            let _ = done_tx.send(writer.run());
         })
-        .collect();
+        .map_err(Error::Threads)?;
 
-    let mut progress = Progress::new(n as u64, cfg.progress);
-    let mut in_flight = FuturesUnordered::new();
-    let mut records: Vec<RequestRecord> = Vec::with_capacity(n);
-    let mut batch: Vec<RequestRecord> = Vec::new();
-    let mut sent = 0u64;
-    // Without a stop, a token nobody cancels. One waiter for the whole run (polling a finished
-    // `WaitForCancellationFuture` again is allowed: it checks the token first).
-    let stop = cfg.stop.clone().unwrap_or_default();
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    loop {
-        let now = Instant::now();
-        if stop_at.is_some_and(|s| now >= s) || stop.is_cancelled() {
-            pending.clear();
-        }
-        while in_flight.len() < cap {
-            let Some(&Reverse((at, i))) = pending.peek() else { break };
-            if at > now {
-                break;
-            }
-            pending.pop();
-            let req = &plan.requests[i];
-            let timing = Timing {
-                intended: at,
-                origin,
-                warmup: req.id < u64::from(plan.limits.warmup),
-                intended_is_sent: closed && req.depends_on.is_none(),
-            };
-            in_flight.push(client.send(req, timing));
-            sent += 1;
-        }
-        if in_flight.is_empty() && pending.is_empty() {
-            break;
-        }
-        let wake = match (pending.peek(), in_flight.len() < cap) {
-            (Some(Reverse((at, _))), true) => Some(stop_at.map_or(*at, |s| s.min(*at))),
-            _ => None,
+    let sync = Arc::new(StartLine { barrier: Barrier::new(threads), start: OnceLock::new() });
+    let mut handles = Vec::with_capacity(threads);
+    for k in 0..threads {
+        let worker = Worker {
+            client: client.for_worker()?,
+            shared: Arc::clone(&shared),
+            sync: Arc::clone(&sync),
+            records: records_tx.clone(),
+            cap: share(cap, threads, k),
+            warm: share(warm, threads, k),
+            origin: Instant::from_std(origin),
+            stop: stop.clone(),
         };
-        tokio::select! {
-            biased;
-            Some(first) = in_flight.next(), if !in_flight.is_empty() => {
-                let mut on_record = |r: RequestRecord| {
-                    let end = origin + Duration::from_secs_f64(r.end.max(0.0));
-                    for &c in &children[r.id as usize] {
-                        let think = plan.requests[c].depends_on.map(|d| d.think_time).unwrap_or_default();
-                        pending.push(Reverse((end + think, c)));
-                    }
-                    progress.on_record(&r);
-                    batch.push(r);
-                };
-                on_record(first);
-                while let Some(Some(r)) = in_flight.next().now_or_never() {
-                    on_record(r);
+        let spawned = std::thread::Builder::new().name(format!("loadgen-{k}")).spawn(move || worker.run());
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // The workers started wait at the start line for ever: give them their missing
+                // peers' turns (nothing is sent: the run stops first).
+                stop.cancel();
+                for _ in k..threads {
+                    sync.barrier.wait();
                 }
-                sink.append(&batch)?;
-                records.append(&mut batch);
+                return Err(Error::Threads(e));
             }
-            () = sleep_until_opt(wake), if wake.is_some() => {}
-            // In-flight requests see the stop themselves; this wakes a loop waiting to send.
-            () = &mut stopped, if !pending.is_empty() => {}
         }
     }
-    progress.finish();
-
+    drop(records_tx);
+    let written =
+        done_rx.await.map_err(|_| Error::Threads(std::io::Error::other("the record writer stopped")))?;
+    let mut warmups = Vec::with_capacity(threads);
+    for h in handles {
+        warmups
+            .push(h.join().map_err(|_| Error::Threads(std::io::Error::other("a worker thread panicked")))?);
+    }
+    sink.restore_requests(written.file);
+    if let Some(e) = written.error {
+        return Err(e.into());
+    }
+    let mut records = written.records;
     records.sort_by_key(|r| r.id);
     sink.write_csv(&records)?;
     let summary = stats::summarize(&records, &cfg.summary);
-    sink.write_json(SUMMARY_JSON, &summary)?;
+    let connection_warmup = (cfg.connections == Connections::Warm).then(|| ConnectionWarmup {
+        connections: warmups.iter().map(|w| w.0).sum(),
+        seconds: warmups.iter().map(|w| w.1).fold(0.0, f64::max),
+    });
+    sink.write_json(
+        SUMMARY_JSON,
+        &SummaryFile {
+            summary: &summary,
+            connection_warmup: connection_warmup.as_ref(),
+            client_threads: threads,
+        },
+    )?;
+    let sent = records.len() as u64;
     Ok(RunOutcome {
         records,
         summary,
@@ -204,7 +204,304 @@ pub(crate) async fn run(
         sent,
         not_sent: n as u64 - sent,
         max_failed_fraction: cfg.max_failed_fraction,
+        connection_warmup,
+        threads,
     })
+}
+
+/// What the warm-up phase did before the run clock started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConnectionWarmup {
+    /// Connections opened (answered) before the first request.
+    pub connections: u64,
+    /// How long opening them took (the slowest worker).
+    pub seconds: f64,
+}
+
+/// `summary.json`: the summary with `vllm bench serve`'s names, and how the client ran.
+#[derive(Serialize)]
+struct SummaryFile<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    /// `null` when the run's connections were cold ([`Connections::Cold`]).
+    connection_warmup: Option<&'a ConnectionWarmup>,
+    client_threads: usize,
+}
+
+/// One per core this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Workers: as configured (or one per core), no more than request slots or first requests.
+fn worker_count(configured: Option<usize>, cap: usize, roots: usize) -> usize {
+    configured.unwrap_or_else(cores).min(cap).min(roots).max(1)
+}
+
+/// Worker `k`'s part of `total` split over `workers`.
+fn share(total: usize, workers: usize, k: usize) -> usize {
+    total / workers + usize::from(k < total % workers)
+}
+
+/// What every worker reads: the prepared requests and the order they go out in.
+struct Shared {
+    prepared: Vec<Prepared>,
+    /// Requests that depend on none, by intended send time (closed loop: all at the start).
+    roots: Vec<(Duration, usize)>,
+    /// The next root to send; a worker takes one by moving it on.
+    next_root: AtomicUsize,
+    /// The requests that depend on each request, with their think time.
+    children: Vec<Vec<(usize, Duration)>>,
+    is_root: Vec<bool>,
+    closed: bool,
+    warmup: u64,
+    duration: Option<Duration>,
+}
+
+impl Shared {
+    /// Serializes every body and hashes every prompt now, before the run clock starts, on up to
+    /// `threads` threads.
+    fn new(plan: &Plan, client: &Client, closed: bool, threads: usize) -> Shared {
+        let n = plan.requests.len();
+        let mut children: Vec<Vec<(usize, Duration)>> = vec![Vec::new(); n];
+        let mut is_root = vec![true; n];
+        for (i, r) in plan.requests.iter().enumerate() {
+            if let Some(dep) = r.depends_on {
+                children[dep.parent as usize].push((i, dep.think_time));
+                is_root[i] = false;
+            }
+        }
+        let mut roots: Vec<(Duration, usize)> = plan
+            .requests
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.depends_on.is_none())
+            .map(|(i, r)| (if closed { Duration::ZERO } else { r.send_at.unwrap_or_default() }, i))
+            .collect();
+        roots.sort();
+        let per = n.div_ceil(threads.max(1)).max(256);
+        let prepared = std::thread::scope(|scope| {
+            let parts: Vec<_> = plan
+                .requests
+                .chunks(per)
+                .map(|part| {
+                    scope.spawn(move || part.iter().map(|r| Prepared::new(client, r)).collect::<Vec<_>>())
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        Shared {
+            prepared,
+            roots,
+            next_root: AtomicUsize::new(0),
+            children,
+            is_root,
+            closed,
+            warmup: u64::from(plan.limits.warmup),
+            duration: plan.limits.duration,
+        }
+    }
+
+    /// Connections the run will use (see [`Connections::Warm`]).
+    fn warm_connections(&self, cap: usize, closed: bool) -> usize {
+        let wanted = if closed || cap != usize::MAX {
+            cap
+        } else {
+            let first_second = self.roots.partition_point(|&(at, _)| at < Duration::from_secs(1));
+            first_second.min(MAX_WARM_CONNECTIONS)
+        };
+        wanted.min(self.roots.len())
+    }
+
+    /// The next root not yet taken: its position and when it is due.
+    fn peek_root(&self, start: Instant) -> Option<(usize, Instant)> {
+        let pos = self.next_root.load(Ordering::Acquire);
+        self.roots.get(pos).map(|&(at, _)| (pos, start + at))
+    }
+
+    /// Takes the root at `pos`, unless another worker took it first.
+    fn take_root(&self, pos: usize) -> bool {
+        self.next_root.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+/// Where the workers wait for each other after the warm-up, and the run clock's start.
+struct StartLine {
+    barrier: Barrier,
+    start: OnceLock<Instant>,
+}
+
+/// One worker thread: its own current-thread runtime and connections; takes roots from the
+/// shared queue while it has free slots, and runs the turns that follow its own requests.
+struct Worker {
+    client: Client,
+    shared: Arc<Shared>,
+    sync: Arc<StartLine>,
+    records: std::sync::mpsc::Sender<Vec<RequestRecord>>,
+    cap: usize,
+    warm: usize,
+    origin: Instant,
+    stop: CancellationToken,
+}
+
+impl Worker {
+    /// Connections warmed and the seconds it took.
+    fn run(self) -> (u64, f64) {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(self.drive()),
+            Err(_) => {
+                // Without a runtime this worker sends nothing; the others still start.
+                self.stop.cancel();
+                self.sync.barrier.wait();
+                (0, 0.0)
+            }
+        }
+    }
+
+    async fn drive(self) -> (u64, f64) {
+        let warm_start = Instant::now();
+        let opened = if self.warm > 0 { self.client.open_connections(self.warm).await } else { 0 };
+        let warm_secs = warm_start.elapsed().as_secs_f64();
+        // Blocks this worker's thread, which has nothing else to do until every worker is warm.
+        self.sync.barrier.wait();
+        let start = *self.sync.start.get_or_init(Instant::now);
+        let shared = &*self.shared;
+        let client = &self.client;
+        let stop_at = shared.duration.map(|d| start + d);
+
+        let mut pending: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut batch: Vec<RequestRecord> = Vec::new();
+        let mut sending = true;
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
+        loop {
+            let now = Instant::now();
+            if sending && (stop_at.is_some_and(|s| now >= s) || self.stop.is_cancelled()) {
+                sending = false;
+                pending.clear();
+            }
+            // The earliest of the shared queue's next root and this worker's next turn goes
+            // first, when due and a slot is free.
+            let mut wake = None;
+            while sending && in_flight.len() < self.cap {
+                let local = pending.peek().map(|&Reverse(t)| t);
+                let root = shared.peek_root(start).filter(|&(_, at)| local.is_none_or(|(t, _)| at <= t));
+                let (at, i) = match (root, local) {
+                    (Some((_, at)), _) | (None, Some((at, _))) if at > now => {
+                        wake = Some(at);
+                        break;
+                    }
+                    (Some((pos, at)), _) => {
+                        if !shared.take_root(pos) {
+                            continue;
+                        }
+                        (at, shared.roots[pos].1)
+                    }
+                    (None, Some((at, i))) => {
+                        pending.pop();
+                        (at, i)
+                    }
+                    (None, None) => break,
+                };
+                let req = &shared.prepared[i];
+                let timing = Timing {
+                    intended: at,
+                    origin: self.origin,
+                    warmup: req.id < shared.warmup,
+                    intended_is_sent: shared.closed && shared.is_root[i],
+                };
+                in_flight.push(client.send(req, timing));
+            }
+            let roots_left = shared.peek_root(start).is_some();
+            if in_flight.is_empty() && pending.is_empty() && (!sending || !roots_left) {
+                break;
+            }
+            let wake = wake.map(|w| stop_at.map_or(w, |s| s.min(w)));
+            tokio::select! {
+                biased;
+                Some(first) = in_flight.next(), if !in_flight.is_empty() => {
+                    let mut on_record = |r: RequestRecord| {
+                        let end = self.origin + Duration::from_secs_f64(r.end.max(0.0));
+                        for &(c, think) in &shared.children[r.id as usize] {
+                            pending.push(Reverse((end + think, c)));
+                        }
+                        batch.push(r);
+                    };
+                    on_record(first);
+                    while let Some(Some(r)) = in_flight.next().now_or_never() {
+                        on_record(r);
+                    }
+                    // Never blocks; the writer thread formats and writes.
+                    let _ = self.records.send(std::mem::take(&mut batch));
+                }
+                () = sleep_until_opt(wake), if wake.is_some() => {}
+                // In-flight requests see the stop themselves; this wakes a loop waiting to send.
+                () = &mut stopped, if sending => {}
+            }
+        }
+        (opened, warm_secs)
+    }
+}
+
+/// The writer thread: adds each record's prompt blocks, updates the progress bar and appends
+/// the records to `requests.jsonl`, flushed, every [`WRITE_EVERY`] (waking the workers' core
+/// a hundred times a second, not once per request).
+struct RecordWriter {
+    file: RequestsFile,
+    records: std::sync::mpsc::Receiver<Vec<RequestRecord>>,
+    progress: Progress,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+/// How often the writer thread takes the records that finished.
+const WRITE_EVERY: Duration = Duration::from_millis(10);
+
+/// What the writer thread hands back at the end.
+struct Written {
+    records: Vec<RequestRecord>,
+    file: RequestsFile,
+    /// The first write that failed; the run was stopped then.
+    error: Option<ResultsError>,
+}
+
+impl RecordWriter {
+    fn run(mut self) -> Written {
+        let mut records = Vec::with_capacity(self.shared.prepared.len());
+        let mut error = None;
+        let mut open = true;
+        while open {
+            std::thread::sleep(WRITE_EVERY);
+            let first = records.len();
+            loop {
+                match self.records.try_recv() {
+                    Ok(batch) => records.extend(batch),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            let new = &mut records[first..];
+            for r in new.iter_mut() {
+                r.prompt_blocks = Some(self.shared.prepared[r.id as usize].blocks.clone());
+                self.progress.on_record(r);
+            }
+            if error.is_none() && !new.is_empty() {
+                if let Err(e) = self.file.append(new) {
+                    error = Some(e);
+                    self.stop.cancel();
+                }
+            }
+        }
+        self.progress.finish();
+        Written { records, file: self.file, error }
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

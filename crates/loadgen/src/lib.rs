@@ -44,12 +44,15 @@ pub mod nvtx;
 pub mod parse;
 mod progress;
 mod results;
+mod sse;
 mod timer;
 
 use std::time::Instant;
 
-pub use crate::config::{Api, LoadgenConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES};
-pub use crate::driver::RunOutcome;
+pub use crate::config::{
+    Api, Connections, LoadgenConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES, MAX_WARM_CONNECTIONS,
+};
+pub use crate::driver::{ConnectionWarmup, RunOutcome};
 pub use crate::results::{timestamp, ResultWriter, ResultsError};
 
 /// Why a run could not be carried out. Failures of single requests are not errors: they are
@@ -71,6 +74,9 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// A worker or writer thread could not be started, or ended abnormally.
+    #[error("load generator threads: {0}")]
+    Threads(#[source] std::io::Error),
     /// Writing a result file failed; the records written before stay in the directory.
     #[error(transparent)]
     Results(#[from] ResultsError),

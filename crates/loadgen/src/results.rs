@@ -116,20 +116,32 @@ impl ResultWriter {
 
     /// Appends one line per record to `requests.jsonl` (created on first use) and flushes.
     pub fn append(&mut self, records: &[RequestRecord]) -> Result<(), ResultsError> {
+        let mut out = self.take_requests()?;
+        let result = out.append(records);
+        self.requests = Some(out.file);
+        result
+    }
+
+    /// `requests.jsonl` (created if missing), to be appended to by another thread; give it back
+    /// with [`ResultWriter::restore_requests`].
+    pub(crate) fn take_requests(&mut self) -> Result<RequestsFile, ResultsError> {
         let path = self.dir.join(REQUESTS_JSONL);
-        let err = |source| ResultsError { action: "writing", path: path.clone(), source };
-        let out = match &mut self.requests {
-            Some(out) => out,
+        let file = match self.requests.take() {
+            Some(file) => file,
             None => {
-                let file = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
-                self.requests.insert(BufWriter::with_capacity(64 * 1024, file))
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| ResultsError { action: "writing", path: path.clone(), source })?;
+                BufWriter::with_capacity(64 * 1024, file)
             }
         };
-        for record in records {
-            serde_json::to_writer(&mut *out, record).map_err(|e| err(io::Error::other(e)))?;
-            out.write_all(b"\n").map_err(err)?;
-        }
-        out.flush().map_err(err)
+        Ok(RequestsFile { path, file })
+    }
+
+    pub(crate) fn restore_requests(&mut self, file: RequestsFile) {
+        self.requests = Some(file.file);
     }
 
     /// Writes `requests.csv` (columns of [`stats::csv_header`]), replacing any previous one.
@@ -166,6 +178,25 @@ impl ResultWriter {
     pub fn write_text(&self, name: &str, contents: &str) -> Result<(), ResultsError> {
         let path = self.dir.join(name);
         fs::write(&path, contents).map_err(|source| ResultsError { action: "writing", path, source })
+    }
+}
+
+/// `requests.jsonl`, open for appending.
+#[derive(Debug)]
+pub(crate) struct RequestsFile {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl RequestsFile {
+    /// Appends one line per record and flushes.
+    pub(crate) fn append(&mut self, records: &[RequestRecord]) -> Result<(), ResultsError> {
+        let err = |source| ResultsError { action: "writing", path: self.path.clone(), source };
+        for record in records {
+            serde_json::to_writer(&mut self.file, record).map_err(|e| err(io::Error::other(e)))?;
+            self.file.write_all(b"\n").map_err(err)?;
+        }
+        self.file.flush().map_err(err)
     }
 }
 

@@ -42,6 +42,8 @@ pub async fn outcome(case: &Case) -> String {
     let mut c = config(&server.url);
     c.stall_timeout = Duration::from_millis(300);
     c.request_timeout = Duration::from_secs(5);
+    // The scripts number the requests the server receives: no warm-up requests before them.
+    c.connections = loadgen::Connections::Cold;
     (case.tweak)(&mut c);
     let (out, dir) = run(&plan(case.n, 2, case.mode), &c).await;
     let completed = out.records.iter().filter(|r| r.error.is_none()).count() as u64;
