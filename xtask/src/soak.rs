@@ -55,6 +55,28 @@ pub(crate) struct SoakArgs {
     /// Client mode (started by the soak itself): the engine's URL.
     #[arg(long, hide = true)]
     client_url: Option<String>,
+    /// Test only: the load generator leaks memory and descriptors at a steady rate
+    /// (`PLANTED_LEAK`), so that a test sees the verdict fail on a leak.
+    #[arg(long, hide = true)]
+    plant_leak: bool,
+}
+
+/// What `--plant-leak` leaks, every `PLANTED_LEAK.2`: `.0` KiB of touched memory and `.1` open
+/// descriptors of `/dev/null`.
+const PLANTED_LEAK: (usize, usize, Duration) = (256, 1, Duration::from_millis(100));
+
+/// Starts the planted leak (test only) in this process: a thread that never gives back.
+fn plant_leak() {
+    std::thread::spawn(|| loop {
+        let (kib, fds, every) = PLANTED_LEAK;
+        std::mem::forget(vec![1u8; kib * 1024]);
+        for _ in 0..fds {
+            if let Ok(f) = std::fs::File::open("/dev/null") {
+                std::mem::forget(f);
+            }
+        }
+        std::thread::sleep(every);
+    });
 }
 
 /// What the client reports on its last stdout line (prefixed `soak-client: `).
@@ -243,6 +265,8 @@ fn parent(args: &SoakArgs) -> anyhow::Result<()> {
         "--out".to_owned(),
         out.join("client").display().to_string(),
     ];
+    let client_args =
+        if args.plant_leak { [client_args, vec!["--plant-leak".to_owned()]].concat() } else { client_args };
     let origin = Instant::now();
     let mut client = Proc::spawn("load generator", &exe, &client_args)?;
     eprintln!(
@@ -387,6 +411,10 @@ fn round_requests(args: &SoakArgs) -> u64 {
 fn client(args: &SoakArgs, url: &str) -> anyhow::Result<()> {
     use workload::{ArrivalSpec, LengthDist, PromptFormat, RandomSpec, Schedule, Source, WorkloadSpec};
     let work = args.out.clone().context("client mode needs --out")?;
+    if args.plant_leak {
+        eprintln!("soak-client: --plant-leak: leaking memory and descriptors (a test of the verdict)");
+        plant_leak();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let start = Instant::now();
     let total = Duration::from_secs_f64(args.minutes * 60.0);
