@@ -11,12 +11,13 @@
 //!    a venv with vLLM's CPU wheel and LMCache plus the generated tiny Llama folder (real vLLM,
 //!    cached in the lab's cache keyed by the pins), and
 //!    chromium (the HTML report is opened in a real headless browser), and a real 2-node Slurm
-//!    cluster on loopback (munge, slurmctld, two slurmd; installed with apt-get when missing)
+//!    cluster on loopback (munge, slurmctld, two slurmd; installed with apt-get when missing),
+//!    and a venv with libCacheSim's Python bindings (the eviction policies' oracle)
 //! 4. images: `cargo xtask images` (base from debootstrap, installed with apt-get when missing;
 //!    lab, llamacpp, emulator, vllm-cpu), cached between runs
 //! 5. `cargo test --workspace`, with the services announced through environment variables:
 //!    `KVLAB_REDIS_URL`, `KVLAB_PYTHON`, `KVLAB_LLAMACPP_MODEL`, `KVLAB_VLLM_PYTHON`,
-//!    `KVLAB_VLLM_MODEL`, `SLURM_CONF`, `KVLAB_DOCKER_IMAGES`
+//!    `KVLAB_VLLM_MODEL`, `SLURM_CONF`, `KVLAB_LIBCACHESIM_PYTHON`, `KVLAB_DOCKER_IMAGES`
 //!    (the images are built) and `KVLAB_XTASK_BIN` (this program, for tests that kill a lab).
 //!
 //! Tests that need a service read those variables and fail, naming the service, when they are unset.
@@ -82,6 +83,10 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         if vllm.cached { ", cached" } else { "" }
     );
 
+    let libcachesim =
+        libcachesim_venv(&sh, &root).context("setting up libCacheSim (the policies' oracle)")?;
+    println!("libCacheSim: python {}", libcachesim.display());
+
     crate::slurm::down()?;
     let slurm =
         SlurmCluster(crate::slurm::up(2).context("starting the 2-node Slurm cluster the Slurm tests use")?);
@@ -113,9 +118,9 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         .env("KVLAB_VLLM_PYTHON", &vllm.python)
         .env("KVLAB_VLLM_MODEL", &vllm.model)
         .env("SLURM_CONF", &slurm.0.conf)
+        .env("KVLAB_LIBCACHESIM_PYTHON", &libcachesim)
         .env("KVLAB_DOCKER_IMAGES", "1")
         .env("KVLAB_XTASK_BIN", &xtask_bin)
-        .env_remove("KVLAB_SKIP_SLURM")
         .run()
         .context("tests failed")?;
     drop(slurm);
@@ -341,6 +346,41 @@ impl VllmEngine {
         relink(&model, &links.join("models/tiny-llama-hf"))?;
         Ok(VllmEngine { python, model, seconds: start.elapsed().as_secs_f64(), cached })
     }
+}
+
+/// libCacheSim's Python bindings for the oracle test of the eviction policies
+/// (`crates/sim/tests/libcachesim.rs`): a venv made with uv from the pin in
+/// `crates/sim/tests/libcachesim/requirements.txt`, cached in the lab's cache under a name keyed
+/// by a hash of that file. Returns its Python.
+fn libcachesim_venv(sh: &Shell, root: &Path) -> Result<PathBuf> {
+    let requirements = root.join("crates/sim/tests/libcachesim/requirements.txt");
+    let key = fnv_hex(
+        &std::fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?,
+    );
+    let cache = lab_cache_dir()?;
+    let venv = cache.join(format!("venvs/libcachesim-{key}"));
+    let python = venv.join("bin/python");
+    let marker = venv.join(".kvlab-complete");
+    if marker.is_file() && python.is_file() {
+        return Ok(python);
+    }
+    let py3 = find_on_path("python3").context("python3 is missing: apt-get install python3 python3-venv")?;
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    cmd!(sh, "{py3} -m venv {venv}")
+        .run()
+        .context("python3 -m venv failed (apt-get install python3-venv)")?;
+    cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check uv")
+        .run()
+        .context("pip could not install uv")?;
+    let uv = venv.join("bin/uv");
+    cmd!(sh, "{uv} pip install --quiet --python {python} -r {requirements}")
+        .env("UV_CACHE_DIR", cache.join("uv"))
+        .run()
+        .context("uv could not install libcachesim (crates/sim/tests/libcachesim/requirements.txt)")?;
+    std::fs::write(&marker, &key)?;
+    Ok(python)
 }
 
 /// The lab's cache directory, outside any checkout: `KVLAB_CACHE_DIR`, else `~/.cache/kvlab`.

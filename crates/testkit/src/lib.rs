@@ -58,7 +58,8 @@ pub mod services {
             panic!(
                 "libCacheSim: KVLAB_LIBCACHESIM_PYTHON is unset: this test needs a Python with libCacheSim's \
                  bindings (`cargo xtask ci` makes that venv; by hand: `uv venv V && uv pip install --python \
-                 V/bin/python libcachesim` and KVLAB_LIBCACHESIM_PYTHON=V/bin/python)"
+                 V/bin/python -r crates/sim/tests/libcachesim/requirements.txt` and \
+                 KVLAB_LIBCACHESIM_PYTHON=V/bin/python)"
             )
         });
         let import = Command::new(&python).args(["-c", "import libcachesim"]).output();
