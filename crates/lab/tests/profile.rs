@@ -1,6 +1,10 @@
 //! Profiling under Nsight Systems: the exact nsys command lines per engine and tier (snapshots),
-//! and the parsing of `nsys stats --format csv` output (samples written from NVIDIA's documented
-//! columns for the nvtx_sum and cuda_gpu_kern_sum reports).
+//! and the parsing of `nsys stats --format csv` output. The CSV samples in `tests/fixtures/nsys`
+//! were written by hand, not captured from nsys: their columns follow NVIDIA's documentation of
+//! the `nvtx_sum` and `cuda_gpu_kern_sum` reports (`Time (%)`, `Total Time (ns)`, `Instances`,
+//! `Avg (ns)`, `Med (ns)`, `Min (ns)`, `Max (ns)`, `StdDev (ns)`, then `Style`, `Range` or `Name`)
+//! and, for `nvtx_sum_legacy.csv`, older releases' `Average`/`Minimum`/`Maximum` (the fixtures'
+//! README says so too).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +26,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A hand-written `nsys stats` CSV sample (`tests/fixtures/nsys/README.md`: not captured from nsys).
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nsys").join(name))
         .unwrap()
