@@ -552,7 +552,7 @@ cpus_per_task = 1
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kvlab_adds_at_most_a_second_and_the_noise_to_a_bare_sbatch_wait() {
+async fn kvlab_adds_at_most_a_second_and_the_noise_to_bare_sbatch_watchers() {
     let _turn = CLUSTER.lock().await;
     let _cluster = cluster();
     let ws = workspace();
@@ -561,9 +561,11 @@ async fn kvlab_adds_at_most_a_second_and_the_noise_to_a_bare_sbatch_wait() {
     let opts = options(ws.path(), &file);
     let cfg = submit_config(two_per_node());
     // The cluster schedules in waves about 1 s apart, so one run's time carries up to a wave of
-    // noise either way. Three rounds, each kvlab then bare (drift hits both alike); the medians
-    // are compared, and the bound is a second plus the spread the bare runs themselves show
-    // (the noise measured in this run), not the luckiest of several tries.
+    // noise either way. Three rounds, each kvlab then the bare runs (drift hits all alike); the
+    // medians are compared, and each bound is a second plus the spread the bare runs themselves
+    // show (the noise measured in this run), not the luckiest of several tries. `sbatch --wait`
+    // polls the controller every few seconds, so kvlab beats it by far; the bound that can fail
+    // is against the same array watched with squeue every 100 ms, the floor of any watcher.
     let mut runs = Vec::new();
     for _ in 0..3 {
         let o = slurm::measure_overhead(&opts, &cfg).await.unwrap();
@@ -578,15 +580,22 @@ async fn kvlab_adds_at_most_a_second_and_the_noise_to_a_bare_sbatch_wait() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (kvlab, bare) = (median(|o| o.kvlab_s), median(|o| o.bare_s));
-    let bare_spread = runs.iter().map(|o| o.bare_s).fold(f64::NEG_INFINITY, f64::max)
-        - runs.iter().map(|o| o.bare_s).fold(f64::INFINITY, f64::min);
-    assert!(
-        kvlab - bare <= 1.0 + bare_spread,
-        "kvlab adds {:.2} s at the median (kvlab {kvlab:.2} s, bare {bare:.2} s), more than 1 s plus the bare \
-         runs' spread {bare_spread:.2} s: {runs:?}",
-        kvlab - bare
-    );
+    let spread = |f: fn(&slurm::Overhead) -> f64| {
+        let v: Vec<f64> = runs.iter().map(f).collect();
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max) - v.iter().copied().fold(f64::INFINITY, f64::min)
+    };
+    let kvlab = median(|o| o.kvlab_s);
+    for (what, bare, noise) in [
+        ("bare sbatch --wait", median(|o| o.bare_s), spread(|o| o.bare_s)),
+        ("bare sbatch + squeue every 100 ms", median(|o| o.bare_polled_s), spread(|o| o.bare_polled_s)),
+    ] {
+        assert!(
+            kvlab - bare <= 1.0 + noise,
+            "kvlab adds {:.2} s to {what} at the median (kvlab {kvlab:.2} s, {what} {bare:.2} s), more \
+             than 1 s plus that run's spread {noise:.2} s: {runs:?}",
+            kvlab - bare
+        );
+    }
 }
 
 #[test]
