@@ -15,7 +15,8 @@
 //!   the client's TTFT and ITL errors are its measurements minus the server's: p50 and p99.
 //!
 //! Options (after `--`): `--secs S` (speed, per point, default 5), `--accuracy-secs S` (default
-//! 20), `--concurrency 64,256,1000`, `--cores 1,2`, `--only speed|accuracy`.
+//! 20), `--concurrency 64,256,1000`, `--cores 1,2`, `--repeat N` (speed: best of N alternating
+//! runs, default 3), `--only speed|scaling|accuracy`, `--rt` (accuracy's processes at real-time priority).
 //!
 //! Every child process is this same binary: `serve` (the server) and `client` (one measurement,
 //! printing one JSON line), started under `taskset`.
@@ -62,6 +63,24 @@ fn opt_list(args: &[String], name: &str, default: &[u32]) -> Vec<u32> {
 // ---------------------------------------------------------------------------------------------
 // Orchestration
 
+/// `--rt`: the accuracy section's children run under `chrt -f 20` (real-time FIFO), so that other
+/// processes on a shared machine do not preempt the client or the server for milliseconds. Only
+/// there: the client is mostly idle at 50 tokens/s per stream, whereas the speed sections would
+/// take both cores from everything else.
+static RT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `taskset -c CPUS [chrt -f 20] EXE`.
+fn pinned(cpus: &str) -> Command {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpus]);
+    if RT.load(Ordering::Relaxed) {
+        cmd.args(["chrt", "-f", "20"]);
+    }
+    cmd.arg(exe);
+    cmd
+}
+
 fn orchestrate(args: &[String]) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(cores >= 2, "the benchmark needs two cores (client and server on separate cores)");
@@ -76,7 +95,7 @@ fn orchestrate(args: &[String]) {
         "machine: {cores} cores; server pinned to core {server_core}; client to cores 0..N (N = 1, 2); \
          ratios are measured within the same run"
     );
-    if only != Some("accuracy") {
+    if only.is_none() || only == Some("speed") {
         println!("\nspeed: 128-token prompts, 128-token streams, zero-delay server (one write per token), {secs} s per point");
         println!(
             "{:>6} {:>6} | {:>12} {:>9} {:>8} | {:>12} {:>9} {:>8} | {:>6}",
@@ -114,22 +133,66 @@ fn orchestrate(args: &[String]) {
             }
         }
     }
-    if only != Some("speed") {
+    if only.is_none() || only == Some("scaling") {
+        println!(
+            "\nscaling: the same streams at 256 and 1,000, against a server that writes each response \
+             whole (cheap per token, so that the client is the bottleneck), client on one core and on two"
+        );
+        println!(
+            "{:>6} | {:>12} {:>9} | {:>12} {:>9} | {:>7}",
+            "conc", "1 core tok/s", "req/s", "2 cores tok/s", "req/s", "2 / 1"
+        );
+        for c in [256, 1000] {
+            let server = Server::start(server_core, &["--ttft-ms", "0", "--itl-ms", "0", "--write", "whole"]);
+            let (mut one, mut two) = (Measured::default(), Measured::default());
+            for _ in 0..repeat {
+                let a = run_client("0", &server.url, "loadgen", c, secs, 1);
+                let b = run_client("0,1", &server.url, "loadgen", c, secs, 2);
+                if a.tokens_per_s > one.tokens_per_s {
+                    one = a;
+                }
+                if b.tokens_per_s > two.tokens_per_s {
+                    two = b;
+                }
+            }
+            drop(server);
+            println!(
+                "{c:>6} | {:>12.0} {:>9.0} | {:>12.0} {:>9.0} | {:>6.2}x",
+                one.tokens_per_s,
+                one.requests_per_s,
+                two.tokens_per_s,
+                two.requests_per_s,
+                two.tokens_per_s / one.tokens_per_s
+            );
+        }
+    }
+    if only.is_none() || only == Some("accuracy") {
+        RT.store(args.iter().any(|a| a == "--rt"), Ordering::Relaxed);
         println!(
             "\naccuracy: first token at 80 ms, then one every 20 ms, {ACCURACY_TOKENS} tokens, closed loop, \
              {accuracy_secs} s per point, one client core; errors are the client's measurement minus \
              what the server recorded doing (its own lateness subtracted)"
         );
         println!(
-            "{:>6} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9}",
-            "conc", "requests", "TTFT p50", "p99", "TTFT err", "err p99", "ITL err", "err p99", "srv late99"
+            "{:>6} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} | {:>9} {:>9}",
+            "conc",
+            "requests",
+            "TTFT p50",
+            "p99",
+            "TTFT err",
+            "err p99",
+            "ITL err",
+            "err p99",
+            "srv late99",
+            "c→s p99",
+            "s→c p99"
         );
         for c in opt_list(args, "--accuracy-concurrency", &[1, 100, 500]) {
             let server = Server::start(server_core, &["--ttft-ms", "80", "--itl-ms", "20", "--trace", "1"]);
             let m = run_client("0", &server.url, "accuracy", c, accuracy_secs, 1);
             drop(server);
             println!(
-                "{c:>6} {:>9} | {:>9.2} {:>9.2} | {:>9.3} {:>9.3} | {:>9.3} {:>9.3} | {:>9.3}",
+                "{c:>6} {:>9} | {:>9.2} {:>9.2} | {:>9.3} {:>9.3} | {:>9.3} {:>9.3} | {:>9.3} | {:>9.3} {:>9.3}",
                 m.requests,
                 m.ttft_p50_ms,
                 m.ttft_p99_ms,
@@ -138,6 +201,8 @@ fn orchestrate(args: &[String]) {
                 m.itl_err_p50_ms,
                 m.itl_err_p99_ms,
                 m.server_late_p99_ms,
+                m.to_server_p99_ms,
+                m.to_client_p99_ms,
             );
         }
     }
@@ -150,11 +215,7 @@ struct Server {
 
 impl Server {
     fn start(core: usize, args: &[&str]) -> Server {
-        let exe = std::env::current_exe().expect("current exe");
-        let mut child = Command::new("taskset")
-            .arg("-c")
-            .arg(core.to_string())
-            .arg(exe)
+        let mut child = pinned(&core.to_string())
             .arg("serve")
             .args(args)
             .stdin(Stdio::piped())
@@ -194,6 +255,10 @@ struct Measured {
     /// The client process's CPU time (user + system) per completed request, plan building
     /// excluded.
     cpu_us_per_request: f64,
+    /// Accuracy: from the client's send time to the server's arrival, and from the server's
+    /// first write to the client's first-token time (p99, ms, one monotonic clock).
+    to_server_p99_ms: f64,
+    to_client_p99_ms: f64,
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -207,10 +272,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn run_client(cpus: &str, url: &str, kind: &str, c: u32, secs: f64, threads: u32) -> Measured {
-    let exe = std::env::current_exe().expect("current exe");
-    let out = Command::new("taskset")
-        .args(["-c", cpus])
-        .arg(exe)
+    let out = pinned(cpus)
         .args(["client", kind, "--url", url])
         .args([
             "--concurrency",
@@ -236,6 +298,8 @@ fn run_client(cpus: &str, url: &str, kind: &str, c: u32, secs: f64, threads: u32
 struct Timing {
     ttft: Duration,
     itl: Duration,
+    /// Zero delay only: the whole response in one write (a server that costs little per token).
+    whole: bool,
 }
 
 /// Per request (its prompt's first token): arrival, then the instants the server finished
@@ -246,6 +310,7 @@ fn serve(args: &[String]) {
     let timing = Timing {
         ttft: Duration::from_secs_f64(opt_num(args, "--ttft-ms", 0.0) / 1e3),
         itl: Duration::from_secs_f64(opt_num(args, "--itl-ms", 0.0) / 1e3),
+        whole: opt(args, "--write") == Some("whole"),
     };
     let trace: Option<ServerTrace> = (opt(args, "--trace") == Some("1")).then(Default::default);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("server runtime");
@@ -274,6 +339,11 @@ fn serve(args: &[String]) {
 
 async fn connection(mut sock: TcpStream, timing: Timing, trace: Option<ServerTrace>) {
     let mut buf = Vec::with_capacity(8192);
+    if trace.is_some() {
+        kernel_time::enable(&sock);
+    }
+    // When the kernel received the last bytes read (tracing), else when they were read.
+    let mut received = None;
     loop {
         // One request: headers, then Content-Length bytes of body.
         let (head_end, content_length) = loop {
@@ -286,16 +356,19 @@ async fn connection(mut sock: TcpStream, timing: Timing, trace: Option<ServerTra
                     .unwrap_or(0);
                 break (i + 4, len);
             }
-            if read_more(&mut sock, &mut buf).await == 0 {
+            if read_more(&mut sock, &mut buf, &mut received).await == 0 {
                 return;
             }
         };
         while buf.len() < head_end + content_length {
-            if read_more(&mut sock, &mut buf).await == 0 {
+            if read_more(&mut sock, &mut buf, &mut received).await == 0 {
                 return;
             }
         }
-        let arrived = Instant::now();
+        // A request is one write of the client's, so its last bytes came with the read that
+        // completed it; tracing times it from the kernel's receive timestamp, which a busy
+        // server reading late does not move.
+        let arrived = received.take().unwrap_or_else(Instant::now);
         let request: Vec<u8> = buf.drain(..head_end + content_length).collect();
         let head = &request[..head_end];
         let body = &request[head_end..];
@@ -323,9 +396,115 @@ async fn connection(mut sock: TcpStream, timing: Timing, trace: Option<ServerTra
     }
 }
 
-async fn read_more(sock: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+async fn read_more(sock: &mut TcpStream, buf: &mut Vec<u8>, received: &mut Option<Instant>) -> usize {
     buf.reserve(8192);
-    sock.read_buf(buf).await.unwrap_or(0)
+    if !kernel_time::enabled(sock) {
+        return sock.read_buf(buf).await.unwrap_or(0);
+    }
+    loop {
+        if sock.readable().await.is_err() {
+            return 0;
+        }
+        match sock.try_io(tokio::io::Interest::READABLE, || kernel_time::recv(sock, buf)) {
+            Ok((n, at)) => {
+                *received = at.or(*received);
+                return n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return 0,
+        }
+    }
+}
+
+/// The kernel's receive timestamps (`SO_TIMESTAMPNS`, which TCP gives for the last segment a
+/// `recvmsg` read), for the tracing server: arrival times that do not depend on when the server
+/// got round to reading. Linux only; std has no `recvmsg` with control messages.
+#[allow(unsafe_code)]
+mod kernel_time {
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    /// `SO_TIMESTAMPNS` (and its control message type) on Linux.
+    const SO_TIMESTAMPNS: libc::c_int = 35;
+
+    pub(super) fn enable(sock: &tokio::net::TcpStream) {
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and a pointer to an int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
+    }
+
+    pub(super) fn enabled(sock: &tokio::net::TcpStream) -> bool {
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket, and pointers to an int and its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_TIMESTAMPNS,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        rc == 0 && on != 0
+    }
+
+    fn clock(id: libc::clockid_t) -> i128 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid clock id and a timespec to fill.
+        unsafe { libc::clock_gettime(id, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    }
+
+    /// Reads into `buf`'s spare capacity; the bytes read and the receive time of the last of
+    /// them, as an `Instant`.
+    pub(super) fn recv(
+        sock: &tokio::net::TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<(usize, Option<Instant>)> {
+        let spare = buf.spare_capacity_mut();
+        let mut iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+        let mut control = [0u64; 16];
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: the iovec points into `buf`'s spare capacity, the control buffer lives here.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the kernel wrote `n` bytes into the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+        let (now, now_real) = (Instant::now(), clock(libc::CLOCK_REALTIME));
+        let mut at = None;
+        // SAFETY: walking the control messages the kernel wrote, with libc's own macros.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == SO_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                    let stamp = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+                    let age = u64::try_from(now_real - stamp).unwrap_or(0);
+                    at = now.checked_sub(Duration::from_nanos(age));
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok((n, at))
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -370,7 +549,12 @@ async fn stream(
         r#"{{"id":"cmpl-1","object":"text_completion","created":0,"model":"{MODEL}","choices":[{{"index":0,"text":"tok","logprobs":null,"finish_reason":null}}],"usage":null}}"#
     ));
     let mut written = Vec::with_capacity(if trace.is_some() { n as usize } else { 0 });
+    let mut whole = Vec::new();
     for i in 0..n {
+        if timing.whole {
+            whole.extend_from_slice(&token);
+            continue;
+        }
         if !timing.ttft.is_zero() || !timing.itl.is_zero() {
             tokio::time::sleep_until((arrived + timing.ttft + timing.itl * i).into()).await;
         }
@@ -386,7 +570,8 @@ async fn stream(
         r#"{{"id":"cmpl-1","object":"text_completion","created":0,"model":"{MODEL}","choices":[],"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{},"completion_tokens":{n}}}}}"#,
         prompt_tokens + n
     ));
-    let mut end = last;
+    let mut end = whole;
+    end.extend_from_slice(&last);
     end.extend_from_slice(&usage);
     end.extend_from_slice(&chunk("[DONE]"));
     end.extend_from_slice(b"0\r\n\r\n");
@@ -397,12 +582,24 @@ async fn stream(
     Ok(())
 }
 
-/// One line per request: `id ttft_ns gap_ns...` (server side).
+/// An instant as CLOCK_MONOTONIC nanoseconds, the same in every process of the machine (from its
+/// `Debug` form on Linux, `Instant { tv_sec: S, tv_nsec: N }`; std gives no other way).
+fn monotonic_ns(t: Instant) -> i128 {
+    let text = format!("{t:?}");
+    let num = |key: &str| -> i128 {
+        text.split(key).nth(1).map_or(0, |r| {
+            r.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0)
+        })
+    };
+    num("tv_sec: ") * 1_000_000_000 + num("tv_nsec: ")
+}
+
+/// One line per request: `id arrival_monotonic_ns ttft_ns gap_ns...` (server side).
 fn render_trace(trace: &ServerTrace) -> String {
     let trace = trace.lock().expect("trace");
     let mut out = String::new();
     for (id, (arrived, written)) in trace.iter() {
-        out += &id.to_string();
+        out += &format!("{id} {}", monotonic_ns(*arrived));
         let mut prev = *arrived;
         for &w in written {
             out += &format!(" {}", w.duration_since(prev).as_nanos());
@@ -440,8 +637,12 @@ fn prompt_body(max_tokens: u32) -> String {
 }
 
 /// The server's ceiling: `concurrency` keep-alive connections, each sending a pre-rendered request
-/// and reading until the chunked body ends, on `threads` current-thread runtimes.
+/// and reading until the chunked body ends, parsing nothing, on `threads` threads. The sockets
+/// are polled without ever sleeping: the server never has to wake its client, which is what
+/// makes its writes cheapest (a client that sleeps in `epoll_wait` between reads costs the server
+/// a wake-up per write, and measured less than the load generator does).
 fn raw_client(url: &str, concurrency: u32, secs: f64, threads: usize) -> Measured {
+    use std::io::{ErrorKind, Read, Write};
     let addr = url.trim_start_matches("http://").to_string();
     let body = prompt_body(SPEED_TOKENS);
     let request: Arc<[u8]> = format!(
@@ -459,41 +660,61 @@ fn raw_client(url: &str, concurrency: u32, secs: f64, threads: usize) -> Measure
             let (addr, request, done) = (addr.clone(), request.clone(), done.clone());
             let conns = concurrency as usize / threads + usize::from(t < concurrency as usize % threads);
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-                rt.block_on(async move {
-                    let tasks: Vec<_> = (0..conns)
-                        .map(|_| {
-                            let (addr, request, done) = (addr.clone(), request.clone(), done.clone());
-                            tokio::spawn(async move {
-                                let mut sock = TcpStream::connect(&addr).await.expect("connect");
-                                sock.set_nodelay(true).expect("nodelay");
-                                let mut buf = vec![0u8; 64 * 1024];
-                                while Instant::now() < deadline {
-                                    sock.write_all(&request).await.expect("write");
-                                    let mut tail = [0u8; 7];
-                                    loop {
-                                        let n = sock.read(&mut buf).await.expect("read");
-                                        assert!(n > 0, "server closed");
-                                        // Keep the last 7 bytes seen: the body ends with "\r\n0\r\n\r\n".
-                                        if n >= 7 {
-                                            tail.copy_from_slice(&buf[n - 7..n]);
-                                        } else {
-                                            tail.rotate_left(n);
-                                            tail[7 - n..].copy_from_slice(&buf[..n]);
-                                        }
-                                        if &tail == b"\r\n0\r\n\r\n" {
-                                            break;
-                                        }
-                                    }
-                                    done.fetch_add(1, Ordering::Relaxed);
+                // Per connection: the socket, the last 7 bytes read, and whether a response is due.
+                let mut socks: Vec<(std::net::TcpStream, [u8; 7], bool)> = (0..conns)
+                    .map(|_| {
+                        let s = std::net::TcpStream::connect(&addr).expect("connect");
+                        s.set_nodelay(true).expect("nodelay");
+                        s.set_nonblocking(true).expect("nonblocking");
+                        (s, [0u8; 7], false)
+                    })
+                    .collect();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut local = 0u64;
+                while Instant::now() < deadline {
+                    let mut progress = false;
+                    for (sock, tail, waiting) in socks.iter_mut() {
+                        if !*waiting {
+                            let mut sent = 0;
+                            while sent < request.len() {
+                                match sock.write(&request[sent..]) {
+                                    Ok(n) => sent += n,
+                                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+                                    Err(e) => panic!("write: {e}"),
                                 }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("raw client task");
+                            }
+                            *waiting = true;
+                        }
+                        loop {
+                            match sock.read(&mut buf) {
+                                Ok(0) => panic!("server closed"),
+                                Ok(n) => {
+                                    progress = true;
+                                    // The body ends with "\r\n0\r\n\r\n".
+                                    if n >= 7 {
+                                        tail.copy_from_slice(&buf[n - 7..n]);
+                                    } else {
+                                        tail.rotate_left(n);
+                                        tail[7 - n..].copy_from_slice(&buf[..n]);
+                                    }
+                                    if tail == b"\r\n0\r\n\r\n" {
+                                        *tail = [0; 7];
+                                        *waiting = false;
+                                        local += 1;
+                                        break;
+                                    }
+                                }
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                                Err(e) => panic!("read: {e}"),
+                            }
+                        }
                     }
-                });
+                    if !progress {
+                        // Gives the core to the server where the two share one.
+                        std::thread::yield_now();
+                    }
+                }
+                done.fetch_add(local, Ordering::Relaxed);
             })
         })
         .collect();
@@ -546,12 +767,16 @@ fn loadgen_client(url: &str, concurrency: u32, secs: f64) -> Measured {
 }
 
 fn run_loadgen(url: &str, plan: &workload::Plan) -> loadgen::RunOutcome {
+    run_loadgen_at(url, plan, Instant::now())
+}
+
+fn run_loadgen_at(url: &str, plan: &workload::Plan, origin: Instant) -> loadgen::RunOutcome {
     let mut cfg = loadgen::LoadgenConfig::new(url);
     cfg.model = Some(MODEL.into());
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut sink = loadgen::ResultWriter::in_dir(tmp.path()).expect("result dir");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    rt.block_on(loadgen::run(plan, &cfg, &mut sink, std::time::Instant::now())).expect("run")
+    rt.block_on(loadgen::run(plan, &cfg, &mut sink, origin)).expect("run")
 }
 
 /// Closed loop at `concurrency` for `secs` against the 80 ms / 20 ms server; the prompt's first
@@ -581,15 +806,22 @@ fn accuracy_client(url: &str, concurrency: u32, secs: f64) -> Measured {
             warmup: 0,
         },
     };
-    let out = run_loadgen(url, &plan);
+    let origin = Instant::now();
+    let out = run_loadgen_at(url, &plan, origin);
+    let origin_ns = monotonic_ns(origin) as f64 / 1e6;
     let s = &out.summary;
     assert_eq!(s.failed, 0, "{:?}", s.failed_by_class);
 
     let trace = fetch_trace(url);
     let (mut ttft_err, mut itl_err, mut late) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
     for r in out.records.iter().filter(|r| !r.warmup && r.error.is_none()) {
         let server = &trace[&r.id];
+        let arrival_ms = server[0] as f64 / 1e6;
+        let server = &server[1..];
         let server_ttft = server[0] as f64 / 1e6;
+        to_server.push(arrival_ms - (origin_ns + r.sent * 1e3));
+        to_client.push((origin_ns + r.chunks[0].0 * 1e3) - (arrival_ms + server_ttft));
         ttft_err.push(r.ttft() * 1e3 - server_ttft);
         late.push(server_ttft - 80.0);
         for (i, w) in r.chunks.windows(2).enumerate() {
@@ -614,6 +846,8 @@ fn accuracy_client(url: &str, concurrency: u32, secs: f64) -> Measured {
         itl_err_p99_ms: pct(&mut itl_err, 99.0),
         server_late_p99_ms: pct(&mut late, 99.0),
         cpu_us_per_request: 0.0,
+        to_server_p99_ms: pct(&mut to_server, 99.0),
+        to_client_p99_ms: pct(&mut to_client, 99.0),
     }
 }
 

@@ -8,6 +8,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -210,15 +211,19 @@ impl Client {
             Endpoint::Completions => &self.completions_url,
             Endpoint::Chat => &self.chat_url,
         };
-        let mut builder =
-            self.http.post(url.as_str()).header(CONTENT_TYPE, "application/json").body(req.body.clone());
-        if let Some(auth) = &self.auth {
-            builder = builder.header(AUTHORIZATION, auth.clone());
-        }
+        let request = || {
+            let (body, wire) = StampedBody::body(req.body.clone());
+            let mut builder =
+                self.http.post(url.as_str()).header(CONTENT_TYPE, "application/json").body(body);
+            if let Some(auth) = &self.auth {
+                builder = builder.header(AUTHORIZATION, auth.clone());
+            }
+            (builder, wire)
+        };
 
         let mut st = Partial::new(req.max_tokens, when.origin);
-        let sent = Instant::now();
-        let exchange = tokio::time::timeout(self.request_timeout, self.exchange(builder, &mut st));
+        let started = Instant::now();
+        let exchange = tokio::time::timeout(self.request_timeout, self.exchange(request, &mut st));
         let outcome = match &self.stop {
             Some(stop) => until_stopped(exchange, stop).await,
             None => Some(exchange.await),
@@ -235,20 +240,29 @@ impl Client {
             }),
         };
         let end = st.end.unwrap_or_else(Instant::now);
+        // Sent: when the connection took the body to write it (the request went on the wire
+        // then), not when this future started; a request that never got that far, when it did.
+        let sent = st.wire.as_ref().and_then(|w| w.get().copied()).unwrap_or(started);
         st.finish(req, when, sent, end, result.err())
     }
 
-    async fn exchange(&self, builder: reqwest::RequestBuilder, st: &mut Partial) -> Result<(), RequestError> {
+    async fn exchange(
+        &self,
+        request: impl Fn() -> (reqwest::RequestBuilder, Wire),
+        st: &mut Partial,
+    ) -> Result<(), RequestError> {
         // A server may close a kept-alive connection after a response while still advertising
         // keep-alive (llama.cpp's server does; vLLM closes idle ones after 5 s). A request that
         // went out on such a connection fails before any response byte; it is sent once more on
         // a fresh connection, as browsers do. Any other failure is final.
-        let retry = builder.try_clone();
+        let (builder, wire) = request();
+        st.wire = Some(wire);
         let resp = match self.response(builder).await {
-            Err(e) if is_stale_connection(&e) => match retry {
-                Some(retry) => self.response(retry).await,
-                None => Err(e),
-            },
+            Err(e) if is_stale_connection(&e) => {
+                let (builder, wire) = request();
+                st.wire = Some(wire);
+                self.response(builder).await
+            }
             other => other,
         };
         let resp = match resp {
@@ -359,6 +373,8 @@ pub(crate) struct Partial {
     pub(crate) cached_tokens: Option<u32>,
     pub(crate) done: bool,
     finish_reason: bool,
+    /// When the request's body was taken to be written.
+    wire: Option<Wire>,
     /// The request's `prefill`/`decode` NVTX range (empty without the `nvtx` feature).
     phase: crate::nvtx::RequestRange,
 }
@@ -376,6 +392,7 @@ impl Partial {
             cached_tokens: None,
             done: false,
             finish_reason: false,
+            wire: None,
             phase: crate::nvtx::RequestRange::start(),
         }
     }
@@ -488,6 +505,48 @@ impl Prepared {
             turn: req.meta.turn,
             blocks: prompt_blocks(&req.prompt),
         }
+    }
+}
+
+/// When a request's body was taken by its connection to be written.
+type Wire = Arc<OnceLock<Instant>>;
+
+/// A request body that notes when the connection first asks for it: hyper writes the head and
+/// the body in the same turn, right after, so this is when the request goes on the wire. The
+/// client's own work before that (building the request, queueing it for its connection) is not
+/// counted as the server's latency.
+struct StampedBody {
+    data: Option<Bytes>,
+    len: u64,
+    wire: Wire,
+}
+
+impl StampedBody {
+    fn body(data: Bytes) -> (reqwest::Body, Wire) {
+        let wire = Wire::default();
+        let body = StampedBody { len: data.len() as u64, data: Some(data), wire: Arc::clone(&wire) };
+        (reqwest::Body::wrap(body), wire)
+    }
+}
+
+impl http_body::Body for StampedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let _ = self.wire.set(Instant::now());
+        Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
     }
 }
 

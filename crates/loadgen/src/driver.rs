@@ -461,6 +461,9 @@ struct RecordWriter {
 /// How often the writer thread takes the records that finished.
 const WRITE_EVERY: Duration = Duration::from_millis(10);
 
+/// Records formatted and written between two yields of the writer thread.
+const WRITE_SLICE: usize = 32;
+
 /// What the writer thread hands back at the end.
 struct Written {
     records: Vec<RequestRecord>,
@@ -492,11 +495,16 @@ impl RecordWriter {
                 r.prompt_blocks = Some(self.shared.prepared[r.id as usize].blocks.clone());
                 self.progress.on_record(r);
             }
-            if error.is_none() && !new.is_empty() {
-                if let Err(e) = self.file.append(new) {
-                    error = Some(e);
-                    self.stop.cancel();
+            // In slices, yielding between them: where the writer shares a core with a worker,
+            // the worker's timestamps wait for one slice at most, not for a whole burst.
+            for slice in new.chunks(WRITE_SLICE) {
+                if error.is_none() {
+                    if let Err(e) = self.file.append(slice) {
+                        error = Some(e);
+                        self.stop.cancel();
+                    }
                 }
+                std::thread::yield_now();
             }
         }
         self.progress.finish();

@@ -30,9 +30,9 @@ fn median_p90(mut v: Vec<f64>) -> [f64; 2] {
 }
 
 /// `n` requests of 8 tokens (220 ms each) with about `concurrency` in flight: open loop, evenly
-/// spaced arrivals; the first `warmup` excluded. At 256 the warm-up is two rounds (512 requests):
-/// the in-flight count wanders above its first peak for a while, and each new high opens a
-/// connection whose set-up (connect, accept) is not the client's timing error.
+/// spaced arrivals; the first `warmup` excluded. The run's connections are opened before its
+/// clock starts (the default warm-up phase); the first round is still left out, as the server's
+/// own tasks start cold.
 async fn measure(concurrency: u32, n: u64, warmup: u32) -> Measured {
     let trace = Trace::default();
     let server = start(Behavior {
@@ -74,49 +74,51 @@ async fn measure(concurrency: u32, n: u64, warmup: u32) -> Measured {
     }
 }
 
-/// Whether `m` is within 2 ms everywhere it must be; the misses otherwise.
+/// Whether `m` is within bounds; the misses otherwise.
 ///
-/// Medians are checked against the nominal 80 ms / 20 ms; the tails against what the server
-/// really did (the client's error), because on a loaded machine the server's own timer runs late
-/// in the tail and that is not the client's measurement error. The absolute p90s are printed.
+/// Medians are checked against the nominal 80 ms / 20 ms, within 2 ms; the client's error (what
+/// it measured minus what the server really did) within 2 ms at the median and 5 ms at p90 (one
+/// attempt on a shared machine). The absolute p90s are printed.
 fn misses(concurrency: u32, m: &Measured) -> Vec<String> {
     let mut out = Vec::new();
-    let mut within = |what: &str, got: f64, want: f64| {
-        if (got - want).abs() > 2.0 {
-            out.push(format!("concurrency {concurrency}: {what} {got:.2} ms, want {want} ± 2 ms"));
+    let mut within = |what: &str, got: f64, want: f64, bound: f64| {
+        if (got - want).abs() > bound {
+            out.push(format!("concurrency {concurrency}: {what} {got:.2} ms, want {want} ± {bound} ms"));
         }
     };
-    within("median TTFT", m.ttft[0], 80.0);
-    within("median ITL", m.itl[0], 20.0);
-    within("median TTFT error", m.ttft_error[0], 0.0);
-    within("p90 TTFT error", m.ttft_error[1], 0.0);
-    within("median chunk error", m.chunk_error[0], 0.0);
-    within("p90 chunk error", m.chunk_error[1], 0.0);
+    within("median TTFT", m.ttft[0], 80.0, 2.0);
+    within("median ITL", m.itl[0], 20.0, 2.0);
+    within("median TTFT error", m.ttft_error[0], 0.0, 2.0);
+    within("p90 TTFT error", m.ttft_error[1], 0.0, 5.0);
+    within("median chunk error", m.chunk_error[0], 0.0, 2.0);
+    within("p90 chunk error", m.chunk_error[1], 0.0, 5.0);
     out
 }
 
-/// Each level gets up to five attempts: other processes on a small shared machine can take the
-/// client's core for milliseconds, which only ever adds error; an attempt within the bounds shows
-/// the client measures right. Every attempt is printed.
+/// One attempt per level, no retry: a guard against gross errors (a burst of connection set-ups,
+/// a timestamp taken behind blocking work), with bounds that hold on a small shared machine where
+/// other processes take the client's core for milliseconds. The precise figures (p50 and p99
+/// errors at 1, 100 and 500 streams, against the kernel's receive times) come from
+/// `benches/loadbench.rs`, not from a timed test. Every figure is printed.
 #[tokio::test]
 async fn ttft_and_itl_within_2ms_at_concurrency_1_and_256() {
     let mut report = String::new();
     let mut failures = Vec::new();
-    for (concurrency, n, warmup) in [(1, 22, 2), (256, 1280, 512)] {
-        let mut last = Vec::new();
-        for attempt in 1..=5 {
-            let m = measure(concurrency, n, warmup).await;
-            report += &format!(
-                "concurrency {concurrency} (attempt {attempt}): TTFT median {:.2} p90 {:.2} ms, ITL median {:.2} p90 {:.2} ms; \
-                 client error: TTFT median {:.2} p90 {:.2} ms, chunk timestamps median {:.2} p90 {:.2} ms\n",
-                m.ttft[0], m.ttft[1], m.itl[0], m.itl[1], m.ttft_error[0], m.ttft_error[1], m.chunk_error[0], m.chunk_error[1],
-            );
-            last = misses(concurrency, &m);
-            if last.is_empty() {
-                break;
-            }
-        }
-        failures.extend(last);
+    for (concurrency, n, warmup) in [(1, 22, 2), (256, 1280, 256)] {
+        let m = measure(concurrency, n, warmup).await;
+        report += &format!(
+            "concurrency {concurrency}: TTFT median {:.2} p90 {:.2} ms, ITL median {:.2} p90 {:.2} ms; \
+             client error: TTFT median {:.2} p90 {:.2} ms, chunk timestamps median {:.2} p90 {:.2} ms\n",
+            m.ttft[0],
+            m.ttft[1],
+            m.itl[0],
+            m.itl[1],
+            m.ttft_error[0],
+            m.ttft_error[1],
+            m.chunk_error[0],
+            m.chunk_error[1],
+        );
+        failures.extend(misses(concurrency, &m));
     }
     eprint!("{report}");
     assert!(failures.is_empty(), "{}\n{report}", failures.join("\n"));

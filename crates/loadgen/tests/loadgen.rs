@@ -315,6 +315,50 @@ async fn warmup_is_flagged_and_excluded() {
     }
 }
 
+/// The run's connections are opened before its clock starts, one per request slot, and
+/// `summary.json` says so; cold connections are opened by the requests themselves.
+#[tokio::test]
+async fn connections_are_warmed_before_the_clock_unless_cold() {
+    let server = start(Behavior::default());
+    let p = plan(20, 4, Mode::Closed { concurrency: 6 });
+    for (connections, expect) in [(loadgen::Connections::Warm, Some(6)), (loadgen::Connections::Cold, None)] {
+        let mut cfg = config(&server.url);
+        cfg.connections = connections;
+        let (out, dir) = run(&p, &cfg).await;
+        assert_eq!(out.summary.completed, 20);
+        assert_eq!(out.connection_warmup.map(|w| w.connections), expect, "{connections:?}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["connection_warmup"]["connections"].as_u64(), expect, "{summary}");
+        assert_eq!(summary["client_threads"].as_u64(), Some(out.threads as u64));
+        // The vllm bench serve names are still there, at the top level.
+        assert_eq!(summary["completed"].as_u64(), Some(20));
+    }
+}
+
+/// Several worker threads share the plan: every request is sent once, by one of them, with
+/// its own record; closed-loop concurrency is split between them and never exceeded.
+#[tokio::test]
+async fn worker_threads_share_the_plan() {
+    let server = start(Behavior { itl: Duration::from_millis(2), ..Default::default() });
+    let p = plan(60, 5, Mode::Closed { concurrency: 5 });
+    let mut cfg = config(&server.url);
+    cfg.threads = Some(2);
+    let (out, dir) = run(&p, &cfg).await;
+    assert_eq!(out.threads, 2);
+    assert_eq!((out.sent, out.summary.completed, out.summary.failed), (60, 60, 0));
+    let ids: Vec<u64> = out.records.iter().map(|r| r.id).collect();
+    assert_eq!(ids, (0..60).collect::<Vec<_>>(), "one record per request, in id order");
+    assert!(out.summary.max_concurrent_requests <= 5, "{}", out.summary.max_concurrent_requests);
+    assert!(out.records.iter().all(|r| r.output_tokens == 5 && r.prompt_blocks.is_some()));
+    let lines = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, 60);
+    // More threads than request slots: one per slot.
+    cfg.threads = Some(8);
+    let (out, _dir) = run(&plan(4, 2, Mode::Closed { concurrency: 3 }), &cfg).await;
+    assert_eq!((out.threads, out.summary.completed), (3, 4));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration and files
 
