@@ -1,19 +1,28 @@
 //! The driver: releases the plan's requests on time and collects their records.
 //!
-//! One loop owns the schedule. Every request waits in one queue ordered by its intended send
-//! time: open-loop requests at `start + send_at`, closed-loop requests at `start` (the cap of
-//! `concurrency` in flight makes them go out one as another finishes), and a dependent request
-//! (the next turn of a session) at its parent's end plus its think time, queued when the parent
-//! finishes. A due request goes out at once unless `max_concurrency` requests are in flight; then
-//! it waits for a slot and its lag (actual minus intended send time) shows the wait. The clock
-//! never waits on a response otherwise: no coordinated omission.
+//! Each worker's loop owns its part of the schedule. Every request waits in a queue ordered by
+//! its intended send time: open-loop requests at `start + send_at`, closed-loop requests at
+//! `start` (the cap of `concurrency` in flight makes them go out one as another finishes), and a
+//! dependent request (the next turn of a session) at its parent's end plus its think time, queued
+//! when the parent finishes. A due request goes out at once unless `max_concurrency` requests are
+//! in flight (with several workers, each holds its share of the slots, and a due request goes to
+//! whichever worker has one free); then it waits for a slot and its lag (actual minus intended
+//! send time) shows the wait. The clock never waits on a response otherwise: no coordinated
+//! omission.
 //!
 //! A dependent request is sent even when its parent failed (its prompt is already fixed by the
 //! plan, and the server's behaviour on the next turn is still worth measuring); a request whose
 //! parent was never sent (duration limit) is not sent either.
 //!
-//! In-flight requests are futures polled by the calling task (the HTTP connections run as tasks
-//! of the runtime); each ends in one record, which is appended to `requests.jsonl` at once.
+//! The plan is sent by worker threads (one per core by default, as oha does), each with its own
+//! current-thread runtime, connection pool and share of the concurrency: a request's future and
+//! its connection's task run on the same thread, and nothing crosses threads per token. The
+//! requests that depend on none wait in one shared queue in send-time order; a worker with a free
+//! slot takes the next one when it is due, so the workers balance themselves. A session's later
+//! turns stay on the worker that sent its first. Bodies are serialized and prompts hashed before
+//! the clock starts; each finished request's record goes, in a batch per wake-up, to a writer
+//! thread that appends it to `requests.jsonl` (and draws the progress bar), so nothing on the
+//! thread that takes timestamps formats or writes. The records are merged at the end.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

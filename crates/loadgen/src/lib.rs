@@ -86,9 +86,11 @@ pub enum Error {
 ///
 /// Times in records are seconds since `origin` (the run clock shared with the samplers);
 /// `origin` must not be later than the call. The schedule (`Request::send_at`, `Limits::duration`)
-/// starts when the model is known and sending begins. Runs on whatever tokio runtime the caller
-/// gives (current-thread or multi-thread); the request futures are driven by the calling task and
-/// the HTTP connections by tasks of the runtime.
+/// starts when the model is known, the bodies are prepared and the warm-up phase has opened the
+/// connections ([`LoadgenConfig::connections`]). Can be awaited on any tokio runtime: the
+/// requests are sent by [`LoadgenConfig::threads`] worker threads, each with its own
+/// current-thread runtime and connections (request futures and connection tasks on one thread),
+/// and the records are written by a writer thread; the calling task only waits for them.
 ///
 /// Writes `requests.jsonl` (as requests finish), `requests.csv` and `summary.json` (at the end)
 /// into `sink`'s directory. Returns an error only for a run that cannot be carried out or a write
