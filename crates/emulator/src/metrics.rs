@@ -62,6 +62,14 @@ pub(crate) struct EngineMetrics {
     pub(crate) lmcache_requested: u64,
     pub(crate) lmcache_hit: u64,
     pub(crate) lmcache_stored: u64,
+    /// Prompt tokens by where they came from at a request's first scheduling, as vLLM's
+    /// `prompt_tokens_by_source`: computed, GPU prefix-cache hit, loaded from the offload tiers.
+    pub(crate) by_source: BySource,
+    /// Tokens of whole chunks LMCache's lookup found, by level (`l1`: the cpu tier, `l2`: disk
+    /// and redis), as LMCache's server counts them (`lmcache_mp_lookup_hit_*`): whole chunks,
+    /// including those vLLM then found in its own cache.
+    pub(crate) lookup_hit_l1: u64,
+    pub(crate) lookup_hit_l2: u64,
     pub(crate) prompt_tokens: u64,
     pub(crate) generation_tokens: u64,
     pub(crate) requests_finished: u64,
@@ -84,6 +92,9 @@ impl Default for EngineMetrics {
             lmcache_requested: 0,
             lmcache_hit: 0,
             lmcache_stored: 0,
+            by_source: BySource::default(),
+            lookup_hit_l1: 0,
+            lookup_hit_l2: 0,
             prompt_tokens: 0,
             generation_tokens: 0,
             requests_finished: 0,
@@ -95,6 +106,14 @@ impl Default for EngineMetrics {
             ttft: Histogram::new(TTFT_BUCKETS),
         }
     }
+}
+
+/// vLLM's `prompt_tokens_by_source` sources, in tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct BySource {
+    pub(crate) local_compute: u64,
+    pub(crate) local_cache_hit: u64,
+    pub(crate) external_kv_transfer: u64,
 }
 
 /// Instantaneous engine state for the gauges.
@@ -180,6 +199,19 @@ pub(crate) fn render(inp: &RenderInput<'_>) -> String {
         e.external_hits,
     );
     counter(&mut out, "vllm:prompt_tokens_total", "Prompt tokens processed.", l, e.prompt_tokens);
+    let name = "vllm:prompt_tokens_by_source_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Prompt tokens by source: computed, GPU prefix-cache hit, loaded by the connector.\n\
+         # TYPE {name} counter"
+    );
+    for (source, v) in [
+        ("local_compute", e.by_source.local_compute),
+        ("local_cache_hit", e.by_source.local_cache_hit),
+        ("external_kv_transfer", e.by_source.external_kv_transfer),
+    ] {
+        let _ = writeln!(out, "{name}{{{l},source=\"{source}\"}} {v}");
+    }
     counter(&mut out, "vllm:generation_tokens_total", "Tokens generated.", l, e.generation_tokens);
     counter(&mut out, "vllm:request_success_total", "Requests finished.", l, e.requests_finished);
     counter(&mut out, "vllm:num_preemptions_total", "Preemptions (recompute).", l, e.preemptions);
@@ -203,6 +235,23 @@ pub(crate) fn render(inp: &RenderInput<'_>) -> String {
         l,
         e.lmcache_stored,
     );
+    if !inp.tiers.is_empty() {
+        // LMCache's server's names (multi-process mode): what its lookups found, in whole
+        // chunks, in all levels and per level.
+        let l1 = e.lookup_hit_l1;
+        let l2 = e.lookup_hit_l2;
+        for (name, help, v) in [
+            ("lmcache_mp_lookup_hit_tokens_total", "Tokens of whole chunks found by lookups.", l1 + l2),
+            (
+                "lmcache_mp_lookup_hit_l1_tokens_total",
+                "Lookup hit tokens in L1 (host memory: the cpu tier).",
+                l1,
+            ),
+            ("lmcache_mp_lookup_hit_l2_tokens_total", "Lookup hit tokens in L2 (disk, Redis).", l2),
+        ] {
+            counter(&mut out, name, help, l, v);
+        }
+    }
     for (name, help) in [
         ("kvlab_tier_errors_total", "Offload-tier I/O errors (the request was recomputed)."),
         ("kvlab_tier_read_errors_total", "Failed chunk loads (the chunk was recomputed)."),
@@ -244,6 +293,8 @@ mod tests {
             external_hits: 2048,
             lmcache_requested: 4096,
             lmcache_hit: 2048,
+            by_source: BySource { local_compute: 1024, local_cache_hit: 1024, external_kv_transfer: 2048 },
+            lookup_hit_l2: 2048,
             requests_finished: 2,
             ..EngineMetrics::default()
         };

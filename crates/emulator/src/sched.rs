@@ -325,6 +325,13 @@ impl Core {
                 req.first_scheduled = Some(now);
                 req.cached_tokens = start;
                 m.queue_time.observe(now - req.arrival);
+                m.by_source.local_cache_hit += u64::from(gpu_hit);
+                m.by_source.external_kv_transfer += u64::from(ext);
+                m.by_source.local_compute += u64::from(prompt_len.saturating_sub(start));
+                for &tier in &req.offload_hits {
+                    let level = if tier == Tier::Cpu { &mut m.lookup_hit_l1 } else { &mut m.lookup_hit_l2 };
+                    *level += u64::from(chunk);
+                }
             }
             self.scheduled.push((id, n_new));
             budget -= n_new;

@@ -1,6 +1,7 @@
 //! The calls into the sibling crates (workload, loadgen, samplers, emulator), each behind one
 //! small function so the run lifecycle reads as lab types only.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -27,6 +28,23 @@ pub struct WorkloadRequest {
     /// default range (the lab's tiny Llama has 8,192) gets ids it knows. `None`: the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab: Option<(u32, u32)>,
+    /// The engine's GPU KV cache in tokens, where the lab knows it (the emulator, a run that
+    /// sets the block count): the reuse workloads are sized against it (see
+    /// [`shared_prefix_groups`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_cache_tokens: Option<u64>,
+}
+
+/// Shared-prefix groups of a run: without a known GPU cache, one per five requests (1 to 8).
+/// With one, enough distinct prefixes that together they fill the GPU cache 1.5 times over, so
+/// that reuse outgrows it and an offload tier serves the prefixes the GPU evicted, each prefix
+/// still asked at least twice (at most `num_requests / 2` groups).
+pub(crate) fn shared_prefix_groups(num_requests: u32, prefix_len: u32, gpu_cache_tokens: Option<u64>) -> u32 {
+    let default = (num_requests / 5).clamp(1, 8);
+    let Some(cache) = gpu_cache_tokens else { return default };
+    let outgrow = (cache * 3).div_ceil(2 * u64::from(prefix_len.max(1)));
+    let most = (num_requests / 2).max(1);
+    u32::try_from(outgrow).unwrap_or(u32::MAX).max(default).min(most).max(1)
 }
 
 /// Builds the plan: `shared-prefix` (groups of requests sharing a long prefix), `multi-turn`
@@ -40,10 +58,11 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
     let source = match w.workload.as_str() {
         "shared-prefix" => {
             let suffix = (w.prompt_len / 16).clamp(1, 256);
+            let prefix_len = w.prompt_len.saturating_sub(suffix).max(1);
             Source::SharedPrefix(SharedPrefixSpec {
                 num_requests: n,
-                groups: (w.num_requests / 5).clamp(1, 8),
-                prefix_len: w.prompt_len.saturating_sub(suffix).max(1),
+                groups: shared_prefix_groups(w.num_requests, prefix_len, w.gpu_cache_tokens),
+                prefix_len,
                 suffix_len: LengthDist::fixed(suffix),
                 output_len: LengthDist::fixed(w.gen_len),
             })
@@ -233,4 +252,33 @@ pub(crate) fn finish_partial(
     let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
     crate::run::write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
     Ok(summary)
+}
+
+/// Prompt tokens by source over the run, from `samples/engine.csv` (`report::tokens_by_source`);
+/// `None` without the file or the engine's counter.
+pub(crate) fn tokens_by_source(
+    dir: &Path,
+    tier: crate::config::Tier,
+    origin: report::CounterOrigin,
+) -> Option<BTreeMap<String, u64>> {
+    let path = dir.join("samples/engine.csv");
+    if !path.is_file() {
+        return None;
+    }
+    let table = report::Table::read(&path).ok()?;
+    report::tokens_by_source(&table, tier.as_str(), origin)
+}
+
+/// Adds `prompt_tokens_by_source` to the run's `summary.json`, keeping every other key (the
+/// marks of an interrupted run among them).
+pub(crate) fn record_tokens_by_source(dir: &Path, sources: &BTreeMap<String, u64>) -> Result<()> {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| LabError::Other(format!("{}: {e}", path.display())))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("prompt_tokens_by_source".into(), serde_json::json!(sources));
+    }
+    let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
+    crate::run::write_atomic(&path, (text + "\n").as_bytes())
 }

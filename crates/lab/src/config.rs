@@ -316,6 +316,10 @@ struct Matrix {
     request_rates: Vec<Spanned<f64>>,
     #[serde(default)]
     cache_sizes: Vec<Spanned<String>>,
+    /// The engine's GPU KV cache in blocks (vLLM's `--num-gpu-blocks-override`, the emulator's
+    /// `num_gpu_blocks`), on every tier: sweeping it shows where offloading starts to pay.
+    #[serde(default)]
+    gpu_blocks: Vec<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -368,7 +372,7 @@ pub const WORKLOADS: &[&str] = &["shared-prefix", "multi-turn", "random"];
 pub struct Experiment {
     pub name: String,
     pub description: String,
-    /// The points in matrix order (models outermost, cache sizes innermost).
+    /// The points in matrix order (models outermost, cache sizes, then GPU blocks, innermost).
     pub points: Vec<Point>,
     /// Extra LMCache settings for every point, already checked.
     pub lmcache: Option<LmcacheConfig>,
@@ -393,6 +397,10 @@ pub struct Point {
     pub request_rate: f64,
     /// Offload-tier capacity in bytes (the GPU cache for the baseline tier); `None`: the tier's.
     pub cache_size: Option<u64>,
+    /// The engine's GPU KV cache in blocks on every tier (`matrix.gpu_blocks`, `--gpu-blocks`);
+    /// `None`: the tier's or what fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_blocks: Option<u64>,
     pub num_prompts: Option<u32>,
     pub time_limit_s: Option<f64>,
     pub prompt_len: Option<u32>,
@@ -512,6 +520,18 @@ impl Experiment {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
+        let gpu_blocks = if m.gpu_blocks.is_empty() {
+            vec![None]
+        } else {
+            m.gpu_blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| match *b.get_ref() {
+                    0 => Err(err(b.span(), format!("matrix.gpu_blocks[{i}]"), "must be at least 1".into())),
+                    v => Ok(Some(v)),
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
         // `table`: where the settings are (`defaults`, `workload_overrides.NAME`).
         // Checked once per table; a point's settings overlay checked values, so need no check.
         let check_settings = |table: &str, s: &PointSettings| -> Result<()> {
@@ -545,13 +565,16 @@ impl Experiment {
                     let s = raw.defaults.overlay(&over);
                     let time_limit_s = s.time_limit.as_ref().and_then(|t| t.get_ref().secs());
                     for &request_rate in &rates {
-                        for &cache_size in &sizes {
+                        for (&cache_size, &gpu_blocks) in
+                            sizes.iter().flat_map(|c| gpu_blocks.iter().map(move |g| (c, g)))
+                        {
                             points.push(Point {
                                 model: model.get_ref().clone(),
                                 tier,
                                 workload: workload.get_ref().clone(),
                                 request_rate,
                                 cache_size,
+                                gpu_blocks,
                                 num_prompts: s.num_prompts,
                                 time_limit_s,
                                 prompt_len: s.prompt_len,

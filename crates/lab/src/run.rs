@@ -363,6 +363,7 @@ fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
         workload,
         request_rate: 4.0,
         cache_size: None,
+        gpu_blocks: None,
         num_prompts: None,
         time_limit_s: None,
         prompt_len: None,
@@ -733,7 +734,7 @@ pub(crate) async fn run_point(
     // vLLM's CPU build: the local process without a GPU, or an image that says it is one.
     let vllm_cpu = (engine_kind == EngineKind::Vllm && !probe.nvidia_gpu)
         || (engine_kind == EngineKind::VllmDocker && image_traits.cpu);
-    sizing.gpu_blocks = opts.gpu_blocks.or(sizing.gpu_blocks).or_else(|| {
+    sizing.gpu_blocks = opts.gpu_blocks.or(point.gpu_blocks).or(sizing.gpu_blocks).or_else(|| {
         (vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL))
             .then_some(VLLM_CPU_DEFAULT_BLOCKS)
     });
@@ -827,6 +828,14 @@ pub(crate) async fn run_point(
             .as_ref()
             .filter(|m| !emulated && m.vocab_size < workload::Vocab::default().end)
             .map(|m| ((m.vocab_size / 80).max(4), m.vocab_size)),
+        gpu_cache_tokens: if engine_kind == EngineKind::Emulated {
+            let block = opts.block_size.map_or(KV_BLOCK_TOKENS, u64::from);
+            sizing.gpu_blocks.or(tier.emulator.num_gpu_blocks).map(|b| b * block)
+        } else if vllm_cpu {
+            sizing.gpu_blocks.map(|b| b * VLLM_CPU_BLOCK_TOKENS)
+        } else {
+            sizing.gpu_blocks.map(|b| b * KV_BLOCK_TOKENS)
+        },
     };
     let redis_url = lmcache_db.as_ref().map(|db| db.url()).or(tier_redis);
     let resolved = ResolvedRun {
@@ -1095,6 +1104,14 @@ pub(crate) async fn run_point(
     };
     let mut marks = serde_json::Map::new();
     let sampler_status = samplers.map(|s| s.stop()).unwrap_or(serde_json::Value::Null);
+    // Where the prompt tokens came from (GPU cache, each offload tier, computed), from the
+    // engine's counters: the samplers took their last scrape as they stopped.
+    let origin = if engine_kind == EngineKind::External {
+        report::CounterOrigin::FirstScrape
+    } else {
+        report::CounterOrigin::EngineStart
+    };
+    let by_source = adapters::tokens_by_source(&dir, point.tier, origin);
     if let Some(watch) = store_watch {
         if watch.is_finished() {
             if let Ok(at) = watch.await {
@@ -1148,8 +1165,12 @@ pub(crate) async fn run_point(
         driven => driven,
     };
     write(&dir.join("env.json"), &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()))?;
-    let summary = driven?;
+    let mut summary = driven?;
     stopped?;
+    if let Some(sources) = by_source {
+        adapters::record_tokens_by_source(&dir, &sources)?;
+        summary.prompt_tokens_by_source = Some(sources);
+    }
 
     let table = stats::render_table(&summary);
     // The full report (report.md, report.html, plots/) from the files just written; the short

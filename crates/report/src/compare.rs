@@ -272,6 +272,20 @@ pub fn bootstrap_diff_ci(a: &[f64], b: &[f64], p: f64, seed: u64) -> Option<(f64
     Some((stats::percentile(&diffs, tail), stats::percentile(&diffs, 100.0 - tail)))
 }
 
+/// The [`CONFIDENCE`] percentile-bootstrap interval of `percentile(values, p)`; `None` with
+/// fewer than 2 values.
+pub fn bootstrap_ci(values: &[f64], p: f64, seed: u64) -> Option<(f64, f64)> {
+    if values.len() < 2 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = resamples(values.len(), 0);
+    let mut buf = vec![0.0; values.len()];
+    let qs: Vec<f64> = (0..n).map(|_| resampled_percentile(values, &mut buf, p, &mut rng)).collect();
+    let tail = (1.0 - CONFIDENCE) / 2.0 * 100.0;
+    Some((stats::percentile(&qs, tail), stats::percentile(&qs, 100.0 - tail)))
+}
+
 /// Percentile `p` (numpy's linear interpolation) of a resample of `values`, in O(n).
 fn resampled_percentile(values: &[f64], buf: &mut [f64], p: f64, rng: &mut ChaCha8Rng) -> f64 {
     for slot in buf.iter_mut() {

@@ -77,6 +77,23 @@ pub(crate) fn render(
                 writeln!(out, "<p class=\"banner\">INCOMPLETE: {}: {}</p>", escape(&run.label), escape(why));
         }
     }
+    if crate::answer::applies(runs) {
+        out.push_str("<h2>Does offloading pay?</h2>\n");
+        let (headline, rows) = crate::answer::cells(runs);
+        if !headline.is_empty() {
+            out.push_str("<ul>\n");
+            for line in headline {
+                let _ = writeln!(out, "<li>{}</li>", escape(&line));
+            }
+            out.push_str("</ul>\n");
+        }
+        let header: Vec<String> = crate::answer::HEADER.iter().map(|s| (*s).to_owned()).collect();
+        table(&mut out, &header, &rows);
+        if let Some((figure, svg)) = figures.iter().zip(svgs).find(|(f, _)| f.name == "tiers") {
+            let start = svg.find("<svg").unwrap_or(0);
+            let _ = write!(out, "<figure id=\"{}\">\n{}\n</figure>\n", escape(&figure.name), &svg[start..]);
+        }
+    }
     out.push_str("<h2>Runs</h2>\n");
     let header: Vec<String> = RUNS_HEADER.iter().map(|s| (*s).to_owned()).collect();
     let rows: Vec<Vec<String>> = runs_rows(runs).into_iter().map(Vec::from).collect();
@@ -88,7 +105,7 @@ pub(crate) fn render(
         let _ = writeln!(out, "<p>{}</p>", escape(&crate::compare::noise_legend().replace('`', "")));
     }
     out.push_str("<h2>Plots</h2>\n");
-    for (figure, svg) in figures.iter().zip(svgs) {
+    for (figure, svg) in figures.iter().zip(svgs).filter(|(f, _)| f.name != "tiers") {
         let start = svg.find("<svg").unwrap_or(0);
         let _ = write!(out, "<figure id=\"{}\">\n{}\n</figure>\n", escape(&figure.name), &svg[start..]);
     }

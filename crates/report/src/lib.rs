@@ -12,6 +12,7 @@
 //!
 //! Anything from the emulated engine is labelled "emulated" in titles, legends and tables.
 
+pub mod answer;
 pub mod compare;
 mod figure;
 mod html;
@@ -22,11 +23,13 @@ pub mod regress;
 mod render;
 mod result;
 pub mod scenario;
+mod sources;
 
 use std::path::{Path, PathBuf};
 
 pub use crate::figure::{Figure, Panel, Series, SeriesKind};
 pub use crate::result::{parse_summary, read_records, read_summary, RunData, Table};
+pub use crate::sources::{tokens_by_source, CounterOrigin};
 
 /// Why a report or a regression check failed.
 #[derive(Debug, thiserror::Error)]

@@ -50,7 +50,10 @@ pub(crate) fn missing_plots(figures: &[Figure]) -> Vec<(&'static str, &'static s
     let has = |name: &str| figures.iter().any(|f| f.name == name);
     let mut out = Vec::new();
     for (name, why) in [
-        ("ttft_vs_prompt_len", "no completed request with a known prompt length"),
+        (
+            "ttft_vs_prompt_len",
+            "fewer than three prompt lengths among the completed requests (see ttft_over_time)",
+        ),
         ("ttft_cdf", "no completed request"),
         ("itl_cdf", "no request with two or more output chunks"),
         ("sweep", "needs runs of one engine and tier at two or more request rates"),
@@ -73,6 +76,8 @@ pub(crate) fn render(runs: &[RunData], comparison: &Comparison, figures: &[Figur
             let _ = writeln!(out, "> **INCOMPLETE**: `{}`: {why}\n", run.label);
         }
     }
+    let tiers = figures.iter().find(|f| f.name == "tiers").map(|f| f.name.as_str());
+    out.push_str(&crate::answer::markdown(runs, tiers));
     let _ = writeln!(out, "## Runs\n");
     let _ = writeln!(out, "| {} |", RUNS_HEADER.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(RUNS_HEADER.len()));
@@ -85,7 +90,7 @@ pub(crate) fn render(runs: &[RunData], comparison: &Comparison, figures: &[Figur
     }
     out.push_str(&comparison.markdown());
     let _ = writeln!(out, "\n## Plots\n");
-    for figure in figures {
+    for figure in figures.iter().filter(|f| f.name != "tiers") {
         let _ = writeln!(out, "### {}\n", figure.title);
         let _ = writeln!(out, "![{}](plots/{}.svg)\n", figure.title, figure.name);
     }

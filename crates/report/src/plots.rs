@@ -2,6 +2,9 @@
 //!
 //! | file stem | what |
 //! |---|---|
+//! | `tiers` | the answer, first: per run, median TTFT with its 95% interval, and prompt tokens by source (computed, GPU cache, each offload tier); when runs of two tiers, or token sources, are there |
+//! | `offload_pays` | median TTFT against the GPU's KV cache size, one line per tier: where offloading starts to pay; only with two or more sizes |
+//! | `ttft_over_time` | TTFT of each request against its send time, with the median per time bin; instead of the two plots against prompt length when the runs have fewer than three prompt lengths |
 //! | `ttft_vs_prompt_len` | TTFT against prompt length: per run its requests (points) and the median per prompt-length bin (line) |
 //! | `e2el_vs_prompt_len` | end-to-end latency against prompt length, the same way |
 //! | `ttft_cdf`, `itl_cdf` | empirical CDFs per run |
@@ -17,22 +20,31 @@ use crate::RunData;
 
 /// Every figure of a report for `runs`, in report order. Figures without data are left out.
 pub fn figures(runs: &[RunData]) -> Vec<Figure> {
-    let mut out = vec![
-        latency_vs_prompt(runs, "ttft_vs_prompt_len", "TTFT vs prompt length", "TTFT (ms)", |r| r.ttft()),
-        latency_vs_prompt(
+    let mut out: Vec<Figure> = crate::answer::applies(runs).then(|| tiers(runs)).into_iter().collect();
+    out.extend(offload_pays(runs));
+    // Against prompt length only where the runs have lengths to compare; else over the run.
+    if distinct_prompt_lengths(runs) >= MIN_LENGTHS {
+        out.push(latency_vs_prompt(runs, "ttft_vs_prompt_len", "TTFT vs prompt length", "TTFT (ms)", |r| {
+            r.ttft()
+        }));
+        out.push(latency_vs_prompt(
             runs,
             "e2el_vs_prompt_len",
             "E2E latency vs prompt length",
             "E2E latency (ms)",
             |r| r.e2el(),
-        ),
+        ));
+    } else {
+        out.push(ttft_over_time(runs));
+    }
+    out.extend([
         cdf(runs, "ttft_cdf", "TTFT CDF", ("TTFT (ms)", "fraction of requests"), |run| {
             run.completed().map(|r| r.ttft() * 1e3).collect()
         }),
         cdf(runs, "itl_cdf", "ITL CDF", ("inter-token latency (ms)", "fraction of token gaps"), |run| {
             run.completed().flat_map(itl_values).map(|v| v * 1e3).collect()
         }),
-    ];
+    ]);
     out.extend(sweep(runs));
     out.extend(runs.iter().enumerate().map(|(i, run)| timeline(run, i)));
     out.retain(|f| f.series_count() > 0);
@@ -83,6 +95,165 @@ fn latency_vs_prompt(
         }],
         shared_x: false,
     }
+}
+
+/// Plots against prompt length need this many distinct lengths (with fewer, a vertical stripe).
+pub(crate) const MIN_LENGTHS: usize = 3;
+
+fn distinct_prompt_lengths(runs: &[RunData]) -> usize {
+    let mut lengths: Vec<u32> =
+        runs.iter().flat_map(|r| r.completed().filter_map(|q| q.prompt_tokens)).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    lengths.len()
+}
+
+/// TTFT of each request against when it was sent, per run, with the median per time bin: the
+/// cache warming, a tier starting to serve, queues building.
+fn ttft_over_time(runs: &[RunData]) -> Figure {
+    let mut series = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let points: Vec<(f64, f64)> = run.completed().map(|r| (r.sent, r.ttft() * 1e3)).collect();
+        if points.is_empty() {
+            continue;
+        }
+        let label = run.display_label();
+        series.push(Series {
+            label: format!("{label} median"),
+            kind: SeriesKind::Line,
+            color: i,
+            points: binned_median(&points),
+        });
+        series.push(Series { label, kind: SeriesKind::Points, color: i, points });
+    }
+    Figure {
+        name: "ttft_over_time".to_owned(),
+        title: format!("TTFT over the run{}", emulated_suffix(runs)),
+        panels: vec![Panel {
+            title: String::new(),
+            x_label: "sent at (s since run start)".to_owned(),
+            y_label: "TTFT (ms)".to_owned(),
+            series,
+        }],
+        shared_x: false,
+    }
+}
+
+/// The answer's picture: per run (x: its number in the report's run table), the median TTFT
+/// with its 95% interval, and where its prompt tokens came from.
+fn tiers(runs: &[RunData]) -> Figure {
+    let rows = crate::answer::tier_rows(runs);
+    let suffix = emulated_suffix(runs);
+    let mut ttft = Vec::new();
+    for r in &rows {
+        let x = (r.run + 1) as f64;
+        let tag = runs[r.run].summary.engine.clone();
+        let name =
+            format!("{} {tag}{}", r.tier, if runs[r.run].summary.emulated { " (emulated)" } else { "" });
+        let name = if rows.iter().filter(|o| o.tier == r.tier).count() > 1 {
+            format!("{name} #{}", r.run + 1)
+        } else {
+            name
+        };
+        ttft.push(Series {
+            label: format!("{name}: median {:.1} ms", r.median_ttft_ms),
+            kind: SeriesKind::Points,
+            color: r.run,
+            points: vec![(x, r.median_ttft_ms)],
+        });
+        if let Some((lo, hi)) = r.ci_ms {
+            ttft.push(Series {
+                label: format!("{name}: 95% CI"),
+                kind: SeriesKind::Line,
+                color: r.run,
+                points: vec![(x, lo), (x, hi)],
+            });
+        }
+    }
+    let mut by_source: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in &rows {
+        for (source, pct) in r.sources_pct.iter().flatten() {
+            by_source.entry(source.clone()).or_default().push(((r.run + 1) as f64, *pct));
+        }
+    }
+    let sources = by_source
+        .into_iter()
+        .enumerate()
+        .map(|(i, (source, points))| Series {
+            label: format!("{source}{suffix}"),
+            kind: SeriesKind::Points,
+            color: rows.len() + i,
+            points,
+        })
+        .collect();
+    Figure {
+        name: "tiers".to_owned(),
+        title: format!("Does offloading pay? TTFT and prompt tokens by tier{suffix}"),
+        panels: vec![
+            Panel {
+                title: "median TTFT with its 95% interval".to_owned(),
+                x_label: "run (number in the report's run table)".to_owned(),
+                y_label: "TTFT (ms)".to_owned(),
+                series: ttft,
+            },
+            Panel {
+                title: "prompt tokens by source".to_owned(),
+                x_label: "run (number in the report's run table)".to_owned(),
+                y_label: "% of prompt tokens".to_owned(),
+                series: sources,
+            },
+        ],
+        shared_x: true,
+    }
+}
+
+/// Median TTFT against the GPU cache size, one line per engine and tier: where the offload
+/// tiers start to beat the baseline. `None` unless a tier has runs at two or more sizes.
+fn offload_pays(runs: &[RunData]) -> Option<Figure> {
+    let mut groups: BTreeMap<(String, String, bool), Vec<&RunData>> = BTreeMap::new();
+    for run in runs.iter().filter(|r| r.gpu_blocks.is_some()) {
+        let s = &run.summary;
+        groups.entry((s.tier.clone(), s.engine.clone(), s.emulated)).or_default().push(run);
+    }
+    groups.retain(|_, v| {
+        let mut sizes: Vec<u64> = v.iter().filter_map(|r| r.gpu_blocks).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes.len() >= 2
+    });
+    if groups.is_empty() {
+        return None;
+    }
+    let series = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, ((tier, engine, emulated), mut group))| {
+            group.sort_by_key(|r| r.gpu_blocks);
+            Series {
+                label: format!("{tier} {engine}{} median", if emulated { " (emulated)" } else { "" }),
+                kind: SeriesKind::Line,
+                color: i,
+                points: group
+                    .iter()
+                    .map(|r| {
+                        let ttft: Vec<f64> = r.completed().map(|q| q.ttft() * 1e3).collect();
+                        (r.gpu_blocks.unwrap_or(0) as f64, percentile(&ttft, 50.0))
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Some(Figure {
+        name: "offload_pays".to_owned(),
+        title: format!("Where offloading starts to pay{}", emulated_suffix(runs)),
+        panels: vec![Panel {
+            title: "median TTFT against the GPU's KV cache".to_owned(),
+            x_label: "GPU KV cache (blocks)".to_owned(),
+            y_label: "TTFT (ms)".to_owned(),
+            series,
+        }],
+        shared_x: false,
+    })
 }
 
 /// Bins of at most this many distinct prompt lengths get one point each; more are grouped into

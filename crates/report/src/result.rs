@@ -22,6 +22,8 @@ pub struct RunData {
     /// The configured request rate (`run.toml` `workload.request_rate`); `None` when unset or
     /// infinite (everything sent at once).
     pub request_rate: Option<f64>,
+    /// The engine's GPU KV cache in blocks when the run set it (`run.toml` `num_gpu_blocks`).
+    pub gpu_blocks: Option<u64>,
     pub summary: Summary,
     /// Every line of `requests.jsonl`, warm-ups included.
     pub records: Vec<RequestRecord>,
@@ -48,6 +50,7 @@ impl RunData {
         let mut label = None;
         let mut baseline = None;
         let mut request_rate = None;
+        let mut gpu_blocks = None;
         if run_toml.exists() {
             let text = read(&run_toml)?;
             let value: toml::Table = parse_toml(&run_toml, &text)?;
@@ -59,6 +62,14 @@ impl RunData {
             baseline = match value.get("baseline") {
                 None => None,
                 Some(v) => Some(v.as_str().ok_or_else(|| field("baseline"))?.to_owned()),
+            };
+            gpu_blocks = match value.get("num_gpu_blocks") {
+                None => None,
+                Some(v) => Some(
+                    v.as_integer()
+                        .and_then(|i| u64::try_from(i).ok())
+                        .ok_or_else(|| field("num_gpu_blocks"))?,
+                ),
             };
             if let Some(rate) = value.get("workload").and_then(|w| w.get("request_rate")) {
                 let rate = match rate {
@@ -103,6 +114,7 @@ impl RunData {
             label,
             baseline,
             request_rate,
+            gpu_blocks,
             summary,
             records,
             samples,

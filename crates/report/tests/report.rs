@@ -50,9 +50,12 @@ fn png_stats(bytes: &[u8]) -> (u32, u32, f64) {
 
 /// Expected figures of the two-run fixture: name → series count.
 const EXPECTED: &[(&str, usize)] = &[
-    // Two runs, each points + median line.
-    ("ttft_vs_prompt_len", 4),
-    ("e2el_vs_prompt_len", 4),
+    // Two tiers: the answer first, each run a median and its interval (the fixtures predate
+    // token sources: none).
+    ("tiers", 4),
+    // One prompt length (2048): TTFT over the run, each run points + median line, instead of
+    // a vertical stripe against prompt length.
+    ("ttft_over_time", 4),
     ("ttft_cdf", 2),
     ("itl_cdf", 2),
     // PCIe TX/RX, GPU util, disk read/write, KV usage + prefix-cache hit rate (no offload tier:

@@ -127,6 +127,12 @@ pub struct Summary {
     /// The client, not the server, limited the rate: lag p99 above the configured threshold.
     pub client_limited: bool,
     pub output_token_source: OutputTokenSource,
+    /// Prompt tokens by where the engine found them, from its counters over the run (warm-up
+    /// included): `computed`, `gpu` (its own prefix cache), and one entry per offload tier that
+    /// served hits (`cpu`, `disk`, `redis`). Absent when the engine does not count them (the
+    /// summary of the load generator alone, llama.cpp). See `report::tokens_by_source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_by_source: Option<BTreeMap<String, u64>>,
 }
 
 /// Percentile `p` (0..=100) of `values` with numpy's default (linear) interpolation:
@@ -330,5 +336,6 @@ pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
         client_lag_max_ms: lags.last().copied().unwrap_or(0.0),
         client_limited: client_lag_p99_ms > cfg.client_lag_threshold_ms,
         output_token_source,
+        prompt_tokens_by_source: None,
     }
 }

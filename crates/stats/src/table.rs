@@ -70,6 +70,14 @@ pub fn render_table(s: &Summary) -> String {
         num(&mut out, &format!("P99 {upper} (ms):"), p99);
     }
 
+    if let Some(sources) = &s.prompt_tokens_by_source {
+        centered(&mut out, "Prompt tokens by source", '-');
+        let total: u64 = sources.values().sum();
+        for (source, n) in sources {
+            let pct = if total == 0 { 0.0 } else { *n as f64 * 100.0 / total as f64 };
+            text(&mut out, &format!("{}:", source_label(source)), &format!("{n} ({pct:.1}%)"));
+        }
+    }
     centered(&mut out, "Client", '-');
     num(&mut out, "Mean client lag (ms):", s.client_lag_mean_ms);
     num(&mut out, "P99 client lag (ms):", s.client_lag_p99_ms);
@@ -80,4 +88,13 @@ pub fn render_table(s: &Summary) -> String {
     text(&mut out, "Output token counts from:", s.output_token_source.as_str());
     centered(&mut out, "", '=');
     out
+}
+
+/// The table's name of a `prompt_tokens_by_source` key.
+fn source_label(source: &str) -> String {
+    match source {
+        "computed" => "Computed (prefill)".to_owned(),
+        "gpu" => "GPU prefix cache".to_owned(),
+        tier => format!("Offload tier {tier}"),
+    }
 }
