@@ -8,7 +8,9 @@ use anyhow::Context as _;
 /// Flags of `cargo xtask bench` (names follow `vllm bench serve` where they overlap).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// KV tier: baseline, cpu, disk, redis (alias scalability).
+    /// KV tier: baseline, cpu, disk, redis (alias scalability). A comma-separated list
+    /// (`baseline,cpu,disk`) runs the same requests on each tier into one result root, with one
+    /// report that compares them.
     #[arg(long, default_value = "disk")]
     pub(crate) tier: String,
     /// auto (vllm-docker with an NVIDIA GPU and docker/podman, else emulated), emulated,
@@ -347,7 +349,21 @@ fn finish(end: lab::slurm::WatchEnd) -> anyhow::Result<()> {
 }
 
 pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions> {
-    let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), args.tier.parse()?);
+    let tiers = args
+        .tier
+        .split(',')
+        .map(|t| t.trim().parse::<lab::config::Tier>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--tier {}", args.tier))?;
+    let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), tiers[0]);
+    if tiers.len() > 1 {
+        anyhow::ensure!(
+            args.experiment.is_none(),
+            "--tier {}: a list of tiers compares them without an experiment file; an experiment              lists its tiers in matrix.tiers",
+            args.tier
+        );
+        opts.tiers = tiers;
+    }
     opts.engine = args.engine.parse()?;
     opts.model = args.model;
     opts.experiment = args.experiment;

@@ -446,6 +446,19 @@ mod rate_serde {
 }
 
 impl Experiment {
+    /// An experiment built on the command line (no file): its points as given.
+    pub fn from_points(name: &str, description: &str, points: Vec<Point>) -> Experiment {
+        Experiment {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            points,
+            lmcache: None,
+            slurm: SlurmSettings::default(),
+            file: String::new(),
+            model_positions: Vec::new(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Experiment> {
         let text = read(path)?;
         Experiment::parse(&path.display().to_string(), &text)

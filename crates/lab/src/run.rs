@@ -54,6 +54,10 @@ pub struct BenchOptions {
     /// The workspace root: `configs/`, `.env`, `.venv`, `.kvlab/` are found under it.
     pub root: PathBuf,
     pub tier: Tier,
+    /// Tiers to compare (`--tier baseline,cpu,disk`): two or more run the same requests on each
+    /// tier, one after another, into one result root with `index.json` and one report. Empty (or
+    /// one): `tier` alone.
+    pub tiers: Vec<Tier>,
     pub engine: EngineKind,
     pub model: Option<String>,
     pub workload: Option<String>,
@@ -116,6 +120,7 @@ impl BenchOptions {
         BenchOptions {
             root,
             tier,
+            tiers: Vec::new(),
             engine: EngineKind::Auto,
             model: None,
             workload: None,
@@ -271,16 +276,54 @@ pub async fn bench_until(
 }
 
 async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<Vec<RunReport>> {
-    let Some(exp_path) = &opts.experiment else {
-        let point = point_from_flags(opts)?;
-        let report = run_point(opts, &point, None, None, stop).await?;
-        return Ok(vec![report]);
+    let exp = match &opts.experiment {
+        Some(path) => Experiment::load(path)?,
+        None if opts.tiers.len() > 1 => tier_comparison(opts)?,
+        None => {
+            let point = point_from_flags(opts)?;
+            let report = run_point(opts, &point, None, None, stop).await?;
+            return Ok(vec![report]);
+        }
     };
-    let exp = Experiment::load(exp_path)?;
     check_points(opts, &exp, &HostProbe::detect())?;
     let out = out_dir(opts);
     let root = out.join(format!("{}_{}", sanitize(&exp.name), timestamp()));
     std::fs::create_dir_all(&root).map_err(|e| LabError::io(&root, e))?;
+    let reports = run_points(opts, &exp, &root, stop).await?;
+    // One report over every point of the root: the answer (TTFT and token sources by tier)
+    // first.
+    let runs: std::result::Result<Vec<_>, _> =
+        reports.iter().map(|r| report::RunData::load(&r.dir)).collect();
+    match runs.and_then(|runs| report::write_report(&runs, &root)) {
+        Ok(written) => {
+            println!("{}", written.table);
+            println!("report: {}", written.markdown.display());
+        }
+        Err(e) => eprintln!("warning: the report over {} could not be written: {e}", root.display()),
+    }
+    Ok(reports)
+}
+
+/// `--tier a,b,c` without an experiment file: the flags' point on each tier, in the order given
+/// (same seed, so the same requests).
+fn tier_comparison(opts: &BenchOptions) -> Result<Experiment> {
+    let mut points = Vec::new();
+    for &tier in &opts.tiers {
+        let mut point = point_from_flags(opts)?;
+        point.tier = tier;
+        points.push(point);
+    }
+    Ok(Experiment::from_points("tiers", "the same requests on each tier", points))
+}
+
+/// Runs the points of `exp` one after another into `root`, keeping `index.json` current.
+async fn run_points(
+    opts: &BenchOptions,
+    exp: &Experiment,
+    root: &Path,
+    stop: &CancellationToken,
+) -> Result<Vec<RunReport>> {
+    let root = root.to_path_buf();
     let mut reports = Vec::new();
     let mut index = Vec::new();
     for (i, point) in exp.points.iter().enumerate() {

@@ -12,6 +12,9 @@ pub struct Figure {
     pub panels: Vec<Panel>,
     /// All panels share one x range (timelines on the run's clock).
     pub shared_x: bool,
+    /// A fixed x range for every panel, for categories on x (runs numbered 1..n): room is left on
+    /// the right for the legend, which goes there.
+    pub x_range: Option<(f64, f64)>,
 }
 
 /// One chart: axes, series and a legend.

@@ -94,6 +94,7 @@ fn latency_vs_prompt(
             series,
         }],
         shared_x: false,
+        x_range: None,
     }
 }
 
@@ -136,6 +137,7 @@ fn ttft_over_time(runs: &[RunData]) -> Figure {
             series,
         }],
         shared_x: false,
+        x_range: None,
     }
 }
 
@@ -147,9 +149,9 @@ fn tiers(runs: &[RunData]) -> Figure {
     let mut ttft = Vec::new();
     for r in &rows {
         let x = (r.run + 1) as f64;
-        let tag = runs[r.run].summary.engine.clone();
+        let s = &runs[r.run].summary;
         let name =
-            format!("{} {tag}{}", r.tier, if runs[r.run].summary.emulated { " (emulated)" } else { "" });
+            if s.emulated { format!("{} (emulated)", r.tier) } else { format!("{} ({})", r.tier, s.engine) };
         let name = if rows.iter().filter(|o| o.tier == r.tier).count() > 1 {
             format!("{name} #{}", r.run + 1)
         } else {
@@ -188,6 +190,8 @@ fn tiers(runs: &[RunData]) -> Figure {
         .collect();
     Figure {
         name: "tiers".to_owned(),
+        // Runs 1..n on the left, the legend on the right.
+        x_range: Some((0.5, runs.len() as f64 + 0.5 + (runs.len() as f64 * 0.8).max(1.5))),
         title: format!("Does offloading pay? TTFT and prompt tokens by tier{suffix}"),
         panels: vec![
             Panel {
@@ -253,6 +257,7 @@ fn offload_pays(runs: &[RunData]) -> Option<Figure> {
             series,
         }],
         shared_x: false,
+        x_range: None,
     })
 }
 
@@ -315,6 +320,7 @@ fn cdf(
             series,
         }],
         shared_x: false,
+        x_range: None,
     }
 }
 
@@ -395,6 +401,7 @@ fn sweep(runs: &[RunData]) -> Option<Figure> {
             },
         ],
         shared_x: true,
+        x_range: None,
     })
 }
 
@@ -503,6 +510,7 @@ fn timeline(run: &RunData, index: usize) -> Figure {
         title: format!("Timeline of {}", run.display_label()),
         panels,
         shared_x: true,
+        x_range: None,
     }
 }
 

@@ -83,11 +83,24 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> R
     root.fill(&WHITE).map_err(err)?;
     let body = root.titled(&figure.title, ("sans-serif", 22)).map_err(err)?;
     let areas = body.split_evenly((figure.panels.len().max(1), 1));
-    let shared = figure.shared_x.then(|| {
-        range(figure.panels.iter().flat_map(|p| &p.series).flat_map(|s| s.points.iter().map(|p| p.0)), false)
+    let shared = figure.x_range.or_else(|| {
+        figure.shared_x.then(|| {
+            range(
+                figure.panels.iter().flat_map(|p| &p.series).flat_map(|s| s.points.iter().map(|p| p.0)),
+                false,
+            )
+        })
     });
     for (area, panel) in areas.iter().zip(&figure.panels) {
-        draw_panel(area, panel, shared)?;
+        let legend = if figure.x_range.is_some() {
+            SeriesLabelPosition::UpperRight
+        } else if panel.series.iter().all(|s| s.kind == SeriesKind::Step) {
+            // CDFs rise on the left: their legend goes bottom right.
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperLeft
+        };
+        draw_panel(area, panel, shared, legend)?;
     }
     Ok(())
 }
@@ -134,6 +147,7 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
     x_range: Option<(f64, f64)>,
+    legend_position: SeriesLabelPosition,
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let (x0, x1) = x_range
@@ -206,12 +220,6 @@ fn draw_panel<DB: DrawingBackend>(
         };
         anno.label(series.label.as_str());
     }
-    // CDFs rise on the left: their legend goes bottom right.
-    let legend_position = if panel.series.iter().all(|s| s.kind == SeriesKind::Step) {
-        SeriesLabelPosition::LowerRight
-    } else {
-        SeriesLabelPosition::UpperLeft
-    };
     chart
         .configure_series_labels()
         .position(legend_position)
