@@ -74,6 +74,77 @@ async fn baseline_and_cpu_tiers() {
     }
 }
 
+/// `cargo xtask bench --tier baseline,cpu,disk` (the main command's workload, on the emulated
+/// engine): the same requests on each tier, one root, one report; the offload tiers serve the
+/// prefixes the GPU evicted and start requests sooner than the baseline, beyond noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_compared_in_one_command_show_offload_at_work() {
+    let ws = workspace();
+    let mut opts = BenchOptions::new(ws.path(), Tier::Baseline);
+    opts.tiers = vec![Tier::Baseline, Tier::Cpu, Tier::Disk];
+    opts.engine = EngineKind::Emulated;
+    opts.progress = false;
+    opts.ready_timeout = std::time::Duration::from_secs(30);
+    let reports = bench(&opts).await.unwrap();
+    assert_eq!(reports.len(), 3);
+    let root = reports[0].dir.parent().unwrap().to_path_buf();
+    assert!(reports.iter().all(|r| r.dir.parent() == Some(root.as_path())), "one result root");
+    let index = json(&root.join("index.json"));
+    let tiers: Vec<&str> =
+        index["points"].as_array().unwrap().iter().map(|p| p["tier"].as_str().unwrap()).collect();
+    assert_eq!(tiers, ["baseline", "cpu", "disk"]);
+
+    // The same requests on each tier.
+    let prompts = |dir: &Path| -> Vec<(u64, Option<u32>)> {
+        let mut v: Vec<_> = report::read_records(&dir.join("requests.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|r| (r.id, r.prompt_tokens))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(prompts(&reports[0].dir), prompts(&reports[1].dir));
+    assert_eq!(prompts(&reports[0].dir), prompts(&reports[2].dir));
+
+    // Hits by tier, in summary.json: the offload tiers served what the GPU cache had evicted.
+    for r in &reports {
+        let on_disk = json(&r.dir.join("summary.json"));
+        let sources = r.summary.prompt_tokens_by_source.clone().expect("the emulator counts token sources");
+        assert_eq!(on_disk["prompt_tokens_by_source"], serde_json::json!(sources));
+        let total: u64 = sources.values().sum();
+        assert_eq!(total, r.summary.total_input_tokens, "{:?}: every prompt token has a source", r.dir);
+        assert!(sources["gpu"] > 0, "the GPU cache serves repeats too: {sources:?}");
+        let tier = r.summary.tier.as_str();
+        if tier == "baseline" {
+            assert_eq!(sources.len(), 2, "baseline: GPU cache and computed only: {sources:?}");
+        } else {
+            assert!(
+                sources[tier] * 10 > total,
+                "{tier}: the tier served under 10% of the prompt tokens: {sources:?}"
+            );
+        }
+    }
+
+    // The report over the root leads with the answer.
+    let md = std::fs::read_to_string(root.join("report.md")).unwrap();
+    let answer = md.find("## Does offloading pay?").expect("the answer section");
+    assert!(answer < md.find("## Runs").unwrap(), "the answer comes first:\n{md}");
+    assert!(root.join("plots/tiers.svg").is_file());
+    let runs: Vec<report::RunData> = reports.iter().map(|r| report::RunData::load(&r.dir).unwrap()).collect();
+    let rows = report::answer::tier_rows(&runs);
+    for row in &rows[1..] {
+        let (ratio, ci) = row.vs_baseline.unwrap_or_else(|| panic!("{}: no baseline to compare", row.tier));
+        let (_, hi) = ci.expect("an interval of the difference");
+        assert!(
+            ratio < 0.9 && hi < 0.0,
+            "{}: median TTFT {ratio:.2}x of baseline, difference interval up to {hi:+.1} ms:\n{md}",
+            row.tier
+        );
+        assert!(md.contains(&format!("offloading to {} pays", row.tier)), "{md}");
+    }
+}
+
 /// `SET` calls the Redis server has executed, and its number of keys.
 async fn redis_sets_and_keys(url: &str) -> (u64, u64) {
     let client = redis::Client::open(url).unwrap_or_else(|e| panic!("KVLAB_REDIS_URL={url}: {e}"));
