@@ -48,7 +48,9 @@ pub(crate) fn shared_prefix_groups(num_requests: u32, prefix_len: u32, gpu_cache
 }
 
 /// Builds the plan: `shared-prefix` (groups of requests sharing a long prefix), `multi-turn`
-/// (sessions whose every turn resends the conversation), `random` (no reuse).
+/// (sessions whose every turn resends the conversation), `random` (no reuse), `repeat` (each
+/// prompt asked twice: the first half of the requests, then the same prompts again in the same
+/// order, as LMCache's long-context reuse benchmark).
 pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
     use workload::{
         ArrivalSpec, LengthDist, PromptFormat, RandomSpec, Schedule, SecondsDist, SessionsSpec,
@@ -79,7 +81,7 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
                 think_time: SecondsDist::Fixed { value: 0.2 },
             })
         }
-        "random" => Source::Random(RandomSpec {
+        "random" | "repeat" => Source::Random(RandomSpec {
             num_requests: n,
             prompt_len: LengthDist::fixed(w.prompt_len),
             output_len: LengthDist::fixed(w.gen_len),
@@ -105,8 +107,27 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
         warmup: w.warmup,
         duration_s: w.time_limit_s,
     };
-    workload::build_plan(&spec, &arrival, w.seed, None)
-        .map_err(|e| LabError::Invalid(format!("workload: {e}")))
+    let mut plan = workload::build_plan(&spec, &arrival, w.seed, None)
+        .map_err(|e| LabError::Invalid(format!("workload: {e}")))?;
+    if w.workload == "repeat" {
+        repeat_first_half(&mut plan);
+    }
+    Ok(plan)
+}
+
+/// Request `half + i` asks request `i`'s prompt again (`half` = the first half, rounded up);
+/// both carry group `i`. Send times and output lengths stay the schedule's.
+fn repeat_first_half(plan: &mut workload::Plan) {
+    let half = plan.requests.len().div_ceil(2);
+    for i in 0..plan.requests.len() {
+        let first = i % half;
+        if i >= half {
+            let (prompt, len) = (plan.requests[first].prompt.clone(), plan.requests[first].prompt_len);
+            plan.requests[i].prompt = prompt;
+            plan.requests[i].prompt_len = len;
+        }
+        plan.requests[i].meta.group = Some(first as u64);
+    }
 }
 
 /// Samplers of a run: disk (on the tier's directory), system CPU, the engine's process tree,
@@ -281,4 +302,51 @@ pub(crate) fn record_tokens_by_source(dir: &Path, sources: &BTreeMap<String, u64
     }
     let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
     crate::run::write_atomic(&path, (text + "\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_prefix_groups_outgrow_the_gpu_cache() {
+        // (requests, prefix tokens, GPU cache tokens) -> groups
+        let cases = [
+            (100, 1920, None, 8),          // no cache known: one group per 5 requests, at most 8
+            (100, 1920, Some(32_768), 26), // the main command: 26 x 1920 = 50k > 1.5 x 32k
+            (12, 960, Some(32_768), 6),    // too few requests: each prefix still asked twice
+            (100, 1920, Some(5_120), 8),   // a small cache: the default already outgrows it
+            (1, 100, Some(1 << 20), 1),
+        ];
+        for (n, prefix, cache, want) in cases {
+            assert_eq!(shared_prefix_groups(n, prefix, cache), want, "{n} requests, {prefix}, {cache:?}");
+        }
+    }
+
+    #[test]
+    fn repeat_asks_the_first_half_again_in_order() {
+        let w = WorkloadRequest {
+            workload: "repeat".into(),
+            num_requests: 6,
+            prompt_len: 64,
+            gen_len: 1,
+            request_rate: f64::INFINITY,
+            burstiness: 1.0,
+            max_concurrency: Some(1),
+            warmup: 3,
+            time_limit_s: None,
+            seed: 1,
+            text_prompts: false,
+            vocab: None,
+            gpu_cache_tokens: None,
+        };
+        let plan = build_plan(&w).unwrap();
+        let r = &plan.requests;
+        assert_eq!(r.len(), 6);
+        for i in 0..3 {
+            assert_eq!(r[i].prompt, r[i + 3].prompt, "request {} repeats {i}", i + 3);
+            assert_eq!(r[i].meta.group, Some(i as u64));
+        }
+        assert_ne!(r[0].prompt, r[1].prompt, "the first round is distinct prompts");
+    }
 }

@@ -365,7 +365,7 @@ pub struct SlurmSettings {
 }
 
 /// The workloads a run can drive.
-pub const WORKLOADS: &[&str] = &["shared-prefix", "multi-turn", "random"];
+pub const WORKLOADS: &[&str] = &["shared-prefix", "multi-turn", "random", "repeat"];
 
 /// An experiment file: a matrix of models x tiers x workloads x request rates x cache sizes.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -871,13 +871,16 @@ pub(crate) async fn run_point(
             .as_ref()
             .filter(|m| !emulated && m.vocab_size < workload::Vocab::default().end)
             .map(|m| ((m.vocab_size / 80).max(4), m.vocab_size)),
+        // The engine's cache as the tier and the engine set it, not as a run overrides it
+        // (`--gpu-blocks`, `matrix.gpu_blocks`, a baseline cache size): a sweep over the cache
+        // size keeps one workload.
         gpu_cache_tokens: if engine_kind == EngineKind::Emulated {
             let block = opts.block_size.map_or(KV_BLOCK_TOKENS, u64::from);
-            sizing.gpu_blocks.or(tier.emulator.num_gpu_blocks).map(|b| b * block)
-        } else if vllm_cpu {
-            sizing.gpu_blocks.map(|b| b * VLLM_CPU_BLOCK_TOKENS)
+            tier.emulator.num_gpu_blocks.map(|b| b * block)
+        } else if vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL) {
+            Some(VLLM_CPU_DEFAULT_BLOCKS * VLLM_CPU_BLOCK_TOKENS)
         } else {
-            sizing.gpu_blocks.map(|b| b * KV_BLOCK_TOKENS)
+            None
         },
     };
     let redis_url = lmcache_db.as_ref().map(|db| db.url()).or(tier_redis);

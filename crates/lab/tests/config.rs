@@ -57,7 +57,7 @@ fn experiment_bad_values_point_at_their_line() {
     );
     check_experiment(
         &format!("{HEAD}[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"sharegpt\"]\n"),
-        "exp.toml:5: matrix.workloads[0]: unknown workload `sharegpt`; expected one of shared-prefix, multi-turn, random (column 12)",
+        "exp.toml:5: matrix.workloads[0]: unknown workload `sharegpt`; expected one of shared-prefix, multi-turn, random, repeat (column 12)",
     );
     check_experiment(
         &format!("{HEAD}[defaults]\ntime_limit = \"soon\"\n[matrix]\nmodels=[\"m\"]\ntiers=[\"disk\"]\nworkloads=[\"random\"]\n"),
@@ -81,6 +81,20 @@ fn experiment_matrix_overrides_and_aliases() {
 }
 
 #[test]
+fn experiment_gpu_blocks_sweep_every_other_axis() {
+    let matrix = "[matrix]\nmodels=[\"m\"]\ntiers=[\"baseline\", \"cpu\"]\nworkloads=[\"repeat\"]\n";
+    let exp = Experiment::parse("exp.toml", &format!("{HEAD}{matrix}gpu_blocks=[512, 4096]\n")).unwrap();
+    let got: Vec<(String, Option<u64>)> =
+        exp.points.iter().map(|p| (p.tier.to_string(), p.gpu_blocks)).collect();
+    let want = [("baseline", 512), ("baseline", 4096), ("cpu", 512), ("cpu", 4096)];
+    assert_eq!(got, want.map(|(t, b)| (t.to_owned(), Some(b))).to_vec());
+    check_experiment(
+        &format!("{HEAD}{matrix}gpu_blocks=[512, 0]\n"),
+        "exp.toml:6: matrix.gpu_blocks[1]: must be at least 1 (column 18)",
+    );
+}
+
+#[test]
 fn shipped_experiments_parse() {
     let smoke = Experiment::load(&root().join("configs/experiments/smoke.toml")).unwrap();
     assert_eq!(smoke.points.len(), 6);
@@ -90,6 +104,15 @@ fn shipped_experiments_parse() {
     let mt = sweep.points.iter().find(|p| p.workload == "multi-turn").unwrap();
     assert_eq!((mt.num_prompts, mt.prompt_len, mt.time_limit_s), (Some(32), Some(4096), Some(600.0)));
     assert!(sweep.lmcache.is_some());
+    // The tier experiments set the GPU cache so that reuse outgrows it.
+    assert!(smoke.points.iter().all(|p| p.gpu_blocks == Some(512)));
+    let pays = Experiment::load(&root().join("configs/experiments/offload-pays.toml")).unwrap();
+    let sizes: Vec<_> = pays.points.iter().map(|p| (p.tier.to_string(), p.gpu_blocks.unwrap())).collect();
+    assert_eq!(sizes.len(), 8);
+    assert_eq!(sizes[..4].iter().map(|s| s.1).collect::<Vec<_>>(), [512, 1024, 2048, 4096]);
+    let lmc = Experiment::load(&root().join("configs/experiments/lmcache-cpu-offload.toml")).unwrap();
+    assert_eq!(lmc.points.len(), 2);
+    assert!(lmc.points.iter().all(|p| p.workload == "repeat" && p.warmup == Some(10) && p.mock_decoding));
 }
 
 #[test]
