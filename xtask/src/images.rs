@@ -438,10 +438,16 @@ fn stage_vllm_cpu(root: &Path, ctx: &Path) -> Result<()> {
     Ok(())
 }
 
-/// uv on PATH, else the host's Python's (`pip install uv`): the program and its first arguments.
+/// uv on PATH, else the one in the lab's vLLM venv (`cargo xtask ci` makes it with uv before it
+/// builds the images), else the host's Python's (`pip install uv`): the program and its first
+/// arguments.
 fn uv_command(root: &Path) -> Result<(String, Vec<String>)> {
     if lab::engine::find_on_path("uv").is_some() {
         return Ok(("uv".to_owned(), Vec::new()));
+    }
+    let venv_uv = root.join(".kvlab/vllm-venv/bin/uv");
+    if venv_uv.is_file() {
+        return Ok((venv_uv.display().to_string(), Vec::new()));
     }
     let python = host_python(root);
     let has = Command::new(&python)
