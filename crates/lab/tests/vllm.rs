@@ -222,6 +222,9 @@ async fn each_offload_tier_serves_what_vllm_evicted_and_beats_the_baseline() {
         let hit = total(&run.lmcache, "lmcache_mp_lookup_hit_tokens_total", "");
         let level_hit = total(&run.lmcache, &format!("lmcache_mp_lookup_hit_{level}_tokens_total"), "");
         assert!(external(&run) > 0.0, "{tier}: vLLM transferred no tokens from LMCache: {:?}", run.vllm);
+        // summary.json says the same, by tier (the report's answer reads it).
+        let sources = run.report.summary.prompt_tokens_by_source.clone().expect("vLLM counts token sources");
+        assert_eq!(sources.get(tier.as_str()).copied().unwrap_or(0) as f64, external(&run), "{sources:?}");
         assert!(hit > 0.0 && level_hit > 0.0, "{tier}: LMCache served no {level} hit: {:?}", run.lmcache);
         // Only whole 256-token chunks are stored: a hit is a multiple of the chunk size.
         assert_eq!(hit % 256.0, 0.0, "{tier}: hit tokens {hit}");

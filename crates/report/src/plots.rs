@@ -234,7 +234,11 @@ fn offload_pays(runs: &[RunData]) -> Option<Figure> {
         .map(|(i, ((tier, engine, emulated), mut group))| {
             group.sort_by_key(|r| r.gpu_blocks);
             Series {
-                label: format!("{tier} {engine}{} median", if emulated { " (emulated)" } else { "" }),
+                label: if emulated {
+                    format!("{tier} (emulated) median")
+                } else {
+                    format!("{tier} ({engine}) median")
+                },
                 kind: SeriesKind::Line,
                 color: i,
                 points: group
