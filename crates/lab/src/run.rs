@@ -871,16 +871,17 @@ pub(crate) async fn run_point(
             .as_ref()
             .filter(|m| !emulated && m.vocab_size < workload::Vocab::default().end)
             .map(|m| ((m.vocab_size / 80).max(4), m.vocab_size)),
-        // The engine's cache as the tier and the engine set it, not as a run overrides it
-        // (`--gpu-blocks`, `matrix.gpu_blocks`, a baseline cache size): a sweep over the cache
-        // size keeps one workload.
+        // The engine's cache as the tier, the engine and the command line (`--gpu-blocks`,
+        // `--block-size`) set it, not as an experiment's point varies it (`matrix.gpu_blocks`,
+        // a baseline cache size): a sweep over the cache keeps one workload, and the emulator
+        // given vLLM's blocks gets vLLM's workload.
         gpu_cache_tokens: if engine_kind == EngineKind::Emulated {
             let block = opts.block_size.map_or(KV_BLOCK_TOKENS, u64::from);
-            tier.emulator.num_gpu_blocks.map(|b| b * block)
+            opts.gpu_blocks.or(tier.emulator.num_gpu_blocks).map(|b| b * block)
         } else if vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL) {
-            Some(VLLM_CPU_DEFAULT_BLOCKS * VLLM_CPU_BLOCK_TOKENS)
+            Some(opts.gpu_blocks.unwrap_or(VLLM_CPU_DEFAULT_BLOCKS) * VLLM_CPU_BLOCK_TOKENS)
         } else {
-            None
+            opts.gpu_blocks.map(|b| b * KV_BLOCK_TOKENS)
         },
     };
     let redis_url = lmcache_db.as_ref().map(|db| db.url()).or(tier_redis);
