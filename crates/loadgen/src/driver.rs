@@ -136,12 +136,18 @@ pub(crate) async fn run(
 
     let (records_tx, records_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // If this future is dropped before the writer is done (a caller that gave up on the run),
+    // the run stops and the writer appends nothing more: what the caller then reads of
+    // `requests.jsonl` stays the run's whole record.
+    let mut abandon =
+        Abandon { gate: Arc::new(std::sync::Mutex::new(false)), stop: stop.clone(), armed: true };
     let writer = RecordWriter {
         file: sink.take_requests()?,
         records: records_rx,
         progress: Progress::new(n as u64, cfg.progress),
         shared: Arc::clone(&shared),
         stop: stop.clone(),
+        abandoned: Arc::clone(&abandon.gate),
     };
     std::thread::Builder::new()
         .name("loadgen-writer".into())
@@ -180,6 +186,7 @@ pub(crate) async fn run(
     drop(records_tx);
     let written =
         done_rx.await.map_err(|_| Error::Threads(std::io::Error::other("the record writer stopped")))?;
+    abandon.armed = false;
     let mut warmups = Vec::with_capacity(threads);
     for h in handles {
         warmups
@@ -465,6 +472,25 @@ struct RecordWriter {
     progress: Progress,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// Set when [`run`]'s future was dropped: nothing more is appended (held while appending).
+    abandoned: Arc<std::sync::Mutex<bool>>,
+}
+
+/// Dropped with [`run`]'s future before the writer is done: stops the run, and closes the
+/// writer's gate, waiting for an append in progress, so no record lands after the caller moved on.
+struct Abandon {
+    gate: Arc<std::sync::Mutex<bool>>,
+    stop: CancellationToken,
+    armed: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+            self.stop.cancel();
+        }
+    }
 }
 
 /// How often the writer thread takes the records that finished.
@@ -507,12 +533,14 @@ impl RecordWriter {
             // In slices, yielding between them: where the writer shares a core with a worker,
             // the worker's timestamps wait for one slice at most, not for a whole burst.
             for slice in new.chunks(WRITE_SLICE) {
-                if error.is_none() {
+                let abandoned = self.abandoned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if error.is_none() && !*abandoned {
                     if let Err(e) = self.file.append(slice) {
                         error = Some(e);
                         self.stop.cancel();
                     }
                 }
+                drop(abandoned);
                 std::thread::yield_now();
             }
         }
