@@ -39,6 +39,7 @@ mod offload;
 mod sched;
 mod server;
 mod store;
+pub mod thread;
 mod virt;
 
 pub use config::{

@@ -1,4 +1,6 @@
-//! The emulated engine: kvlab's own engine, in-process on a tokio task bound to 127.0.0.1.
+//! The emulated engine: kvlab's own engine, in-process, bound to 127.0.0.1, on a runtime and
+//! threads of its own (`emulator::thread`), so that its work never runs where the load
+//! generator takes its timestamps.
 
 use std::io::Write as _;
 
@@ -59,7 +61,7 @@ pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorCon
 
 /// The in-process engine; stopping shuts the server down and waits for it.
 pub(crate) struct InProcessGuard {
-    server: emulator::Server,
+    server: emulator::thread::ServerThread,
 }
 
 impl InProcessGuard {
@@ -105,7 +107,7 @@ impl Launcher for EmulatedLauncher {
                 "emulated engine (in-process, numbers are EMULATED) listening on {base_url}\nconfig: {}",
                 serde_json::to_string(&cfg).unwrap_or_default()
             );
-            let server = emulator::Server::start(&cfg, listener)
+            let server = emulator::thread::ServerThread::start(&cfg, listener)
                 .await
                 .map_err(|e| LabError::launch("emulated", e.to_string()))?;
             let guard = InProcessGuard { server };
