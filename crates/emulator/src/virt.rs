@@ -123,6 +123,7 @@ pub fn run_virtual(cfg: &EmulatorConfig, plan: &Plan) -> Result<Vec<RequestRecor
                 warmup: r.id < u64::from(plan.limits.warmup),
                 intended: if matches!(plan.mode, Mode::Closed { .. }) { now } else { intended[idx] },
                 sent: now,
+                queued_until: None,
                 first_byte: Some(now),
                 first_token: None,
                 end: now,

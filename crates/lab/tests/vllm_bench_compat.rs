@@ -177,6 +177,7 @@ fn records_of(detail: &Value) -> Vec<stats::RequestRecord> {
                 warmup: false,
                 intended: sent,
                 sent,
+                queued_until: None,
                 first_byte: None,
                 first_token: Some(first),
                 end: sent + f(&list("latencies")[i]),

@@ -65,6 +65,8 @@ pub(crate) struct Client {
 pub(crate) struct Timing {
     /// When the schedule wanted it sent.
     pub(crate) intended: Instant,
+    /// When a request that was due while every slot was taken got one (see the driver).
+    pub(crate) queued_until: Option<Instant>,
     /// The run clock's zero.
     pub(crate) origin: Instant,
     pub(crate) warmup: bool,
@@ -458,6 +460,7 @@ impl Partial {
             warmup: when.warmup,
             intended: if when.intended_is_sent { sent_s } else { self.secs(when.intended) },
             sent: sent_s,
+            queued_until: when.queued_until.filter(|_| !when.intended_is_sent).map(|q| self.secs(q)),
             first_byte: self.first_byte,
             first_token: self.first_token,
             end: self.secs(end),

@@ -6,9 +6,10 @@
 //! dependent request (the next turn of a session) at its parent's end plus its think time, queued
 //! when the parent finishes. A due request goes out at once unless `max_concurrency` requests are
 //! in flight (with several workers, each holds its share of the slots, and a due request goes to
-//! whichever worker has one free); then it waits for a slot and its lag (actual minus intended
-//! send time) shows the wait. The clock never waits on a response otherwise: no coordinated
-//! omission.
+//! whichever worker has one free); then it waits for a slot, and the record says when it got one
+//! (`queued_until`: when the worker saw a request of its own end), so that the wait is reported
+//! as queue wait and only the client's delay after it as lag. The clock never waits on a response
+//! otherwise: no coordinated omission.
 //!
 //! A dependent request is sent even when its parent failed (its prompt is already fixed by the
 //! plan, and the server's behaviour on the next turn is still worth measuring); a request whose
@@ -391,6 +392,10 @@ impl Worker {
         let mut pending: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
         let mut in_flight = FuturesUnordered::new();
         let mut batch: Vec<RequestRecord> = Vec::new();
+        // Since when every slot of this worker has been taken, and when the last request of its
+        // own that ended was seen: a request due in between waited for a slot until then.
+        let mut full_since: Option<Instant> = None;
+        let mut freed: Option<Instant> = None;
         let mut sending = true;
         let stopped = self.stop.cancelled();
         tokio::pin!(stopped);
@@ -424,14 +429,25 @@ impl Worker {
                     (None, None) => break,
                 };
                 let req = &shared.prepared[i];
+                let queued_until = match (full_since, freed) {
+                    (Some(full), Some(freed)) if at < freed && full <= freed => Some(freed),
+                    _ => None,
+                };
                 let timing = Timing {
                     intended: at,
+                    queued_until,
                     origin: self.origin,
                     warmup: req.id < shared.warmup,
                     intended_is_sent: shared.closed && shared.is_root[i],
                 };
                 in_flight.push(client.send(req, timing));
             }
+            if in_flight.len() < self.cap {
+                full_since = None;
+            } else if full_since.is_none() || freed.is_some() {
+                full_since = Some(Instant::now());
+            }
+            freed = None;
             let roots_left = shared.peek_root(start).is_some();
             if in_flight.is_empty() && pending.is_empty() && (!sending || !roots_left) {
                 break;
@@ -440,6 +456,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 Some(first) = in_flight.next(), if !in_flight.is_empty() => {
+                    freed = Some(Instant::now());
                     let mut on_record = |r: RequestRecord| {
                         let end = self.origin + Duration::from_secs_f64(r.end.max(0.0));
                         for &(c, think) in &shared.children[r.id as usize] {

@@ -12,7 +12,8 @@ use workload::{Limits, Mode, Plan, Prompt};
 /// One timing test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Chunks of 4 tokens every 20 ms with continuous usage: 4 tokens per chunk, 5 ms per token.
+/// Chunks of 4 tokens every 20 ms with continuous usage: ITL 20 ms a chunk (as `vllm bench
+/// serve`), 5 ms a token.
 #[tokio::test]
 async fn multi_token_chunks_keep_itl_right() {
     let _serial = SERIAL.lock().await;
@@ -30,14 +31,21 @@ async fn multi_token_chunks_keep_itl_right() {
         assert_eq!(r.chunks.iter().map(|c| c.1).collect::<Vec<_>>(), [4, 4, 4, 4]);
         assert_eq!((r.output_tokens, r.token_source), (16, TokenSource::Usage));
     }
-    let itl = out.summary.median_itl_ms;
-    assert!((itl - 5.0).abs() <= 1.0, "ITL per token {itl} ms");
-    // Without continuous usage, each chunk counts 1 and the final usage still gives 16.
+    let s = &out.summary;
+    let (itl, per_token) = (s.median_itl_ms, s.median_itl_per_token_ms);
+    assert!((itl - 20.0).abs() <= 4.0, "ITL per chunk {itl} ms");
+    assert!((per_token - 5.0).abs() <= 1.0, "ITL per token {per_token} ms");
+    assert_eq!(s.itl_per_token_requests, 2);
+    // Without continuous usage, each chunk counts 1 and the final usage still gives 16: the
+    // chunks' counts are not known, and there is no per-token ITL.
     cfg.continuous_usage = false;
     let (out, _dir) = run(&plan(1, 16, Mode::Open), &cfg).await;
     let r = &out.records[0];
     assert_eq!(r.chunks.iter().map(|c| c.1).collect::<Vec<_>>(), [1, 1, 1, 1]);
     assert_eq!((r.output_tokens, r.token_source), (16, TokenSource::Usage));
+    let s = &out.summary;
+    assert!((s.median_itl_ms - 20.0).abs() <= 4.0, "ITL per chunk {} ms", s.median_itl_ms);
+    assert_eq!((s.itl_per_token_requests, s.median_itl_per_token_ms), (0, 0.0));
 }
 
 #[tokio::test]
@@ -57,12 +65,22 @@ async fn open_loop_follows_the_schedule() {
         assert!((r.intended - base - want).abs() < 1e-3, "{r:?}");
         assert!(r.client_lag() < 0.005, "open loop does not wait for responses: lag {}", r.client_lag());
     }
-    // Capped at 1 in flight: requests wait for a slot, and the wait shows as lag.
+    // Capped at 1 in flight: requests wait for a slot, each until the one before it ended; the
+    // wait is queue wait, and only what the client took after it is lag.
     p.limits.max_concurrency = Some(1);
     let (out, _dir) = run(&p, &config(&server.url)).await;
-    let lags: Vec<f64> = out.records.iter().map(RequestRecord::client_lag).collect();
-    assert!(lags[0] < 0.005 && lags[1] > 0.09 && lags[3] > lags[2], "{lags:?}");
+    let waits: Vec<f64> = out.records.iter().map(RequestRecord::queue_wait).collect();
+    assert!(out.records[0].queued_until.is_none(), "{:?}", out.records[0]);
+    assert!(waits[1] > 0.09 && waits[2] > waits[1] && waits[3] > waits[2], "{waits:?}");
     for w in out.records.windows(2) {
         assert!(w[1].sent >= w[0].end, "one at a time");
+        let slot = w[1].queued_until.unwrap_or_default() - w[0].end;
+        assert!((0.0..0.02).contains(&slot), "a slot frees when the request before ends: {slot} s");
     }
+    for r in &out.records {
+        assert!(r.client_lag() < 0.005, "the wait for a slot is not lag: lag {} in {r:?}", r.client_lag());
+    }
+    let s = &out.summary;
+    assert_eq!((s.queued_requests, s.client_limited), (3, false), "{s:?}");
+    assert!(s.queue_wait_max_ms > 250.0, "{s:?}");
 }

@@ -2,7 +2,7 @@
 
 use crate::RequestRecord;
 
-const HEADER: [&str; 18] = [
+const HEADER: [&str; 19] = [
     "id",
     "warmup",
     "intended",
@@ -21,6 +21,7 @@ const HEADER: [&str; 18] = [
     "error_detail",
     "session",
     "turn",
+    "queued_until",
 ];
 
 /// Column names of `requests.csv`, in the order of [`csv_row`].
@@ -55,5 +56,6 @@ pub fn csv_row(r: &RequestRecord) -> Vec<String> {
         opt(r.error.as_ref().map(|e| e.detail())),
         opt(r.session),
         opt(r.turn),
+        opt(r.queued_until),
     ]
 }

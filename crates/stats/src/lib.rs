@@ -28,7 +28,8 @@ pub use crate::jsonl::{
 pub use crate::located::{line_col, parse_toml, Located};
 pub use crate::slo::{Slo, SloError};
 pub use crate::summary::{
-    itl_values, mean, percentile, std_dev, summarize, OutputTokenSource, Summary, SummaryConfig,
+    itl_per_token_values, itl_values, mean, percentile, std_dev, summarize, OutputTokenSource, Summary,
+    SummaryConfig,
 };
 pub use crate::table::render_table;
 pub use crate::write::write_atomic;
@@ -53,6 +54,12 @@ pub struct RequestRecord {
     pub intended: f64,
     /// When the request was actually written to the socket.
     pub sent: f64,
+    /// When a request that was due while `max_concurrency` requests were in flight got its
+    /// slot (a request in flight ended); `None` when it did not wait for one. The wait,
+    /// `queued_until - intended`, is the run's own cap at work, not client lag
+    /// ([`RequestRecord::queue_wait`], [`RequestRecord::client_lag`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_until: Option<f64>,
     /// First response byte (headers).
     pub first_byte: Option<f64>,
     /// First content token (a role-only chat chunk is not a token).
@@ -159,8 +166,15 @@ impl RequestRecord {
         (self.output_tokens > 1).then(|| (self.e2el() - self.ttft()) / f64::from(self.output_tokens - 1))
     }
 
-    /// Client lag in seconds: how late the client sent the request, `sent - intended`.
+    /// Client lag in seconds: how late the client sent the request, `sent - intended`, less
+    /// the wait for a concurrency slot ([`RequestRecord::queue_wait`]): the client's own delay.
     pub fn client_lag(&self) -> f64 {
-        self.sent - self.intended
+        self.sent - self.queued_until.map_or(self.intended, |q| q.max(self.intended))
+    }
+
+    /// Seconds the request waited for a concurrency slot (`max_concurrency`) after its
+    /// intended send time; 0 when it did not wait.
+    pub fn queue_wait(&self) -> f64 {
+        self.queued_until.map_or(0.0, |q| (q - self.intended).max(0.0))
     }
 }

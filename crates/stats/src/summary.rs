@@ -18,8 +18,13 @@ pub struct SummaryConfig {
     /// Service-level objectives for goodput; `None` (or an empty [`Slo`]) leaves
     /// `request_goodput` null, as `vllm bench serve` without `--goodput`.
     pub slo: Option<Slo>,
-    /// Above this p99 client lag (ms) the run is flagged `client_limited`.
+    /// The run is flagged `client_limited` when its p99 client lag exceeds this many ms, or
+    /// [`SummaryConfig::client_lag_gap_fraction`] of the schedule's mean gap if that is longer.
     pub client_lag_threshold_ms: f64,
+    /// The fraction of the mean gap between intended send times (open loop: `1 / rate`) that a
+    /// client may be late, at p99, and still keep its schedule: 10 ms late on a send every
+    /// 250 ms leaves the offered rate as it was.
+    pub client_lag_gap_fraction: f64,
 }
 
 impl Default for SummaryConfig {
@@ -30,6 +35,7 @@ impl Default for SummaryConfig {
             emulated: false,
             slo: None,
             client_lag_threshold_ms: 10.0,
+            client_lag_gap_fraction: 0.1,
         }
     }
 }
@@ -66,6 +72,12 @@ impl OutputTokenSource {
 /// (counted in `warmup_excluded`); latency statistics cover completed requests only and are 0
 /// when none completed. Latencies are in milliseconds, `duration` in seconds, throughputs per
 /// second of `duration`. TPOT statistics cover requests with more than one output token.
+///
+/// `*_itl_ms` are `vllm bench serve`'s: one value per content chunk after the first, the gap
+/// since the previous one ([`itl_values`]), whatever the chunk's token count. `*_itl_per_token_ms`
+/// split each gap over the chunk's tokens ([`itl_per_token_values`]), over the requests whose
+/// chunks' token counts are known (`itl_per_token_requests` of them). Fields added after the
+/// first release of the format read as 0 from older files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub v: u32,
@@ -112,6 +124,23 @@ pub struct Summary {
     pub p90_itl_ms: f64,
     pub p95_itl_ms: f64,
     pub p99_itl_ms: f64,
+    /// Completed requests whose chunks' token counts are known: the per-token ITL's sample.
+    #[serde(default)]
+    pub itl_per_token_requests: u64,
+    #[serde(default)]
+    pub mean_itl_per_token_ms: f64,
+    #[serde(default)]
+    pub median_itl_per_token_ms: f64,
+    #[serde(default)]
+    pub std_itl_per_token_ms: f64,
+    #[serde(default)]
+    pub p50_itl_per_token_ms: f64,
+    #[serde(default)]
+    pub p90_itl_per_token_ms: f64,
+    #[serde(default)]
+    pub p95_itl_per_token_ms: f64,
+    #[serde(default)]
+    pub p99_itl_per_token_ms: f64,
     pub mean_e2el_ms: f64,
     pub median_e2el_ms: f64,
     pub std_e2el_ms: f64,
@@ -119,13 +148,33 @@ pub struct Summary {
     pub p90_e2el_ms: f64,
     pub p95_e2el_ms: f64,
     pub p99_e2el_ms: f64,
-    /// `sent - intended` over non-warm-up requests, in ms.
+    /// How late the client sent each non-warm-up request, in ms: `sent - intended`, less the
+    /// wait for a concurrency slot ([`RequestRecord::client_lag`]).
     pub client_lag_mean_ms: f64,
     pub client_lag_p50_ms: f64,
     pub client_lag_p99_ms: f64,
     pub client_lag_max_ms: f64,
-    /// The client, not the server, limited the rate: lag p99 above the configured threshold.
+    /// The bound on `client_lag_p99_ms` this run was held to: the configured threshold, or the
+    /// configured fraction of the schedule's mean gap between intended sends if that is longer.
+    #[serde(default)]
+    pub client_lag_threshold_ms: f64,
+    /// The client, not the server, limited the rate: it did not keep its schedule (lag p99
+    /// above `client_lag_threshold_ms`). The wait for a slot under `max_concurrency` is not lag.
     pub client_limited: bool,
+    /// Non-warm-up requests that were due while `max_concurrency` requests were in flight and
+    /// waited for a slot.
+    #[serde(default)]
+    pub queued_requests: u64,
+    /// The wait for a concurrency slot over all non-warm-up requests (0 for those that did not
+    /// wait), in ms: `queued_until - intended` ([`RequestRecord::queue_wait`]).
+    #[serde(default)]
+    pub queue_wait_mean_ms: f64,
+    #[serde(default)]
+    pub queue_wait_median_ms: f64,
+    #[serde(default)]
+    pub queue_wait_p99_ms: f64,
+    #[serde(default)]
+    pub queue_wait_max_ms: f64,
     pub output_token_source: OutputTokenSource,
     /// Prompt tokens by where the engine found them, from its counters over the run (warm-up
     /// included): `computed`, `gpu` (its own prefix cache), and one entry per offload tier that
@@ -171,13 +220,28 @@ pub fn std_dev(values: &[f64]) -> f64 {
     (values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64).sqrt()
 }
 
-/// Inter-token latencies of one record, in seconds.
-///
-/// The first content chunk ends the TTFT and yields no ITL. Each later chunk carrying `k` tokens
-/// contributes `k` values of `gap / k`, where `gap` is the time since the previous chunk, so a
-/// server that batches tokens into chunks still gets one ITL per token. Chunks with 0 tokens
-/// are ignored.
+/// Inter-token latencies of one record as `vllm bench serve` has them, in seconds: one per
+/// content chunk after the first, the time since the previous content chunk, whatever the
+/// number of tokens the chunk carries. The first content chunk ends the TTFT and yields none.
+/// Chunks recorded with 0 tokens are ignored.
 pub fn itl_values(record: &RequestRecord) -> Vec<f64> {
+    let times: Vec<f64> = record.chunks.iter().filter(|(_, k)| *k > 0).map(|&(t, _)| t).collect();
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// Inter-token latencies of one record per token, in seconds, or `None` when its chunks' token
+/// counts are not known: each content chunk after the first carrying `k` tokens contributes
+/// `k` values of `gap / k` (the first chunk's tokens, TTFT's, none).
+///
+/// The counts are known when the server's `usage` confirms them: the chunks' tokens add up to
+/// its `completion_tokens`. A client that asked for usage in every chunk (vLLM's
+/// `continuous_usage_stats`) has each chunk's count from it; without that every chunk is
+/// counted as one token, which usage confirms only when the server sent one token a chunk.
+pub fn itl_per_token_values(record: &RequestRecord) -> Option<Vec<f64>> {
+    let counted: u64 = record.chunks.iter().map(|&(_, k)| u64::from(k)).sum();
+    if record.token_source != TokenSource::Usage || counted != u64::from(record.output_tokens) {
+        return None;
+    }
     let mut out = Vec::new();
     let mut last: Option<f64> = None;
     for &(t, k) in record.chunks.iter().filter(|(_, k)| *k > 0) {
@@ -187,7 +251,18 @@ pub fn itl_values(record: &RequestRecord) -> Vec<f64> {
         }
         last = Some(t);
     }
-    out
+    Some(out)
+}
+
+/// Mean gap between consecutive intended send times of `records`, in seconds (0 for fewer
+/// than two, or all at once).
+fn mean_gap(records: &[&RequestRecord]) -> f64 {
+    let first = records.iter().map(|r| r.intended).reduce(f64::min);
+    let last = records.iter().map(|r| r.intended).reduce(f64::max);
+    match (first, last) {
+        (Some(first), Some(last)) if records.len() > 1 => (last - first) / (records.len() - 1) as f64,
+        _ => 0.0,
+    }
 }
 
 struct Dist {
@@ -260,6 +335,8 @@ pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
     let ttfts: Vec<f64> = completed.iter().map(|r| r.ttft()).collect();
     let tpots: Vec<f64> = completed.iter().filter_map(|r| r.tpot()).collect();
     let itls: Vec<f64> = completed.iter().flat_map(|r| itl_values(r)).collect();
+    let per_token: Vec<Vec<f64>> = completed.iter().filter_map(|r| itl_per_token_values(r)).collect();
+    let itl_per_token = Dist::of_ms(&per_token.concat());
     let e2els: Vec<f64> = completed.iter().map(|r| r.e2el()).collect();
     let (ttft, tpot, itl, e2el) =
         (Dist::of_ms(&ttfts), Dist::of_ms(&tpots), Dist::of_ms(&itls), Dist::of_ms(&e2els));
@@ -267,6 +344,10 @@ pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
     let mut lags: Vec<f64> = measured.iter().map(|r| r.client_lag() * 1000.0).collect();
     lags.sort_by(f64::total_cmp);
     let client_lag_p99_ms = percentile_sorted(&lags, 99.0);
+    let client_lag_threshold_ms =
+        cfg.client_lag_threshold_ms.max(cfg.client_lag_gap_fraction * mean_gap(&measured) * 1000.0);
+    let mut waits: Vec<f64> = measured.iter().map(|r| r.queue_wait() * 1000.0).collect();
+    waits.sort_by(f64::total_cmp);
 
     let request_goodput = cfg.slo.as_ref().filter(|slo| !slo.is_empty()).map(|slo| {
         let good = completed.iter().filter(|r| slo.is_met_by(r)).count();
@@ -323,6 +404,14 @@ pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
         p90_itl_ms: itl.p90,
         p95_itl_ms: itl.p95,
         p99_itl_ms: itl.p99,
+        itl_per_token_requests: per_token.len() as u64,
+        mean_itl_per_token_ms: itl_per_token.mean,
+        median_itl_per_token_ms: itl_per_token.median,
+        std_itl_per_token_ms: itl_per_token.std,
+        p50_itl_per_token_ms: itl_per_token.p50,
+        p90_itl_per_token_ms: itl_per_token.p90,
+        p95_itl_per_token_ms: itl_per_token.p95,
+        p99_itl_per_token_ms: itl_per_token.p99,
         mean_e2el_ms: e2el.mean,
         median_e2el_ms: e2el.median,
         std_e2el_ms: e2el.std,
@@ -334,7 +423,13 @@ pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
         client_lag_p50_ms: percentile_sorted(&lags, 50.0),
         client_lag_p99_ms,
         client_lag_max_ms: lags.last().copied().unwrap_or(0.0),
-        client_limited: client_lag_p99_ms > cfg.client_lag_threshold_ms,
+        client_lag_threshold_ms,
+        client_limited: client_lag_p99_ms > client_lag_threshold_ms,
+        queued_requests: measured.iter().filter(|r| r.queued_until.is_some()).count() as u64,
+        queue_wait_mean_ms: mean(&waits),
+        queue_wait_median_ms: percentile_sorted(&waits, 50.0),
+        queue_wait_p99_ms: percentile_sorted(&waits, 99.0),
+        queue_wait_max_ms: waits.last().copied().unwrap_or(0.0),
         output_token_source,
         prompt_tokens_by_source: None,
     }

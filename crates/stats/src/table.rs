@@ -85,6 +85,12 @@ pub fn render_table(s: &Summary) -> String {
     if s.client_limited {
         text(&mut out, "Client limited:", "YES (the client, not the server, limited the rate)");
     }
+    if s.queued_requests > 0 {
+        int(&mut out, "Requests queued (max concurrency):", s.queued_requests);
+        num(&mut out, "Mean queue wait (ms):", s.queue_wait_mean_ms);
+        num(&mut out, "Median queue wait (ms):", s.queue_wait_median_ms);
+        num(&mut out, "P99 queue wait (ms):", s.queue_wait_p99_ms);
+    }
     text(&mut out, "Output token counts from:", s.output_token_source.as_str());
     centered(&mut out, "", '=');
     out

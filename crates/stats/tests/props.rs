@@ -34,6 +34,7 @@ fn record() -> impl Strategy<Value = RequestRecord> {
                 warmup,
                 intended: sent,
                 sent,
+                queued_until: None,
                 first_byte: (!chunks.is_empty()).then_some(first),
                 first_token: chunks.first().map(|c| c.0),
                 end: chunks.last().map_or(first, |c| c.0),

@@ -1,8 +1,8 @@
 //! Behaviour of the summary statistics, checked against hand-computed numbers.
 
 use stats::{
-    csv_header, csv_row, itl_values, percentile, render_table, std_dev, summarize, RequestError,
-    RequestRecord, Slo, SummaryConfig, TokenSource, RECORD_VERSION,
+    csv_header, csv_row, itl_per_token_values, itl_values, percentile, render_table, std_dev, summarize,
+    RequestError, RequestRecord, Slo, SummaryConfig, TokenSource, RECORD_VERSION,
 };
 
 /// A completed record sent at `sent`, first token at `sent + ttft`, one token per chunk every
@@ -16,6 +16,7 @@ fn completed(id: u64, sent: f64, ttft: f64, tokens: u32, gap: f64) -> RequestRec
         warmup: false,
         intended: sent,
         sent,
+        queued_until: None,
         first_byte: Some(first - 0.001),
         first_token: Some(first),
         end: chunks.last().map_or(first, |c| c.0),
@@ -38,6 +39,7 @@ fn failed(id: u64, sent: f64, end: f64, error: RequestError) -> RequestRecord {
         warmup: false,
         intended: sent,
         sent,
+        queued_until: None,
         first_byte: None,
         first_token: None,
         end,
@@ -98,21 +100,137 @@ fn std_is_population_std() {
 }
 
 #[test]
-fn itl_splits_multi_token_chunks() {
-    let check = |chunks: &[(f64, u32)], expect: &str| {
+fn itl_is_per_chunk_as_vllm_bench_and_per_token_where_counts_are_known() {
+    // (chunks, output tokens from usage or None for counted chunks) → per-chunk ITLs (ms),
+    // per-token ITLs (ms) or "unknown".
+    let check = |chunks: &[(f64, u32)], usage: Option<u32>, expect_chunk: &str, expect_token: &str| {
         let mut r = completed(1, 0.0, 0.5, 1, 0.0);
         r.chunks = chunks.to_vec();
-        let got: Vec<String> = itl_values(&r).iter().map(|s| format!("{:.0}", s * 1000.0)).collect();
-        assert_eq!(got.join(" "), expect, "chunks {chunks:?}");
+        (r.output_tokens, r.token_source) = match usage {
+            Some(n) => (n, TokenSource::Usage),
+            None => (chunks.iter().map(|c| c.1).sum(), TokenSource::Chunks),
+        };
+        let ms = |v: &[f64]| v.iter().map(|s| format!("{:.0}", s * 1000.0)).collect::<Vec<_>>().join(" ");
+        let chunk = ms(&itl_values(&r));
+        let token = itl_per_token_values(&r).map_or("unknown".to_owned(), |v| ms(&v));
+        assert_eq!((chunk.as_str(), token.as_str()), (expect_chunk, expect_token), "{chunks:?} {usage:?}");
     };
-    // One token per chunk: one ITL per gap; the first chunk gives none.
-    check(&[(1.0, 1), (1.1, 1), (1.3, 1)], "100 200");
-    // A 3-token chunk 300 ms after the previous one: three ITLs of 100 ms.
-    check(&[(1.0, 1), (1.3, 3)], "100 100 100");
-    // The first chunk's extra tokens add no ITL; empty chunks are skipped entirely.
-    check(&[(1.0, 4), (1.05, 0), (1.2, 2)], "100 100");
-    check(&[(1.0, 1)], "");
-    check(&[], "");
+    // One token per chunk, confirmed by usage: both are one value per gap; the first chunk
+    // gives none.
+    check(&[(1.0, 1), (1.1, 1), (1.3, 1)], Some(3), "100 200", "100 200");
+    // A 3-token chunk 300 ms after the previous one (counts from continuous usage): one ITL of
+    // 300 ms per chunk, as vllm bench; three of 100 ms per token.
+    check(&[(1.0, 1), (1.3, 3)], Some(4), "300", "100 100 100");
+    // The first chunk's extra tokens add no ITL; chunks recorded with 0 tokens are skipped.
+    check(&[(1.0, 4), (1.05, 0), (1.2, 2)], Some(6), "200", "100 100");
+    // Usage says more tokens than the chunks were counted as (a server that put several tokens
+    // in a chunk, without usage in every chunk): per-chunk ITL only.
+    check(&[(1.0, 1), (1.1, 1), (1.3, 1)], Some(5), "100 200", "unknown");
+    // No usage at all: the counts are the client's guess.
+    check(&[(1.0, 1), (1.1, 1)], None, "100", "unknown");
+    check(&[(1.0, 1)], Some(1), "", "");
+    check(&[], Some(0), "", "");
+}
+
+#[test]
+fn itl_fields_follow_their_definitions() {
+    // Two requests, 4 tokens each: one sent a token a chunk every 10 ms; the other two chunks
+    // of 2 tokens 40 ms apart (its counts known from usage in every chunk). A third with 3
+    // tokens in 2 chunks and no per-chunk counts.
+    let a = completed(1, 0.0, 0.1, 4, 0.01);
+    let mut b = completed(2, 0.0, 0.1, 1, 0.0);
+    b.chunks = vec![(0.1, 2), (0.14, 2)];
+    b.output_tokens = 4;
+    let mut c = completed(3, 0.0, 0.1, 1, 0.0);
+    c.chunks = vec![(0.1, 1), (0.16, 1)];
+    c.output_tokens = 3;
+    let s = summarize(&[a, b, c], &SummaryConfig::default());
+    let got = format!(
+        "chunk mean {:.1} median {:.1} max {:.1}; token requests {} mean {:.1} median {:.1} p99 {:.1}",
+        s.mean_itl_ms,
+        s.median_itl_ms,
+        s.p99_itl_ms,
+        s.itl_per_token_requests,
+        s.mean_itl_per_token_ms,
+        s.median_itl_per_token_ms,
+        s.p99_itl_per_token_ms
+    );
+    // Per chunk: 10, 10, 10 (a), 40 (b), 60 (c). Per token: 10, 10, 10 (a), 20, 20 (b).
+    assert_eq!(got, "chunk mean 26.0 median 10.0 max 59.2; token requests 2 mean 14.0 median 10.0 p99 20.0");
+}
+
+#[test]
+fn queue_wait_is_not_client_lag() {
+    // Four requests due every 250 ms behind a cap: 1 and 2 go out on time (0.5 ms late), 3
+    // waits 400 ms for a slot and goes out 1 ms after it frees, 4 waits 100 ms and is 2 ms late.
+    let timing =
+        [(0.0, None, 0.0005), (0.25, None, 0.2505), (0.5, Some(0.9), 0.901), (0.75, Some(0.85), 0.852)];
+    let mut records: Vec<RequestRecord> = (0..4u64)
+        .zip(timing)
+        .map(|(id, (intended, queued_until, sent))| {
+            let mut r = completed(id, sent, 0.1, 2, 0.01);
+            (r.intended, r.queued_until) = (intended, queued_until);
+            r
+        })
+        .collect();
+    let s = summarize(&records, &SummaryConfig::default());
+    let got = format!(
+        "lag mean {:.3} max {:.3} limited {}; queued {} wait mean {:.1} median {:.1} p99 {:.1} max {:.1}",
+        s.client_lag_mean_ms,
+        s.client_lag_max_ms,
+        s.client_limited,
+        s.queued_requests,
+        s.queue_wait_mean_ms,
+        s.queue_wait_median_ms,
+        s.queue_wait_p99_ms,
+        s.queue_wait_max_ms
+    );
+    assert_eq!(
+        got,
+        "lag mean 1.000 max 2.000 limited false; queued 2 wait mean 125.0 median 50.0 p99 391.0 max 400.0"
+    );
+    let table = render_table(&s);
+    let row = |label: &str| {
+        let line = table.lines().find(|l| l.starts_with(label));
+        line.map(|l| l[label.len()..].trim().to_owned())
+    };
+    let rows = [row("Requests queued (max concurrency):"), row("Median queue wait (ms):")];
+    assert_eq!(rows, [Some("2".to_owned()), Some("50.00".to_owned())], "{table}");
+    // The table says nothing of a queue no request waited in.
+    records[2].queued_until = None;
+    records[3].queued_until = None;
+    assert!(!render_table(&summarize(&records, &SummaryConfig::default())).contains("queue"));
+}
+
+#[test]
+fn client_limited_means_the_schedule_was_not_kept() {
+    // 100 requests at `gap` seconds apart; the last `late` of them sent `lag_ms` late.
+    let check = |gap: f64, late: u64, lag_ms: f64, expect: &str| {
+        let records: Vec<RequestRecord> = (0..100u64)
+            .map(|i| {
+                let mut r = completed(i, gap * i as f64, 0.05, 2, 0.01);
+                if i >= 100 - late {
+                    r.sent += lag_ms / 1000.0;
+                }
+                r
+            })
+            .collect();
+        let s = summarize(&records, &SummaryConfig::default());
+        let got = format!(
+            "p99 {:.1} bound {:.1} limited {}",
+            s.client_lag_p99_ms, s.client_lag_threshold_ms, s.client_limited
+        );
+        assert_eq!(got, expect, "gap {gap} late {late} lag {lag_ms}");
+    };
+    // 4 req/s: two sends 15 ms late out of 100 leave the schedule kept (bound: 10% of 250 ms).
+    check(0.25, 2, 15.0, "p99 15.0 bound 25.0 limited false");
+    // Late by a fifth of the gap: not kept.
+    check(0.25, 2, 50.0, "p99 50.0 bound 25.0 limited true");
+    // 100 req/s: the 10 ms floor is the bound, and 15 ms is a step and a half behind.
+    check(0.01, 2, 15.0, "p99 15.0 bound 10.0 limited true");
+    // Everything at once: the floor.
+    check(0.0, 2, 5.0, "p99 5.0 bound 10.0 limited false");
+    check(0.0, 2, 12.0, "p99 12.0 bound 10.0 limited true");
 }
 
 #[test]
