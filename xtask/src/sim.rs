@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kvcache::{PolicyKind, Tier, TierConfig};
-use sim::{Capacity, InputFormat, LoadOptions, PolicySpec, SimTrace, SweepConfig};
+use sim::{Capacity, InputFormat, LoadOptions, PolicySpec, SimTrace, SweepConfig, TierModel};
 
 #[derive(clap::Args)]
 pub(crate) struct SimArgs {
@@ -35,6 +35,10 @@ pub(crate) struct SimArgs {
     /// Other tiers at a fixed capacity, e.g. `--fixed-tier gpu=20000 --fixed-tier disk=50GiB`.
     #[arg(long)]
     fixed_tier: Vec<String>,
+    /// How stacked tiers share blocks: write-through (vLLM with LMCache: every tier sees every
+    /// block) or exclusive (a block in one tier at most, promoted on a hit, demoted on eviction).
+    #[arg(long, default_value = "write-through")]
+    tier_model: String,
     /// Model from the registry: KV geometry for byte capacities, and the TTFT estimate with --gpu.
     #[arg(long)]
     model: Option<String>,
@@ -86,6 +90,7 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
         bail!("--train-fraction must be in (0, 1), got {}", args.train_fraction);
     }
     let tier: Tier = args.tier.parse()?;
+    let tier_model: TierModel = args.tier_model.parse()?;
     let mut fixed = Vec::new();
     for f in &args.fixed_tier {
         let (t, c) =
@@ -133,6 +138,7 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     let cfg = SweepConfig {
         tier,
         fixed,
+        tier_model,
         kv: model.map(|m| m.kv),
         cost,
         max_num_batched_tokens: args.max_num_batched_tokens,
@@ -148,8 +154,8 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
             let trained = sim::sweep::train_learned(t, args.train_fraction, 300.0);
             let tiers = swept_tiers(t, &cfg, middle(&capacities))?;
             let model = PolicySpec::Learned { model: trained.model };
-            let eval = sim::sweep::held_out(t, model, &tiers, trained.split_ms);
-            let lru = sim::sweep::held_out(t, PolicyKind::Lru.into(), &tiers, trained.split_ms);
+            let eval = sim::sweep::held_out(t, model, &tiers, tier_model, trained.split_ms);
+            let lru = sim::sweep::held_out(t, PolicyKind::Lru.into(), &tiers, tier_model, trained.split_ms);
             println!(
                 "learned ({}): log loss train {:.3} / test {:.3}; token hit at {} blocks: train {:.2}% test {:.2}% (lru {:.2}% / {:.2}%)",
                 t.name,
@@ -172,7 +178,7 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
         Some("conversation-aware") => {
             for t in &traces {
                 let tiers = swept_tiers(t, &cfg, middle(&capacities))?;
-                let r = sim::sweep::tune_conversation_aware(t, &tiers, args.train_fraction);
+                let r = sim::sweep::tune_conversation_aware(t, &tiers, tier_model, args.train_fraction);
                 println!(
                     "tuned conversation-aware ({}): {:?}; token hit at {} blocks: train {:.2}% test {:.2}% (lru {:.2}% / {:.2}%)",
                     t.name,
@@ -198,6 +204,7 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     let json = serde_json::json!({
         "v": 1,
         "swept_tier": tier,
+        "tier_model": tier_model,
         "capacities": capacities.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "model": args.model,
         "gpu": args.gpu,
@@ -225,7 +232,7 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
             .collect();
         write(
             &args.out.join("plots").join(format!("hit_ratio_{stem}.svg")),
-            &sim::output::svg(&rows, &t.name),
+            &sim::output::svg(&rows, &t.name)?,
         )?;
     }
     println!("wrote {}", args.out.display());

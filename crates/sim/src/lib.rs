@@ -5,11 +5,12 @@
 //!
 //! - [`trace`]: Mooncake / Bailian JSONL and conversation CSVs become a [`SimTrace`] of dense
 //!   block keys at an explicit block size (trace, engine and LMCache granularities kept apart);
-//! - [`replay()`]: one trace through one cache (a request hits the run of its leading resident
-//!   blocks, GPU, CPU, disk, remote; then touches all of its blocks);
+//! - [`replay()`]: one trace through one set of tiers (write-through, as vLLM with LMCache, or
+//!   exclusive: [`TierModel`]); a request hits the run of its leading resident blocks, each
+//!   charged to the tier that served it; then touches all of its blocks;
 //! - [`sweep()`]: trace x policy x capacity in parallel, plus the learned policy's training and
 //!   the conversation-aware grid search;
-//! - [`output`]: `sim.csv`, a table, hit-ratio curves as SVG.
+//! - [`output`]: `sim.csv`, a table, hit-ratio curves as SVG (plotters, through `chart`).
 
 pub mod capacity;
 pub mod output;
@@ -18,7 +19,7 @@ pub mod sweep;
 pub mod trace;
 
 pub use crate::capacity::Capacity;
-pub use crate::replay::{replay, PolicySpec, ReplayConfig, ReplayResult};
+pub use crate::replay::{replay, PolicySpec, ReplayConfig, ReplayResult, TierModel};
 pub use crate::sweep::{sweep, Row, SweepConfig};
 pub use crate::trace::{InputFormat, LoadOptions, SimTrace};
 
@@ -35,6 +36,9 @@ pub enum SimError {
     /// Parameters that cannot be honoured; the message names the parameter.
     #[error("{0}")]
     Invalid(String),
+    /// The hit-ratio chart of a trace could not be drawn (plotters' message).
+    #[error("plotting the hit ratios of {trace}: {message}")]
+    Plot { trace: String, message: String },
 }
 
 impl SimError {

@@ -1,8 +1,9 @@
-//! Renderings of sweep rows: `sim.csv`, a text table and hit-ratio curves (SVG).
+//! Renderings of sweep rows: `sim.csv`, a text table and hit-ratio curves (SVG, plotters).
 
 use std::fmt::Write;
 
 use crate::sweep::Row;
+use crate::SimError;
 
 /// The header of `sim.csv`.
 pub const CSV_HEADER: &str = "trace,policy,capacity,capacity_blocks,block_size,requests,block_hit_ratio,\
@@ -82,116 +83,46 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-const COLORS: [&str; 8] =
-    ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
 /// Token hit ratio against capacity (log scale when capacities span more than a decade), one
-/// line per policy, `belady` dashed, for the rows of trace `trace`. Unbounded capacities are
-/// left out of the curve.
-pub fn svg(rows: &[Row], trace: &str) -> String {
+/// line per policy, `belady` dashed, for the rows of trace `trace`, drawn with plotters
+/// ([`chart::LineChart`]). Unbounded capacities are left out of the curve.
+pub fn svg(rows: &[Row], trace: &str) -> Result<String, SimError> {
     let rows: Vec<&Row> = rows
         .iter()
         .filter(|r| r.trace == trace && r.capacity_blocks != u64::MAX && r.capacity_blocks > 0)
         .collect();
-    let (w, h, left, right, top, bottom) = (720.0, 420.0, 60.0, 150.0, 40.0, 50.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
     let min = rows.iter().map(|r| r.capacity_blocks).min().unwrap_or(1) as f64;
     let max = rows.iter().map(|r| r.capacity_blocks).max().unwrap_or(1) as f64;
     let log = max / min > 10.0;
-    let xpos = |c: u64| {
-        let c = c as f64;
-        let f = if max <= min {
-            0.5
-        } else if log {
-            (c.ln() - min.ln()) / (max.ln() - min.ln())
-        } else {
-            (c - min) / (max - min)
-        };
-        left + f * pw
-    };
-    let ypos = |r: f64| top + (1.0 - r) * ph;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">Token hit ratio vs capacity: {}</text>"#,
-        left + pw / 2.0,
-        escape(trace.rsplit('/').next().unwrap_or(trace))
-    );
-    for i in 0..=5 {
-        let r = f64::from(i) / 5.0;
-        let y = ypos(r);
-        let _ = writeln!(out, r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##, left + pw);
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{}" text-anchor="end">{:.0}%</text>"#,
-            left - 6.0,
-            y + 4.0,
-            r * 100.0
-        );
-    }
-    let mut caps: Vec<u64> = rows.iter().map(|r| r.capacity_blocks).collect();
-    caps.sort_unstable();
-    caps.dedup();
-    for c in &caps {
-        let x = xpos(*c);
-        let _ = writeln!(
-            out,
-            r#"<text x="{x:.1}" y="{}" text-anchor="middle" font-size="10">{c}</text>"#,
-            top + ph + 14.0
-        );
-    }
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" text-anchor="middle">capacity (blocks{})</text>"#,
-        left + pw / 2.0,
-        h - 12.0,
-        if log { ", log scale" } else { "" }
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
-    );
     let mut policies: Vec<&str> = Vec::new();
     for r in &rows {
         if !policies.contains(&r.policy.as_str()) {
             policies.push(&r.policy);
         }
     }
-    for (i, p) in policies.iter().enumerate() {
-        let mut pts: Vec<(u64, f64)> = rows
-            .iter()
-            .filter(|r| r.policy == *p)
-            .map(|r| (r.capacity_blocks, r.result.token_hit_ratio()))
-            .collect();
-        pts.sort_by_key(|p| p.0);
-        let color = COLORS[i % COLORS.len()];
-        let dash = if *p == "belady" { r#" stroke-dasharray="6 4""# } else { "" };
-        let path: Vec<String> = pts.iter().map(|(c, r)| format!("{:.1},{:.1}", xpos(*c), ypos(*r))).collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
-            path.join(" ")
-        );
-        let ly = top + 16.0 * i as f64 + 8.0;
-        let lx = left + pw + 10.0;
-        let _ = writeln!(
-            out,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
-            lx + 24.0,
-            lx + 30.0,
-            ly + 4.0,
-            escape(p)
-        );
-    }
-    out.push_str("</svg>\n");
-    out
+    let lines = policies
+        .iter()
+        .map(|p| {
+            let mut points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.policy == *p)
+                .map(|r| (r.capacity_blocks as f64, r.result.token_hit_ratio()))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let stroke = if *p == "belady" { chart::Stroke::Dashed } else { chart::Stroke::Solid };
+            chart::Line { label: (*p).to_owned(), points, stroke }
+        })
+        .collect();
+    let figure = chart::LineChart {
+        title: format!("Token hit ratio vs capacity: {}", trace.rsplit('/').next().unwrap_or(trace)),
+        x_label: format!("capacity (blocks{})", if log { ", log scale" } else { "" }),
+        y_label: "token hit ratio".to_owned(),
+        x_scale: if log { chart::Scale::Log } else { chart::Scale::Linear },
+        x_ticks: chart::Ticks::Whole,
+        y_range: Some((0.0, 1.0)),
+        y_ticks: chart::Ticks::Percent,
+        size: (720, 420),
+        lines,
+    };
+    figure.svg().map_err(|message| SimError::Plot { trace: trace.to_owned(), message })
 }

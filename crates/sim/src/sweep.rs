@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::capacity::Capacity;
-use crate::replay::{replay, PolicySpec, ReplayConfig, ReplayResult};
+use crate::replay::{replay, PolicySpec, ReplayConfig, ReplayResult, TierModel};
 use crate::trace::SimTrace;
 use crate::SimError;
 
@@ -18,6 +18,8 @@ pub struct SweepConfig {
     pub tier: Tier,
     /// Other tiers, at fixed capacities.
     pub fixed: Vec<(Tier, Capacity)>,
+    /// How stacked tiers share blocks.
+    pub tier_model: TierModel,
     /// Needed for capacities in bytes.
     pub kv: Option<KvGeometry>,
     /// Estimates TTFT saved.
@@ -32,6 +34,7 @@ impl Default for SweepConfig {
         SweepConfig {
             tier: Tier::Cpu,
             fixed: Vec::new(),
+            tier_model: TierModel::default(),
             kv: None,
             cost: None,
             max_num_batched_tokens: 8192,
@@ -102,6 +105,7 @@ pub fn sweep(
             let trace = &traces[t];
             let rc = ReplayConfig {
                 tiers,
+                tier_model: cfg.tier_model,
                 policy: spec,
                 from_ms: 0,
                 to_ms: u64::MAX,
@@ -252,10 +256,17 @@ pub struct HeldOut {
 }
 
 /// Evaluates `policy` on both ranges split at `split`.
-pub fn held_out(trace: &SimTrace, policy: PolicySpec, tiers: &[TierConfig], split: u64) -> HeldOut {
+pub fn held_out(
+    trace: &SimTrace,
+    policy: PolicySpec,
+    tiers: &[TierConfig],
+    tier_model: TierModel,
+    split: u64,
+) -> HeldOut {
     let run = |from, to| {
         let cfg = ReplayConfig {
             tiers: tiers.to_vec(),
+            tier_model,
             policy,
             from_ms: from,
             to_ms: to,
@@ -287,7 +298,12 @@ pub struct Tuned {
 /// Grid search over [`ConversationWeights`] (turn, depth, finished penalty and turn) on the
 /// first `train_fraction` of the trace's time, best token hit ratio wins (ties: the earlier
 /// candidate); reported on the held-out rest.
-pub fn tune_conversation_aware(trace: &SimTrace, tiers: &[TierConfig], train_fraction: f64) -> Tuned {
+pub fn tune_conversation_aware(
+    trace: &SimTrace,
+    tiers: &[TierConfig],
+    tier_model: TierModel,
+    train_fraction: f64,
+) -> Tuned {
     let split = split_ms(trace, train_fraction);
     let mut grid = Vec::new();
     for turn in [0.0, 10.0, 30.0, 100.0, 300.0] {
@@ -299,7 +315,7 @@ pub fn tune_conversation_aware(trace: &SimTrace, tiers: &[TierConfig], train_fra
     }
     let scores: Vec<f64> = grid
         .par_iter()
-        .map(|w| held_out_train(trace, PolicySpec::Conversation { weights: *w }, tiers, split))
+        .map(|w| held_out_train(trace, PolicySpec::Conversation { weights: *w }, tiers, tier_model, split))
         .collect();
     let mut best = 0;
     for (i, s) in scores.iter().enumerate() {
@@ -312,14 +328,21 @@ pub fn tune_conversation_aware(trace: &SimTrace, tiers: &[TierConfig], train_fra
         best: weights,
         split_ms: split,
         candidates: grid.len() as u64,
-        tuned: held_out(trace, PolicySpec::Conversation { weights }, tiers, split),
-        lru: held_out(trace, PolicyKind::Lru.into(), tiers, split),
+        tuned: held_out(trace, PolicySpec::Conversation { weights }, tiers, tier_model, split),
+        lru: held_out(trace, PolicyKind::Lru.into(), tiers, tier_model, split),
     }
 }
 
-fn held_out_train(trace: &SimTrace, policy: PolicySpec, tiers: &[TierConfig], split: u64) -> f64 {
+fn held_out_train(
+    trace: &SimTrace,
+    policy: PolicySpec,
+    tiers: &[TierConfig],
+    tier_model: TierModel,
+    split: u64,
+) -> f64 {
     let cfg = ReplayConfig {
         tiers: tiers.to_vec(),
+        tier_model,
         policy,
         from_ms: 0,
         to_ms: split,
