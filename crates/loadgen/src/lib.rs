@@ -16,7 +16,9 @@
 //!   [`stats::RequestError`]: `sent == completed + failed`. Requests the duration limit kept from
 //!   being sent are counted in [`RunOutcome::not_sent`] and have no record.
 //! - Open loop: each request's intended send time is the schedule's; the client's lag (actual
-//!   minus intended) is in every record, including the wait for a slot under `max_concurrency`.
+//!   minus intended) is in every record. A request that waited for a slot under
+//!   `max_concurrency` records when it got one (`queued_until`): the wait is queue wait, and the
+//!   lag counts from then.
 //! - All record times are seconds since the `origin` the caller passes (the run clock).
 //!
 //! Failure classes: `connect` (no response: refused, reset before headers), `http_status` (a

@@ -165,16 +165,25 @@ pub struct Summary {
     /// waited for a slot.
     #[serde(default)]
     pub queued_requests: u64,
-    /// The wait for a concurrency slot over all non-warm-up requests (0 for those that did not
-    /// wait), in ms: `queued_until - intended` ([`RequestRecord::queue_wait`]).
+    /// The wait for a concurrency slot (`max_concurrency`), over completed requests (0 for
+    /// those that did not wait), in ms: `queued_until - intended`
+    /// ([`RequestRecord::queue_wait`]). `vllm bench serve`'s `client_queue_time` (its wait for
+    /// its concurrency semaphore, which it reports with `--max-concurrency` when asked for it in
+    /// `--percentile-metrics`).
     #[serde(default)]
-    pub queue_wait_mean_ms: f64,
+    pub mean_client_queue_time_ms: f64,
     #[serde(default)]
-    pub queue_wait_median_ms: f64,
+    pub median_client_queue_time_ms: f64,
     #[serde(default)]
-    pub queue_wait_p99_ms: f64,
+    pub std_client_queue_time_ms: f64,
     #[serde(default)]
-    pub queue_wait_max_ms: f64,
+    pub p50_client_queue_time_ms: f64,
+    #[serde(default)]
+    pub p90_client_queue_time_ms: f64,
+    #[serde(default)]
+    pub p95_client_queue_time_ms: f64,
+    #[serde(default)]
+    pub p99_client_queue_time_ms: f64,
     pub output_token_source: OutputTokenSource,
     /// Prompt tokens by where the engine found them, from its counters over the run (warm-up
     /// included): `computed`, `gpu` (its own prefix cache), and one entry per offload tier that
@@ -346,8 +355,8 @@ pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
     let client_lag_p99_ms = percentile_sorted(&lags, 99.0);
     let client_lag_threshold_ms =
         cfg.client_lag_threshold_ms.max(cfg.client_lag_gap_fraction * mean_gap(&measured) * 1000.0);
-    let mut waits: Vec<f64> = measured.iter().map(|r| r.queue_wait() * 1000.0).collect();
-    waits.sort_by(f64::total_cmp);
+    let waits: Vec<f64> = completed.iter().map(|r| r.queue_wait()).collect();
+    let queue = Dist::of_ms(&waits);
 
     let request_goodput = cfg.slo.as_ref().filter(|slo| !slo.is_empty()).map(|slo| {
         let good = completed.iter().filter(|r| slo.is_met_by(r)).count();
@@ -426,10 +435,13 @@ pub fn summarize(records: &[RequestRecord], cfg: &SummaryConfig) -> Summary {
         client_lag_threshold_ms,
         client_limited: client_lag_p99_ms > client_lag_threshold_ms,
         queued_requests: measured.iter().filter(|r| r.queued_until.is_some()).count() as u64,
-        queue_wait_mean_ms: mean(&waits),
-        queue_wait_median_ms: percentile_sorted(&waits, 50.0),
-        queue_wait_p99_ms: percentile_sorted(&waits, 99.0),
-        queue_wait_max_ms: waits.last().copied().unwrap_or(0.0),
+        mean_client_queue_time_ms: queue.mean,
+        median_client_queue_time_ms: queue.median,
+        std_client_queue_time_ms: queue.std,
+        p50_client_queue_time_ms: queue.p50,
+        p90_client_queue_time_ms: queue.p90,
+        p95_client_queue_time_ms: queue.p95,
+        p99_client_queue_time_ms: queue.p99,
         output_token_source,
         prompt_tokens_by_source: None,
     }

@@ -87,9 +87,9 @@ pub fn render_table(s: &Summary) -> String {
     }
     if s.queued_requests > 0 {
         int(&mut out, "Requests queued (max concurrency):", s.queued_requests);
-        num(&mut out, "Mean queue wait (ms):", s.queue_wait_mean_ms);
-        num(&mut out, "Median queue wait (ms):", s.queue_wait_median_ms);
-        num(&mut out, "P99 queue wait (ms):", s.queue_wait_p99_ms);
+        num(&mut out, "Mean Client Queue Time (ms):", s.mean_client_queue_time_ms);
+        num(&mut out, "Median Client Queue Time (ms):", s.median_client_queue_time_ms);
+        num(&mut out, "P99 Client Queue Time (ms):", s.p99_client_queue_time_ms);
     }
     text(&mut out, "Output token counts from:", s.output_token_source.as_str());
     centered(&mut out, "", '=');

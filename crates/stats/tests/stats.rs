@@ -175,31 +175,27 @@ fn queue_wait_is_not_client_lag() {
         .collect();
     let s = summarize(&records, &SummaryConfig::default());
     let got = format!(
-        "lag mean {:.3} max {:.3} limited {}; queued {} wait mean {:.1} median {:.1} p99 {:.1} max {:.1}",
+        "lag mean {:.3} max {:.3} limited {}; queued {} wait mean {:.1} median {:.1} p99 {:.1}",
         s.client_lag_mean_ms,
         s.client_lag_max_ms,
         s.client_limited,
         s.queued_requests,
-        s.queue_wait_mean_ms,
-        s.queue_wait_median_ms,
-        s.queue_wait_p99_ms,
-        s.queue_wait_max_ms
+        s.mean_client_queue_time_ms,
+        s.median_client_queue_time_ms,
+        s.p99_client_queue_time_ms
     );
-    assert_eq!(
-        got,
-        "lag mean 1.000 max 2.000 limited false; queued 2 wait mean 125.0 median 50.0 p99 391.0 max 400.0"
-    );
+    assert_eq!(got, "lag mean 1.000 max 2.000 limited false; queued 2 wait mean 125.0 median 50.0 p99 391.0");
     let table = render_table(&s);
     let row = |label: &str| {
         let line = table.lines().find(|l| l.starts_with(label));
         line.map(|l| l[label.len()..].trim().to_owned())
     };
-    let rows = [row("Requests queued (max concurrency):"), row("Median queue wait (ms):")];
+    let rows = [row("Requests queued (max concurrency):"), row("Median Client Queue Time (ms):")];
     assert_eq!(rows, [Some("2".to_owned()), Some("50.00".to_owned())], "{table}");
     // The table says nothing of a queue no request waited in.
     records[2].queued_until = None;
     records[3].queued_until = None;
-    assert!(!render_table(&summarize(&records, &SummaryConfig::default())).contains("queue"));
+    assert!(!render_table(&summarize(&records, &SummaryConfig::default())).contains("Queue"));
 }
 
 #[test]
