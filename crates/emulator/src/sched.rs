@@ -189,6 +189,30 @@ impl Core {
         tokens.div_ceil(self.hash_cfg.block_size) as usize
     }
 
+    /// Marks request `id`'s blocks full up to its first `tokens` tokens, as vLLM's
+    /// `cache_blocks` does when it allocates a step's slots (the tokens the step computes count):
+    /// full prompt blocks become prefix-cache entries from then on, even for a request scheduled
+    /// later in the same step; full blocks of generated tokens are full but match no prompt.
+    /// What is full decides where a freed block goes in the free queue ([`BlockPool::free`]).
+    fn cache_full_blocks(&mut self, id: u64, tokens: u32) {
+        if !self.r.cfg.scheduler.enable_prefix_caching {
+            return;
+        }
+        let req = self.reqs.get_mut(&id).expect("scheduled request exists");
+        let full = (tokens / self.hash_cfg.block_size) as usize;
+        if full <= req.cached_blocks {
+            return;
+        }
+        // Blocks up to `prompt` hold prompt tokens only; those after it, generated ones too.
+        let prompt = full.min(req.block_hashes.len()).max(req.cached_blocks);
+        if prompt > req.cached_blocks {
+            let (from, blocks) = (req.cached_blocks, &req.blocks);
+            self.pool.cache(&blocks[from..prompt], &req.block_hashes[from..prompt]);
+        }
+        self.pool.fill(&req.blocks[prompt..full]);
+        req.cached_blocks = full;
+    }
+
     fn preempt(&mut self, id: u64) {
         let req = self.reqs.get_mut(&id).expect("running request exists");
         self.pool.free(&req.blocks);
@@ -259,6 +283,7 @@ impl Core {
                     break 'running;
                 }
             }
+            self.cache_full_blocks(id, computed + n_new);
             self.scheduled.push((id, n_new));
             budget -= n_new;
             let decoding = computed >= self.reqs[&id].prompt_len && n_new == 1;
@@ -292,14 +317,18 @@ impl Core {
             let ext = cover.saturating_sub(gpu_hit);
             let start = gpu_hit + ext;
             let n_new = (num_tokens - start).min(budget);
-            let need = self.blocks_for(start + n_new) - self.hit_ids.len();
-            self.pool.touch(&self.hit_ids);
-            let req = self.reqs.get_mut(&id).expect("waiting request exists");
-            if !self.pool.allocate(need as u32, &mut req.blocks) {
-                self.pool.free(&self.hit_ids);
+            let need = (self.blocks_for(start + n_new) - self.hit_ids.len()) as u32;
+            // As vLLM, check before touching the hits: a hit in the free queue leaves it, so it
+            // counts against the free blocks too, and a request that does not fit changes nothing.
+            if need + self.pool.num_evictable(&self.hit_ids) > self.pool.num_free() {
                 break;
             }
-            req.blocks.splice(0..0, self.hit_ids.iter().copied());
+            self.pool.touch(&self.hit_ids);
+            let req = self.reqs.get_mut(&id).expect("waiting request exists");
+            req.blocks.extend_from_slice(&self.hit_ids);
+            req.cached_blocks = self.hit_ids.len();
+            let allocated = self.pool.allocate(need, &mut req.blocks);
+            debug_assert!(allocated, "checked against the free blocks above");
             // Load [gpu_hit, gpu_hit + ext), each chunk from the tier holding it; the step pays
             // one transfer per tier (see `Core::step`).
             let mut pos = gpu_hit;
@@ -321,6 +350,9 @@ impl Core {
                 m.lmcache_hit += u64::from(ext);
             }
             req.computed = start;
+            self.cache_full_blocks(id, start + n_new);
+            let req = self.reqs.get_mut(&id).expect("waiting request exists");
+            let m = &mut self.metrics;
             if req.first_scheduled.is_none() {
                 req.first_scheduled = Some(now);
                 req.cached_tokens = start;
@@ -359,13 +391,6 @@ impl Core {
             let req = self.reqs.get_mut(&id).expect("scheduled request exists");
             req.computed += n;
             let prompt_len = req.prompt_len;
-            let full = (req.computed.min(prompt_len) / bs) as usize;
-            let full = full.min(req.block_hashes.len());
-            if full > req.cached_blocks {
-                self.pool
-                    .cache(&req.blocks[req.cached_blocks..full], &req.block_hashes[req.cached_blocks..full]);
-                req.cached_blocks = full;
-            }
             if req.computed < req.num_tokens() {
                 continue;
             }
