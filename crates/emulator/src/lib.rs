@@ -40,6 +40,7 @@ mod sched;
 mod server;
 mod store;
 pub mod thread;
+mod timer;
 mod virt;
 
 pub use config::{

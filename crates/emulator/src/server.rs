@@ -63,6 +63,12 @@ struct EngineState {
     core: Core,
     senders: HashMap<u64, watch::Sender<Progress>>,
     stopped: bool,
+    /// The engine is on its schedule: a step is in flight or its next step starts where the last
+    /// one ended (`core.now()`), however late the engine woke up. False when it went idle.
+    busy: bool,
+    /// The earliest arrival of the requests added while the engine was idle: its next step
+    /// starts there (not earlier than the last step's end), not when the engine got to it.
+    wake_at: Option<f64>,
 }
 
 /// Users remembered for turn counting; past this many the memory starts over (turns restart at 1).
@@ -91,11 +97,28 @@ struct Shared {
 }
 
 impl Shared {
-    /// Model seconds now: wall time over `time_scale`, never before the last step's end.
-    fn model_now(&self, core: &Core) -> f64 {
+    /// Model seconds of the wall clock: wall time over `time_scale` (with a `time_scale` of 0,
+    /// model time moves only with the steps: the last step's end).
+    fn wall_model(&self, core: &Core) -> f64 {
         let scale = self.resolved.cfg.time_scale;
-        let wall = if scale > 0.0 { self.t0.elapsed().as_secs_f64() / scale } else { 0.0 };
-        wall.max(core.now())
+        if scale > 0.0 {
+            self.t0.elapsed().as_secs_f64() / scale
+        } else {
+            core.now()
+        }
+    }
+
+    /// Model seconds at which a request arriving now arrives: the wall clock's, but never after
+    /// the start of the engine's next step while it is on its schedule (a request that comes
+    /// while the engine wakes up late from a step is in time for the next one, as it would be
+    /// on a GPU that runs its steps back to back).
+    fn arrival_now(&self, st: &EngineState) -> f64 {
+        let wall = self.wall_model(&st.core);
+        if st.busy {
+            wall.min(st.core.now())
+        } else {
+            wall
+        }
     }
 
     /// Counts a request of `user` at model time `now`: its conversation and turn.
@@ -152,6 +175,8 @@ impl Server {
                 core: Core::new(resolved.clone()),
                 senders: HashMap::new(),
                 stopped: false,
+                busy: false,
+                wake_at: None,
             }),
             resolved,
             wake: Notify::new(),
@@ -332,7 +357,12 @@ pub async fn serve(
     server.shutdown().await
 }
 
-/// Steps the core: sleep each step's modelled duration, then publish its tokens.
+/// Steps the core on the model's schedule and publishes each step's tokens at its modelled end
+/// (scaled by `time_scale`, with [`crate::timer`]'s precise sleep). While there is work, a step
+/// starts where the last one ended, however late the engine woke up: lateness is not added to
+/// model time, and a late step does not push the later ones (they run back to back until the
+/// schedule is caught up). From idle, a step starts at the earliest arrival of the requests that
+/// woke the engine.
 async fn engine_loop(sh: Arc<Shared>) {
     let scale = sh.resolved.cfg.time_scale;
     let t0 = sh.t0;
@@ -351,8 +381,13 @@ async fn engine_loop(sh: Arc<Shared>) {
                 st.senders.clear();
                 return;
             }
-            let now = sh.model_now(&st.core);
-            match st.core.step(now) {
+            let start = if st.busy {
+                st.core.now()
+            } else {
+                let wall = sh.wall_model(&st.core);
+                st.wake_at.take().map_or(wall, |a| a.min(wall)).max(st.core.now())
+            };
+            let end = match st.core.step(start) {
                 Some(out) => {
                     step_range = Some(crate::nvtx::StepRange::start(out.new_reqs, out.cached_reqs));
                     emitted.clear();
@@ -368,15 +403,20 @@ async fn engine_loop(sh: Arc<Shared>) {
                     Some(out.end)
                 }
                 None => None,
-            }
+            };
+            st.busy = end.is_some();
+            st.wake_at = None;
+            end
         };
         let Some(end) = end else {
             wake.await;
             continue;
         };
-        if scale > 0.0 {
-            tokio::time::sleep_until((t0 + Duration::from_secs_f64(end * scale)).into()).await;
+        let deadline = t0 + Duration::from_secs_f64(end * scale);
+        if scale > 0.0 && Instant::now() < deadline {
+            crate::timer::sleep_until(deadline).await;
         } else {
+            // Behind the schedule (or as fast as possible): let the connections run between steps.
             tokio::task::yield_now().await;
         }
         let mut st = lock(&sh.state);
@@ -682,6 +722,10 @@ async fn chat_completions(State(sh): State<Arc<Shared>>, req: Request) -> Respon
 /// Reads the prompt's offload hits for real, chunk by chunk, beyond the GPU prefix hit; stops
 /// at the first chunk that is missing or fails (a failure is a counted tier error, and the
 /// chunk is forgotten so it is stored again).
+///
+/// The reads run on the wall clock, not the model's: the request's model clock has started at
+/// its arrival, and the step that takes it charges the modelled load time of these chunks. They
+/// overlap the request's modelled wait and load, and delay it only when they outlast them.
 async fn load_offload(sh: &Shared, keys: &[BlockHash], gpu_hit: u32, access: &Access) -> Vec<Tier> {
     let mut hits = lock(&sh.index).lookup(keys, access);
     let chunk = sh.resolved.cfg.offload.chunk_tokens;
@@ -730,13 +774,15 @@ async fn generate(sh: Arc<Shared>, body: &[u8], kind: Kind) -> Response {
         );
     }
     let id = sh.next_id.fetch_add(1, Relaxed);
-    let (block_hashes, gpu_hit, now) = {
+    // The request's model clock starts here, before the offload reads below.
+    let (block_hashes, gpu_hit, arrival) = {
         let st = lock(&sh.state);
+        let arrival = sh.arrival_now(&st);
         let h = st.core.block_hashes(&tokens);
         let hit = st.core.gpu_hit_tokens(&h);
-        (h, hit, sh.model_now(&st.core))
+        (h, hit, arrival)
     };
-    let access = sh.access(req.user.as_deref(), now);
+    let access = sh.access(req.user.as_deref(), arrival);
     let chunk_keys = if sh.resolved.tiers.is_empty() {
         Vec::new()
     } else {
@@ -754,7 +800,9 @@ async fn generate(sh: Arc<Shared>, body: &[u8], kind: Kind) -> Response {
         if st.stopped {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down", None);
         }
-        let arrival = sh.model_now(&st.core);
+        if !st.busy {
+            st.wake_at = Some(st.wake_at.map_or(arrival, |w| w.min(arrival)));
+        }
         st.core.add(NewRequest {
             id,
             prompt_len,
@@ -763,7 +811,7 @@ async fn generate(sh: Arc<Shared>, body: &[u8], kind: Kind) -> Response {
             arrival,
             chunk_keys,
             offload_hits,
-            access: Access { time_s: arrival, ..access },
+            access,
         });
         st.senders.insert(id, tx);
     }

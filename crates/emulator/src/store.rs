@@ -82,17 +82,22 @@ fn file_name(key: BlockHash) -> String {
     format!("{key}.kv")
 }
 
-/// Reads at most `len + 1` bytes (a chunk file replaced by a device must not read forever).
+/// Reads at most `len + 1` bytes (a chunk file replaced by a device must not read forever), in
+/// one blocking call: one hop to the blocking pool per chunk, not one per 2 MB buffer.
 async fn read_file(path: &std::path::Path, len: usize) -> Result<Option<Vec<u8>>, ()> {
-    use tokio::io::AsyncReadExt;
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(_) => return Err(()),
-    };
-    let mut data = Vec::with_capacity(len + 1);
-    file.take(len as u64 + 1).read_to_end(&mut data).await.map_err(|_| ())?;
-    Ok(Some(data))
+    let path = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let mut data = Vec::with_capacity(len + 1);
+        file.take(len as u64 + 1).read_to_end(&mut data).map_err(|_| ())?;
+        Ok(Some(data))
+    });
+    read.await.unwrap_or(Err(()))
 }
 
 /// Writes a chunk file and waits until it reached the device (`fdatasync`), as an offload tier
