@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::error::{LabError, Result};
+use schema::error::{LabError, Result};
 
 /// What the lab asks the workload crate for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -87,7 +87,7 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
             output_len: LengthDist::fixed(w.gen_len),
             prefix_len: 0,
         }),
-        other => return Err(LabError::Invalid(crate::config::check_workload(other).unwrap_err())),
+        other => return Err(LabError::Invalid(schema::config::check_workload(other).unwrap_err())),
     };
     let spec = WorkloadSpec {
         source,
@@ -142,7 +142,7 @@ pub(crate) fn start_samplers(
     disk_dir: &Path,
     pid: Option<u32>,
     metrics_url: Option<String>,
-    sidecars: &[crate::engine::SidecarInfo],
+    sidecars: &[engines::SidecarInfo],
 ) -> Result<Samplers> {
     use samplers::{cpu, disk, engine, gpu, SamplerSet, SamplerSetConfig};
     let mut set = SamplerSet::new(SamplerSetConfig::new(dir, origin)).map_err(other)?;
@@ -279,7 +279,7 @@ pub(crate) fn finish_partial(
 /// `None` without the file or the engine's counter.
 pub(crate) fn tokens_by_source(
     dir: &Path,
-    tier: crate::config::Tier,
+    tier: schema::config::Tier,
     origin: report::CounterOrigin,
 ) -> Option<BTreeMap<String, u64>> {
     let path = dir.join("samples/engine.csv");

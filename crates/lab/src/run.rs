@@ -24,14 +24,13 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::{self, WorkloadRequest};
-use crate::config::{Experiment, Point, Tier, TierConfig};
-use crate::engine::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
-use crate::error::{LabError, Result};
-use crate::lmcache::LmcacheConfig;
-use crate::secrets::Secrets;
+use engines::secrets::Secrets;
+use engines::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
+use schema::config::{Experiment, Point, Tier, TierConfig};
+use schema::error::{LabError, Result};
+use schema::lmcache::LmcacheConfig;
 
-/// Redis for the redis tier when neither `--redis-url` nor `KVLAB_REDIS_URL` is given.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub use engines::DEFAULT_REDIS_URL;
 /// The model when none is given: a name of the model registry (`configs/models.toml`); vLLM is
 /// given its Hugging Face id.
 pub const DEFAULT_MODEL: &str = "llama-3-8b";
@@ -83,7 +82,7 @@ pub struct BenchOptions {
     /// Refuse to run without an NVIDIA GPU (so nothing is silently emulated).
     pub require_gpu: bool,
     /// The GPUs `--gpus` is checked against and `--require-gpu` needs; `None`: what NVML counts.
-    pub gpu_inventory: Option<engine::GpuInventory>,
+    pub gpu_inventory: Option<engines::GpuInventory>,
     pub port: Option<u16>,
     pub redis_url: Option<String>,
     /// llama.cpp: GGUF file and Python with xllamacpp.
@@ -96,7 +95,7 @@ pub struct BenchOptions {
     /// `.kvlab/models/tiny-llama-hf`).
     pub vllm_model_dir: Option<PathBuf>,
     /// How LMCache is attached to vLLM (`--lmcache-mode`).
-    pub lmcache_mode: crate::engine::vllm::LmcacheMode,
+    pub lmcache_mode: engines::vllm::LmcacheMode,
     /// The engine's GPU KV cache in blocks (vLLM's `--num-gpu-blocks-override`, the emulator's
     /// `num_gpu_blocks`), for every tier (`--gpu-blocks`); a baseline point's `cache_sizes`
     /// sets it too.
@@ -108,7 +107,7 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Under Nsight Systems (`cargo xtask profile`): where nsys runs; the launchers and the
     /// workload's capture range follow it.
-    pub profile: Option<crate::profile::ProfileSpec>,
+    pub profile: Option<profile::ProfileSpec>,
 }
 
 impl BenchOptions {
@@ -150,7 +149,7 @@ impl BenchOptions {
                 .map(PathBuf::from)
                 .or_else(|| lab_venv.is_file().then_some(lab_venv)),
             vllm_model_dir: std::env::var_os("KVLAB_VLLM_MODEL").map(PathBuf::from),
-            lmcache_mode: crate::engine::vllm::LmcacheMode::Auto,
+            lmcache_mode: engines::vllm::LmcacheMode::Auto,
             gpu_blocks: None,
             block_size: None,
             ready_timeout: Duration::from_secs(600),
@@ -200,7 +199,7 @@ pub struct ResolvedRun {
     pub num_gpu_blocks: Option<u64>,
     /// vLLM runs on an offload tier: how LMCache was attached (`mp`, `in-process`); absent
     /// otherwise (the baseline tier runs no connector).
-    pub lmcache_mode: Option<crate::engine::vllm::LmcacheMode>,
+    pub lmcache_mode: Option<engines::vllm::LmcacheMode>,
     pub goodput: Option<String>,
     pub url: Option<String>,
     pub image: Option<String>,
@@ -375,7 +374,7 @@ fn check_points(opts: &BenchOptions, exp: &Experiment, probe: &HostProbe) -> Res
     for point in &exp.points {
         let (engine, _) = probe.choose(point_engine(opts, point)?);
         if let Err(e) = resolve_model(engine, &point.model) {
-            return Err(exp.model_error(&point.model, &crate::config::strip_invalid(e)));
+            return Err(exp.model_error(&point.model, &schema::config::strip_invalid(e)));
         }
     }
     Ok(())
@@ -389,7 +388,7 @@ fn point_engine(opts: &BenchOptions, point: &Point) -> Result<EngineKind> {
     }
 }
 
-pub(crate) fn json_rate(r: f64) -> serde_json::Value {
+pub fn json_rate(r: f64) -> serde_json::Value {
     if r.is_finite() {
         serde_json::json!(r)
     } else {
@@ -399,7 +398,7 @@ pub(crate) fn json_rate(r: f64) -> serde_json::Value {
 
 fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
     let workload = opts.workload.clone().unwrap_or_else(|| DEFAULT_WORKLOAD.to_owned());
-    crate::config::check_workload(&workload).map_err(LabError::Invalid)?;
+    schema::config::check_workload(&workload).map_err(LabError::Invalid)?;
     let mut point = Point {
         model: opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
         tier: opts.tier,
@@ -426,7 +425,7 @@ fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
 }
 
 /// Flags given on the command line win over the experiment file.
-pub(crate) fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
+pub fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
     if let Some(m) = &opts.model {
         p.model = m.clone();
     }
@@ -445,19 +444,19 @@ pub(crate) fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
 }
 
 /// The label of point `index` of an experiment: `<experiment>-<index>-<tier>-<workload>`.
-pub(crate) fn point_label(experiment: &str, index: usize, point: &Point) -> String {
+pub fn point_label(experiment: &str, index: usize, point: &Point) -> String {
     format!("{}-{index:03}-{}-{}", sanitize(experiment), point.tier, sanitize(&point.workload))
 }
 
-pub(crate) fn out_dir(opts: &BenchOptions) -> PathBuf {
+pub fn out_dir(opts: &BenchOptions) -> PathBuf {
     opts.out.clone().unwrap_or_else(|| opts.root.join("results"))
 }
 
-pub(crate) fn timestamp() -> String {
+pub fn timestamp() -> String {
     loadgen::timestamp()
 }
 
-pub(crate) fn sanitize(s: &str) -> String {
+pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
 }
 
@@ -499,7 +498,7 @@ async fn engine_exit(watch: EngineWatch, origin: Instant) -> (f64, String, PathB
         EngineWatch::Nothing => std::future::pending().await,
         EngineWatch::Processes(procs) => loop {
             if let Some((who, _, log)) =
-                procs.iter().find(|(_, pid, _)| engine::orphans::process_exited(*pid))
+                procs.iter().find(|(_, pid, _)| engines::orphans::process_exited(*pid))
             {
                 return (origin.elapsed().as_secs_f64(), who.clone(), log.clone());
             }
@@ -682,18 +681,20 @@ pub(crate) fn cache_sizing(tier: Tier, bytes: Option<u64>, model: Option<&str>) 
 }
 
 /// Where a point of an experiment goes.
-pub(crate) struct PointCtx<'a> {
-    pub(crate) experiment: &'a str,
+pub struct PointCtx<'a> {
+    pub experiment: &'a str,
     /// The experiment's result root.
-    pub(crate) root: &'a Path,
-    pub(crate) index: usize,
+    pub root: &'a Path,
+    pub index: usize,
     /// Write into exactly this (new, empty) directory instead of a fresh `<label>_<time>` one.
-    pub(crate) exact_dir: Option<&'a Path>,
+    pub exact_dir: Option<&'a Path>,
     /// Merged into env.json (the scheduler's job, task and node).
-    pub(crate) env_extra: Option<(&'static str, serde_json::Value)>,
+    pub env_extra: Option<(&'static str, serde_json::Value)>,
 }
 
-pub(crate) async fn run_point(
+/// Runs one point: resolves it, writes its result directory, starts the engine and samplers,
+/// drives the workload and finishes the summary and report.
+pub async fn run_point(
     opts: &BenchOptions,
     point: &Point,
     experiment: Option<PointCtx<'_>>,
@@ -703,7 +704,7 @@ pub(crate) async fn run_point(
     let secrets = Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env();
     let probe = HostProbe::detect();
     let (engine_kind, reason) = probe.choose(point_engine(opts, point)?);
-    let inventory = opts.gpu_inventory.clone().unwrap_or_else(engine::GpuInventory::detect);
+    let inventory = opts.gpu_inventory.clone().unwrap_or_else(engines::GpuInventory::detect);
     if opts.require_gpu {
         inventory.require()?;
     }
@@ -725,12 +726,12 @@ pub(crate) async fn run_point(
     eprintln!("kvlab: {reason}");
     // An engine image says what it holds: the emulator in a container is still emulated.
     let image_traits = match (engine_kind, opts.image.as_deref()) {
-        (EngineKind::Docker | EngineKind::VllmDocker, Some(image)) => engine::docker::image_traits(image),
-        _ => engine::docker::ImageTraits::default(),
+        (EngineKind::Docker | EngineKind::VllmDocker, Some(image)) => engines::docker::image_traits(image),
+        _ => engines::docker::ImageTraits::default(),
     };
     // So does a server: kvlab's emulator behind `--engine external` says it is one.
     let external_emulated = match (engine_kind, opts.url.as_deref()) {
-        (EngineKind::External, Some(url)) => engine::external_is_emulated(url).await,
+        (EngineKind::External, Some(url)) => engines::external_is_emulated(url).await,
         _ => false,
     };
     let emulated = engine_kind == EngineKind::Emulated || image_traits.emulated || external_emulated;
@@ -743,7 +744,7 @@ pub(crate) async fn run_point(
             base.set(
                 k,
                 v.clone(),
-                crate::lmcache::Origin { file: "experiment", line: 0, table: Some("lmcache") },
+                schema::lmcache::Origin { file: "experiment", line: 0, table: Some("lmcache") },
             )?;
         }
     }
@@ -767,7 +768,7 @@ pub(crate) async fn run_point(
         _ => point.model.clone(),
     };
     let placement = resolve_model(engine_kind, &model)?;
-    engine::check_gpu_count(&model, placement.gpus(), &gpus)?;
+    engines::check_gpu_count(&model, placement.gpus(), &gpus)?;
     let tp = placement.tensor_parallel;
     let mut sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
     let registry_model = placement
@@ -781,7 +782,7 @@ pub(crate) async fn run_point(
         (vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL))
             .then_some(VLLM_CPU_DEFAULT_BLOCKS)
     });
-    use crate::engine::vllm::LmcacheMode;
+    use engines::vllm::LmcacheMode;
     // `auto` follows the build that runs: vLLM's CPU build (the process without a GPU, or the
     // CPU image on any host) gets LMCache's server, a GPU build the in-process connector.
     let lmcache_mode = (matches!(engine_kind, EngineKind::Vllm | EngineKind::VllmDocker)
@@ -796,8 +797,8 @@ pub(crate) async fn run_point(
         ));
     }
     if let (Some(l), Some((key, gb))) = (lmcache.as_mut(), sizing.lmcache) {
-        let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0, table: Some("lmcache") };
-        l.set(key, crate::lmcache::LmValue::Float(gb), origin)?;
+        let origin = schema::lmcache::Origin { file: "cache_sizes", line: 0, table: Some("lmcache") };
+        l.set(key, schema::lmcache::LmValue::Float(gb), origin)?;
     }
     let model = placement.served_name.clone();
 
@@ -815,7 +816,7 @@ pub(crate) async fn run_point(
     // directory exists: a refused run leaves nothing behind.
     if matches!(engine_kind, EngineKind::Docker | EngineKind::VllmDocker) {
         tokio::select! {
-            r = engine::docker::preflight(engine_kind, opts.image.as_deref(), opts.port) => { r?; }
+            r = engines::docker::preflight(engine_kind, opts.image.as_deref(), opts.port) => { r?; }
             () = stop.cancelled() => {
                 let parent = experiment.as_ref().map_or_else(|| out_dir(opts), |ctx| ctx.root.to_path_buf());
                 return Err(LabError::Interrupted(parent));
@@ -831,8 +832,9 @@ pub(crate) async fn run_point(
         (Some(url), EngineKind::Vllm | EngineKind::VllmDocker) => {
             let url = url.clone();
             let claimant = format!("{label}-{}", std::process::id());
-            let claim =
-                tokio::task::spawn_blocking(move || engine::lmcache_redis::LmcacheDb::claim(&url, &claimant));
+            let claim = tokio::task::spawn_blocking(move || {
+                engines::lmcache_redis::LmcacheDb::claim(&url, &claimant)
+            });
             Some(claim.await.map_err(|e| LabError::Other(format!("claiming a Redis database: {e}")))??)
         }
         _ => None,
@@ -909,7 +911,7 @@ pub(crate) async fn run_point(
         url: opts.url.clone(),
         image: opts.image.clone(),
         disk_dir: disk_dir.clone(),
-        redis_url: redis_url.as_deref().map(engine::emulated::without_credentials),
+        redis_url: redis_url.as_deref().map(engines::without_credentials),
         tier_config: tier.clone(),
         lmcache: lmcache.clone(),
         experiment: experiment.as_ref().map(|ctx| ctx.experiment.to_owned()),
@@ -921,7 +923,7 @@ pub(crate) async fn run_point(
     let slo = point
         .goodput
         .as_deref()
-        .map(crate::config::parse_goodput)
+        .map(schema::config::parse_goodput)
         .transpose()
         .map_err(|e| LabError::Invalid(format!("--goodput: {e}")))?;
     let summary_cfg = stats::SummaryConfig {
@@ -965,8 +967,8 @@ pub(crate) async fn run_point(
             seed: workload.seed,
             block_size: opts.block_size,
         },
-        profile: opts.profile,
-        vllm: crate::engine::vllm::VllmRunSettings {
+        wrapper: opts.profile.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn engines::CommandWrapper>),
+        vllm: engines::vllm::VllmRunSettings {
             python: opts.vllm_python.clone(),
             model_dir: (placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL)).then(|| {
                 opts.vllm_model_dir.clone().unwrap_or_else(|| opts.root.join(".kvlab/models/tiny-llama-hf"))
@@ -982,7 +984,7 @@ pub(crate) async fn run_point(
                 }
                 _ => None,
             },
-            l1_cap_gb: Some(crate::engine::vllm::l1_cap_gb()),
+            l1_cap_gb: Some(engines::vllm::l1_cap_gb()),
         },
     };
     if let Some(dir) = spec.vllm.model_dir.as_ref().filter(|d| {
@@ -996,11 +998,11 @@ pub(crate) async fn run_point(
     }
 
     let mut env = env_json(&resolved, &probe, &tier, &opts.root);
-    env["engine_version"] = engine::engine_version(&spec, &probe);
+    env["engine_version"] = engines::engine_version(&spec, &probe);
     if let Some((key, value)) = experiment.as_ref().and_then(|ctx| ctx.env_extra.clone()) {
         env[key] = value;
     }
-    let launcher = engine::launcher(engine_kind);
+    let launcher = engines::launcher(engine_kind);
     let running = tokio::select! {
         r = launcher.start(&spec) => r,
         () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
@@ -1021,7 +1023,8 @@ pub(crate) async fn run_point(
     };
     eprintln!("kvlab: {engine_kind} engine ready at {}", running.base_url);
     // Profiled runs: the capture range spans the workload, not the engine's start.
-    let capture = match crate::profile::WorkloadCapture::begin(&spec, &running.base_url).await {
+    let capture = match profile::WorkloadCapture::begin(opts.profile.as_ref(), &spec, &running.base_url).await
+    {
         Ok(c) => c,
         Err(e) => {
             let _ = running.stop().await;
@@ -1134,7 +1137,7 @@ pub(crate) async fn run_point(
         Err(e) => Err(LabError::Other(format!("samplers: {e}"))),
     };
     // Requests to a dead engine fail fast: the drive may end before the watcher's next look.
-    let gone = watched_pids.iter().find(|(_, pid, _)| engine::orphans::process_exited(*pid)).cloned();
+    let gone = watched_pids.iter().find(|(_, pid, _)| engines::orphans::process_exited(*pid)).cloned();
     let driven = match (driven, gone) {
         (Ok(_), Some((who, _, log))) if engine_died_at.is_none() => {
             let at = origin.elapsed().as_secs_f64();
@@ -1278,6 +1281,48 @@ fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig, root: &Path
     })
 }
 
+/// The launch spec of a flags-only run (no experiment file) with its result directory at
+/// `run_dir`, as `bench` would resolve it: the tier's configuration, the model's placement from
+/// the registry, the secrets of `.env` and the environment.
+pub fn planned_spec(opts: &BenchOptions, engine: EngineKind, run_dir: &Path) -> Result<LaunchSpec> {
+    let tier = TierConfig::load(&opts.root.join("configs"), opts.tier)?;
+    let model = opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+    let placement = resolve_model(engine, &model)?;
+    let redis_url = (opts.tier == Tier::Redis)
+        .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()));
+    Ok(LaunchSpec {
+        engine,
+        run_id: profile::PLANNED_RUN_ID.to_owned(),
+        run_dir: run_dir.to_path_buf(),
+        lmcache: tier.lmcache.clone(),
+        tier,
+        disk_dir: run_dir.join("kvcache"),
+        model: placement.served_name,
+        tensor_parallel: placement.tensor_parallel,
+        pipeline_parallel: placement.pipeline_parallel,
+        gpus: opts.gpus.clone(),
+        gpu_type: opts.gpu.clone(),
+        port: opts.port,
+        image: opts.image.clone(),
+        url: opts.url.clone(),
+        secrets: Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env(),
+        ready_timeout: opts.ready_timeout,
+        llamacpp_model: opts.model_path.clone(),
+        python: opts.python.clone(),
+        emulator: engines::EmulatorRunSettings {
+            redis_url,
+            seed: opts.seed.unwrap_or(0),
+            ..Default::default()
+        },
+        wrapper: opts.profile.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn engines::CommandWrapper>),
+        vllm: engines::vllm::VllmRunSettings {
+            python: opts.vllm_python.clone(),
+            lmcache_mode: Some(engines::vllm::LmcacheMode::InProcess),
+            ..Default::default()
+        },
+    })
+}
+
 /// Options of `serve`: the emulated engine alone.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -1326,10 +1371,10 @@ pub async fn serve_emulated(
             redis_url: Some(opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
             ..Default::default()
         },
-        profile: None,
+        wrapper: None,
         vllm: Default::default(),
     };
-    let running = engine::launcher(EngineKind::Emulated).start(&spec).await?;
+    let running = engines::launcher(EngineKind::Emulated).start(&spec).await?;
     on_ready(&running.base_url);
     tokio::select! {
         () = stop_signal() => {}

@@ -37,16 +37,16 @@ pub enum LabError {
 }
 
 impl LabError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> LabError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> LabError {
         LabError::Io { path: path.into(), source }
     }
 
-    pub(crate) fn launch(engine: &str, message: impl Into<String>) -> LabError {
+    pub fn launch(engine: &str, message: impl Into<String>) -> LabError {
         LabError::Launch { engine: engine.to_owned(), message: message.into() }
     }
 
     /// An error on `field` at byte `offset` of `text`, the content of `file`.
-    pub(crate) fn at(
+    pub fn at(
         file: &str,
         text: &str,
         offset: usize,
@@ -57,14 +57,9 @@ impl LabError {
     }
 
     /// An error on `field` at `line` of `file`.
-    pub(crate) fn config(
-        file: &str,
-        line: usize,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> LabError {
+    pub fn config(file: &str, line: usize, field: impl Into<String>, message: impl Into<String>) -> LabError {
         LabError::Config(stats::Located::new(file, line, field, message))
     }
 }
 
-pub(crate) type Result<T, E = LabError> = std::result::Result<T, E>;
+pub type Result<T, E = LabError> = std::result::Result<T, E>;

@@ -11,9 +11,9 @@ use super::{reserve_port, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launche
 use crate::error::{LabError, Result};
 
 /// The launcher script for xllamacpp, written into the run directory.
-pub const SERVE_SCRIPT: &str = include_str!("../../python/serve_llamacpp.py");
+pub const SERVE_SCRIPT: &str = include_str!("../python/serve_llamacpp.py");
 /// The tiny-model generator (used by `cargo xtask ci` to make `.kvlab/models/tiny.gguf`).
-pub const GEN_MODEL_SCRIPT: &str = include_str!("../../python/gen_model.py");
+pub const GEN_MODEL_SCRIPT: &str = include_str!("../python/gen_model.py");
 /// The xllamacpp version the launcher script is written for (`CommonParams` changes between releases).
 pub const XLLAMACPP_VERSION: &str = "2026.10.11549";
 
@@ -134,7 +134,7 @@ impl Launcher for LlamacppLauncher {
                     "llamacpp",
                     format!(
                         "model file {} does not exist; generate the tiny test model with \
-                         `.venv/bin/python crates/lab/python/gen_model.py {}`",
+                         `.venv/bin/python crates/engines/python/gen_model.py {}`",
                         model_path.display(),
                         model_path.display()
                     ),

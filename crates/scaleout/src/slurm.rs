@@ -14,8 +14,6 @@
 //! and accounting do the work. No `sacct` is needed: states come from `squeue`, `scontrol show
 //! job` and each point's status file; `sacct` is used when it answers.
 
-pub mod cluster;
-
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -25,10 +23,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Experiment, Point, SlurmSettings, TierConfig};
-use crate::engine::{EngineKind, GpuSelection, HostProbe};
-use crate::error::{LabError, Result};
-use crate::run::{self, BenchOptions, ModelPlacement, PointCtx};
+use engines::{EngineKind, GpuSelection, HostProbe};
+use lab::run::{self, BenchOptions, ModelPlacement, PointCtx};
+use schema::config::{Experiment, Point, SlurmSettings, TierConfig};
+use schema::error::{LabError, Result};
 
 /// Version of `plan.json`, `slurm/jobs.json` and the status files.
 pub const PLAN_VERSION: u32 = 1;
@@ -138,7 +136,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| err(format!("{}: {e}", path.display())))?;
-    crate::run::write_atomic(path, text.as_bytes())
+    lab::run::write_atomic(path, text.as_bytes())
 }
 
 /// Flags over file: each key the flags set wins.
@@ -237,7 +235,7 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
         options: PlanOptions {
             url: opts.url.clone(),
             image: opts.image.clone(),
-            redis_url: opts.redis_url.as_deref().map(crate::engine::emulated::without_credentials),
+            redis_url: opts.redis_url.as_deref().map(engines::without_credentials),
             model_path: opts.model_path.clone(),
             python: opts.python.clone(),
             ready_timeout_s: opts.ready_timeout.as_secs(),
@@ -1114,7 +1112,7 @@ pub async fn run_planned_point(
             let run_toml = final_dir.join("run.toml");
             if let Ok(text) = std::fs::read_to_string(&run_toml) {
                 let text = text.replace(&partial.display().to_string(), &final_dir.display().to_string());
-                crate::run::write_atomic(&run_toml, text.as_bytes())?;
+                lab::run::write_atomic(&run_toml, text.as_bytes())?;
             }
             append_status(root, index, &event("done", None))?;
             eprintln!("kvlab: point {index} done: {}", final_dir.display());

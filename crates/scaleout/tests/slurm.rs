@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lab::config::SlurmSettings;
-use lab::engine::EngineKind;
+use engines::EngineKind;
 use lab::run::{BenchOptions, ModelPlacement};
-use lab::slurm::cluster::{self, ClusterHandle};
-use lab::slurm::{self as slurm, Runner, SubmitConfig, WatchConfig, WatchEnd};
+use scaleout::slurm::{self as slurm, Runner, SubmitConfig, WatchConfig, WatchEnd};
+use schema::config::SlurmSettings;
+use testcluster::{self as cluster, ClusterHandle};
 
+// The lab's end-to-end test helpers (a workspace with a planted secret, records, processes).
+#[path = "../../lab/tests/common/mod.rs"]
 mod common;
 
 use common::{assert_no_secret, processes_mentioning, records, workspace};
@@ -33,7 +35,7 @@ fn submit_config(flags: SlurmSettings) -> SubmitConfig {
 }
 
 fn options(ws: &Path, experiment: &Path) -> BenchOptions {
-    let mut opts = BenchOptions::new(ws, lab::config::Tier::Baseline);
+    let mut opts = BenchOptions::new(ws, schema::config::Tier::Baseline);
     opts.experiment = Some(experiment.to_owned());
     opts.out = Some(ws.join("results"));
     opts.ready_timeout = Duration::from_secs(60);
@@ -89,7 +91,7 @@ fn a_bad_point_submits_nothing_and_names_point_file_line_and_key() {
 
 /// A plan of `points` built by hand (as `plan` resolves them) for the pure renderers.
 fn fixed_plan(engine: EngineKind, tp: u32, settings: SlurmSettings, n: usize) -> slurm::Plan {
-    let exp = lab::config::Experiment::load(&repo().join("configs/experiments/smoke.toml")).unwrap();
+    let exp = schema::config::Experiment::load(&repo().join("configs/experiments/smoke.toml")).unwrap();
     let placement = ModelPlacement {
         served_name: "meta-llama/Meta-Llama-3-70B".into(),
         registry_name: Some("llama-3-70b".into()),
@@ -607,13 +609,13 @@ fn kubernetes_indexed_job_runs_the_same_plan() {
         ..Default::default()
     };
     let plan = fixed_plan(EngineKind::VllmDocker, 2, settings, 6);
-    let cfg = lab::k8s::K8sConfig {
+    let cfg = scaleout::k8s::K8sConfig {
         image: "kvlab-lab:latest".into(),
         results_claim: "kvlab-results".into(),
         mount_path: "/results".into(),
         root_name: "smoke_20260101-000000".into(),
     };
-    let yaml = lab::k8s::indexed_job(&plan, &cfg);
+    let yaml = scaleout::k8s::indexed_job(&plan, &cfg);
     for needle in [
         "completionMode: Indexed",
         "completions: 6",

@@ -11,7 +11,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::error::{LabError, Result};
+/// What went wrong bringing the cluster up, down, or asking it something.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A file of the cluster directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A daemon, a package install or a Slurm client failed, or the cluster did not come up.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ClusterError {
+    fn io(path: impl Into<PathBuf>, source: std::io::Error) -> ClusterError {
+        ClusterError::Io { path: path.into(), source }
+    }
+}
+
+type Result<T, E = ClusterError> = std::result::Result<T, E>;
 
 /// The configuration template; `@DIR@`, `@CTLD_PORT@` and `@NODES@` are filled in by [`up`].
 pub const SLURM_CONF_TEMPLATE: &str = include_str!("slurm.conf.in");
@@ -102,7 +119,7 @@ impl ClusterHandle {
 /// earlier `up` in the same directory is still alive; wipes that directory's earlier state.
 pub fn up(cfg: &UpConfig) -> Result<ClusterHandle> {
     if !is_root() {
-        return Err(LabError::Other(
+        return Err(ClusterError::Failed(
             "slurm up: must run as root (the Slurm daemons run as root, munged as user munge)".into(),
         ));
     }
@@ -110,7 +127,7 @@ pub fn up(cfg: &UpConfig) -> Result<ClusterHandle> {
     let dir = &cfg.dir;
     for (pidfile, comm) in daemon_pidfiles(dir) {
         if let Some(pid) = ours(&pidfile, &comm) {
-            return Err(LabError::Other(format!(
+            return Err(ClusterError::Failed(format!(
                 "slurm up: {comm} (pid {pid}, {}) is alive: the cluster is already up; run `cargo xtask slurm down` first",
                 pidfile.display()
             )));
@@ -120,9 +137,9 @@ pub fn up(cfg: &UpConfig) -> Result<ClusterHandle> {
     for sub in ["etc", "run", "log", "state", "spool", "munge"] {
         let p = dir.join(sub);
         if p.exists() {
-            std::fs::remove_dir_all(&p).map_err(|e| LabError::io(&p, e))?;
+            std::fs::remove_dir_all(&p).map_err(|e| ClusterError::io(&p, e))?;
         }
-        std::fs::create_dir_all(&p).map_err(|e| LabError::io(&p, e))?;
+        std::fs::create_dir_all(&p).map_err(|e| ClusterError::io(&p, e))?;
     }
     let nodes: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
     for n in &nodes {
@@ -137,17 +154,17 @@ pub fn up(cfg: &UpConfig) -> Result<ClusterHandle> {
         use std::io::Read as _;
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| LabError::io("/dev/urandom", e))?;
+            .map_err(|e| ClusterError::io("/dev/urandom", e))?;
     }
-    std::fs::write(&key, &bytes).map_err(|e| LabError::io(&key, e))?;
+    std::fs::write(&key, &bytes).map_err(|e| ClusterError::io(&key, e))?;
     run_ok(Command::new("chown").arg("munge:munge").arg(&key))?;
     run_ok(Command::new("chmod").arg("400").arg(&key))?;
 
     let conf = dir.join("etc/slurm.conf");
     let text = render_conf(dir, cfg);
-    std::fs::write(&conf, text).map_err(|e| LabError::io(&conf, e))?;
+    std::fs::write(&conf, text).map_err(|e| ClusterError::io(&conf, e))?;
     std::fs::write(dir.join("env.sh"), format!("export SLURM_CONF={}\n", conf.display()))
-        .map_err(|e| LabError::io(dir.join("env.sh"), e))?;
+        .map_err(|e| ClusterError::io(dir.join("env.sh"), e))?;
     let deadline = Instant::now() + cfg.timeout;
     let socket = dir.join("run/munge.socket");
 
@@ -241,7 +258,7 @@ pub fn down(dir: &Path) -> Result<()> {
 pub fn kill_node(cluster: &ClusterHandle, node: &str) -> Result<Vec<u32>> {
     let pidfile = cluster.dir.join(format!("run/slurmd-{node}.pid"));
     let slurmd = ours(&pidfile, "slurmd")
-        .ok_or_else(|| LabError::Other(format!("kill_node: slurmd of {node} is not running")))?;
+        .ok_or_else(|| ClusterError::Failed(format!("kill_node: slurmd of {node} is not running")))?;
     let mut pids = vec![slurmd];
     let jobs = client(&cluster.conf, "squeue", &["-h", "-w", node, "-t", "R,CG", "-o", "%A"])?;
     let jobs: Vec<&str> = jobs.split_whitespace().collect();
@@ -281,12 +298,12 @@ pub fn restart_node(cluster: &ClusterHandle, node: &str) -> Result<()> {
 pub fn client(conf: &Path, program: &str, args: &[&str]) -> Result<String> {
     let out =
         Command::new(program).args(args).env("SLURM_CONF", conf).stdin(Stdio::null()).output().map_err(
-            |e| LabError::Other(format!("{program}: {e} (is Slurm installed? `cargo xtask slurm up`)")),
+            |e| ClusterError::Failed(format!("{program}: {e} (is Slurm installed? `cargo xtask slurm up`)")),
         )?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(LabError::Other(format!(
+        Err(ClusterError::Failed(format!(
             "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -335,7 +352,7 @@ fn install_packages() -> Result<()> {
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let made_policy = !policy.exists();
     if made_policy {
-        std::fs::write(policy, "#!/bin/sh\nexit 101\n").map_err(|e| LabError::io(policy, e))?;
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").map_err(|e| ClusterError::io(policy, e))?;
         run_ok(Command::new("chmod").arg("755").arg(policy))?;
     }
     let result = run_ok(Command::new("apt-get").args(["update", "-qq"])).and_then(|()| {
@@ -353,23 +370,23 @@ fn install_packages() -> Result<()> {
 }
 
 fn mkdir(p: &Path) -> Result<()> {
-    std::fs::create_dir_all(p).map_err(|e| LabError::io(p, e))
+    std::fs::create_dir_all(p).map_err(|e| ClusterError::io(p, e))
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| LabError::Other(format!("{cmd:?}: {e}")))?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| ClusterError::Failed(format!("{cmd:?}: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(LabError::Other(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(ClusterError::Failed(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
 /// Starts `program` in its own session, detached, output to `log/<name>.out`.
 fn daemon(dir: &Path, name: &str, program: &str, args: &[String]) -> Result<()> {
     let log = dir.join(format!("log/{name}.out"));
-    let out = File::options().create(true).append(true).open(&log).map_err(|e| LabError::io(&log, e))?;
-    let err = out.try_clone().map_err(|e| LabError::io(&log, e))?;
+    let out = File::options().create(true).append(true).open(&log).map_err(|e| ClusterError::io(&log, e))?;
+    let err = out.try_clone().map_err(|e| ClusterError::io(&log, e))?;
     Command::new("setsid")
         .arg(program)
         .args(args)
@@ -377,7 +394,7 @@ fn daemon(dir: &Path, name: &str, program: &str, args: &[String]) -> Result<()> 
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| LabError::Other(format!("starting {name} ({program}): {e}")))?;
+        .map_err(|e| ClusterError::Failed(format!("starting {name} ({program}): {e}")))?;
     Ok(())
 }
 
@@ -386,7 +403,7 @@ fn wait_for(deadline: Instant, what: &str, log: &Path, mut ready: impl FnMut() -
         if Instant::now() > deadline {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
-            return Err(LabError::Other(format!(
+            return Err(ClusterError::Failed(format!(
                 "slurm: {what}: not ready in time (the cluster is left as it is; run `cargo xtask slurm down`); \
                  last lines of {}:\n{}",
                 log.display(),

@@ -634,7 +634,7 @@ impl Experiment {
     }
 
     /// An error at the entry of `matrix.models` that names `model` (the file alone if none does).
-    pub(crate) fn model_error(&self, model: &str, message: &str) -> LabError {
+    pub fn model_error(&self, model: &str, message: &str) -> LabError {
         let mut seen: Vec<&str> = Vec::new();
         for p in &self.points {
             if !seen.contains(&p.model.as_str()) {
@@ -657,9 +657,7 @@ impl Experiment {
 /// and `goodput`; the error is at the value's span, with its key.
 fn check_names(s: &PointSettings) -> std::result::Result<(), (std::ops::Range<usize>, &'static str, String)> {
     if let Some(e) = &s.engine {
-        e.get_ref()
-            .parse::<crate::engine::EngineKind>()
-            .map_err(|err| (e.span(), "engine", strip_invalid(err)))?;
+        e.get_ref().parse::<crate::EngineKind>().map_err(|err| (e.span(), "engine", strip_invalid(err)))?;
     }
     if let Some(g) = &s.gpu {
         // As the emulator finds it: ignoring ASCII case.
@@ -682,7 +680,7 @@ fn check_names(s: &PointSettings) -> std::result::Result<(), (std::ops::Range<us
 
 /// Goodput SLOs in `vllm bench serve` form, `"ttft:300 tpot:50"` (spaces or commas between
 /// pairs); the error names the pair at fault.
-pub(crate) fn parse_goodput(g: &str) -> std::result::Result<stats::Slo, String> {
+pub fn parse_goodput(g: &str) -> std::result::Result<stats::Slo, String> {
     let parts: Vec<&str> = g.split([' ', ',']).filter(|s| !s.is_empty()).collect();
     stats::Slo::parse(&parts).map_err(|e| e.to_string())
 }
@@ -693,7 +691,7 @@ fn is_slurm_mem(s: &str) -> bool {
     !digits.is_empty() && digits.len() + 1 >= s.len() && digits.chars().all(|c| c.is_ascii_digit())
 }
 
-pub(crate) fn strip_invalid(e: LabError) -> String {
+pub fn strip_invalid(e: LabError) -> String {
     match e {
         LabError::Invalid(m) => m,
         other => other.to_string(),

@@ -28,10 +28,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(lab::slurm::run_planned_point(
+    let result = rt.block_on(scaleout::slurm::run_planned_point(
         std::path::Path::new(&root),
         index,
-        lab::slurm::terminated(),
+        scaleout::slurm::terminated(),
     ));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

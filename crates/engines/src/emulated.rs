@@ -11,8 +11,7 @@ use crate::error::{LabError, Result};
 /// The emulator configuration for a launch: the tier's capacities, the run's overrides.
 pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorConfig> {
     use emulator::{EmulatorConfig, TierPreset};
-    let redis_url =
-        spec.emulator.redis_url.clone().unwrap_or_else(|| crate::run::DEFAULT_REDIS_URL.to_owned());
+    let redis_url = spec.emulator.redis_url.clone().unwrap_or_else(|| crate::DEFAULT_REDIS_URL.to_owned());
     let preset = match spec.tier.tier {
         Tier::Baseline => TierPreset::Baseline,
         Tier::Cpu => TierPreset::Cpu,
@@ -84,11 +83,8 @@ impl Launcher for EmulatedLauncher {
         Box::pin(async move {
             let cfg = emulator_config(spec)?;
             if spec.tier.tier == Tier::Redis {
-                let url = spec
-                    .emulator
-                    .redis_url
-                    .clone()
-                    .unwrap_or_else(|| crate::run::DEFAULT_REDIS_URL.to_owned());
+                let url =
+                    spec.emulator.redis_url.clone().unwrap_or_else(|| crate::DEFAULT_REDIS_URL.to_owned());
                 check_redis(&url).await?;
             }
             let port = spec.port.unwrap_or(0);
@@ -163,7 +159,7 @@ pub(crate) fn redis_unreachable(engine: &str, url: &str, why: impl std::fmt::Dis
 }
 
 /// `redis://user:secret@host:port/0` → `redis://host:port/0`: a password never reaches a message.
-pub(crate) fn without_credentials(url: &str) -> String {
+pub fn without_credentials(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, rest)), Some(_)) => {
             let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);

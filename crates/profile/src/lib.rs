@@ -2,6 +2,11 @@
 //! capture range around the workload, `nsys stats` and its CSV, parsed into
 //! `profile/nvtx_sum.csv`.
 //!
+//! No engine imports this crate: a profiled run gives its [`ProfileSpec`] to the launchers as
+//! their [`engines::CommandWrapper`] (process vLLM's profiler flags, nsys in vLLM's container,
+//! the run's `profile/` made before the engine starts), and the run brackets its workload with a
+//! [`WorkloadCapture`].
+//!
 //! Where nsys runs ([`Placement`]):
 //! - [`Placement::WrapsLab`] (emulated, llamacpp, vllm): nsys runs the lab's own process, so
 //!   the client's NVTX ranges and the engine's are on one timeline. The emulator is in-process;
@@ -30,11 +35,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::docker::{ContainerFiles, ContainerHost, DockerRun, KvlabImage};
-pub use crate::engine::process::CommandLine;
-use crate::engine::{EngineKind, HostProbe, LaunchSpec};
-use crate::error::{LabError, Result};
-use crate::secrets::Secrets;
+use engines::docker::{ContainerFiles, ContainerHost, DockerRun, KvlabImage};
+use engines::secrets::Secrets;
+pub use engines::CommandLine;
+use engines::{CommandWrapper, EngineKind, HostProbe, LaunchSpec};
+use schema::error::{LabError, Result};
 
 /// What nsys traces.
 pub const NSYS_TRACE: &str = "cuda,nvtx,osrt";
@@ -181,11 +186,24 @@ pub fn vllm_args() -> [String; 2] {
     ["--profiler-config".to_owned(), VLLM_PROFILER_CONFIG.to_owned()]
 }
 
-/// The launcher hook of process vLLM: its profiler arguments when the run is profiled.
+/// What process vLLM is given beyond its command line: its profiler arguments when the run is
+/// profiled (the [`CommandWrapper`] hook of [`ProfileSpec`]).
 pub fn vllm_process_args(spec: &LaunchSpec) -> Vec<String> {
-    match spec.profile {
-        Some(_) => vllm_args().to_vec(),
-        None => Vec::new(),
+    spec.wrapper.as_ref().map(|w| w.process_args()).unwrap_or_default()
+}
+
+/// The launchers' hooks under a profile: process vLLM gets its profiler's arguments, a container
+/// run gets nsys around vLLM when nsys runs in the container, and the run's `profile/` is made
+/// before the engine starts.
+impl CommandWrapper for ProfileSpec {
+    fn prepare(&self, run_dir: &Path) -> Result<()> {
+        prepare(Some(self), run_dir)
+    }
+    fn process_args(&self) -> Vec<String> {
+        vllm_args().to_vec()
+    }
+    fn container_args(&self, args: Vec<String>, image: &str, run_dir: &Path) -> Vec<String> {
+        container_args(args, image, Some(self), run_dir)
     }
 }
 
@@ -230,8 +248,7 @@ pub fn container_args(
 /// run is profiled in the container. The launcher runs exactly this; `profile --dry-run` prints
 /// it.
 pub fn container_command(run: &DockerRun, profile: Option<&ProfileSpec>, run_dir: &Path) -> CommandLine {
-    let args = container_args(crate::engine::docker::docker_run_args(run), &run.image, profile, run_dir);
-    CommandLine { program: run.runtime.clone(), args, env: BTreeMap::new() }
+    engines::docker::container_command(run, profile.map(|p| p as &dyn CommandWrapper), run_dir)
 }
 
 /// The arguments after `nsys` for the NVTX and CUDA kernel summaries of `report` as CSV files
@@ -294,52 +311,6 @@ pub fn stats_command(host: &StatsHost, profile_dir: &Path, report: &str) -> Comm
 /// The run id a planned command shows (the real one is the result directory's name and the pid).
 pub const PLANNED_RUN_ID: &str = "<run-id>";
 
-/// The launch spec of a flags-only run (no experiment file) with its result directory at
-/// `run_dir`, as `bench` would resolve it: the tier's configuration, the model's placement from
-/// the registry, the secrets of `.env` and the environment.
-pub fn planned_spec(
-    opts: &crate::run::BenchOptions,
-    engine: EngineKind,
-    run_dir: &Path,
-) -> Result<LaunchSpec> {
-    let tier = crate::config::TierConfig::load(&opts.root.join("configs"), opts.tier)?;
-    let model = opts.model.clone().unwrap_or_else(|| crate::run::DEFAULT_MODEL.to_owned());
-    let placement = crate::run::resolve_model(engine, &model)?;
-    let redis_url = (opts.tier == crate::config::Tier::Redis)
-        .then(|| opts.redis_url.clone().unwrap_or_else(|| crate::run::DEFAULT_REDIS_URL.to_owned()));
-    Ok(LaunchSpec {
-        engine,
-        run_id: PLANNED_RUN_ID.to_owned(),
-        run_dir: run_dir.to_path_buf(),
-        lmcache: tier.lmcache.clone(),
-        tier,
-        disk_dir: run_dir.join("kvcache"),
-        model: placement.served_name,
-        tensor_parallel: placement.tensor_parallel,
-        pipeline_parallel: placement.pipeline_parallel,
-        gpus: opts.gpus.clone(),
-        gpu_type: opts.gpu.clone(),
-        port: opts.port,
-        image: opts.image.clone(),
-        url: opts.url.clone(),
-        secrets: Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env(),
-        ready_timeout: opts.ready_timeout,
-        llamacpp_model: opts.model_path.clone(),
-        python: opts.python.clone(),
-        emulator: crate::engine::EmulatorRunSettings {
-            redis_url,
-            seed: opts.seed.unwrap_or(0),
-            ..Default::default()
-        },
-        profile: opts.profile,
-        vllm: crate::engine::vllm::VllmRunSettings {
-            python: opts.vllm_python.clone(),
-            lmcache_mode: Some(crate::engine::vllm::LmcacheMode::InProcess),
-            ..Default::default()
-        },
-    })
-}
-
 /// The engine's command under the profile, as its launcher runs it on `port`: vllm-docker's
 /// `<runtime> run ...` with nsys inside (always with the GPU flags: its launcher refuses a host
 /// without a GPU), or process vLLM's `vllm serve ...` with its profiler on. `None` for engines in
@@ -348,27 +319,24 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
     let lmcache_yaml = spec.lmcache.is_some().then(|| spec.run_dir.join("lmcache.yaml"));
     match spec.engine {
         EngineKind::VllmDocker => {
-            let image = spec.image.clone().or_else(|| crate::engine::docker::default_image(spec.engine))?;
-            let run = crate::engine::docker::docker_run(
+            let image = spec.image.clone().or_else(|| engines::docker::default_image(spec.engine))?;
+            let run = engines::docker::docker_run(
                 spec,
                 spec.engine,
-                ContainerHost { runtime, nvidia_gpu: true, owner: crate::engine::orphans::Owner::current() },
+                ContainerHost { runtime, nvidia_gpu: true, owner: engines::orphans::Owner::current() },
                 image,
                 port,
                 ContainerFiles {
                     lmcache_yaml,
                     engine_env: Some(spec.run_dir.join("engine.env")),
-                    env_file: spec
-                        .secrets
-                        .hf_token()
-                        .map(|_| crate::engine::docker::secret_env_path(&spec.run_id)),
+                    env_file: spec.secrets.hf_token().map(|_| engines::docker::secret_env_path(&spec.run_id)),
                     lmcache_mp_port: None,
                 },
             );
-            Some(container_command(&run, spec.profile.as_ref(), &spec.run_dir))
+            Some(engines::docker::container_command(&run, spec.wrapper.as_deref(), &spec.run_dir))
         }
         EngineKind::Vllm => {
-            let serve = crate::engine::vllm::VllmServe {
+            let serve = engines::vllm::VllmServe {
                 model: &spec.model,
                 host: "127.0.0.1",
                 port,
@@ -376,9 +344,9 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
                 pipeline_parallel: spec.pipeline_parallel,
                 gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
                 connector: if lmcache_yaml.is_some() {
-                    crate::engine::vllm::Connector::InProcess
+                    engines::vllm::Connector::InProcess
                 } else {
-                    crate::engine::vllm::Connector::None
+                    engines::vllm::Connector::None
                 },
                 gpu_blocks: spec.emulator.gpu_blocks,
                 served_name: None,
@@ -386,7 +354,7 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
                 max_model_len: None,
                 kv_cache_bytes: None,
             };
-            let mut cmd = crate::engine::vllm::vllm_process_command(
+            let mut cmd = engines::vllm::vllm_process_command(
                 &serve,
                 spec.vllm.python.as_deref(),
                 lmcache_yaml.as_deref(),
@@ -710,19 +678,22 @@ enum CaptureKind {
 }
 
 impl WorkloadCapture {
-    /// Starts the capture for `spec`'s engine (nothing when the run is not profiled).
-    pub async fn begin(spec: &LaunchSpec, base_url: &str) -> Result<WorkloadCapture> {
-        let Some(profile) = &spec.profile else { return Ok(WorkloadCapture { kind: CaptureKind::None }) };
+    /// Starts the capture for `spec`'s engine under `profile` (nothing when the run is not
+    /// profiled).
+    pub async fn begin(
+        profile: Option<&ProfileSpec>,
+        spec: &LaunchSpec,
+        base_url: &str,
+    ) -> Result<WorkloadCapture> {
+        let Some(profile) = profile else { return Ok(WorkloadCapture { kind: CaptureKind::None }) };
         let kind = match capture(spec.engine) {
             Capture::Nvtx(_) => CaptureKind::Nvtx(loadgen::nvtx::WorkloadRange::start()),
             Capture::CudaProfilerApi => {
                 post(spec.engine, base_url, "/start_profile").await?;
                 let container = (profile.placement == Placement::InContainer).then(|| {
                     (
-                        crate::engine::HostProbe::detect()
-                            .container_runtime
-                            .unwrap_or_else(|| "docker".to_owned()),
-                        crate::engine::docker::container_name(&spec.run_id),
+                        engines::HostProbe::detect().container_runtime.unwrap_or_else(|| "docker".to_owned()),
+                        engines::docker::container_name(&spec.run_id),
                     )
                 });
                 CaptureKind::Vllm { base_url: base_url.to_owned(), container }
@@ -858,7 +829,7 @@ pub fn preflight(engine: EngineKind, probe: &HostProbe, image: &str) -> Result<(
     }
     match placement(engine)? {
         Placement::WrapsLab => {
-            if crate::engine::find_on_path("nsys").is_none() {
+            if engines::find_on_path("nsys").is_none() {
                 return Err(LabError::Invalid(format!(
                     "profile: `nsys` (Nsight Systems) is not on PATH; {INSTALL_NSYS}"
                 )));
@@ -920,9 +891,9 @@ fn image_has_nsys(runtime: &str, image: &str) -> Result<()> {
 /// Creates the run's `profile/` directory when the run is profiled. The container mounts it,
 /// and the engine image may run as an unprivileged user (the lab's vLLM image does): it is made
 /// writable for that user.
-pub fn prepare(spec: &LaunchSpec) -> Result<()> {
-    let Some(profile) = &spec.profile else { return Ok(()) };
-    let dir = spec.run_dir.join("profile");
+pub fn prepare(profile: Option<&ProfileSpec>, run_dir: &Path) -> Result<()> {
+    let Some(profile) = profile else { return Ok(()) };
+    let dir = run_dir.join("profile");
     std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
     if profile.placement == Placement::InContainer {
         use std::os::unix::fs::PermissionsExt as _;

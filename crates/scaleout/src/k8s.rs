@@ -25,7 +25,7 @@ pub fn indexed_job(plan: &Plan, cfg: &K8sConfig) -> String {
     let parallelism = plan.slurm.max_parallel.map_or(n, |m| (m as usize).min(n));
     let gpus = plan.points.iter().map(|p| p.resources.gpus).max().unwrap_or(0);
     let cpus = plan.slurm.cpus_per_task;
-    let name = format!("kvlab-{}", crate::run::sanitize(&plan.experiment).to_lowercase());
+    let name = format!("kvlab-{}", lab::run::sanitize(&plan.experiment).to_lowercase());
     let root = format!("{}/{}", cfg.mount_path.trim_end_matches('/'), cfg.root_name);
     let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
     let mut line = vec![quote(&format!("{root}/bin/{}", plan.runner_exe))];

@@ -194,7 +194,7 @@ impl LmcacheConfig {
     }
 
     /// Replaces `{disk_dir}` and `{redis_url}` in string values.
-    pub(crate) fn substitute(&mut self, disk_dir: &str, redis_url: &str) {
+    pub fn substitute(&mut self, disk_dir: &str, redis_url: &str) {
         for value in self.entries.values_mut() {
             if let LmValue::Str(s) = value {
                 *s = s.replace("{disk_dir}", disk_dir).replace("{redis_url}", redis_url);
