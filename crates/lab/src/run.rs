@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapters::{self, WorkloadRequest};
 use engines::secrets::Secrets;
-use engines::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
+use engines::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec, RunningEngine};
 use schema::config::{Experiment, Point, Tier, TierConfig};
 use schema::error::{LabError, Result};
 use schema::lmcache::LmcacheConfig;
@@ -692,8 +692,10 @@ pub struct PointCtx<'a> {
     pub env_extra: Option<(&'static str, serde_json::Value)>,
 }
 
-/// Runs one point: resolves it, writes its result directory, starts the engine and samplers,
-/// drives the workload and finishes the summary and report.
+/// Runs one point as a sequence of phases: [`resolve`] it (engine, tier, model, cache sizes;
+/// refusals before anything is written), make its [`result_dir`] (`run.toml`), [`launch`] the
+/// engine, [`drive`] the workload while watching the engine, its sidecars and the tier's store,
+/// and [`finalize`] (`env.json`, the summary, the report).
 pub async fn run_point(
     opts: &BenchOptions,
     point: &Point,
@@ -701,6 +703,86 @@ pub async fn run_point(
     exp_lmcache: Option<&LmcacheConfig>,
     stop: &CancellationToken,
 ) -> Result<RunReport> {
+    let experiment = experiment.as_ref();
+    let resolution = resolve(opts, point, experiment, exp_lmcache, stop).await?;
+    let mut run = result_dir(opts, point, experiment, resolution)?;
+    let (running, capture) = launch(opts, &mut run, stop).await?;
+    let driven = drive(opts, &run, &running, capture, stop).await;
+    finalize(run, running, driven).await
+}
+
+/// A point resolved before anything is written: the output of [`resolve`].
+struct Resolution {
+    secrets: Secrets,
+    probe: HostProbe,
+    engine_kind: EngineKind,
+    /// Why this engine (`--engine auto`'s choice, or the request).
+    reason: String,
+    gpus: GpuSelection,
+    image_traits: engines::docker::ImageTraits,
+    emulated: bool,
+    tier: TierConfig,
+    /// The tier's LMCache settings with the experiment's and the cache size's.
+    lmcache: Option<LmcacheConfig>,
+    /// The model as the engine serves it.
+    model: String,
+    placement: ModelPlacement,
+    sizing: CacheSizing,
+    registry_model: Option<costmodel::ModelSpec>,
+    vllm_cpu: bool,
+    lmcache_mode: Option<engines::vllm::LmcacheMode>,
+    label: String,
+    /// The redis tier's Redis (with credentials), when the tier is redis.
+    tier_redis: Option<String>,
+    /// A vLLM run's own Redis database on the redis tier.
+    lmcache_db: Option<engines::lmcache_redis::LmcacheDb>,
+}
+
+/// A point's result directory with `run.toml` written: the output of [`result_dir`].
+struct PreparedRun {
+    dir: PathBuf,
+    disk_dir: PathBuf,
+    resolved: ResolvedRun,
+    spec: LaunchSpec,
+    plan: workload::Plan,
+    summary_cfg: stats::SummaryConfig,
+    /// The Redis the engine is given (the claimed database's URL on the redis tier).
+    redis_url: Option<String>,
+    /// `env.json` as far as it is known before the engine starts.
+    env: serde_json::Value,
+    secrets: Secrets,
+    engine_kind: EngineKind,
+    emulated: bool,
+    tier: Tier,
+    time_limit_s: Option<f64>,
+    /// Emptied and released when dropped: after the engine has stopped.
+    lmcache_db: Option<engines::lmcache_redis::LmcacheDb>,
+}
+
+/// What driving the workload gave: the output of [`drive`].
+struct Driven {
+    result: Result<stats::Summary>,
+    /// When the engine or a sidecar was seen gone (run clock), and which.
+    engine_died_at: Option<f64>,
+    died_process: Option<String>,
+    time_limit_reached: bool,
+    sampler_status: serde_json::Value,
+    by_source: Option<std::collections::BTreeMap<String, u64>>,
+    /// When the redis tier's store stopped answering (run clock).
+    store_lost_at_s: Option<f64>,
+}
+
+/// Resolves a point against the host, the tier, the registry and the flags: the engine that
+/// runs and why, its GPUs, model and cache sizes, the label; a container engine's preflight and
+/// the redis tier's database are checked and claimed here, so that a refused run leaves no
+/// result directory behind.
+async fn resolve(
+    opts: &BenchOptions,
+    point: &Point,
+    experiment: Option<&PointCtx<'_>>,
+    exp_lmcache: Option<&LmcacheConfig>,
+    stop: &CancellationToken,
+) -> Result<Resolution> {
     let secrets = Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env();
     let probe = HostProbe::detect();
     let (engine_kind, reason) = probe.choose(point_engine(opts, point)?);
@@ -769,7 +851,6 @@ pub async fn run_point(
     };
     let placement = resolve_model(engine_kind, &model)?;
     engines::check_gpu_count(&model, placement.gpus(), &gpus)?;
-    let tp = placement.tensor_parallel;
     let mut sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
     let registry_model = placement
         .registry_name
@@ -803,11 +884,11 @@ pub async fn run_point(
     let model = placement.served_name.clone();
 
     let label = opts.label.clone().map_or_else(
-        || match &experiment {
+        || match experiment {
             Some(ctx) => point_label(ctx.experiment, ctx.index, point),
             None => format!("{}-{}", point.tier, engine_kind),
         },
-        |l| match &experiment {
+        |l| match experiment {
             Some(ctx) => format!("{}-{:03}", sanitize(&l), ctx.index),
             None => sanitize(&l),
         },
@@ -818,7 +899,7 @@ pub async fn run_point(
         tokio::select! {
             r = engines::docker::preflight(engine_kind, opts.image.as_deref(), opts.port) => { r?; }
             () = stop.cancelled() => {
-                let parent = experiment.as_ref().map_or_else(|| out_dir(opts), |ctx| ctx.root.to_path_buf());
+                let parent = experiment.map_or_else(|| out_dir(opts), |ctx| ctx.root.to_path_buf());
                 return Err(LabError::Interrupted(parent));
             }
         }
@@ -839,7 +920,59 @@ pub async fn run_point(
         }
         _ => None,
     };
-    let dir = match &experiment {
+    Ok(Resolution {
+        secrets,
+        probe,
+        engine_kind,
+        reason,
+        gpus,
+        image_traits,
+        emulated,
+        tier,
+        lmcache,
+        model,
+        placement,
+        sizing,
+        registry_model,
+        vllm_cpu,
+        lmcache_mode,
+        label,
+        tier_redis,
+        lmcache_db,
+    })
+}
+
+/// Makes the point's result directory and writes `run.toml` (the resolved run, the contract
+/// that reports read); builds the workload's plan, the summary's settings, the engine's launch
+/// spec and `env.json`'s first fields.
+fn result_dir(
+    opts: &BenchOptions,
+    point: &Point,
+    experiment: Option<&PointCtx<'_>>,
+    resolution: Resolution,
+) -> Result<PreparedRun> {
+    let Resolution {
+        secrets,
+        probe,
+        engine_kind,
+        reason,
+        gpus,
+        image_traits,
+        emulated,
+        tier,
+        lmcache,
+        model,
+        placement,
+        sizing,
+        registry_model,
+        vllm_cpu,
+        lmcache_mode,
+        label,
+        tier_redis,
+        lmcache_db,
+    } = resolution;
+    let tp = placement.tensor_parallel;
+    let dir = match experiment {
         Some(PointCtx { exact_dir: Some(dir), .. }) => {
             std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
             dir.to_path_buf()
@@ -914,7 +1047,7 @@ pub async fn run_point(
         redis_url: redis_url.as_deref().map(engines::without_credentials),
         tier_config: tier.clone(),
         lmcache: lmcache.clone(),
-        experiment: experiment.as_ref().map(|ctx| ctx.experiment.to_owned()),
+        experiment: experiment.map(|ctx| ctx.experiment.to_owned()),
     };
     let run_toml = toml::to_string(&resolved).map_err(|e| LabError::Other(format!("run.toml: {e}")))?;
     write(&dir.join("run.toml"), &secrets.redact(&run_toml))?;
@@ -999,12 +1132,38 @@ pub async fn run_point(
 
     let mut env = env_json(&resolved, &probe, &tier, &opts.root);
     env["engine_version"] = engines::engine_version(&spec, &probe);
-    if let Some((key, value)) = experiment.as_ref().and_then(|ctx| ctx.env_extra.clone()) {
+    if let Some((key, value)) = experiment.and_then(|ctx| ctx.env_extra.clone()) {
         env[key] = value;
     }
-    let launcher = engines::launcher(engine_kind);
+    Ok(PreparedRun {
+        dir,
+        disk_dir,
+        resolved,
+        spec,
+        plan,
+        summary_cfg,
+        redis_url,
+        env,
+        secrets,
+        engine_kind,
+        emulated,
+        tier: point.tier,
+        time_limit_s: workload.time_limit_s,
+        lmcache_db,
+    })
+}
+
+/// Starts the engine (its launcher waits until it is ready) and opens a profiled run's capture.
+/// An engine that cannot start leaves `env.json` saying why.
+async fn launch(
+    opts: &BenchOptions,
+    run: &mut PreparedRun,
+    stop: &CancellationToken,
+) -> Result<(RunningEngine, profile::WorkloadCapture)> {
+    let PreparedRun { engine_kind, spec, dir, env, secrets, .. } = run;
+    let launcher = engines::launcher(*engine_kind);
     let running = tokio::select! {
-        r = launcher.start(&spec) => r,
+        r = launcher.start(spec) => r,
         () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
     };
     let running = match running {
@@ -1023,7 +1182,7 @@ pub async fn run_point(
     };
     eprintln!("kvlab: {engine_kind} engine ready at {}", running.base_url);
     // Profiled runs: the capture range spans the workload, not the engine's start.
-    let capture = match profile::WorkloadCapture::begin(opts.profile.as_ref(), &spec, &running.base_url).await
+    let capture = match profile::WorkloadCapture::begin(opts.profile.as_ref(), spec, &running.base_url).await
     {
         Ok(c) => c,
         Err(e) => {
@@ -1031,11 +1190,37 @@ pub async fn run_point(
             return Err(e);
         }
     };
+    Ok((running, capture))
+}
 
+/// Drives the workload against the running engine, with the samplers, until it ends, the run
+/// stops, the point's time limit passes or the engine (or a sidecar) dies; watches the redis
+/// tier's store; closes the capture and stops the samplers.
+async fn drive(
+    opts: &BenchOptions,
+    run: &PreparedRun,
+    running: &RunningEngine,
+    capture: profile::WorkloadCapture,
+    stop: &CancellationToken,
+) -> Driven {
+    let PreparedRun {
+        engine_kind,
+        dir,
+        disk_dir,
+        plan,
+        summary_cfg,
+        redis_url,
+        spec,
+        tier,
+        time_limit_s,
+        ..
+    } = run;
+    let engine_kind = *engine_kind;
+    let model = &spec.model;
     let origin = Instant::now();
     // The redis tier's store is outside the engine: if it goes away the engine serves on by
     // recompute, so the run goes on, and the time it was lost is recorded.
-    let store_watch = (point.tier == Tier::Redis && !running.in_process())
+    let store_watch = (*tier == Tier::Redis && !running.in_process())
         .then(|| redis_url.clone())
         .flatten()
         .map(|url| tokio::spawn(store_lost(url, origin)));
@@ -1043,7 +1228,7 @@ pub async fn run_point(
     let samplers = adapters::start_samplers(
         &dir.join("samples"),
         origin,
-        &disk_dir,
+        disk_dir,
         pid,
         Some(format!("{}/metrics", running.base_url)),
         &running.sidecars(),
@@ -1077,11 +1262,11 @@ pub async fn run_point(
     let driven = match &samplers {
         Ok(_) => {
             let drive = adapters::Drive {
-                plan: &plan,
+                plan,
                 base_url: &running.base_url,
-                model: &model,
+                model,
                 summary: summary_cfg.clone(),
-                dir: &dir,
+                dir,
                 origin,
                 progress: opts.progress,
                 stop: drive_stop.clone(),
@@ -1100,7 +1285,7 @@ pub async fn run_point(
                     let _ = tokio::time::timeout(STOP_GRACE, &mut drive).await;
                     Err(LabError::Interrupted(dir.clone()))
                 }
-                limit = time_limit(workload.time_limit_s, origin) => {
+                limit = time_limit(*time_limit_s, origin) => {
                     // A deadline, not only the end of arrivals: requests still streaming end now
                     // and are recorded as interrupted, as on a stop; the run itself succeeds.
                     time_limit_reached = true;
@@ -1152,7 +1337,6 @@ pub async fn run_point(
         Ok(()) => driven,
         Err(e) => driven.and(Err(e)),
     };
-    let mut marks = serde_json::Map::new();
     let sampler_status = samplers.map(|s| s.stop()).unwrap_or(serde_json::Value::Null);
     // Where the prompt tokens came from (GPU cache, each offload tier, computed), from the
     // engine's counters: the samplers took their last scrape as they stopped.
@@ -1161,20 +1345,59 @@ pub async fn run_point(
     } else {
         report::CounterOrigin::EngineStart
     };
-    let by_source = adapters::tokens_by_source(&dir, point.tier, origin);
+    let by_source = adapters::tokens_by_source(dir, *tier, origin);
+    let mut store_lost_at_s = None;
     if let Some(watch) = store_watch {
         if watch.is_finished() {
-            if let Ok(at) = watch.await {
-                eprintln!(
-                    "kvlab: the redis tier's store stopped answering {at:.3} s into the run; the engine \
-                     served what followed without it"
-                );
-                env["tier_store_lost_at_s"] = serde_json::json!(at);
-                marks.insert("tier_store_lost_at_s".into(), serde_json::json!(at));
-            }
+            store_lost_at_s = watch.await.ok();
         } else {
             watch.abort();
         }
+    }
+    Driven {
+        result: driven,
+        engine_died_at,
+        died_process,
+        time_limit_reached,
+        sampler_status,
+        by_source,
+        store_lost_at_s,
+    }
+}
+
+/// Stops the engine and finishes the result directory: `env.json` (errors, the engine's death,
+/// an interruption, the store's loss), the summary over what finished when the run did not
+/// end normally, the prompt tokens by source, and the report.
+async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> Result<RunReport> {
+    let PreparedRun {
+        dir,
+        resolved,
+        summary_cfg,
+        mut env,
+        secrets,
+        engine_kind,
+        emulated,
+        time_limit_s,
+        lmcache_db,
+        ..
+    } = run;
+    let Driven {
+        result: driven,
+        engine_died_at,
+        died_process,
+        time_limit_reached,
+        sampler_status,
+        by_source,
+        store_lost_at_s,
+    } = driven;
+    let mut marks = serde_json::Map::new();
+    if let Some(at) = store_lost_at_s {
+        eprintln!(
+            "kvlab: the redis tier's store stopped answering {at:.3} s into the run; the engine \
+             served what followed without it"
+        );
+        env["tier_store_lost_at_s"] = serde_json::json!(at);
+        marks.insert("tier_store_lost_at_s".into(), serde_json::json!(at));
     }
     let stopped = running.stop().await;
     // The engine's temporary files (vLLM's TMPDIR: IPC sockets, scratch) go with it.
@@ -1205,7 +1428,7 @@ pub async fn run_point(
         Ok(_) if time_limit_reached => {
             env["time_limit_reached"] = serde_json::json!(true);
             marks.insert("time_limit_reached".into(), serde_json::json!(true));
-            marks.insert("time_limit_s".into(), serde_json::json!(workload.time_limit_s));
+            marks.insert("time_limit_s".into(), serde_json::json!(time_limit_s));
             adapters::finish_partial(&dir, &summary_cfg, &marks)
         }
         // summary.json says when the store was lost, as env.json does.
@@ -1237,11 +1460,13 @@ pub async fn run_point(
     if time_limit_reached {
         println!(
             "time limit of {} s reached: {} requests were still in flight and are recorded as interrupted",
-            workload.time_limit_s.unwrap_or_default(),
+            time_limit_s.unwrap_or_default(),
             summary.failed_by_class.get("interrupted").copied().unwrap_or(0)
         );
     }
     println!("results: {}", dir.display());
+    // The redis tier's database is emptied and released now that the engine has stopped.
+    drop(lmcache_db);
     Ok(RunReport { dir, engine: engine_kind, emulated, summary, table, time_limit_reached })
 }
 
