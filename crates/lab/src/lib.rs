@@ -9,6 +9,7 @@
 //! Ctrl-C.
 
 pub mod report;
+mod resolved;
 pub mod run;
 
 mod adapters;

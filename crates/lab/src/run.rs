@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::adapters::write_atomic;
 use crate::adapters::{self, WorkloadRequest};
+pub use crate::resolved::ResolvedRun;
 use engines::secrets::Secrets;
 use engines::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec, RunningEngine};
 use schema::config::{Experiment, Point, Tier, TierConfig};
@@ -171,44 +173,6 @@ pub struct RunReport {
     /// The point's `time_limit` ended the run while requests were in flight (they are recorded
     /// as failed with class `interrupted`; `"time_limit_reached": true` in summary.json).
     pub time_limit_reached: bool,
-}
-
-/// The resolved configuration of one run: `run.toml`. No secret is ever part of it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ResolvedRun {
-    pub v: u32,
-    pub label: String,
-    pub run_id: String,
-    pub engine: EngineKind,
-    pub engine_reason: String,
-    pub emulated: bool,
-    pub tier: Tier,
-    pub model: String,
-    pub gpu: Option<String>,
-    pub gpus: GpuSelection,
-    pub tensor_parallel: u32,
-    pub pipeline_parallel: u32,
-    /// The model's entry in the model registry, when it has one.
-    pub registry_model: Option<String>,
-    pub workload: WorkloadRequest,
-    pub mock_decoding: bool,
-    pub conversation_aware_eviction: bool,
-    pub cache_size_bytes: Option<u64>,
-    /// The GPU KV blocks the cache size gives on the baseline tier (the emulator's
-    /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override`).
-    pub num_gpu_blocks: Option<u64>,
-    /// vLLM runs on an offload tier: how LMCache was attached (`mp`, `in-process`); absent
-    /// otherwise (the baseline tier runs no connector).
-    pub lmcache_mode: Option<engines::vllm::LmcacheMode>,
-    pub goodput: Option<String>,
-    pub url: Option<String>,
-    pub image: Option<String>,
-    pub disk_dir: PathBuf,
-    /// The Redis of the redis tier, without user name or password.
-    pub redis_url: Option<String>,
-    pub tier_config: TierConfig,
-    pub lmcache: Option<LmcacheConfig>,
-    pub experiment: Option<String>,
 }
 
 /// Runs the bench: one run, or every point of `--experiment` (then also `index.json`).
@@ -462,11 +426,6 @@ pub fn sanitize(s: &str) -> String {
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     write_atomic(path, text.as_bytes())
-}
-
-/// [`stats::write_atomic`] with the lab's error: whole or not at all.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    stats::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
 }
 
 /// What tells the lab that its engine died.
