@@ -6,13 +6,34 @@
 //! a GPU cache of 1100 blocks of 16 tokens: documents evict each other from the GPU, so reuse
 //! comes from the offload tier (cpu) or is recomputed (baseline).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use emulator::{run_virtual, EmulatorConfig, TierPreset};
 use stats::{summarize, RequestRecord, Summary, SummaryConfig};
 use workload::{ArrivalSpec, LengthDist, RagSpec, Schedule, Source, WorkloadSpec};
 
-use crate::Error;
+use crate::{run_virtual, EmulatorConfig, TierPreset};
+
+/// Why the pinned scenario could not be built, run or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Its workload could not be built.
+    #[error("pinned scenario: {0}")]
+    Workload(#[from] workload::Error),
+    /// The emulator refused its configuration or failed.
+    #[error("pinned scenario: {0}")]
+    Emulator(#[from] crate::Error),
+    /// A result file could not be written.
+    #[error("pinned scenario: {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A record or summary could not be serialized.
+    #[error("pinned scenario: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ScenarioError {
+    let path = path.to_owned();
+    move |source| ScenarioError::Io { path, source }
+}
 
 /// The tiers of the pinned scenario.
 pub const TIERS: [&str; 2] = ["baseline", "cpu"];
@@ -32,7 +53,7 @@ pub struct ScenarioRun {
 }
 
 /// Runs the pinned scenario at every tier of [`TIERS`].
-pub fn pinned() -> Result<Vec<ScenarioRun>, Error> {
+pub fn pinned() -> Result<Vec<ScenarioRun>, ScenarioError> {
     let spec = WorkloadSpec {
         source: Source::Rag(RagSpec {
             documents: 6,
@@ -45,8 +66,7 @@ pub fn pinned() -> Result<Vec<ScenarioRun>, Error> {
         vocab: Default::default(),
     };
     let arrival = ArrivalSpec::new(Schedule::Poisson { rate: REQUEST_RATE });
-    let plan =
-        workload::build_plan(&spec, &arrival, SEED, None).map_err(|e| Error::Scenario(e.to_string()))?;
+    let plan = workload::build_plan(&spec, &arrival, SEED, None)?;
     TIERS
         .iter()
         .map(|&tier| {
@@ -57,7 +77,7 @@ pub fn pinned() -> Result<Vec<ScenarioRun>, Error> {
             let mut cfg = EmulatorConfig::for_tier(preset);
             cfg.scheduler.max_model_len = 16_384;
             cfg.scheduler.num_gpu_blocks = Some(1100);
-            let records = run_virtual(&cfg, &plan).map_err(|e| Error::Scenario(e.to_string()))?;
+            let records = run_virtual(&cfg, &plan)?;
             let summary = summarize(
                 &records,
                 &SummaryConfig {
@@ -74,9 +94,9 @@ pub fn pinned() -> Result<Vec<ScenarioRun>, Error> {
 
 impl ScenarioRun {
     /// Writes a minimal result directory (`run.toml`, `summary.json`, `requests.jsonl`) that
-    /// [`crate::RunData::load`] and `cargo xtask report` read.
-    pub fn write_result_dir(&self, dir: &Path) -> Result<(), Error> {
-        let io = crate::io_err;
+    /// the report's `RunData::load` and `cargo xtask report` read.
+    pub fn write_result_dir(&self, dir: &Path) -> Result<(), ScenarioError> {
+        let io = io_err;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let run_toml = format!(
             "v = 1\nlabel = \"{name}\"\nbaseline = \"{name}\"\nengine = \"emulated\"\nemulated = true\n\
@@ -87,11 +107,11 @@ impl ScenarioRun {
         let path = dir.join("run.toml");
         stats::write_atomic(&path, run_toml.as_bytes()).map_err(io(&path))?;
         let path = dir.join("summary.json");
-        let json = serde_json::to_string_pretty(&self.summary).map_err(|e| Error::Scenario(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&self.summary)?;
         stats::write_atomic(&path, (json + "\n").as_bytes()).map_err(io(&path))?;
         let mut lines = String::new();
         for r in &self.records {
-            lines.push_str(&serde_json::to_string(r).map_err(|e| Error::Scenario(e.to_string()))?);
+            lines.push_str(&serde_json::to_string(r)?);
             lines.push('\n');
         }
         let path = dir.join("requests.jsonl");
