@@ -44,13 +44,13 @@ pub(crate) fn check(target: &str, data: &[u8]) {
         "trace_bailian" => trace(TraceFormat::Bailian, "trace.jsonl", text),
         "trace_azure" => trace(TraceFormat::Azure, "trace.csv", text),
         "experiment_toml" => {
-            if let Err(e) = lab::config::Experiment::parse("exp.toml", text) {
+            if let Err(e) = schema::config::Experiment::parse("exp.toml", text) {
                 located(&e, "exp.toml", text);
             }
         }
         "tier_toml" => {
-            for tier in lab::config::Tier::ALL {
-                if let Err(e) = lab::config::TierConfig::parse(tier, "tier.toml", text) {
+            for tier in schema::config::Tier::ALL {
+                if let Err(e) = schema::config::TierConfig::parse(tier, "tier.toml", text) {
                     located(&e, "tier.toml", text);
                 }
             }
@@ -64,7 +64,7 @@ pub(crate) fn check(target: &str, data: &[u8]) {
             }
         }
         "lmcache_yaml" => {
-            if let Err(e) = lab::lmcache::LmcacheConfig::check_yaml("lm.yaml", text) {
+            if let Err(e) = schema::lmcache::LmcacheConfig::check_yaml("lm.yaml", text) {
                 located(&e, "lm.yaml", text);
             }
         }

@@ -199,27 +199,27 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sched = (*args.scheduler).clone();
     if let (Some(root), Some(index)) = (&sched.root, sched.index) {
         return rt
-            .block_on(lab::slurm::run_planned_point(root, index, lab::slurm::terminated()))
+            .block_on(scaleout::slurm::run_planned_point(root, index, scaleout::slurm::terminated()))
             .with_context(|| format!("point {index} of {}", root.join("plan.json").display()));
     }
     let watch =
-        lab::slurm::WatchConfig { cancel_on_interrupt: sched.cancel_on_interrupt, ..Default::default() };
+        scaleout::slurm::WatchConfig { cancel_on_interrupt: sched.cancel_on_interrupt, ..Default::default() };
     if let Some(root) = &sched.attach {
-        return finish(rt.block_on(lab::slurm::watch(root, &watch, ctrl_c()))?);
+        return finish(rt.block_on(scaleout::slurm::watch(root, &watch, ctrl_c()))?);
     }
     if let Some(root) = &sched.resume {
-        let submitted = lab::slurm::resume(root)?;
+        let submitted = scaleout::slurm::resume(root)?;
         if submitted.job_ids.is_empty() {
             println!("every point of {} is complete; nothing to submit", submitted.root.display());
-            return finish(rt.block_on(lab::slurm::watch(&submitted.root, &watch, ctrl_c()))?);
+            return finish(rt.block_on(scaleout::slurm::watch(&submitted.root, &watch, ctrl_c()))?);
         }
         return follow(&rt, &submitted, &sched, &watch);
     }
     if sched.scheduler != Scheduler::Local {
         let max_failed_fraction = args.workload.max_failed_fraction;
         let mut opts = options(args)?;
-        let cfg = lab::slurm::SubmitConfig {
-            flags: lab::config::SlurmSettings {
+        let cfg = scaleout::slurm::SubmitConfig {
+            flags: schema::config::SlurmSettings {
                 partition: sched.partition.clone(),
                 account: sched.account.clone(),
                 qos: sched.qos.clone(),
@@ -230,7 +230,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
                 gpus_per_node: sched.gpus_per_node,
                 time_margin_s: None,
             },
-            runner: lab::slurm::Runner {
+            runner: scaleout::slurm::Runner {
                 exe: std::env::current_exe()
                     .context("locating this program to copy it into the result root")?,
                 args: vec!["bench".to_owned()],
@@ -240,15 +240,15 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         if sched.scheduler == Scheduler::K8s {
             let emit = sched.emit.clone().context("--scheduler k8s needs --emit DIR")?;
             opts.out = Some(emit);
-            let (plan, root) = lab::slurm::prepare(&opts, &cfg)?;
-            let k8s = lab::k8s::K8sConfig {
+            let (plan, root) = scaleout::slurm::prepare(&opts, &cfg)?;
+            let k8s = scaleout::k8s::K8sConfig {
                 image: sched.pod_image.clone(),
                 results_claim: sched.results_claim.clone(),
                 mount_path: sched.mount_path.clone(),
                 root_name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             };
             let job = root.join("job.yaml");
-            std::fs::write(&job, lab::k8s::indexed_job(&plan, &k8s))
+            std::fs::write(&job, scaleout::k8s::indexed_job(&plan, &k8s))
                 .with_context(|| job.display().to_string())?;
             println!("{}", job.display());
             eprintln!(
@@ -259,7 +259,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        let submitted = lab::slurm::submit(&opts, &cfg)?;
+        let submitted = scaleout::slurm::submit(&opts, &cfg)?;
         return follow(&rt, &submitted, &sched, &watch);
     }
     let max_failed_fraction = args.workload.max_failed_fraction;
@@ -286,9 +286,9 @@ async fn ctrl_c() {
 /// Prints the job ids, then returns (`--detach`) or watches the run to its end.
 fn follow(
     rt: &tokio::runtime::Runtime,
-    submitted: &lab::slurm::Submitted,
+    submitted: &scaleout::slurm::Submitted,
     sched: &SchedulerArgs,
-    watch: &lab::slurm::WatchConfig,
+    watch: &scaleout::slurm::WatchConfig,
 ) -> anyhow::Result<()> {
     eprintln!(
         "kvlab: submitted {} point(s) as Slurm job {}; results in {}",
@@ -301,20 +301,22 @@ fn follow(
         eprintln!("kvlab: watch it with `cargo xtask bench --attach {}`", submitted.root.display());
         return Ok(());
     }
-    finish(rt.block_on(lab::slurm::watch(&submitted.root, watch, ctrl_c()))?)
+    finish(rt.block_on(scaleout::slurm::watch(&submitted.root, watch, ctrl_c()))?)
 }
 
 /// Prints the summary table; an error naming each failed point (state, node, log) when any failed.
-fn finish(end: lab::slurm::WatchEnd) -> anyhow::Result<()> {
+fn finish(end: scaleout::slurm::WatchEnd) -> anyhow::Result<()> {
     let (outcome, verdict) = match end {
-        lab::slurm::WatchEnd::Finished(o) => (o, None),
-        lab::slurm::WatchEnd::Cancelled(o) => (o, Some("cancelled; nothing of the run is left in squeue")),
-        lab::slurm::WatchEnd::Detached(o) => {
-            println!("{}", lab::slurm::render_table(&o));
+        scaleout::slurm::WatchEnd::Finished(o) => (o, None),
+        scaleout::slurm::WatchEnd::Cancelled(o) => {
+            (o, Some("cancelled; nothing of the run is left in squeue"))
+        }
+        scaleout::slurm::WatchEnd::Detached(o) => {
+            println!("{}", scaleout::slurm::render_table(&o));
             return Ok(());
         }
     };
-    println!("{}", lab::slurm::render_table(&outcome));
+    println!("{}", scaleout::slurm::render_table(&outcome));
     println!("index: {}", outcome.root.join("index.json").display());
     let failed = outcome.failed();
     if !failed.is_empty() {
@@ -352,7 +354,7 @@ pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions>
     let tiers = args
         .tier
         .split(',')
-        .map(|t| t.trim().parse::<lab::config::Tier>())
+        .map(|t| t.trim().parse::<schema::config::Tier>())
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("--tier {}", args.tier))?;
     let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), tiers[0]);

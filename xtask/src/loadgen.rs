@@ -28,7 +28,7 @@ pub(crate) struct LoadgenArgs {
 
 pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut opts = lab::run::BenchOptions::new(crate::workspace_root(), args.tier.parse()?);
-    opts.engine = lab::engine::EngineKind::External;
+    opts.engine = engines::EngineKind::External;
     opts.url = Some(args.url);
     opts.model = args.model;
     opts.ready_timeout = Duration::from_secs(args.ready_timeout);

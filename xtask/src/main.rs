@@ -75,7 +75,7 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Engine processes are recorded here, so a later run can reap them if this one is killed.
-    lab::engine::orphans::set_registry_dir(workspace_root().join(".kvlab/engines"));
+    engines::orphans::set_registry_dir(workspace_root().join(".kvlab/engines"));
     let result = match cli.cmd {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Serve(args) => serve::run(args),

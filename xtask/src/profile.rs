@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use lab::engine::{EngineKind, HostProbe};
-use lab::profile::{Placement, ProfileSpec, StatsHost};
+use engines::{EngineKind, HostProbe};
+use profile::{Placement, ProfileSpec, StatsHost};
 
 /// Flags of `cargo xtask profile`: those of `bench`, and these.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,7 +41,7 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
     }
     let probe = HostProbe::detect();
     let (engine, reason) = probe.choose(args.bench.engine.parse()?);
-    let placement = lab::profile::placement(engine)?;
+    let placement = profile::placement(engine)?;
     if let Some(handoff) = &args.inside_nsys {
         return inside(args.bench.clone(), engine, handoff);
     }
@@ -49,7 +49,7 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let out_parent = args.bench.workload.out.clone().unwrap_or_else(|| root.join("results"));
     // vllm-docker: the lab's image, which carries nsys (the upstream vLLM image has none).
     let image =
-        args.bench.image.clone().or_else(|| lab::engine::docker::default_image(engine)).unwrap_or_default();
+        args.bench.image.clone().or_else(|| engines::docker::default_image(engine)).unwrap_or_default();
     let mut opts = crate::bench::options(args.bench.clone())?;
     opts.engine = engine;
     opts.image = Some(image.clone()).filter(|i| !i.is_empty());
@@ -62,7 +62,7 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    lab::profile::preflight(engine, &probe, &image)?;
+    profile::preflight(engine, &probe, &image)?;
     eprintln!("kvlab: {reason}");
     match placement {
         Placement::WrapsLab => wraps_lab(&plan),
@@ -80,14 +80,14 @@ struct Plan {
     /// `cargo build --features nvtx` when this program was built without NVTX ranges.
     build: Option<Vec<String>>,
     /// `nsys profile ... <exe> profile --inside-nsys FILE <flags>` (nsys runs the lab).
-    nsys: Option<lab::profile::CommandLine>,
+    nsys: Option<profile::CommandLine>,
     /// The engine's own command as its launcher runs it: vllm-docker's `docker run ...` with nsys
     /// inside, or process vLLM's `vllm serve ...` (printed only; the launcher builds it again
     /// from the same functions when the run starts).
-    engine: Option<lab::profile::CommandLine>,
+    engine: Option<profile::CommandLine>,
     /// `nsys stats ...`, with `<result dir>` standing for the run's directory.
-    stats: lab::profile::CommandLine,
-    secrets: lab::secrets::Secrets,
+    stats: profile::CommandLine,
+    secrets: engines::secrets::Secrets,
     staging: PathBuf,
     handoff: PathBuf,
 }
@@ -105,7 +105,7 @@ impl Plan {
         let handoff = staging.join("result-dir");
         let result_dir = PathBuf::from(RESULT_DIR);
         let placeholder = result_dir.join("profile");
-        let spec = lab::profile::planned_spec(opts, engine, &result_dir)?;
+        let spec = lab::run::planned_spec(opts, engine, &result_dir)?;
         let runtime = probe.container_runtime.clone().unwrap_or_else(|| "docker".to_owned());
         let port = match opts.port {
             Some(p) => p,
@@ -114,7 +114,7 @@ impl Plan {
                 .context("choosing a free port on 127.0.0.1")?
                 .port(),
         };
-        let engine_cmd = lab::profile::planned_engine_command(&spec, &runtime, port);
+        let engine_cmd = profile::planned_engine_command(&spec, &runtime, port);
         let secrets = spec.secrets.clone();
         Ok(match placement {
             Placement::WrapsLab => {
@@ -141,26 +141,26 @@ impl Plan {
                 let mut child_args =
                     vec!["profile".to_owned(), "--inside-nsys".to_owned(), handoff.display().to_string()];
                 child_args.extend(passthrough_args());
-                let nsys = lab::profile::lab_command(
+                let nsys = profile::lab_command(
                     engine,
                     "nsys",
                     &exe.display().to_string(),
                     &child_args,
-                    &staging.join(lab::profile::LAB_REPORT).display().to_string(),
+                    &staging.join(profile::LAB_REPORT).display().to_string(),
                 );
-                let stats = lab::profile::stats_command(
+                let stats = profile::stats_command(
                     &StatsHost::Host { nsys: "nsys".to_owned() },
                     &placeholder,
-                    lab::profile::LAB_REPORT,
+                    profile::LAB_REPORT,
                 );
                 Plan { build, nsys: Some(nsys), engine: engine_cmd, stats, secrets, staging, handoff }
             }
             Placement::InContainer => {
                 let image = spec.image.clone().unwrap_or_default();
-                let stats = lab::profile::stats_command(
+                let stats = profile::stats_command(
                     &StatsHost::Container { runtime, image },
                     &placeholder,
-                    lab::profile::ENGINE_REPORT,
+                    profile::ENGINE_REPORT,
                 );
                 Plan { build: None, nsys: None, engine: engine_cmd, stats, secrets, staging, handoff }
             }
@@ -168,7 +168,7 @@ impl Plan {
     }
 
     fn display(&self) -> Vec<String> {
-        let line = |cmd: &lab::profile::CommandLine| lab::profile::shell_line(cmd, &self.secrets);
+        let line = |cmd: &profile::CommandLine| profile::shell_line(cmd, &self.secrets);
         let mut lines = Vec::new();
         if let Some(build) = &self.build {
             lines.push(format!("# build with NVTX ranges (needs libclang)\n{}", build.join(" ")));
@@ -190,12 +190,12 @@ impl Plan {
         if self.nsys.is_some() {
             lines.push(format!(
                 "# then: move {} into {RESULT_DIR}/profile/",
-                self.staging.join(format!("{}.nsys-rep", lab::profile::LAB_REPORT)).display()
+                self.staging.join(format!("{}.nsys-rep", profile::LAB_REPORT)).display()
             ));
         }
         lines.push(format!(
             "# summaries, parsed into {RESULT_DIR}/profile/{}\n{}",
-            lab::profile::NVTX_SUM_CSV,
+            profile::NVTX_SUM_CSV,
             line(&self.stats)
         ));
         lines
@@ -246,22 +246,22 @@ fn wraps_lab(plan: &Plan) -> anyhow::Result<()> {
         }
     }
     let nsys = plan.nsys.as_ref().context("no nsys command for this engine")?;
-    eprintln!("kvlab: {}", nsys.display(&lab::secrets::Secrets::default()));
+    eprintln!("kvlab: {}", nsys.display(&engines::secrets::Secrets::default()));
     let status = std::process::Command::new(&nsys.program)
         .args(&nsys.args)
         .envs(&nsys.env)
         .status()
-        .with_context(|| format!("could not run `{}`; {}", nsys.program, lab::profile::INSTALL_NSYS))?;
+        .with_context(|| format!("could not run `{}`; {}", nsys.program, profile::INSTALL_NSYS))?;
     let dir = std::fs::read_to_string(&plan.handoff).map(|s| PathBuf::from(s.trim())).with_context(|| {
         format!("the profiled run ended ({status}) without a result directory; see its output above")
     })?;
     let profile_dir = dir.join("profile");
     std::fs::create_dir_all(&profile_dir).with_context(|| profile_dir.display().to_string())?;
-    let name = format!("{}.nsys-rep", lab::profile::LAB_REPORT);
+    let name = format!("{}.nsys-rep", profile::LAB_REPORT);
     let from = plan.staging.join(&name);
     move_file(&from, &profile_dir.join(&name))?;
     drop(cleanup);
-    finish(&dir, &StatsHost::Host { nsys: "nsys".to_owned() }, lab::profile::LAB_REPORT)?;
+    finish(&dir, &StatsHost::Host { nsys: "nsys".to_owned() }, profile::LAB_REPORT)?;
     if !status.success() {
         bail!("the profiled run failed ({status}); its results are in {}", dir.display());
     }
@@ -278,17 +278,17 @@ fn in_container(
     let reports = rt.block_on(lab::run::bench(opts))?;
     let dir = reports.first().context("the run produced no result directory")?.dir.clone();
     let runtime = probe.container_runtime.clone().unwrap_or_else(|| "docker".to_owned());
-    finish(&dir, &StatsHost::Container { runtime, image: image.to_owned() }, lab::profile::ENGINE_REPORT)?;
+    finish(&dir, &StatsHost::Container { runtime, image: image.to_owned() }, profile::ENGINE_REPORT)?;
     crate::bench::check_failures(&reports, max_failed)
 }
 
 /// `nsys stats` into `profile/nvtx_sum.csv`, then the report again (with its NVTX section).
 fn finish(dir: &Path, host: &StatsHost, report: &str) -> anyhow::Result<()> {
-    let summary = lab::profile::summarize(host, &dir.join("profile"), report)?;
+    let summary = profile::summarize(host, &dir.join("profile"), report)?;
     let data = report::RunData::load(dir)?;
     report::write_report(&[data], dir)?;
     println!("profile: {}", summary.report.display());
-    println!("nvtx summary: {}", dir.join("profile").join(lab::profile::NVTX_SUM_CSV).display());
+    println!("nvtx summary: {}", dir.join("profile").join(profile::NVTX_SUM_CSV).display());
     Ok(())
 }
 

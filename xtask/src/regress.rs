@@ -60,7 +60,7 @@ pub(crate) fn run(args: RegressArgs) -> anyhow::Result<()> {
 
 /// Runs the pinned scenario, writes its result directories and their report under `out`.
 fn pinned_subjects(out: &std::path::Path) -> anyhow::Result<Vec<Subject>> {
-    let runs = report::scenario::pinned().context("running the pinned scenario")?;
+    let runs = emulator::scenario::pinned().context("running the pinned scenario")?;
     let mut data = Vec::new();
     for run in &runs {
         let dir = out.join(&run.name);

@@ -42,19 +42,18 @@ pub(crate) fn run(args: SlurmArgs) -> anyhow::Result<()> {
 }
 
 /// Starts a cluster of `nodes` nodes in the default directory and waits until every node is idle.
-/// The caller exports `SLURM_CONF` (see [`lab::slurm::cluster::ClusterHandle::env`]) to the
+/// The caller exports `SLURM_CONF` (see [`testcluster::ClusterHandle::env`]) to the
 /// commands and tests that use it.
-pub(crate) fn up(nodes: u32) -> anyhow::Result<lab::slurm::cluster::ClusterHandle> {
-    let cfg = lab::slurm::cluster::UpConfig::new(nodes);
-    lab::slurm::cluster::up(&cfg)
+pub(crate) fn up(nodes: u32) -> anyhow::Result<testcluster::ClusterHandle> {
+    let cfg = testcluster::UpConfig::new(nodes);
+    testcluster::up(&cfg)
         .with_context(|| format!("starting a {nodes}-node Slurm cluster in {}", cfg.dir.display()))
 }
 
 /// Stops the cluster of the default directory (nothing to do is fine).
 pub(crate) fn down() -> anyhow::Result<()> {
-    let dir = lab::slurm::cluster::default_dir();
-    lab::slurm::cluster::down(&dir)
-        .with_context(|| format!("stopping the Slurm cluster in {}", dir.display()))?;
+    let dir = testcluster::default_dir();
+    testcluster::down(&dir).with_context(|| format!("stopping the Slurm cluster in {}", dir.display()))?;
     println!("slurm: down (logs kept in {})", dir.join("log").display());
     Ok(())
 }

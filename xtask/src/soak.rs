@@ -1,28 +1,10 @@
 //! `cargo xtask soak`: the emulated engine and the load generator on loopback, as two processes,
-//! under many concurrent streams for minutes; their memory and open files are watched.
-//!
-//! The parent starts `serve --tier baseline` and this same command in client mode (`--client-url`),
-//! each through `sh -c 'ulimit -n <hard limit>; exec …'` so that thousands of streams have file
-//! descriptors. After the warm-up it samples `/proc/PID/status` (`VmRSS`) and counts
-//! `/proc/PID/fd` of both every `--interval-secs`, and writes `soak.json` and `samples.csv`.
-//!
-//! The client sends rounds of `--round-requests` (default `streams x 5`) requests, at most
-//! `streams` in flight, until the time
-//! is up (a round's sending stops at the deadline: bounded in time and count); each round's result
-//! directory is tallied and removed, so the client keeps no record beyond its round.
-//!
-//! Verdict (non-zero exit when broken): no request lost (`sent = completed + failed`), none
-//! failed, resident memory of each process grew less than `--max-growth-pct` from the start to
-//! the end of the sampled window, and open file descriptors did too (flat). "Start" and "end" are
-//! the means of the first and the last three samples, so one sample taken between two rounds does
-//! not decide the verdict.
+//! under many concurrent streams for minutes, their memory and open files watched. The harness
+//! and its verdict are the `soak` crate's; this module turns the flags into its config and starts
+//! it, as the parent (`serve --tier baseline` and this command in client mode as the programs)
+//! or, with `--client-url`, as the client.
 
-use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context as _};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct SoakArgs {
@@ -55,409 +37,40 @@ pub(crate) struct SoakArgs {
     /// Client mode (started by the soak itself): the engine's URL.
     #[arg(long, hide = true)]
     client_url: Option<String>,
-    /// Test only: the load generator leaks memory and descriptors at a steady rate
-    /// (`PLANTED_LEAK`), so that a test sees the verdict fail on a leak.
+    /// Test only: the load generator leaks memory and descriptors at a steady rate, so that a
+    /// test sees the verdict fail on a leak.
     #[arg(long, hide = true)]
     plant_leak: bool,
 }
 
-/// What `--plant-leak` leaks, every `PLANTED_LEAK.2`: `.0` KiB of touched memory and `.1` open
-/// descriptors of `/dev/null`.
-const PLANTED_LEAK: (usize, usize, Duration) = (256, 1, Duration::from_millis(100));
-
-/// Starts the planted leak (test only) in this process: a thread that never gives back.
-fn plant_leak() {
-    std::thread::spawn(|| loop {
-        let (kib, fds, every) = PLANTED_LEAK;
-        std::mem::forget(vec![1u8; kib * 1024]);
-        for _ in 0..fds {
-            if let Ok(f) = std::fs::File::open("/dev/null") {
-                std::mem::forget(f);
-            }
-        }
-        std::thread::sleep(every);
-    });
-}
-
-/// What the client reports on its last stdout line (prefixed `soak-client: `).
-#[derive(Debug, Default)]
-struct ClientTally {
-    rounds: u64,
-    sent: u64,
-    not_sent: u64,
-    completed: u64,
-    failed: u64,
-    /// Records written to requests.jsonl.
-    records: u64,
-}
-
-const CLIENT_PREFIX: &str = "soak-client: ";
-
-impl ClientTally {
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "rounds": self.rounds, "sent": self.sent, "not_sent": self.not_sent,
-            "completed": self.completed, "failed": self.failed, "records": self.records,
-        })
-    }
-
-    fn from_json(v: &serde_json::Value) -> ClientTally {
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        ClientTally {
-            rounds: n("rounds"),
-            sent: n("sent"),
-            not_sent: n("not_sent"),
-            completed: n("completed"),
-            failed: n("failed"),
-            records: n("records"),
-        }
-    }
-}
-
 pub(crate) fn run(args: SoakArgs) -> anyhow::Result<()> {
-    if args.streams == 0 || !args.minutes.is_finite() || args.minutes <= 0.0 || args.interval_secs == 0 {
-        bail!("--streams, --minutes and --interval-secs must be positive");
-    }
-    match args.client_url.clone() {
-        Some(url) => client(&args, &url),
-        None => parent(&args),
-    }
-}
-
-/// One sample of a process.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    t_s: f64,
-    rss_kib: u64,
-    fds: u64,
-}
-
-fn sample(pid: u32, origin: Instant) -> Option<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some(Sample { t_s: origin.elapsed().as_secs_f64(), rss_kib, fds })
-}
-
-/// Start and end (means of the first and last three samples) and growth in percent.
-#[derive(Debug, Clone, Copy)]
-struct Growth {
-    start: f64,
-    end: f64,
-    pct: f64,
-}
-
-fn growth(values: &[f64]) -> Growth {
-    let k = values.len().clamp(1, 3);
-    let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
-    let start = mean(&values[..k.min(values.len())]);
-    let end = mean(&values[values.len().saturating_sub(k)..]);
-    let pct = if start > 0.0 { (end - start) / start * 100.0 } else { 0.0 };
-    Growth { start, end, pct }
-}
-
-impl Growth {
-    fn to_json(self) -> serde_json::Value {
-        serde_json::json!({ "start": self.start, "end": self.end, "growth_pct": self.pct })
-    }
-}
-
-/// A child started through `sh` with the fd limit raised to the hard limit; killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, exe: &Path, args: &[String]) -> anyhow::Result<Proc> {
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@""#)
-            .arg(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting the {name} ({})", exe.display()))?;
-        Ok(Proc { name, child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, up to 10 s, then SIGKILL; reaped.
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("soak: the {} did not stop within 10 s of SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn parent(args: &SoakArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating this program")?;
     let out = match &args.out {
         Some(o) => o.clone(),
+        None if args.client_url.is_some() => anyhow::bail!("client mode needs --out"),
         None => crate::workspace_root().join("results").join(format!("soak_{}", loadgen::timestamp())),
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // A soak killed before left its last round's records there.
-    let _ = std::fs::remove_dir_all(out.join("client"));
-    let total = Duration::from_secs_f64(args.minutes * 60.0);
-
-    let mut server =
-        Proc::spawn("engine (serve)", &exe, &["serve".into(), "--tier".into(), "baseline".into()])?;
-    let url = {
-        let stdout = server.child.stdout.take().context("the engine's stdout")?;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut url = None;
-        for line in lines.by_ref() {
-            let line = line.context("reading the engine's output")?;
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                url = Some(rest.split([';', ' ']).next().unwrap_or("").to_owned());
-                break;
-            }
-        }
-        // Keep draining its stdout so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        url.context("the engine exited before saying where it listens")?
+    let cfg = soak::SoakConfig {
+        streams: args.streams,
+        minutes: args.minutes,
+        warmup_secs: args.warmup_secs,
+        interval_secs: args.interval_secs,
+        max_growth_pct: args.max_growth_pct,
+        round_requests: args.round_requests,
+        prompt_len: args.prompt_len,
+        gen_len: args.gen_len,
+        out,
+        plant_leak: args.plant_leak,
     };
-    eprintln!("soak: engine (pid {}) at {url}", server.pid());
-
-    let client_args = vec![
-        "soak".to_owned(),
-        "--client-url".to_owned(),
-        url.clone(),
-        "--streams".to_owned(),
-        args.streams.to_string(),
-        "--minutes".to_owned(),
-        args.minutes.to_string(),
-        "--round-requests".to_owned(),
-        round_requests(args).to_string(),
-        "--prompt-len".to_owned(),
-        args.prompt_len.to_string(),
-        "--gen-len".to_owned(),
-        args.gen_len.to_string(),
-        "--out".to_owned(),
-        out.join("client").display().to_string(),
-    ];
-    let client_args =
-        if args.plant_leak { [client_args, vec!["--plant-leak".to_owned()]].concat() } else { client_args };
-    let origin = Instant::now();
-    let mut client = Proc::spawn("load generator", &exe, &client_args)?;
-    eprintln!(
-        "soak: load generator (pid {}): {} streams for {} min",
-        client.pid(),
-        args.streams,
-        args.minutes
-    );
-    let client_out = client.child.stdout.take().context("the load generator's stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut last = None;
-        for line in std::io::BufReader::new(client_out).lines().map_while(Result::ok) {
-            if let Some(json) = line.strip_prefix(CLIENT_PREFIX) {
-                last = Some(json.to_owned());
-            }
-        }
-        last
-    });
-
-    let warmup = Duration::from_secs(args.warmup_secs);
-    let interval = Duration::from_secs(args.interval_secs);
-    let hard_end = total + Duration::from_secs(180);
-    let mut server_samples = Vec::new();
-    let mut client_samples = Vec::new();
-    let mut next = warmup;
-    let client_status = loop {
-        if let Some(status) = client.child.try_wait().context("waiting for the load generator")? {
-            break status;
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            bail!("the engine exited during the soak ({status}); the load generator is stopped");
-        }
-        let now = origin.elapsed();
-        if now >= hard_end {
-            client.stop();
-            bail!("the load generator ran {} s past the soak's end; stopped", (now - total).as_secs());
-        }
-        if now >= next {
-            if let (Some(s), Some(c)) = (sample(server.pid(), origin), sample(client.pid(), origin)) {
-                server_samples.push(s);
-                client_samples.push(c);
-            }
-            next += interval;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    server.stop();
-    let tally: ClientTally = match reader.join().ok().flatten() {
-        Some(json) => {
-            ClientTally::from_json(&serde_json::from_str(&json).context("the load generator's tally")?)
-        }
-        None => bail!("the load generator ended ({client_status}) without its tally"),
-    };
-    if !client_status.success() {
-        bail!("the load generator failed ({client_status})");
-    }
-
-    let rss = |s: &[Sample]| growth(&s.iter().map(|x| x.rss_kib as f64).collect::<Vec<_>>());
-    let fds = |s: &[Sample]| growth(&s.iter().map(|x| x.fds as f64).collect::<Vec<_>>());
-    let lost = tally.sent.saturating_sub(tally.completed + tally.failed)
-        + tally.records.abs_diff(tally.completed + tally.failed);
-    let report = serde_json::json!({
-        "streams": args.streams,
-        "round_requests": round_requests(args),
-        "minutes": args.minutes,
-        "warmup_s": args.warmup_secs,
-        "samples": server_samples.len(),
-        "client": tally.to_json(),
-        "lost": lost,
-        "engine": { "pid": server.pid(), "rss_kib": rss(&server_samples).to_json(), "fds": fds(&server_samples).to_json() },
-        "load_generator": { "pid": client.pid(), "rss_kib": rss(&client_samples).to_json(), "fds": fds(&client_samples).to_json() },
-    });
-    write_atomic(&out.join("soak.json"), &serde_json::to_string_pretty(&report)?)?;
-    let mut csv = String::from("t_s,engine_rss_kib,engine_fds,loadgen_rss_kib,loadgen_fds\n");
-    for (s, c) in server_samples.iter().zip(&client_samples) {
-        csv.push_str(&format!("{:.1},{},{},{},{}\n", s.t_s, s.rss_kib, s.fds, c.rss_kib, c.fds));
-    }
-    write_atomic(&out.join("samples.csv"), &csv)?;
-
-    println!("| streams | minutes | requests | completed | failed | lost |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {} | {} | {} | {} | {} | {lost} |",
-        args.streams, args.minutes, tally.sent, tally.completed, tally.failed
-    );
-    println!();
-    println!("| process | RSS start MiB | RSS end MiB | RSS growth | fds start | fds end | fd growth |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, s) in [("engine (serve)", &server_samples), ("load generator", &client_samples)] {
-        let (r, f) = (rss(s), fds(s));
-        println!(
-            "| {name} | {:.1} | {:.1} | {:+.1}% | {:.0} | {:.0} | {:+.1}% |",
-            r.start / 1024.0,
-            r.end / 1024.0,
-            r.pct,
-            f.start,
-            f.end,
-            f.pct
-        );
-    }
-    println!("results: {}", out.display());
-
-    let mut broken = Vec::new();
-    if server_samples.len() < 2 {
-        broken.push(format!(
-            "only {} sample(s) after the {} s warm-up: make --minutes longer",
-            server_samples.len(),
-            args.warmup_secs
-        ));
-    }
-    if lost > 0 {
-        broken.push(format!("{lost} request(s) lost (sent {}, recorded {})", tally.sent, tally.records));
-    }
-    if tally.failed > 0 {
-        broken.push(format!("{} request(s) failed; see the load generator's output", tally.failed));
-    }
-    for (name, s) in [("engine", &server_samples), ("load generator", &client_samples)] {
-        let (r, f) = (rss(s), fds(s));
-        if r.pct >= args.max_growth_pct {
-            broken
-                .push(format!("{name}: resident memory grew {:.1}% (bound {}%)", r.pct, args.max_growth_pct));
-        }
-        if f.pct >= args.max_growth_pct {
-            broken.push(format!("{name}: open files grew {:.1}% (bound {}%)", f.pct, args.max_growth_pct));
+    match &args.client_url {
+        Some(url) => soak::client(&cfg, url)?,
+        None => {
+            let programs = soak::Programs {
+                exe: std::env::current_exe().map_err(|e| anyhow::anyhow!("locating this program: {e}"))?,
+                server: ["serve", "--tier", "baseline"].map(str::to_owned).to_vec(),
+                client: vec!["soak".to_owned()],
+            };
+            soak::parent(&cfg, &programs)?;
         }
     }
-    if !broken.is_empty() {
-        bail!("soak failed:\n{}", broken.join("\n"));
-    }
-    Ok(())
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    stats::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
-}
-
-fn round_requests(args: &SoakArgs) -> u64 {
-    args.round_requests.unwrap_or(u64::from(args.streams) * 5).max(1)
-}
-
-/// Client mode: rounds of `--round-requests` requests until the time is up; prints the tally.
-fn client(args: &SoakArgs, url: &str) -> anyhow::Result<()> {
-    use workload::{ArrivalSpec, LengthDist, PromptFormat, RandomSpec, Schedule, Source, WorkloadSpec};
-    let work = args.out.clone().context("client mode needs --out")?;
-    if args.plant_leak {
-        eprintln!("soak-client: --plant-leak: leaking memory and descriptors (a test of the verdict)");
-        plant_leak();
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let start = Instant::now();
-    let total = Duration::from_secs_f64(args.minutes * 60.0);
-    let mut tally = ClientTally::default();
-    while start.elapsed() < total {
-        let left = (total - start.elapsed()).as_secs_f64();
-        let spec = WorkloadSpec {
-            source: Source::Random(RandomSpec {
-                num_requests: round_requests(args),
-                prompt_len: LengthDist::fixed(args.prompt_len),
-                output_len: LengthDist::fixed(args.gen_len),
-                prefix_len: 0,
-            }),
-            format: PromptFormat::Tokens,
-            vocab: Default::default(),
-        };
-        let arrival = ArrivalSpec {
-            schedule: Schedule::Constant { rate: f64::INFINITY },
-            max_concurrency: Some(args.streams),
-            warmup: 0,
-            duration_s: Some(left),
-        };
-        let plan = workload::build_plan(&spec, &arrival, tally.rounds, None).context("the round's plan")?;
-        let dir = work.join(format!("round-{}", tally.rounds));
-        let mut cfg = loadgen::LoadgenConfig::new(url);
-        cfg.progress = false;
-        cfg.max_failed_fraction = 1.0;
-        let mut writer = loadgen::ResultWriter::in_dir(&dir)?;
-        let outcome = rt.block_on(loadgen::run(&plan, &cfg, &mut writer, Instant::now()))?;
-        drop(writer);
-        let written = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap_or_default();
-        tally.records += written.lines().filter(|l| !l.trim().is_empty()).count() as u64;
-        tally.rounds += 1;
-        tally.sent += outcome.sent;
-        tally.not_sent += outcome.not_sent;
-        tally.completed += outcome.summary.completed;
-        tally.failed += outcome.summary.failed;
-        if let Some(first) = outcome.records.iter().find_map(|r| r.error.as_ref()) {
-            eprintln!("soak-client: round {}: a failure: {first:?}", tally.rounds);
-        }
-        drop(outcome);
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    println!("{CLIENT_PREFIX}{}", tally.to_json());
     Ok(())
 }

@@ -36,6 +36,7 @@ mod cost;
 mod metrics;
 pub mod nvtx;
 mod offload;
+pub mod scenario;
 mod sched;
 mod server;
 mod store;

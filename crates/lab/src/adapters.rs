@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::error::{LabError, Result};
+use schema::error::{LabError, Result};
 
 /// What the lab asks the workload crate for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -87,7 +87,7 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
             output_len: LengthDist::fixed(w.gen_len),
             prefix_len: 0,
         }),
-        other => return Err(LabError::Invalid(crate::config::check_workload(other).unwrap_err())),
+        other => return Err(LabError::Invalid(schema::config::check_workload(other).unwrap_err())),
     };
     let spec = WorkloadSpec {
         source,
@@ -142,7 +142,7 @@ pub(crate) fn start_samplers(
     disk_dir: &Path,
     pid: Option<u32>,
     metrics_url: Option<String>,
-    sidecars: &[crate::engine::SidecarInfo],
+    sidecars: &[engines::SidecarInfo],
 ) -> Result<Samplers> {
     use samplers::{cpu, disk, engine, gpu, SamplerSet, SamplerSetConfig};
     let mut set = SamplerSet::new(SamplerSetConfig::new(dir, origin)).map_err(other)?;
@@ -264,14 +264,14 @@ pub(crate) fn finish_partial(
         w.write_record(stats::csv_row(r)).map_err(csv_err)?;
     }
     let csv = w.into_inner().map_err(|e| LabError::Other(format!("{}: {e}", csv_path.display())))?;
-    crate::run::write_atomic(&csv_path, &csv)?;
+    write_atomic(&csv_path, &csv)?;
     let summary = stats::summarize(&records, summary);
     let mut value = serde_json::to_value(&summary).map_err(|e| LabError::Other(e.to_string()))?;
     if let Some(obj) = value.as_object_mut() {
         obj.extend(marks.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
-    crate::run::write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
+    write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
     Ok(summary)
 }
 
@@ -279,7 +279,7 @@ pub(crate) fn finish_partial(
 /// `None` without the file or the engine's counter.
 pub(crate) fn tokens_by_source(
     dir: &Path,
-    tier: crate::config::Tier,
+    tier: schema::config::Tier,
     origin: report::CounterOrigin,
 ) -> Option<BTreeMap<String, u64>> {
     let path = dir.join("samples/engine.csv");
@@ -301,7 +301,12 @@ pub(crate) fn record_tokens_by_source(dir: &Path, sources: &BTreeMap<String, u64
         obj.insert("prompt_tokens_by_source".into(), serde_json::json!(sources));
     }
     let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
-    crate::run::write_atomic(&path, (text + "\n").as_bytes())
+    write_atomic(&path, (text + "\n").as_bytes())
+}
+
+/// [`stats::write_atomic`] with the lab's error: whole or not at all.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    stats::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
 }
 
 #[cfg(test)]

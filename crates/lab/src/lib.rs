@@ -1,20 +1,16 @@
-//! Experiments: configuration schema, tiers, engine launchers, the run lifecycle and result
-//! directories. This is what `cargo xtask bench` and `cargo xtask serve` drive.
+//! Runs: the lifecycle of a run and its result directory, and an experiment's points run one
+//! after another. This is what `cargo xtask bench` and `cargo xtask serve` drive (the
+//! `scaleout` crate runs the same points on Slurm or Kubernetes).
 //!
 //! The entry points are [`run::bench`] (one run, or a whole experiment matrix; [`run::bench_until`]
-//! takes the shutdown signal as a future) and [`run::serve_emulated`]. Engines start behind the [`engine::Launcher`] seam; every engine the
-//! lab starts listens on 127.0.0.1 and is stopped and reaped on exit, error or Ctrl-C.
+//! takes the shutdown signal as a future) and [`run::serve_emulated`]. What a run is asked to do
+//! comes from the `schema` crate; engines start behind the `engines` crate's `Launcher` seam;
+//! every engine the lab starts listens on 127.0.0.1 and is stopped and reaped on exit, error or
+//! Ctrl-C.
 
-pub mod config;
-pub mod engine;
-pub mod error;
-pub mod k8s;
-pub mod lmcache;
-pub mod profile;
 pub mod report;
+mod resolved;
 pub mod run;
-pub mod secrets;
-pub mod slurm;
 
 mod adapters;
 

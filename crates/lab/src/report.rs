@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::run::ResolvedRun;
+use crate::resolved::ResolvedRun;
 
 /// The markdown report of a run. Emulated runs say so in the title and in a banner.
 pub fn report_md(run: &ResolvedRun, s: &stats::Summary, table: &str) -> String {

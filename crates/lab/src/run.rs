@@ -23,15 +23,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::adapters::write_atomic;
 use crate::adapters::{self, WorkloadRequest};
-use crate::config::{Experiment, Point, Tier, TierConfig};
-use crate::engine::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
-use crate::error::{LabError, Result};
-use crate::lmcache::LmcacheConfig;
-use crate::secrets::Secrets;
+pub use crate::resolved::ResolvedRun;
+use engines::secrets::Secrets;
+use engines::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec, RunningEngine};
+use schema::config::{Experiment, Point, Tier, TierConfig};
+use schema::error::{LabError, Result};
+use schema::lmcache::LmcacheConfig;
 
-/// Redis for the redis tier when neither `--redis-url` nor `KVLAB_REDIS_URL` is given.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub use engines::DEFAULT_REDIS_URL;
 /// The model when none is given: a name of the model registry (`configs/models.toml`); vLLM is
 /// given its Hugging Face id.
 pub const DEFAULT_MODEL: &str = "llama-3-8b";
@@ -83,7 +84,7 @@ pub struct BenchOptions {
     /// Refuse to run without an NVIDIA GPU (so nothing is silently emulated).
     pub require_gpu: bool,
     /// The GPUs `--gpus` is checked against and `--require-gpu` needs; `None`: what NVML counts.
-    pub gpu_inventory: Option<engine::GpuInventory>,
+    pub gpu_inventory: Option<engines::GpuInventory>,
     pub port: Option<u16>,
     pub redis_url: Option<String>,
     /// llama.cpp: GGUF file and Python with xllamacpp.
@@ -96,7 +97,7 @@ pub struct BenchOptions {
     /// `.kvlab/models/tiny-llama-hf`).
     pub vllm_model_dir: Option<PathBuf>,
     /// How LMCache is attached to vLLM (`--lmcache-mode`).
-    pub lmcache_mode: crate::engine::vllm::LmcacheMode,
+    pub lmcache_mode: engines::vllm::LmcacheMode,
     /// The engine's GPU KV cache in blocks (vLLM's `--num-gpu-blocks-override`, the emulator's
     /// `num_gpu_blocks`), for every tier (`--gpu-blocks`); a baseline point's `cache_sizes`
     /// sets it too.
@@ -108,7 +109,7 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Under Nsight Systems (`cargo xtask profile`): where nsys runs; the launchers and the
     /// workload's capture range follow it.
-    pub profile: Option<crate::profile::ProfileSpec>,
+    pub profile: Option<profile::ProfileSpec>,
 }
 
 impl BenchOptions {
@@ -150,7 +151,7 @@ impl BenchOptions {
                 .map(PathBuf::from)
                 .or_else(|| lab_venv.is_file().then_some(lab_venv)),
             vllm_model_dir: std::env::var_os("KVLAB_VLLM_MODEL").map(PathBuf::from),
-            lmcache_mode: crate::engine::vllm::LmcacheMode::Auto,
+            lmcache_mode: engines::vllm::LmcacheMode::Auto,
             gpu_blocks: None,
             block_size: None,
             ready_timeout: Duration::from_secs(600),
@@ -172,44 +173,6 @@ pub struct RunReport {
     /// The point's `time_limit` ended the run while requests were in flight (they are recorded
     /// as failed with class `interrupted`; `"time_limit_reached": true` in summary.json).
     pub time_limit_reached: bool,
-}
-
-/// The resolved configuration of one run: `run.toml`. No secret is ever part of it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ResolvedRun {
-    pub v: u32,
-    pub label: String,
-    pub run_id: String,
-    pub engine: EngineKind,
-    pub engine_reason: String,
-    pub emulated: bool,
-    pub tier: Tier,
-    pub model: String,
-    pub gpu: Option<String>,
-    pub gpus: GpuSelection,
-    pub tensor_parallel: u32,
-    pub pipeline_parallel: u32,
-    /// The model's entry in the model registry, when it has one.
-    pub registry_model: Option<String>,
-    pub workload: WorkloadRequest,
-    pub mock_decoding: bool,
-    pub conversation_aware_eviction: bool,
-    pub cache_size_bytes: Option<u64>,
-    /// The GPU KV blocks the cache size gives on the baseline tier (the emulator's
-    /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override`).
-    pub num_gpu_blocks: Option<u64>,
-    /// vLLM runs on an offload tier: how LMCache was attached (`mp`, `in-process`); absent
-    /// otherwise (the baseline tier runs no connector).
-    pub lmcache_mode: Option<crate::engine::vllm::LmcacheMode>,
-    pub goodput: Option<String>,
-    pub url: Option<String>,
-    pub image: Option<String>,
-    pub disk_dir: PathBuf,
-    /// The Redis of the redis tier, without user name or password.
-    pub redis_url: Option<String>,
-    pub tier_config: TierConfig,
-    pub lmcache: Option<LmcacheConfig>,
-    pub experiment: Option<String>,
 }
 
 /// Runs the bench: one run, or every point of `--experiment` (then also `index.json`).
@@ -375,7 +338,7 @@ fn check_points(opts: &BenchOptions, exp: &Experiment, probe: &HostProbe) -> Res
     for point in &exp.points {
         let (engine, _) = probe.choose(point_engine(opts, point)?);
         if let Err(e) = resolve_model(engine, &point.model) {
-            return Err(exp.model_error(&point.model, &crate::config::strip_invalid(e)));
+            return Err(exp.model_error(&point.model, &schema::config::strip_invalid(e)));
         }
     }
     Ok(())
@@ -389,7 +352,7 @@ fn point_engine(opts: &BenchOptions, point: &Point) -> Result<EngineKind> {
     }
 }
 
-pub(crate) fn json_rate(r: f64) -> serde_json::Value {
+pub fn json_rate(r: f64) -> serde_json::Value {
     if r.is_finite() {
         serde_json::json!(r)
     } else {
@@ -399,7 +362,7 @@ pub(crate) fn json_rate(r: f64) -> serde_json::Value {
 
 fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
     let workload = opts.workload.clone().unwrap_or_else(|| DEFAULT_WORKLOAD.to_owned());
-    crate::config::check_workload(&workload).map_err(LabError::Invalid)?;
+    schema::config::check_workload(&workload).map_err(LabError::Invalid)?;
     let mut point = Point {
         model: opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
         tier: opts.tier,
@@ -426,7 +389,7 @@ fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
 }
 
 /// Flags given on the command line win over the experiment file.
-pub(crate) fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
+pub fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
     if let Some(m) = &opts.model {
         p.model = m.clone();
     }
@@ -445,29 +408,24 @@ pub(crate) fn apply_flag_overrides(opts: &BenchOptions, p: &mut Point) {
 }
 
 /// The label of point `index` of an experiment: `<experiment>-<index>-<tier>-<workload>`.
-pub(crate) fn point_label(experiment: &str, index: usize, point: &Point) -> String {
+pub fn point_label(experiment: &str, index: usize, point: &Point) -> String {
     format!("{}-{index:03}-{}-{}", sanitize(experiment), point.tier, sanitize(&point.workload))
 }
 
-pub(crate) fn out_dir(opts: &BenchOptions) -> PathBuf {
+pub fn out_dir(opts: &BenchOptions) -> PathBuf {
     opts.out.clone().unwrap_or_else(|| opts.root.join("results"))
 }
 
-pub(crate) fn timestamp() -> String {
+pub fn timestamp() -> String {
     loadgen::timestamp()
 }
 
-pub(crate) fn sanitize(s: &str) -> String {
+pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
 }
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     write_atomic(path, text.as_bytes())
-}
-
-/// [`stats::write_atomic`] with the lab's error: whole or not at all.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    stats::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
 }
 
 /// What tells the lab that its engine died.
@@ -499,7 +457,7 @@ async fn engine_exit(watch: EngineWatch, origin: Instant) -> (f64, String, PathB
         EngineWatch::Nothing => std::future::pending().await,
         EngineWatch::Processes(procs) => loop {
             if let Some((who, _, log)) =
-                procs.iter().find(|(_, pid, _)| engine::orphans::process_exited(*pid))
+                procs.iter().find(|(_, pid, _)| engines::orphans::process_exited(*pid))
             {
                 return (origin.elapsed().as_secs_f64(), who.clone(), log.clone());
             }
@@ -682,28 +640,112 @@ pub(crate) fn cache_sizing(tier: Tier, bytes: Option<u64>, model: Option<&str>) 
 }
 
 /// Where a point of an experiment goes.
-pub(crate) struct PointCtx<'a> {
-    pub(crate) experiment: &'a str,
+pub struct PointCtx<'a> {
+    pub experiment: &'a str,
     /// The experiment's result root.
-    pub(crate) root: &'a Path,
-    pub(crate) index: usize,
+    pub root: &'a Path,
+    pub index: usize,
     /// Write into exactly this (new, empty) directory instead of a fresh `<label>_<time>` one.
-    pub(crate) exact_dir: Option<&'a Path>,
+    pub exact_dir: Option<&'a Path>,
     /// Merged into env.json (the scheduler's job, task and node).
-    pub(crate) env_extra: Option<(&'static str, serde_json::Value)>,
+    pub env_extra: Option<(&'static str, serde_json::Value)>,
 }
 
-pub(crate) async fn run_point(
+/// Runs one point as a sequence of phases: [`resolve`] it (engine, tier, model, cache sizes;
+/// refusals before anything is written), make its [`result_dir`] (`run.toml`), [`launch`] the
+/// engine, [`drive`] the workload while watching the engine, its sidecars and the tier's store,
+/// and [`finalize`] (`env.json`, the summary, the report).
+pub async fn run_point(
     opts: &BenchOptions,
     point: &Point,
     experiment: Option<PointCtx<'_>>,
     exp_lmcache: Option<&LmcacheConfig>,
     stop: &CancellationToken,
 ) -> Result<RunReport> {
+    let experiment = experiment.as_ref();
+    let resolution = resolve(opts, point, experiment, exp_lmcache, stop).await?;
+    let mut run = result_dir(opts, point, experiment, resolution)?;
+    let (running, capture) = launch(opts, &mut run, stop).await?;
+    let driven = drive(opts, &run, &running, capture, stop).await;
+    finalize(run, running, driven).await
+}
+
+/// A point resolved before anything is written: the output of [`resolve`].
+struct Resolution {
+    secrets: Secrets,
+    probe: HostProbe,
+    engine_kind: EngineKind,
+    /// Why this engine (`--engine auto`'s choice, or the request).
+    reason: String,
+    gpus: GpuSelection,
+    image_traits: engines::docker::ImageTraits,
+    emulated: bool,
+    tier: TierConfig,
+    /// The tier's LMCache settings with the experiment's and the cache size's.
+    lmcache: Option<LmcacheConfig>,
+    /// The model as the engine serves it.
+    model: String,
+    placement: ModelPlacement,
+    sizing: CacheSizing,
+    registry_model: Option<costmodel::ModelSpec>,
+    vllm_cpu: bool,
+    lmcache_mode: Option<engines::vllm::LmcacheMode>,
+    label: String,
+    /// The redis tier's Redis (with credentials), when the tier is redis.
+    tier_redis: Option<String>,
+    /// A vLLM run's own Redis database on the redis tier.
+    lmcache_db: Option<engines::lmcache_redis::LmcacheDb>,
+}
+
+/// A point's result directory with `run.toml` written: the output of [`result_dir`].
+struct PreparedRun {
+    dir: PathBuf,
+    disk_dir: PathBuf,
+    resolved: ResolvedRun,
+    spec: LaunchSpec,
+    plan: workload::Plan,
+    summary_cfg: stats::SummaryConfig,
+    /// The Redis the engine is given (the claimed database's URL on the redis tier).
+    redis_url: Option<String>,
+    /// `env.json` as far as it is known before the engine starts.
+    env: serde_json::Value,
+    secrets: Secrets,
+    engine_kind: EngineKind,
+    emulated: bool,
+    tier: Tier,
+    time_limit_s: Option<f64>,
+    /// Emptied and released when dropped: after the engine has stopped.
+    lmcache_db: Option<engines::lmcache_redis::LmcacheDb>,
+}
+
+/// What driving the workload gave: the output of [`drive`].
+struct Driven {
+    result: Result<stats::Summary>,
+    /// When the engine or a sidecar was seen gone (run clock), and which.
+    engine_died_at: Option<f64>,
+    died_process: Option<String>,
+    time_limit_reached: bool,
+    sampler_status: serde_json::Value,
+    by_source: Option<std::collections::BTreeMap<String, u64>>,
+    /// When the redis tier's store stopped answering (run clock).
+    store_lost_at_s: Option<f64>,
+}
+
+/// Resolves a point against the host, the tier, the registry and the flags: the engine that
+/// runs and why, its GPUs, model and cache sizes, the label; a container engine's preflight and
+/// the redis tier's database are checked and claimed here, so that a refused run leaves no
+/// result directory behind.
+async fn resolve(
+    opts: &BenchOptions,
+    point: &Point,
+    experiment: Option<&PointCtx<'_>>,
+    exp_lmcache: Option<&LmcacheConfig>,
+    stop: &CancellationToken,
+) -> Result<Resolution> {
     let secrets = Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env();
     let probe = HostProbe::detect();
     let (engine_kind, reason) = probe.choose(point_engine(opts, point)?);
-    let inventory = opts.gpu_inventory.clone().unwrap_or_else(engine::GpuInventory::detect);
+    let inventory = opts.gpu_inventory.clone().unwrap_or_else(engines::GpuInventory::detect);
     if opts.require_gpu {
         inventory.require()?;
     }
@@ -725,12 +767,12 @@ pub(crate) async fn run_point(
     eprintln!("kvlab: {reason}");
     // An engine image says what it holds: the emulator in a container is still emulated.
     let image_traits = match (engine_kind, opts.image.as_deref()) {
-        (EngineKind::Docker | EngineKind::VllmDocker, Some(image)) => engine::docker::image_traits(image),
-        _ => engine::docker::ImageTraits::default(),
+        (EngineKind::Docker | EngineKind::VllmDocker, Some(image)) => engines::docker::image_traits(image),
+        _ => engines::docker::ImageTraits::default(),
     };
     // So does a server: kvlab's emulator behind `--engine external` says it is one.
     let external_emulated = match (engine_kind, opts.url.as_deref()) {
-        (EngineKind::External, Some(url)) => engine::external_is_emulated(url).await,
+        (EngineKind::External, Some(url)) => engines::external_is_emulated(url).await,
         _ => false,
     };
     let emulated = engine_kind == EngineKind::Emulated || image_traits.emulated || external_emulated;
@@ -743,7 +785,7 @@ pub(crate) async fn run_point(
             base.set(
                 k,
                 v.clone(),
-                crate::lmcache::Origin { file: "experiment", line: 0, table: Some("lmcache") },
+                schema::lmcache::Origin { file: "experiment", line: 0, table: Some("lmcache") },
             )?;
         }
     }
@@ -767,8 +809,7 @@ pub(crate) async fn run_point(
         _ => point.model.clone(),
     };
     let placement = resolve_model(engine_kind, &model)?;
-    engine::check_gpu_count(&model, placement.gpus(), &gpus)?;
-    let tp = placement.tensor_parallel;
+    engines::check_gpu_count(&model, placement.gpus(), &gpus)?;
     let mut sizing = cache_sizing(point.tier, point.cache_size, placement.registry_name.as_deref())?;
     let registry_model = placement
         .registry_name
@@ -781,7 +822,7 @@ pub(crate) async fn run_point(
         (vllm_cpu && placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL))
             .then_some(VLLM_CPU_DEFAULT_BLOCKS)
     });
-    use crate::engine::vllm::LmcacheMode;
+    use engines::vllm::LmcacheMode;
     // `auto` follows the build that runs: vLLM's CPU build (the process without a GPU, or the
     // CPU image on any host) gets LMCache's server, a GPU build the in-process connector.
     let lmcache_mode = (matches!(engine_kind, EngineKind::Vllm | EngineKind::VllmDocker)
@@ -796,17 +837,17 @@ pub(crate) async fn run_point(
         ));
     }
     if let (Some(l), Some((key, gb))) = (lmcache.as_mut(), sizing.lmcache) {
-        let origin = crate::lmcache::Origin { file: "cache_sizes", line: 0, table: Some("lmcache") };
-        l.set(key, crate::lmcache::LmValue::Float(gb), origin)?;
+        let origin = schema::lmcache::Origin { file: "cache_sizes", line: 0, table: Some("lmcache") };
+        l.set(key, schema::lmcache::LmValue::Float(gb), origin)?;
     }
     let model = placement.served_name.clone();
 
     let label = opts.label.clone().map_or_else(
-        || match &experiment {
+        || match experiment {
             Some(ctx) => point_label(ctx.experiment, ctx.index, point),
             None => format!("{}-{}", point.tier, engine_kind),
         },
-        |l| match &experiment {
+        |l| match experiment {
             Some(ctx) => format!("{}-{:03}", sanitize(&l), ctx.index),
             None => sanitize(&l),
         },
@@ -815,9 +856,9 @@ pub(crate) async fn run_point(
     // directory exists: a refused run leaves nothing behind.
     if matches!(engine_kind, EngineKind::Docker | EngineKind::VllmDocker) {
         tokio::select! {
-            r = engine::docker::preflight(engine_kind, opts.image.as_deref(), opts.port) => { r?; }
+            r = engines::docker::preflight(engine_kind, opts.image.as_deref(), opts.port) => { r?; }
             () = stop.cancelled() => {
-                let parent = experiment.as_ref().map_or_else(|| out_dir(opts), |ctx| ctx.root.to_path_buf());
+                let parent = experiment.map_or_else(|| out_dir(opts), |ctx| ctx.root.to_path_buf());
                 return Err(LabError::Interrupted(parent));
             }
         }
@@ -831,13 +872,66 @@ pub(crate) async fn run_point(
         (Some(url), EngineKind::Vllm | EngineKind::VllmDocker) => {
             let url = url.clone();
             let claimant = format!("{label}-{}", std::process::id());
-            let claim =
-                tokio::task::spawn_blocking(move || engine::lmcache_redis::LmcacheDb::claim(&url, &claimant));
+            let claim = tokio::task::spawn_blocking(move || {
+                engines::lmcache_redis::LmcacheDb::claim(&url, &claimant)
+            });
             Some(claim.await.map_err(|e| LabError::Other(format!("claiming a Redis database: {e}")))??)
         }
         _ => None,
     };
-    let dir = match &experiment {
+    Ok(Resolution {
+        secrets,
+        probe,
+        engine_kind,
+        reason,
+        gpus,
+        image_traits,
+        emulated,
+        tier,
+        lmcache,
+        model,
+        placement,
+        sizing,
+        registry_model,
+        vllm_cpu,
+        lmcache_mode,
+        label,
+        tier_redis,
+        lmcache_db,
+    })
+}
+
+/// Makes the point's result directory and writes `run.toml` (the resolved run, the contract
+/// that reports read); builds the workload's plan, the summary's settings, the engine's launch
+/// spec and `env.json`'s first fields.
+fn result_dir(
+    opts: &BenchOptions,
+    point: &Point,
+    experiment: Option<&PointCtx<'_>>,
+    resolution: Resolution,
+) -> Result<PreparedRun> {
+    let Resolution {
+        secrets,
+        probe,
+        engine_kind,
+        reason,
+        gpus,
+        image_traits,
+        emulated,
+        tier,
+        lmcache,
+        model,
+        placement,
+        sizing,
+        registry_model,
+        vllm_cpu,
+        lmcache_mode,
+        label,
+        tier_redis,
+        lmcache_db,
+    } = resolution;
+    let tp = placement.tensor_parallel;
+    let dir = match experiment {
         Some(PointCtx { exact_dir: Some(dir), .. }) => {
             std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
             dir.to_path_buf()
@@ -909,10 +1003,10 @@ pub(crate) async fn run_point(
         url: opts.url.clone(),
         image: opts.image.clone(),
         disk_dir: disk_dir.clone(),
-        redis_url: redis_url.as_deref().map(engine::emulated::without_credentials),
+        redis_url: redis_url.as_deref().map(engines::without_credentials),
         tier_config: tier.clone(),
         lmcache: lmcache.clone(),
-        experiment: experiment.as_ref().map(|ctx| ctx.experiment.to_owned()),
+        experiment: experiment.map(|ctx| ctx.experiment.to_owned()),
     };
     let run_toml = toml::to_string(&resolved).map_err(|e| LabError::Other(format!("run.toml: {e}")))?;
     write(&dir.join("run.toml"), &secrets.redact(&run_toml))?;
@@ -921,7 +1015,7 @@ pub(crate) async fn run_point(
     let slo = point
         .goodput
         .as_deref()
-        .map(crate::config::parse_goodput)
+        .map(schema::config::parse_goodput)
         .transpose()
         .map_err(|e| LabError::Invalid(format!("--goodput: {e}")))?;
     let summary_cfg = stats::SummaryConfig {
@@ -965,8 +1059,8 @@ pub(crate) async fn run_point(
             seed: workload.seed,
             block_size: opts.block_size,
         },
-        profile: opts.profile,
-        vllm: crate::engine::vllm::VllmRunSettings {
+        wrapper: opts.profile.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn engines::CommandWrapper>),
+        vllm: engines::vllm::VllmRunSettings {
             python: opts.vllm_python.clone(),
             model_dir: (placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL)).then(|| {
                 opts.vllm_model_dir.clone().unwrap_or_else(|| opts.root.join(".kvlab/models/tiny-llama-hf"))
@@ -982,7 +1076,7 @@ pub(crate) async fn run_point(
                 }
                 _ => None,
             },
-            l1_cap_gb: Some(crate::engine::vllm::l1_cap_gb()),
+            l1_cap_gb: Some(engines::vllm::l1_cap_gb()),
         },
     };
     if let Some(dir) = spec.vllm.model_dir.as_ref().filter(|d| {
@@ -996,13 +1090,39 @@ pub(crate) async fn run_point(
     }
 
     let mut env = env_json(&resolved, &probe, &tier, &opts.root);
-    env["engine_version"] = engine::engine_version(&spec, &probe);
-    if let Some((key, value)) = experiment.as_ref().and_then(|ctx| ctx.env_extra.clone()) {
+    env["engine_version"] = engines::engine_version(&spec, &probe);
+    if let Some((key, value)) = experiment.and_then(|ctx| ctx.env_extra.clone()) {
         env[key] = value;
     }
-    let launcher = engine::launcher(engine_kind);
+    Ok(PreparedRun {
+        dir,
+        disk_dir,
+        resolved,
+        spec,
+        plan,
+        summary_cfg,
+        redis_url,
+        env,
+        secrets,
+        engine_kind,
+        emulated,
+        tier: point.tier,
+        time_limit_s: workload.time_limit_s,
+        lmcache_db,
+    })
+}
+
+/// Starts the engine (its launcher waits until it is ready) and opens a profiled run's capture.
+/// An engine that cannot start leaves `env.json` saying why.
+async fn launch(
+    opts: &BenchOptions,
+    run: &mut PreparedRun,
+    stop: &CancellationToken,
+) -> Result<(RunningEngine, profile::WorkloadCapture)> {
+    let PreparedRun { engine_kind, spec, dir, env, secrets, .. } = run;
+    let launcher = engines::launcher(*engine_kind);
     let running = tokio::select! {
-        r = launcher.start(&spec) => r,
+        r = launcher.start(spec) => r,
         () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
     };
     let running = match running {
@@ -1021,18 +1141,45 @@ pub(crate) async fn run_point(
     };
     eprintln!("kvlab: {engine_kind} engine ready at {}", running.base_url);
     // Profiled runs: the capture range spans the workload, not the engine's start.
-    let capture = match crate::profile::WorkloadCapture::begin(&spec, &running.base_url).await {
+    let capture = match profile::WorkloadCapture::begin(opts.profile.as_ref(), spec, &running.base_url).await
+    {
         Ok(c) => c,
         Err(e) => {
             let _ = running.stop().await;
             return Err(e);
         }
     };
+    Ok((running, capture))
+}
 
+/// Drives the workload against the running engine, with the samplers, until it ends, the run
+/// stops, the point's time limit passes or the engine (or a sidecar) dies; watches the redis
+/// tier's store; closes the capture and stops the samplers.
+async fn drive(
+    opts: &BenchOptions,
+    run: &PreparedRun,
+    running: &RunningEngine,
+    capture: profile::WorkloadCapture,
+    stop: &CancellationToken,
+) -> Driven {
+    let PreparedRun {
+        engine_kind,
+        dir,
+        disk_dir,
+        plan,
+        summary_cfg,
+        redis_url,
+        spec,
+        tier,
+        time_limit_s,
+        ..
+    } = run;
+    let engine_kind = *engine_kind;
+    let model = &spec.model;
     let origin = Instant::now();
     // The redis tier's store is outside the engine: if it goes away the engine serves on by
     // recompute, so the run goes on, and the time it was lost is recorded.
-    let store_watch = (point.tier == Tier::Redis && !running.in_process())
+    let store_watch = (*tier == Tier::Redis && !running.in_process())
         .then(|| redis_url.clone())
         .flatten()
         .map(|url| tokio::spawn(store_lost(url, origin)));
@@ -1040,7 +1187,7 @@ pub(crate) async fn run_point(
     let samplers = adapters::start_samplers(
         &dir.join("samples"),
         origin,
-        &disk_dir,
+        disk_dir,
         pid,
         Some(format!("{}/metrics", running.base_url)),
         &running.sidecars(),
@@ -1074,11 +1221,11 @@ pub(crate) async fn run_point(
     let driven = match &samplers {
         Ok(_) => {
             let drive = adapters::Drive {
-                plan: &plan,
+                plan,
                 base_url: &running.base_url,
-                model: &model,
+                model,
                 summary: summary_cfg.clone(),
-                dir: &dir,
+                dir,
                 origin,
                 progress: opts.progress,
                 stop: drive_stop.clone(),
@@ -1097,7 +1244,7 @@ pub(crate) async fn run_point(
                     let _ = tokio::time::timeout(STOP_GRACE, &mut drive).await;
                     Err(LabError::Interrupted(dir.clone()))
                 }
-                limit = time_limit(workload.time_limit_s, origin) => {
+                limit = time_limit(*time_limit_s, origin) => {
                     // A deadline, not only the end of arrivals: requests still streaming end now
                     // and are recorded as interrupted, as on a stop; the run itself succeeds.
                     time_limit_reached = true;
@@ -1134,7 +1281,7 @@ pub(crate) async fn run_point(
         Err(e) => Err(LabError::Other(format!("samplers: {e}"))),
     };
     // Requests to a dead engine fail fast: the drive may end before the watcher's next look.
-    let gone = watched_pids.iter().find(|(_, pid, _)| engine::orphans::process_exited(*pid)).cloned();
+    let gone = watched_pids.iter().find(|(_, pid, _)| engines::orphans::process_exited(*pid)).cloned();
     let driven = match (driven, gone) {
         (Ok(_), Some((who, _, log))) if engine_died_at.is_none() => {
             let at = origin.elapsed().as_secs_f64();
@@ -1149,7 +1296,6 @@ pub(crate) async fn run_point(
         Ok(()) => driven,
         Err(e) => driven.and(Err(e)),
     };
-    let mut marks = serde_json::Map::new();
     let sampler_status = samplers.map(|s| s.stop()).unwrap_or(serde_json::Value::Null);
     // Where the prompt tokens came from (GPU cache, each offload tier, computed), from the
     // engine's counters: the samplers took their last scrape as they stopped.
@@ -1158,20 +1304,59 @@ pub(crate) async fn run_point(
     } else {
         report::CounterOrigin::EngineStart
     };
-    let by_source = adapters::tokens_by_source(&dir, point.tier, origin);
+    let by_source = adapters::tokens_by_source(dir, *tier, origin);
+    let mut store_lost_at_s = None;
     if let Some(watch) = store_watch {
         if watch.is_finished() {
-            if let Ok(at) = watch.await {
-                eprintln!(
-                    "kvlab: the redis tier's store stopped answering {at:.3} s into the run; the engine \
-                     served what followed without it"
-                );
-                env["tier_store_lost_at_s"] = serde_json::json!(at);
-                marks.insert("tier_store_lost_at_s".into(), serde_json::json!(at));
-            }
+            store_lost_at_s = watch.await.ok();
         } else {
             watch.abort();
         }
+    }
+    Driven {
+        result: driven,
+        engine_died_at,
+        died_process,
+        time_limit_reached,
+        sampler_status,
+        by_source,
+        store_lost_at_s,
+    }
+}
+
+/// Stops the engine and finishes the result directory: `env.json` (errors, the engine's death,
+/// an interruption, the store's loss), the summary over what finished when the run did not
+/// end normally, the prompt tokens by source, and the report.
+async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> Result<RunReport> {
+    let PreparedRun {
+        dir,
+        resolved,
+        summary_cfg,
+        mut env,
+        secrets,
+        engine_kind,
+        emulated,
+        time_limit_s,
+        lmcache_db,
+        ..
+    } = run;
+    let Driven {
+        result: driven,
+        engine_died_at,
+        died_process,
+        time_limit_reached,
+        sampler_status,
+        by_source,
+        store_lost_at_s,
+    } = driven;
+    let mut marks = serde_json::Map::new();
+    if let Some(at) = store_lost_at_s {
+        eprintln!(
+            "kvlab: the redis tier's store stopped answering {at:.3} s into the run; the engine \
+             served what followed without it"
+        );
+        env["tier_store_lost_at_s"] = serde_json::json!(at);
+        marks.insert("tier_store_lost_at_s".into(), serde_json::json!(at));
     }
     let stopped = running.stop().await;
     // The engine's temporary files (vLLM's TMPDIR: IPC sockets, scratch) go with it.
@@ -1202,7 +1387,7 @@ pub(crate) async fn run_point(
         Ok(_) if time_limit_reached => {
             env["time_limit_reached"] = serde_json::json!(true);
             marks.insert("time_limit_reached".into(), serde_json::json!(true));
-            marks.insert("time_limit_s".into(), serde_json::json!(workload.time_limit_s));
+            marks.insert("time_limit_s".into(), serde_json::json!(time_limit_s));
             adapters::finish_partial(&dir, &summary_cfg, &marks)
         }
         // summary.json says when the store was lost, as env.json does.
@@ -1234,11 +1419,13 @@ pub(crate) async fn run_point(
     if time_limit_reached {
         println!(
             "time limit of {} s reached: {} requests were still in flight and are recorded as interrupted",
-            workload.time_limit_s.unwrap_or_default(),
+            time_limit_s.unwrap_or_default(),
             summary.failed_by_class.get("interrupted").copied().unwrap_or(0)
         );
     }
     println!("results: {}", dir.display());
+    // The redis tier's database is emptied and released now that the engine has stopped.
+    drop(lmcache_db);
     Ok(RunReport { dir, engine: engine_kind, emulated, summary, table, time_limit_reached })
 }
 
@@ -1275,6 +1462,48 @@ fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig, root: &Path
         "tier": run.tier,
         "probe": probe,
         "emulator_byte_scale": run.emulated.then_some(tier.emulator.byte_scale),
+    })
+}
+
+/// The launch spec of a flags-only run (no experiment file) with its result directory at
+/// `run_dir`, as `bench` would resolve it: the tier's configuration, the model's placement from
+/// the registry, the secrets of `.env` and the environment.
+pub fn planned_spec(opts: &BenchOptions, engine: EngineKind, run_dir: &Path) -> Result<LaunchSpec> {
+    let tier = TierConfig::load(&opts.root.join("configs"), opts.tier)?;
+    let model = opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+    let placement = resolve_model(engine, &model)?;
+    let redis_url = (opts.tier == Tier::Redis)
+        .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()));
+    Ok(LaunchSpec {
+        engine,
+        run_id: profile::PLANNED_RUN_ID.to_owned(),
+        run_dir: run_dir.to_path_buf(),
+        lmcache: tier.lmcache.clone(),
+        tier,
+        disk_dir: run_dir.join("kvcache"),
+        model: placement.served_name,
+        tensor_parallel: placement.tensor_parallel,
+        pipeline_parallel: placement.pipeline_parallel,
+        gpus: opts.gpus.clone(),
+        gpu_type: opts.gpu.clone(),
+        port: opts.port,
+        image: opts.image.clone(),
+        url: opts.url.clone(),
+        secrets: Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env(),
+        ready_timeout: opts.ready_timeout,
+        llamacpp_model: opts.model_path.clone(),
+        python: opts.python.clone(),
+        emulator: engines::EmulatorRunSettings {
+            redis_url,
+            seed: opts.seed.unwrap_or(0),
+            ..Default::default()
+        },
+        wrapper: opts.profile.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn engines::CommandWrapper>),
+        vllm: engines::vllm::VllmRunSettings {
+            python: opts.vllm_python.clone(),
+            lmcache_mode: Some(engines::vllm::LmcacheMode::InProcess),
+            ..Default::default()
+        },
     })
 }
 
@@ -1326,10 +1555,10 @@ pub async fn serve_emulated(
             redis_url: Some(opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
             ..Default::default()
         },
-        profile: None,
+        wrapper: None,
         vllm: Default::default(),
     };
-    let running = engine::launcher(EngineKind::Emulated).start(&spec).await?;
+    let running = engines::launcher(EngineKind::Emulated).start(&spec).await?;
     on_ready(&running.base_url);
     tokio::select! {
         () = stop_signal() => {}

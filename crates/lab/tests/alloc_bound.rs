@@ -90,7 +90,7 @@ fn repo(path: &str) -> String {
 
 /// (name, valid seed text, whether repeating it stays the same kind of file, parser).
 fn parsers() -> Vec<(&'static str, String, bool, Parser)> {
-    use lab::config::{Experiment, Tier, TierConfig};
+    use schema::config::{Experiment, Tier, TierConfig};
     use workload::{ParseOptions, Trace, TraceFormat};
     let chunk = r#"{"id":"c","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":"a","finish_reason":null}],"usage":null}"#;
     let record = r#"{"v":1,"id":7,"warmup":false,"intended":0.5,"sent":0.5,"first_byte":0.6,"first_token":0.61,"end":0.9,"chunks":[[0.61,1],[0.7,1],[0.8,1]],"prompt_tokens":64,"output_tokens":3,"cached_tokens":16,"token_source":"usage","error":null}"#;
@@ -112,7 +112,7 @@ fn parsers() -> Vec<(&'static str, String, bool, Parser)> {
             let _ = costmodel::Registry::parse_gpus(t, "gpus.toml");
         }),
         ("lmcache_yaml", repo("configs/lmcache/disk.yaml"), false, |t| {
-            let _ = lab::lmcache::LmcacheConfig::check_yaml("lm.yaml", t);
+            let _ = schema::lmcache::LmcacheConfig::check_yaml("lm.yaml", t);
         }),
         ("trace_mooncake", repo("crates/workload/tests/fixtures/mooncake_small.jsonl"), true, |t| {
             for skip_bad_lines in [false, true] {

@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use lab::config::{Tier, TierConfig};
-use lab::engine::docker::{docker_run_args, DockerRun, VllmContainer};
-use lab::engine::llamacpp::{llamacpp_command, LlamacppRuntime, LlamacppServe};
-use lab::engine::orphans::Owner;
-use lab::engine::vllm::{vllm_process_command, Connector, VllmServe};
-use lab::engine::{EngineKind, GpuSelection};
-use lab::secrets::Secrets;
+use engines::docker::{docker_run_args, DockerRun, VllmContainer};
+use engines::llamacpp::{llamacpp_command, LlamacppRuntime, LlamacppServe};
+use engines::orphans::Owner;
+use engines::secrets::Secrets;
+use engines::vllm::{vllm_process_command, Connector, VllmServe};
+use engines::{EngineKind, GpuSelection};
+use schema::config::{Tier, TierConfig};
 
 const TOKEN: &str = "hf_plantedSECRETtoken123";
 
@@ -42,7 +42,7 @@ fn docker_args_per_tier() {
             let run = DockerRun {
                 runtime: runtime.to_owned(),
                 run_id: format!("{tier}-run-1"),
-                image: lab::engine::docker::default_image(EngineKind::VllmDocker).unwrap(),
+                image: engines::docker::default_image(EngineKind::VllmDocker).unwrap(),
                 owner: owner(),
                 host_port: 18000,
                 gpus: Some(if tier == Tier::Cpu {
@@ -104,7 +104,7 @@ fn owner() -> Owner {
 
 #[test]
 fn engine_env_per_tier() {
-    use lab::engine::docker::{engine_env, EngineEnv, CONTAINER_DISK_DIR, CONTAINER_PORT};
+    use engines::docker::{engine_env, EngineEnv, CONTAINER_DISK_DIR, CONTAINER_PORT};
     let mut all = String::new();
     for tier in Tier::ALL {
         let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
@@ -142,7 +142,7 @@ fn engine_env_per_tier() {
 
 #[test]
 fn image_build_commands() {
-    use lab::engine::docker::{image_build, image_build_args, BaseRecipe, ImagesConfig, KvlabImage};
+    use images::{image_build, image_build_args, BaseRecipe, ImagesConfig, KvlabImage};
     let recipe = BaseRecipe::default();
     let mut all = String::from("## base\n");
     for cmd in [
@@ -185,7 +185,7 @@ fn image_build_commands() {
 
 #[test]
 fn base_hash_changes_with_its_inputs() {
-    use lab::engine::docker::BaseRecipe;
+    use images::BaseRecipe;
     let a = BaseRecipe::default();
     assert_eq!(a.input_hash(), BaseRecipe::default().input_hash(), "stable");
     assert_eq!(a.input_hash().len(), 16);
@@ -211,7 +211,7 @@ fn owner_liveness_and_start_times() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let pid = child.id();
     child.wait().unwrap();
-    assert_eq!(lab::engine::orphans::process_start_time(pid), None);
+    assert_eq!(engines::orphans::process_start_time(pid), None);
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn llamacpp_commands() {
     let mut all = String::new();
     for tier in [Tier::Baseline, Tier::Cpu] {
         let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
-        let cache = lab::engine::llamacpp::cache_ram_for(&cfg).unwrap();
+        let cache = engines::llamacpp::cache_ram_for(&cfg).unwrap();
         let serve = LlamacppServe {
             model_path: Path::new("/models/tiny.gguf"),
             alias: "tiny",
@@ -288,7 +288,7 @@ fn llamacpp_commands() {
     }
     for tier in [Tier::Disk, Tier::Redis] {
         let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
-        let err = lab::engine::llamacpp::cache_ram_for(&cfg).unwrap_err().to_string();
+        let err = engines::llamacpp::cache_ram_for(&cfg).unwrap_err().to_string();
         all.push_str(&format!("## {tier}\n{err}\n\n"));
     }
     insta::assert_snapshot!(all);
@@ -312,18 +312,18 @@ fn gpu_selection_and_counts() {
         "x".parse::<GpuSelection>().unwrap_err().to_string(),
         "invalid configuration: --gpus `x`: expected `all`, a count (2) or a device list (0,2)"
     );
-    let err = lab::engine::check_gpu_count("big-model", 4, &GpuSelection::Count(2)).unwrap_err().to_string();
+    let err = engines::check_gpu_count("big-model", 4, &GpuSelection::Count(2)).unwrap_err().to_string();
     assert_eq!(
         err,
         "invalid configuration: model `big-model` needs 4 GPUs (tensor x pipeline parallel) but only 2 were given; pass \
          --gpus 4 or a device list"
     );
-    assert!(lab::engine::check_gpu_count("m", 1, &GpuSelection::All).is_ok());
+    assert!(engines::check_gpu_count("m", 1, &GpuSelection::All).is_ok());
 }
 
 #[test]
 fn auto_engine_choice() {
-    use lab::engine::{EngineKind, HostProbe};
+    use engines::{EngineKind, HostProbe};
     let check = |gpu: bool, rt: Option<&str>, expect: EngineKind| {
         let probe = HostProbe { nvidia_gpu: gpu, container_runtime: rt.map(str::to_owned) };
         let (kind, why) = probe.choose(EngineKind::Auto);
@@ -337,7 +337,7 @@ fn auto_engine_choice() {
 
 #[test]
 fn orphaned_engine_processes_are_reaped_and_live_ones_kept() {
-    use lab::engine::orphans::{process_start_time, reap_orphans, EngineRecord};
+    use engines::orphans::{process_start_time, reap_orphans, EngineRecord};
     let dir = tempfile::tempdir().unwrap();
     // An owner that is gone: a child that has exited and been reaped.
     let mut dead = std::process::Command::new("true").spawn().unwrap();
@@ -379,7 +379,7 @@ fn orphaned_engine_processes_are_reaped_and_live_ones_kept() {
 
 #[test]
 fn an_orphaned_engine_is_reaped_with_the_workers_of_its_process_group() {
-    use lab::engine::orphans::{process_start_time, reap_orphans, EngineRecord};
+    use engines::orphans::{process_start_time, reap_orphans, EngineRecord};
     use std::io::BufRead as _;
     use std::os::unix::process::CommandExt as _;
     let dir = tempfile::tempdir().unwrap();
@@ -464,7 +464,7 @@ fn llamacpp_env_has_the_chosen_gpus_and_the_token_outside_argv() {
 
 #[test]
 fn gpus_are_checked_against_the_nvml_count() {
-    use lab::engine::GpuInventory;
+    use engines::GpuInventory;
     let check = |inventory: &GpuInventory, flag: &str, expect: &str| {
         let got = match inventory.resolve(&flag.parse().unwrap()) {
             Ok(sel) => format!("--gpus {}", sel.flag()),
@@ -503,7 +503,7 @@ fn gpus_are_checked_against_the_nvml_count() {
     );
     // `--gpus all` resolves to the count: a model needing more is refused before it starts.
     let all = one.resolve(&GpuSelection::All).unwrap();
-    assert!(lab::engine::check_gpu_count("llama-3-70b-tp4", 4, &all).is_err());
+    assert!(engines::check_gpu_count("llama-3-70b-tp4", 4, &all).is_err());
 }
 
 /// `--require-gpu` through a run: on a host without NVML (this one, and CI) the refusal names
@@ -512,12 +512,12 @@ fn gpus_are_checked_against_the_nvml_count() {
 async fn require_gpu_asks_nvml() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = lab::run::BenchOptions::new(dir.path(), Tier::Cpu);
-    opts.engine = lab::engine::EngineKind::Emulated;
+    opts.engine = engines::EngineKind::Emulated;
     opts.require_gpu = true;
     opts.progress = false;
     let err = lab::run::bench(&opts).await.expect_err("refused").to_string();
-    match lab::engine::GpuInventory::detect() {
-        lab::engine::GpuInventory::Unavailable { reason } => {
+    match engines::GpuInventory::detect() {
+        engines::GpuInventory::Unavailable { reason } => {
             assert_eq!(
                 err,
                 format!(
@@ -526,12 +526,12 @@ async fn require_gpu_asks_nvml() {
                 )
             );
         }
-        lab::engine::GpuInventory::Available { .. } => {
+        engines::GpuInventory::Available { .. } => {
             assert!(err.contains("engine `emulated` does not measure a GPU"), "{err}")
         }
     }
     // An injected inventory stands in for NVML.
-    opts.gpu_inventory = Some(lab::engine::GpuInventory::Available { count: 1 });
+    opts.gpu_inventory = Some(engines::GpuInventory::Available { count: 1 });
     opts.gpus = "2".parse().unwrap();
     opts.require_gpu = false;
     let err = lab::run::bench(&opts).await.expect_err("refused").to_string();
@@ -550,7 +550,7 @@ fn vllm_cpu_mp_processes_per_tier() {
     let mut all = String::new();
     for tier in Tier::ALL {
         let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
-        let spec = lab::engine::LaunchSpec {
+        let spec = engines::LaunchSpec {
             engine: EngineKind::Vllm,
             run_id: "run-1".into(),
             run_dir: PathBuf::from("/results/run"),
@@ -569,16 +569,16 @@ fn vllm_cpu_mp_processes_per_tier() {
             ready_timeout: std::time::Duration::from_secs(1),
             llamacpp_model: None,
             python: None,
-            emulator: lab::engine::EmulatorRunSettings {
+            emulator: engines::EmulatorRunSettings {
                 redis_url: Some("redis://127.0.0.1:6379/3".into()),
                 gpu_blocks: Some(40),
                 ..Default::default()
             },
-            profile: None,
-            vllm: lab::engine::vllm::VllmRunSettings {
+            wrapper: None,
+            vllm: engines::vllm::VllmRunSettings {
                 python: Some(PathBuf::from("/lab/.kvlab/vllm-venv/bin/python")),
                 model_dir: Some(PathBuf::from("/lab/.kvlab/models/tiny-llama-hf")),
-                lmcache_mode: Some(lab::engine::vllm::LmcacheMode::Mp),
+                lmcache_mode: Some(engines::vllm::LmcacheMode::Mp),
                 cpu: true,
                 cache_dir: Some(PathBuf::from("/lab/.kvlab/cache")),
                 max_model_len: Some(4096),
@@ -586,7 +586,7 @@ fn vllm_cpu_mp_processes_per_tier() {
                 l1_cap_gb: Some(4.0),
             },
         };
-        let procs = lab::engine::vllm::vllm_processes(&spec, 18001, (18101, 18102)).unwrap();
+        let procs = engines::vllm::vllm_processes(&spec, 18001, (18101, 18102)).unwrap();
         let show = |program: &str, args: &[String], env: &std::collections::BTreeMap<String, String>| {
             no_secret(args);
             let env: Vec<String> = env

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use lab::config::{Experiment, Tier, TierConfig};
-use lab::lmcache::LmcacheConfig;
+use schema::config::{Experiment, Tier, TierConfig};
+use schema::lmcache::LmcacheConfig;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -244,7 +244,7 @@ fn experiment_engine_gpu_and_goodput_are_checked_at_their_line() {
 async fn experiment_models_are_checked_before_any_point_runs() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("configs")).unwrap();
-    let check = |engine: lab::engine::EngineKind, models: &str| {
+    let check = |engine: engines::EngineKind, models: &str| {
         let exp = dir.path().join("exp.toml");
         std::fs::write(
             &exp,
@@ -261,7 +261,7 @@ async fn experiment_models_are_checked_before_any_point_runs() {
         opts.progress = false;
         opts
     };
-    let opts = check(lab::engine::EngineKind::Emulated, "\"lama-3-8b\"");
+    let opts = check(engines::EngineKind::Emulated, "\"lama-3-8b\"");
     let err = lab::run::bench(&opts).await.expect_err("a typo of a model").to_string();
     let prefix = format!(
         "{}:7: matrix.models[1]: unknown model `lama-3-8b` for engine `emulated`",
@@ -271,7 +271,7 @@ async fn experiment_models_are_checked_before_any_point_runs() {
     assert!(err.contains("llama-3-8b (meta-llama/Meta-Llama-3-8B-Instruct)"), "lists the known ones: {err}");
     assert!(!dir.path().join("results").exists(), "nothing ran");
 
-    let opts = check(lab::engine::EngineKind::Vllm, "\"lama-3-8b\"");
+    let opts = check(engines::EngineKind::Vllm, "\"lama-3-8b\"");
     let err = lab::run::bench(&opts).await.expect_err("vLLM needs a registry model").to_string();
     assert!(err.contains(":7: matrix.models[1]: unknown model `lama-3-8b` for engine `vllm`"), "{err}");
 }

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab::config::Tier;
-use lab::engine::EngineKind;
+use engines::EngineKind;
 use lab::run::{bench, BenchOptions, RunReport};
+use schema::config::Tier;
 
 use common::{assert_no_secret, files, records, workspace, TOKEN};
 
@@ -287,7 +287,7 @@ async fn lab_image_runs_the_load_generator() {
 #[test]
 fn base_image_is_reused_when_its_inputs_are_unchanged() {
     require_image("kvlab/base:bookworm");
-    let recipe = lab::engine::docker::BaseRecipe::default();
+    let recipe = images::BaseRecipe::default();
     let before = image_id(&recipe.tag());
     assert_eq!(image_id(&recipe.hash_tag()), before, "{} is tagged with its inputs' hash", recipe.tag());
     let started = Instant::now();
@@ -306,7 +306,7 @@ fn base_image_is_reused_when_its_inputs_are_unchanged() {
 /// containers/README.md); `cargo xtask ci` checks the same after it builds them.
 #[test]
 fn images_are_within_their_size_budgets() {
-    use lab::engine::docker::{check_size_budgets, BaseRecipe, KvlabImage};
+    use images::{check_size_budgets, BaseRecipe, KvlabImage, SizeBudget as _};
     let mut sizes = Vec::new();
     for image in [KvlabImage::Base, KvlabImage::Lab, KvlabImage::Llamacpp, KvlabImage::Emulator] {
         let tag = if image == KvlabImage::Base { BaseRecipe::default().tag() } else { image.latest() };

@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use lab::config::Tier;
-use lab::engine::EngineKind;
-use lab::error::LabError;
+use engines::EngineKind;
 use lab::run::{bench, bench_until, BenchOptions};
+use schema::config::Tier;
+use schema::error::LabError;
 
 mod common;
 

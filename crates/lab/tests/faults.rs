@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lab::config::Tier;
-use lab::engine::EngineKind;
-use lab::error::LabError;
+use engines::EngineKind;
 use lab::run::{bench_until, serve_emulated, BenchOptions, ServeOptions};
+use schema::config::Tier;
+use schema::error::LabError;
 
 use common::{after_finished, assert_no_secret, processes_mentioning, workspace};
 

@@ -4,9 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lab::config::{Tier, TierConfig};
-use lab::engine::{launcher, EmulatorRunSettings, EngineKind, GpuSelection, LaunchSpec};
-use lab::secrets::Secrets;
+use engines::secrets::Secrets;
+use engines::{launcher, EmulatorRunSettings, EngineKind, GpuSelection, LaunchSpec};
+use schema::config::{Tier, TierConfig};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -36,7 +36,7 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
         llamacpp_model: Some(model),
         python: None,
         emulator: EmulatorRunSettings::default(),
-        profile: None,
+        wrapper: None,
         vllm: Default::default(),
     }
 }
@@ -225,8 +225,8 @@ fn plain_models_server() -> String {
 #[tokio::test]
 async fn an_external_server_is_emulated_only_when_it_says_so() {
     let plain = plain_models_server();
-    assert!(!lab::engine::external_is_emulated(&plain).await, "a plain OpenAI server");
-    assert!(!lab::engine::external_is_emulated(&format!("{plain}/v1/")).await, "with /v1/");
+    assert!(!engines::external_is_emulated(&plain).await, "a plain OpenAI server");
+    assert!(!engines::external_is_emulated(&format!("{plain}/v1/")).await, "with /v1/");
     let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    assert!(!lab::engine::external_is_emulated(&format!("http://{refused}")).await, "nothing listening");
+    assert!(!engines::external_is_emulated(&format!("http://{refused}")).await, "nothing listening");
 }

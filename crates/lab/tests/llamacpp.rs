@@ -10,10 +10,10 @@ mod common;
 
 use std::path::Path;
 
-use lab::config::Tier;
-use lab::engine::EngineKind;
-use lab::error::LabError;
+use engines::EngineKind;
 use lab::run::{bench, bench_until, BenchOptions, RunReport};
+use schema::config::Tier;
+use schema::error::LabError;
 
 use common::{assert_no_secret, records, workspace};
 

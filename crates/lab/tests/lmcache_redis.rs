@@ -7,9 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lab::config::Tier;
-use lab::engine::lmcache_redis::LmcacheDb;
-use lab::engine::EngineKind;
+use engines::lmcache_redis::LmcacheDb;
+use engines::EngineKind;
+use schema::config::Tier;
 use testkit::services::redis_url;
 
 /// The tests share the server's databases: one at a time.
@@ -142,12 +142,12 @@ async fn a_vllm_run_on_the_redis_tier_uses_and_empties_its_own_database() {
     opts.redis_url = Some(url.clone());
     opts.out = Some(dir.path().join("results"));
     opts.progress = false;
-    opts.gpu_inventory = Some(lab::engine::GpuInventory::Available { count: 1 });
+    opts.gpu_inventory = Some(engines::GpuInventory::Available { count: 1 });
     opts.ready_timeout = Duration::from_secs(20);
     // The stand-in is `vllm` on PATH, configured by LMCache's YAML (the in-process connector),
     // serving a model from the hub: not the lab's venv, LMCache's server or its tiny model.
     opts.vllm_python = None;
-    opts.lmcache_mode = lab::engine::vllm::LmcacheMode::InProcess;
+    opts.lmcache_mode = engines::vllm::LmcacheMode::InProcess;
     opts.model = Some(lab::run::DEFAULT_MODEL.into());
     let err = lab::run::bench(&opts).await.expect_err("the stand-in engine exits").to_string();
     assert!(err.contains("vllm"), "{err}");

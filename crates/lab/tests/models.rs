@@ -3,9 +3,9 @@
 
 mod common;
 
-use lab::config::Tier;
-use lab::engine::{EngineKind, GpuSelection};
+use engines::{EngineKind, GpuSelection};
 use lab::run::{bench, resolve_model, BenchOptions};
+use schema::config::Tier;
 
 /// `engine model` → the placement (`served_name tp=N pp=M registry=R`) or the error.
 fn check(input: &str, expect: &str) {

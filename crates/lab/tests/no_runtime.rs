@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lab::config::{Tier, TierConfig};
-use lab::engine::{launcher, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
+use engines::{launcher, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
+use schema::config::{Tier, TierConfig};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -38,7 +38,7 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
         llamacpp_model: None,
         python: None,
         emulator: EmulatorRunSettings::default(),
-        profile: None,
+        wrapper: None,
         vllm: Default::default(),
     }
 }

@@ -10,17 +10,17 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use lab::config::{Tier, TierConfig};
-use lab::engine::docker::{
+use engines::docker::{
     default_image, docker_run_args, DockerRun, VllmContainer, UPSTREAM_VLLM_LMCACHE_IMAGE,
 };
-use lab::engine::orphans::Owner;
-use lab::engine::vllm::{vllm_process_command, Connector, VllmServe};
-use lab::engine::{EngineKind, GpuSelection};
-use lab::profile::{
+use engines::orphans::Owner;
+use engines::vllm::{vllm_process_command, Connector, VllmServe};
+use engines::{EngineKind, GpuSelection};
+use profile::{
     classify, container_args, lab_command, parse_kern_sum, parse_nvtx_sum, placement, stats_command, Phase,
     Placement, ProfileSpec, Side, StatsHost,
 };
+use schema::config::{Tier, TierConfig};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -32,7 +32,7 @@ fn fixture(name: &str) -> String {
         .unwrap()
 }
 
-fn shown(cmd: &lab::profile::CommandLine) -> String {
+fn shown(cmd: &profile::CommandLine) -> String {
     let env: Vec<String> = cmd.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     format!("{}{} {}", env.concat(), cmd.program, cmd.args.join(" "))
 }
@@ -83,7 +83,7 @@ fn nsys_command_lines_per_engine_and_tier() {
         &GpuSelection::All,
         None,
     );
-    vllm.args.extend(lab::profile::vllm_args());
+    vllm.args.extend(profile::vllm_args());
     all.push_str(&format!("## vllm: the engine process under the lab\n{}\n\n", shown(&vllm)));
 
     // vllm-docker: nsys inside the container (the default image, which carries it), per
@@ -212,7 +212,7 @@ fn nsys_stats_csv_is_parsed() {
     // What the lab writes: profile/nvtx_sum.csv, one classified row per range.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nvtx_sum.csv");
-    lab::profile::write_csv(&path, &nvtx).unwrap();
+    profile::write_csv(&path, &nvtx).unwrap();
     insta::assert_snapshot!("nvtx_sum_written", std::fs::read_to_string(&path).unwrap());
 }
 
@@ -276,7 +276,7 @@ async fn emulated_profile_pipeline_with_a_stand_in_nsys() {
     let profile = dir.join("profile");
     std::fs::create_dir_all(&profile).unwrap();
     let host = StatsHost::Host { nsys: ws.path().join("nsys").display().to_string() };
-    let err = lab::profile::summarize(&host, &profile, "kvlab").unwrap_err().to_string();
+    let err = profile::summarize(&host, &profile, "kvlab").unwrap_err().to_string();
     assert!(err.contains("kvlab.nsys-rep: no Nsight Systems report"), "{err}");
 
     // The stand-in: `nsys stats ... --output=PREFIX REPORT` writes PREFIX_<report>.csv.
@@ -290,7 +290,7 @@ async fn emulated_profile_pipeline_with_a_stand_in_nsys() {
     std::fs::write(&nsys, script).unwrap();
     std::fs::set_permissions(&nsys, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(profile.join("kvlab.nsys-rep"), b"stand-in report").unwrap();
-    let summary = lab::profile::summarize(&host, &profile, "kvlab").unwrap();
+    let summary = profile::summarize(&host, &profile, "kvlab").unwrap();
     assert_eq!((summary.nvtx.len(), summary.kernels.len()), (6, 3));
     let written = std::fs::read_to_string(profile.join("nvtx_sum.csv")).unwrap();
     assert!(written.starts_with("range,side,phase,style,instances,total_ns"), "{written}");
@@ -346,12 +346,12 @@ fn fake_runtime(dir: &Path, name: &str, inspect: (i32, &str), nsys: (i32, &str))
 #[test]
 fn preflight_says_what_to_install() {
     let dir = tempfile::tempdir().unwrap();
-    let image = lab::engine::docker::default_image(EngineKind::VllmDocker).unwrap();
+    let image = engines::docker::default_image(EngineKind::VllmDocker).unwrap();
     assert_eq!(
         image, "kvlab/vllm-lmcache:latest",
         "the default of bench and profile is the lab's image, which carries nsys"
     );
-    assert_eq!(lab::engine::docker::default_image(EngineKind::Vllm), None);
+    assert_eq!(engines::docker::default_image(EngineKind::Vllm), None);
     let no_image = fake_runtime(dir.path(), "no-image", (1, "Error: No such image"), (0, ""));
     let no_nsys = fake_runtime(
         dir.path(),
@@ -360,13 +360,13 @@ fn preflight_says_what_to_install() {
         (127, "exec: \"nsys\": executable file not found in $PATH: unknown"),
     );
     let ok = fake_runtime(dir.path(), "ok", (0, ""), (0, ""));
-    let probe = |gpu: bool, runtime: Option<&Path>| lab::engine::HostProbe {
+    let probe = |gpu: bool, runtime: Option<&Path>| engines::HostProbe {
         nvidia_gpu: gpu,
         container_runtime: runtime.map(|r| r.display().to_string()),
     };
     let upstream = UPSTREAM_VLLM_LMCACHE_IMAGE;
-    let check = |engine: EngineKind, probe: lab::engine::HostProbe, image: &str, expect: &[&str]| {
-        let got = lab::profile::preflight(engine, &probe, image);
+    let check = |engine: EngineKind, probe: engines::HostProbe, image: &str, expect: &[&str]| {
+        let got = profile::preflight(engine, &probe, image);
         if expect.is_empty() {
             assert!(got.is_ok(), "{engine} {image}: {got:?}");
             return;
@@ -538,14 +538,15 @@ async fn recording_server(
 /// send neither; an endpoint that fails or is not there is an error naming the URL and the fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
-    use lab::profile::WorkloadCapture;
+    use profile::WorkloadCapture;
     let ws = common::workspace();
     let mut opts = lab::run::BenchOptions::new(ws.path(), Tier::Cpu);
-    opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
+    let wraps_lab = ProfileSpec { placement: Placement::WrapsLab };
+    opts.profile = Some(wraps_lab);
     let spec = |engine, profiled: bool| {
-        let mut spec = lab::profile::planned_spec(&opts, engine, ws.path()).unwrap();
+        let mut spec = lab::run::planned_spec(&opts, engine, ws.path()).unwrap();
         if !profiled {
-            spec.profile = None;
+            spec.wrapper = None;
         }
         spec
     };
@@ -553,7 +554,8 @@ async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 
     let (base, log) = recording_server(|_| 200).await;
-    let capture = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &base).await.unwrap();
+    let capture =
+        WorkloadCapture::begin(Some(&wraps_lab), &spec(EngineKind::Vllm, true), &base).await.unwrap();
     for i in 0..3 {
         let resp = client.post(format!("{base}/v1/completions")).body(format!("{{\"n\":{i}}}")).send().await;
         assert_eq!(resp.unwrap().status(), 200);
@@ -573,14 +575,19 @@ async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
     // Nothing to drive: not profiled, or the emulator (its capture is the client's NVTX range).
     let (base, log) = recording_server(|_| 200).await;
     for (engine, profiled) in [(EngineKind::Vllm, false), (EngineKind::Emulated, true)] {
-        let capture = WorkloadCapture::begin(&spec(engine, profiled), &base).await.unwrap();
+        let capture = WorkloadCapture::begin(profiled.then_some(&wraps_lab), &spec(engine, profiled), &base)
+            .await
+            .unwrap();
         capture.end(engine, wait).await.unwrap();
     }
     assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
 
     // vLLM without its profiler answers 404: the error names the URL and the missing flag.
     let (base, _) = recording_server(|p| if p == "/start_profile" { 404 } else { 200 }).await;
-    let err = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &base).await.unwrap_err().to_string();
+    let err = WorkloadCapture::begin(Some(&wraps_lab), &spec(EngineKind::Vllm, true), &base)
+        .await
+        .unwrap_err()
+        .to_string();
     for want in
         [&format!("POST {base}/start_profile answered 404"), "--profiler-config", r#"{"profiler":"cuda"}"#]
     {
@@ -588,7 +595,8 @@ async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
     }
     // The stop fails: reported as such, after a start that worked.
     let (base, log) = recording_server(|p| if p == "/stop_profile" { 500 } else { 200 }).await;
-    let capture = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &base).await.unwrap();
+    let capture =
+        WorkloadCapture::begin(Some(&wraps_lab), &spec(EngineKind::Vllm, true), &base).await.unwrap();
     let err = capture.end(EngineKind::Vllm, wait).await.unwrap_err().to_string();
     assert!(err.contains(&format!("POST {base}/stop_profile answered 500")), "{err}");
     assert_eq!(*log.lock().unwrap(), ["POST /start_profile", "POST /stop_profile"]);
@@ -597,7 +605,10 @@ async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let err = WorkloadCapture::begin(&spec(EngineKind::Vllm, true), &closed).await.unwrap_err().to_string();
+    let err = WorkloadCapture::begin(Some(&wraps_lab), &spec(EngineKind::Vllm, true), &closed)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&format!("POST {closed}/start_profile failed")), "{err}");
     assert!(err.contains("vLLM's profiler could not be driven"), "{err}");
 }
@@ -617,18 +628,18 @@ fn vllm_process_command_under_profiling() {
         opts.redis_url = None;
         // `vllm serve` from PATH, as on a GPU machine (not a venv that KVLAB_VLLM_PYTHON names).
         opts.vllm_python = None;
-        let spec = lab::profile::planned_spec(&opts, EngineKind::Vllm, run_dir).unwrap();
-        let cmd = lab::profile::planned_engine_command(&spec, "docker", 18000).unwrap();
-        assert_eq!(cmd.args[cmd.args.len() - 2..], lab::profile::vllm_process_args(&spec)[..]);
+        let spec = lab::run::planned_spec(&opts, EngineKind::Vllm, run_dir).unwrap();
+        let cmd = profile::planned_engine_command(&spec, "docker", 18000).unwrap();
+        assert_eq!(cmd.args[cmd.args.len() - 2..], profile::vllm_process_args(&spec)[..]);
         assert_eq!(cmd.env.get("HF_TOKEN").map(String::as_str), Some("hf_processSecret42"));
-        let line = lab::profile::shell_line(&cmd, &spec.secrets);
+        let line = profile::shell_line(&cmd, &spec.secrets);
         assert!(!line.contains("hf_processSecret42"), "{line}");
         all.push_str(&format!("## vllm {tier}, profiled\n{line}\n\n"));
 
         let mut plain = spec.clone();
-        plain.profile = None;
-        assert!(lab::profile::vllm_process_args(&plain).is_empty());
-        let cmd = lab::profile::planned_engine_command(&plain, "docker", 18000).unwrap();
+        plain.wrapper = None;
+        assert!(profile::vllm_process_args(&plain).is_empty());
+        let cmd = profile::planned_engine_command(&plain, "docker", 18000).unwrap();
         assert!(!cmd.args.iter().any(|a| a == "--profiler-config"), "{:?}", cmd.args);
     }
     insta::assert_snapshot!(all);

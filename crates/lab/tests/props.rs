@@ -3,9 +3,9 @@
 //! `FILE:LINE: FIELD: message` with the line within the text. The LMCache YAML has a writer too
 //! (`LmcacheConfig::to_yaml`, the file a run hands LMCache): what it writes reads back equal.
 
-use lab::config::{Experiment, Tier, TierConfig};
-use lab::lmcache::{LmValue, LmcacheConfig, Origin, KNOWN_KEYS};
 use proptest::prelude::*;
+use schema::config::{Experiment, Tier, TierConfig};
+use schema::lmcache::{LmValue, LmcacheConfig, Origin, KNOWN_KEYS};
 use testkit::edits::{apply, edit};
 use testkit::located::check as check_error;
 

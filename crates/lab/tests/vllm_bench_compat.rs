@@ -26,9 +26,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lab::config::{Tier, TierConfig};
-use lab::engine::vllm::VllmRunSettings;
-use lab::engine::{EmulatorRunSettings, EngineKind, GpuSelection, LaunchSpec};
+use engines::vllm::VllmRunSettings;
+use engines::{EmulatorRunSettings, EngineKind, GpuSelection, LaunchSpec};
+use schema::config::{Tier, TierConfig};
 use serde_json::Value;
 
 /// The workload both clients send.
@@ -82,12 +82,12 @@ fn launch_spec(root: &Path, python: PathBuf, model_dir: PathBuf) -> LaunchSpec {
         port: None,
         image: None,
         url: None,
-        secrets: lab::secrets::Secrets::default(),
+        secrets: engines::secrets::Secrets::default(),
         ready_timeout: Duration::from_secs(480),
         llamacpp_model: None,
         python: None,
         emulator: EmulatorRunSettings { gpu_blocks: Some(blocks), ..Default::default() },
-        profile: None,
+        wrapper: None,
         vllm: VllmRunSettings {
             python: Some(python),
             model_dir: Some(model_dir),
@@ -128,7 +128,7 @@ async fn vllm_bench(spec: &LaunchSpec, base_url: &str, dir: &Path, seed: u64) ->
         .arg(dir)
         // The engine's own environment: no usage statistics, offline, the CPU platform, caches
         // in the lab's cache and temporary files here.
-        .envs(lab::engine::vllm::vllm_env(&spec.vllm, dir))
+        .envs(engines::vllm::vllm_env(&spec.vllm, dir))
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(240), cmd.output())
         .await
@@ -485,7 +485,7 @@ async fn summary_json_agrees_with_vllm_bench_serve() {
     let root = ws.path();
     let spec = launch_spec(root, python, model_dir);
     let started = Instant::now();
-    let engine = lab::engine::launcher(EngineKind::Vllm).start(&spec).await.unwrap_or_else(|e| {
+    let engine = engines::launcher(EngineKind::Vllm).start(&spec).await.unwrap_or_else(|e| {
         let log = std::fs::read_to_string(spec.run_dir.join("engine.log")).unwrap_or_default();
         panic!("starting vLLM: {e}\n{}", tail(&log, 30))
     });

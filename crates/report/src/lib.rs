@@ -7,8 +7,9 @@
 //! - [`compare::Comparison`] sets runs side by side: each summary metric, the delta to the first
 //!   run and whether it is beyond noise (seeded bootstrap confidence intervals).
 //! - [`regress`] checks summaries against baselines (insta snapshots under `results/baselines/`)
-//!   with the thresholds of `configs/regress.toml`; [`scenario`] is the pinned, deterministic
-//!   regression scenario on the emulated engine in virtual time.
+//!   with the thresholds of `configs/regress.toml` (the pinned, deterministic regression
+//!   scenario they gate in CI is the emulator's, `emulator::scenario`: this crate reads result
+//!   directories and runs no engine).
 //!
 //! Anything from the emulated engine is labelled "emulated" in titles, legends and tables.
 
@@ -22,7 +23,6 @@ pub mod plots;
 pub mod regress;
 mod render;
 mod result;
-pub mod scenario;
 mod sources;
 
 use std::path::{Path, PathBuf};
@@ -50,9 +50,6 @@ pub enum Error {
     NoBaseline { name: String, path: PathBuf },
     #[error("plot `{name}`: {message}")]
     Plot { name: String, message: String },
-    /// The pinned scenario could not be built, run or written.
-    #[error("pinned scenario: {0}")]
-    Scenario(String),
 }
 
 /// What [`write_report`] wrote.

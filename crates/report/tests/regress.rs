@@ -233,8 +233,8 @@ fn baseline_name_comes_from_run_toml() {
 
 #[test]
 fn pinned_scenario_is_deterministic_and_matches_its_baselines() {
-    let first = report::scenario::pinned().unwrap();
-    let again = report::scenario::pinned().unwrap();
+    let first = emulator::scenario::pinned().unwrap();
+    let again = emulator::scenario::pinned().unwrap();
     for (a, b) in first.iter().zip(&again) {
         assert_eq!(a.summary, b.summary, "{}", a.name);
     }
@@ -256,7 +256,7 @@ fn pinned_scenario_is_deterministic_and_matches_its_baselines() {
 fn baselines_are_insta_json_snapshots() {
     // insta itself reads the committed baseline and finds it equal to the normalized summary:
     // the files are genuine insta JSON snapshots.
-    let run = report::scenario::pinned().unwrap().pop().unwrap();
+    let run = emulator::scenario::pinned().unwrap().pop().unwrap();
     let value = regress::normalize(serde_json::to_value(&run.summary).unwrap(), 3);
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(workspace_root().join("results/baselines"));
@@ -267,7 +267,7 @@ fn baselines_are_insta_json_snapshots() {
 #[test]
 fn pinned_result_dirs_read_back() {
     let out = tempfile::tempdir().unwrap();
-    let runs = report::scenario::pinned().unwrap();
+    let runs = emulator::scenario::pinned().unwrap();
     assert_eq!(
         runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["emulated-pinned-baseline", "emulated-pinned-cpu"]
@@ -280,7 +280,7 @@ fn pinned_result_dirs_read_back() {
         assert_eq!(data.records, run.records);
         assert_eq!(data.label, run.name);
         assert_eq!(data.baseline.as_deref(), Some(run.name.as_str()));
-        assert_eq!(data.request_rate, Some(report::scenario::REQUEST_RATE));
+        assert_eq!(data.request_rate, Some(emulator::scenario::REQUEST_RATE));
         assert_eq!(regress::subject_from_dir(&dir).unwrap().name, run.name);
         assert!(data.summary.emulated && data.display_label().ends_with("(emulated)"));
     }

