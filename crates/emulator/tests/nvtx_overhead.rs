@@ -1,6 +1,6 @@
 //! The load generator's NVTX ranges cost nothing measurable: the same closed-loop workload
 //! against the emulated engine, with the per-request ranges on and off, gives the same TTFT and
-//! ITL means within noise. Built with the `nvtx` feature (as `cargo xtask ci` builds the tests),
+//! ITL (the median over alternating runs of each run's mean) within noise. Built with the `nvtx` feature (as `cargo xtask ci` builds the tests),
 //! the ranges are real NVTX calls, and the test's build asserts that they are compiled in;
 //! without it both runs have none and only the on/off switch is exercised.
 
@@ -55,17 +55,23 @@ async fn request_ranges_do_not_change_latencies() {
     cfg.time_scale = 0.02;
     let server = start(&cfg).await;
     let base = format!("http://{}", server.local_addr());
-    // A warm-up run, then alternate so that drift hits both sides alike.
+    // A warm-up run, then alternate so that drift hits both sides alike. The median of the
+    // runs on each side, not their mean: one run slowed by the machine's other work (a build
+    // beside the tests) must not decide the comparison.
     means(&base, true).await;
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         on.push(means(&base, true).await);
         off.push(means(&base, false).await);
     }
     loadgen::nvtx::set_request_ranges(true);
-    let avg = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
-    let (ttft_on, ttft_off) = (avg(&on, |m| m.0), avg(&off, |m| m.0));
-    let (itl_on, itl_off) = (avg(&on, |m| m.1), avg(&off, |m| m.1));
+    let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let (ttft_on, ttft_off) = (median(&on, |m| m.0), median(&off, |m| m.0));
+    let (itl_on, itl_off) = (median(&on, |m| m.1), median(&off, |m| m.1));
     eprintln!(
         "nvtx compiled in: {}; ttft on/off {ttft_on:.3}/{ttft_off:.3} ms (ratio {:.3}); itl on/off \
          {itl_on:.3}/{itl_off:.3} ms (ratio {:.3})",
