@@ -1,7 +1,5 @@
 //! Drawing [`Figure`]s with plotters: SVG text and PNG bytes of the same layout.
 
-use std::sync::Once;
-
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -15,31 +13,9 @@ const PANEL_HEIGHT: u32 = 320;
 /// Height of the figure title.
 const TITLE_HEIGHT: u32 = 40;
 
-/// DejaVu Sans (Bitstream Vera license, see `fonts/LICENSE-DejaVu.txt`): text in bitmaps and
-/// text measurement, so rendering needs no system font.
-static FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
-
-/// Colour-blind-friendly categorical palette (Tableau 10).
-const PALETTE: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
-fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // The embedded font is valid; should it ever fail, text measurement reports the error.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-}
+// The font (one embedded copy, DejaVu Sans), its registration and the palette are the chart
+// crate's, which the simulator's curves use too, so every figure kvlab draws looks the same.
+use chart::{register_font, PALETTE};
 
 fn size(figure: &Figure) -> (u32, u32) {
     (WIDTH, TITLE_HEIGHT + PANEL_HEIGHT * figure.panels.len().max(1) as u32)
