@@ -245,6 +245,76 @@ pub fn train_learned(trace: &SimTrace, train_fraction: f64, horizon_s: f64) -> T
     }
 }
 
+/// How far ahead the learned policy's training label looks: a block counts as reused when it is
+/// used again within this many seconds (and before the split).
+pub const LEARNED_HORIZON_S: f64 = 300.0;
+
+/// The learned policy on one trace (`sim.json`'s `learned`): its training, and the trained model
+/// and LRU on both ranges at the held-out capacity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LearnedReport {
+    pub trace: String,
+    pub training: Trained,
+    pub held_out: HeldOut,
+    pub lru: HeldOut,
+}
+
+/// Trains the learned policy on the first `cfg.train_fraction` of `trace`'s time
+/// ([`train_learned`], [`LEARNED_HORIZON_S`]) and evaluates it, and LRU, on both ranges with the
+/// swept tier at `capacity` (the sweep's [`held_out_capacity`]) and `cfg`'s fixed tiers.
+pub fn learned_report(
+    trace: &SimTrace,
+    cfg: &SweepConfig,
+    capacity: Capacity,
+) -> Result<LearnedReport, SimError> {
+    let training = train_learned(trace, cfg.train_fraction, LEARNED_HORIZON_S);
+    let tiers = swept_tiers(trace, cfg, capacity)?;
+    let model = PolicySpec::Learned { model: training.model };
+    let trained = held_out(trace, model, &tiers, cfg.tier_model, training.split_ms);
+    let lru = held_out(trace, PolicyKind::Lru.into(), &tiers, cfg.tier_model, training.split_ms);
+    Ok(LearnedReport { trace: trace.name.clone(), training, held_out: trained, lru })
+}
+
+/// The conversation-aware weights tuned on one trace (`sim.json`'s `tuned`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TunedReport {
+    pub trace: String,
+    pub result: Tuned,
+}
+
+/// [`tune_conversation_aware`] on `trace` with the swept tier at `capacity` and `cfg`'s fixed
+/// tiers, split at `cfg.train_fraction`.
+pub fn tuned_report(
+    trace: &SimTrace,
+    cfg: &SweepConfig,
+    capacity: Capacity,
+) -> Result<TunedReport, SimError> {
+    let tiers = swept_tiers(trace, cfg, capacity)?;
+    let result = tune_conversation_aware(trace, &tiers, cfg.tier_model, cfg.train_fraction);
+    Ok(TunedReport { trace: trace.name.clone(), result })
+}
+
+/// The capacity the held-out reports use: the middle finite one of the sweep's (infinite when
+/// it has none).
+pub fn held_out_capacity(capacities: &[Capacity]) -> Capacity {
+    let finite: Vec<Capacity> = capacities.iter().copied().filter(|c| *c != Capacity::Infinite).collect();
+    finite.get(finite.len() / 2).copied().unwrap_or(Capacity::Infinite)
+}
+
+/// The tiers of one point of the sweep: the swept tier at `capacity` and the fixed ones, in tier
+/// order.
+fn swept_tiers(trace: &SimTrace, cfg: &SweepConfig, capacity: Capacity) -> Result<Vec<TierConfig>, SimError> {
+    let mut tiers = vec![TierConfig {
+        tier: cfg.tier,
+        capacity_blocks: capacity.blocks(trace.block_tokens, cfg.kv.as_ref())?,
+    }];
+    for &(tier, c) in &cfg.fixed {
+        tiers.push(TierConfig { tier, capacity_blocks: c.blocks(trace.block_tokens, cfg.kv.as_ref())? });
+    }
+    tiers.sort_by_key(|t| t.tier);
+    Ok(tiers)
+}
+
 /// Hit ratios of one policy on the training and the test range of a trace (the cache is warmed
 /// by everything before each counted request).
 #[derive(Debug, Clone, PartialEq, Serialize)]

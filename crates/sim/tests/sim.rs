@@ -446,6 +446,51 @@ fn tuning_and_training_report_both_ranges() {
     );
 }
 
+/// `sim`'s learned and tuned reports: the held-out capacity is the sweep's middle finite one, the
+/// swept tier sits there beside the fixed tiers, and the reports are the training, tuning and
+/// held-out evaluations at that cache, split at the config's fraction.
+#[test]
+fn learned_and_tuned_reports_train_and_evaluate_at_the_held_out_capacity() {
+    let t = mooncake(&[
+        (0, 1536, &[0, 1, 2]),
+        (1000, 1536, &[5, 6, 7]),
+        (2000, 2048, &[0, 1, 2, 3]),
+        (3000, 2048, &[5, 6, 7, 8]),
+        (4000, 2560, &[0, 1, 2, 3, 4]),
+    ]);
+    let trace = load(&t, &LoadOptions::default());
+    let caps = [Capacity::Blocks(2), Capacity::Blocks(4), Capacity::Blocks(8), Capacity::Infinite];
+    assert_eq!(sim::held_out_capacity(&caps), Capacity::Blocks(4));
+    assert_eq!(sim::held_out_capacity(&[Capacity::Blocks(3)]), Capacity::Blocks(3));
+    assert_eq!(sim::held_out_capacity(&[Capacity::Infinite]), Capacity::Infinite);
+    let cfg = sim::SweepConfig {
+        tier: Tier::Cpu,
+        fixed: vec![(Tier::Gpu, Capacity::Blocks(1))],
+        train_fraction: 0.5,
+        ..sim::SweepConfig::default()
+    };
+    let tiers = [
+        TierConfig { tier: Tier::Gpu, capacity_blocks: 1 },
+        TierConfig { tier: Tier::Cpu, capacity_blocks: 4 },
+    ];
+    let learned = sim::learned_report(&trace, &cfg, Capacity::Blocks(4)).unwrap();
+    let trained = sim::sweep::train_learned(&trace, 0.5, sim::sweep::LEARNED_HORIZON_S);
+    assert_eq!(learned.training, trained);
+    let model = sim::PolicySpec::Learned { model: trained.model };
+    let tier_model = TierModel::default();
+    assert_eq!(learned.held_out, sim::sweep::held_out(&trace, model, &tiers, tier_model, 2000));
+    assert_eq!(learned.lru, sim::sweep::held_out(&trace, PolicyKind::Lru.into(), &tiers, tier_model, 2000));
+    assert_eq!((learned.trace.as_str(), learned.held_out.capacity_blocks), (trace.name.as_str(), 1));
+    let json = serde_json::to_value(&learned).unwrap();
+    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["held_out", "lru", "trace", "training"], "sim.json's learned entries");
+    let tuned = sim::tuned_report(&trace, &cfg, Capacity::Blocks(4)).unwrap();
+    assert_eq!(tuned.result, sim::sweep::tune_conversation_aware(&trace, &tiers, tier_model, 0.5));
+    // A byte capacity without the model's KV geometry is refused, naming what is missing.
+    let err = sim::learned_report(&trace, &cfg, Capacity::parse("2GiB").unwrap()).unwrap_err();
+    assert!(err.to_string().contains("--model"), "{err}");
+}
+
 /// kvlab's own `requests.jsonl` replays through its recorded `prompt_blocks`: in send order (the
 /// file is in finish order), failed requests left out, and a record without the field is an error
 /// naming the file, the line and the field.
