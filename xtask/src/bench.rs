@@ -17,11 +17,14 @@ pub(crate) struct BenchArgs {
     /// vllm-docker, docker, vllm, llamacpp, external.
     #[arg(long, default_value = "auto")]
     pub(crate) engine: String,
+    /// The model to serve and request (configs/models.toml names the emulator's); default: the
+    /// lab's default model (llamacpp: the tiny GGUF).
     #[arg(long)]
     pub(crate) model: Option<String>,
     /// Run every point of an experiment file (configs/experiments/*.toml).
     #[arg(long)]
     pub(crate) experiment: Option<PathBuf>,
+    /// The workload's flags (names follow `vllm bench serve`).
     #[command(flatten)]
     pub(crate) workload: WorkloadArgs,
     /// The engine's URL (--engine external).
@@ -43,6 +46,8 @@ pub(crate) struct BenchArgs {
     /// Port on 127.0.0.1 for the engine (default: a free one).
     #[arg(long)]
     pub(crate) port: Option<u16>,
+    /// The Redis server of the redis tier (redis://HOST:PORT); each vLLM run gets a database of
+    /// its own.
     #[arg(long, env = "KVLAB_REDIS_URL")]
     pub(crate) redis_url: Option<String>,
     /// GGUF model for --engine llamacpp.
@@ -104,10 +109,13 @@ pub(crate) struct SchedulerArgs {
     /// On Ctrl-C, cancel the run's jobs with scancel without asking.
     #[arg(long)]
     pub(crate) cancel_on_interrupt: bool,
+    /// Slurm partition to submit to (sbatch --partition).
     #[arg(long)]
     pub(crate) partition: Option<String>,
+    /// Slurm account to charge (sbatch --account).
     #[arg(long)]
     pub(crate) account: Option<String>,
+    /// Slurm quality of service (sbatch --qos).
     #[arg(long)]
     pub(crate) qos: Option<String>,
     /// At most this many array tasks at once (`--array=...%N`).
@@ -116,6 +124,7 @@ pub(crate) struct SchedulerArgs {
     /// Pack this many points into one array task (for points of a few seconds).
     #[arg(long)]
     pub(crate) points_per_task: Option<u32>,
+    /// CPUs of one array task (sbatch --cpus-per-task).
     #[arg(long)]
     pub(crate) cpus_per_task: Option<u32>,
     /// Memory per task in Slurm's syntax (16G).
@@ -150,21 +159,28 @@ pub(crate) struct WorkloadArgs {
     /// shared-prefix (default), multi-turn, random.
     #[arg(long)]
     pub(crate) workload: Option<String>,
+    /// Prompt length in tokens (default: the workload's).
     #[arg(long)]
     pub(crate) prompt_len: Option<u32>,
+    /// Output tokens per request (default: the workload's).
     #[arg(long)]
     pub(crate) gen_len: Option<u32>,
+    /// Requests to send (default: the workload's).
     #[arg(long)]
     pub(crate) num_requests: Option<u32>,
     /// Requests per second; `inf` sends all at once.
     #[arg(long)]
     pub(crate) request_rate: Option<f64>,
+    /// Burstiness of the arrivals (gamma shape; 1 is Poisson, below 1 burstier).
     #[arg(long)]
     pub(crate) burstiness: Option<f64>,
+    /// At most this many requests in flight; the wait for a slot is reported as client queue time.
     #[arg(long)]
     pub(crate) max_concurrency: Option<u32>,
+    /// Seed of the workload and the arrivals: the same seed, the same requests.
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// A label for the result directory's name and the report.
     #[arg(long)]
     pub(crate) label: Option<String>,
     /// Parent directory of the result directories (default: results/).

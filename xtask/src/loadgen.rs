@@ -19,6 +19,7 @@ pub(crate) struct LoadgenArgs {
     /// The KV tier the server was started with; only recorded (baseline, cpu, disk, redis).
     #[arg(long, default_value = "baseline")]
     tier: String,
+    /// The workload's flags (names follow `vllm bench serve`).
     #[command(flatten)]
     workload: WorkloadArgs,
     /// Seconds to wait for the server's /health and /v1/models.

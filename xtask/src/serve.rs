@@ -7,6 +7,7 @@ pub(crate) struct ServeArgs {
     /// KV tier: baseline, cpu, disk, redis (alias scalability).
     #[arg(long, default_value = "disk")]
     pub(crate) tier: String,
+    /// Model from the registry (configs/models.toml) whose cost the emulator models.
     #[arg(long)]
     pub(crate) model: Option<String>,
     /// GPU type for the cost model (H100, H200, A100-80GB, L40S, L4).
@@ -15,6 +16,7 @@ pub(crate) struct ServeArgs {
     /// Port on 127.0.0.1 (default: a free one).
     #[arg(long)]
     pub(crate) port: Option<u16>,
+    /// The Redis server of the redis tier (redis://HOST:PORT).
     #[arg(long, env = "KVLAB_REDIS_URL")]
     pub(crate) redis_url: Option<String>,
 }

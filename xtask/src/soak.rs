@@ -27,8 +27,10 @@ pub(crate) struct SoakArgs {
     /// own connections; its records are tallied and dropped at its end.
     #[arg(long)]
     round_requests: Option<u64>,
+    /// Prompt length of each request, in tokens.
     #[arg(long, default_value_t = 128)]
     prompt_len: u32,
+    /// Output tokens of each request.
     #[arg(long, default_value_t = 16)]
     gen_len: u32,
     /// Where soak.json and samples.csv go (default results/soak_<time>).

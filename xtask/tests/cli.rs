@@ -482,3 +482,89 @@ fn images_dry_run_prints_the_build_commands_and_builds_nothing() {
     }
     assert!(!root.join("target").exists(), "a dry run staged a build context under {}", root.display());
 }
+
+/// What a help screen lists without a help line: each subcommand (`Commands:`) and each argument
+/// or flag (`Arguments:`, `Options:`) whose entry has no text beside or under it. Works on both of
+/// clap's layouts: help on the same line (after two spaces) and help on the lines below.
+fn entries_without_help(help: &str) -> (Vec<String>, Vec<String>) {
+    let lines: Vec<&str> = help.lines().collect();
+    let (mut missing, mut subcommands) = (Vec::new(), Vec::new());
+    let mut section = "";
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            section = line;
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if trimmed.is_empty() || indent >= 10 {
+            continue;
+        }
+        let (name, beside) = match trimmed.split_once("  ") {
+            Some((name, rest)) => (name.trim(), rest.trim()),
+            None => (trimmed, ""),
+        };
+        let below = lines.get(i + 1).map_or("", |l| l.trim());
+        let below_is_help = !below.is_empty()
+            && lines[i + 1].len() - lines[i + 1].trim_start().len() >= 10
+            && !below.starts_with("[default:")
+            && !below.starts_with("[possible values:")
+            && !below.starts_with("[env:")
+            && !below.starts_with("[aliases:");
+        let has_help = !beside.is_empty() || below_is_help;
+        match section {
+            "Commands:" => {
+                if !has_help {
+                    missing.push(format!("subcommand `{name}`"));
+                }
+                if name != "help" {
+                    subcommands.push(name.to_owned());
+                }
+            }
+            "Arguments:" | "Options:" if !has_help => missing.push(format!("argument `{name}`")),
+            _ => {}
+        }
+    }
+    (missing, subcommands)
+}
+
+/// Every subcommand and every flag or argument of `cargo xtask`, walked through `--help` from the
+/// top, has a help line; the failure names each one that has none, under its command.
+#[test]
+fn every_subcommand_and_flag_has_a_help_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut missing = Vec::new();
+    let mut walked = 0;
+    let mut queue: Vec<Vec<String>> = vec![Vec::new()];
+    while let Some(path) = queue.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = xtask(&args, tmp.path());
+        assert!(out.status.success(), "`xtask {}` failed:\n{}", args.join(" "), text(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let (none, subcommands) = entries_without_help(&help);
+        let command = if path.is_empty() { "xtask".to_owned() } else { format!("xtask {}", path.join(" ")) };
+        missing.extend(none.into_iter().map(|m| format!("{command}: {m}")));
+        for sub in subcommands {
+            let mut next = path.clone();
+            next.push(sub);
+            queue.push(next);
+        }
+        walked += 1;
+    }
+    assert!(walked > 13, "the walk reached every subcommand (only {walked} help screens)");
+    assert!(missing.is_empty(), "without a help line:\n{}", missing.join("\n"));
+}
+
+/// The check above finds what it must: an entry with no help in either layout, and not an entry
+/// whose help is beside it or below it.
+#[test]
+fn the_help_check_finds_entries_without_help() {
+    let help = "About\n\nUsage: xtask x\n\nCommands:\n  up    Start it\n  down\n  help  Print this\n\n\
+                Arguments:\n  [IMAGES]...  Images to build\n\nOptions:\n      --model <MODEL>\n          \n\n      \
+                --tier <TIER>\n          KV tier\n          \n          [default: disk]\n\n      --seed <SEED>\n          \
+                [default: 0]\n\n      --dry-run  Print them\n  -h, --help  Print help\n";
+    let (missing, subcommands) = entries_without_help(help);
+    assert_eq!(missing, ["subcommand `down`", "argument `--model <MODEL>`", "argument `--seed <SEED>`"]);
+    assert_eq!(subcommands, ["up", "down"]);
+}
