@@ -103,10 +103,10 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
         // Real vLLM's CPU build with LMCache: `--engine vllm-docker --image kvlab/vllm-cpu`.
         engines::docker::KvlabImage::VllmCpu,
     ];
-    let built = crate::images::build(&images, false, false)
+    let built = images::build(&images, &crate::images::config(false, false))
         .context("building kvlab's images (cargo xtask images)")?;
     // Build time and size of each; an image over its size budget fails CI.
-    crate::images::report(&built)?;
+    images::report(&built)?;
     let xtask_bin = std::env::current_exe().context("locating this program for the tests")?;
 
     step("cargo test");

@@ -1,10 +1,15 @@
-//! The lab's container images as recipes: the debootstrap base and its cache key, the vLLM CPU
-//! image's pins and cache key, each image's build command and size budget. `cargo xtask images`
-//! builds from these; the engines crate knows only the images' names ([`KvlabImage`]).
+//! The lab's container images: as recipes (the debootstrap base and its cache key, the vLLM CPU
+//! image's pins and cache key, each image's build command and size budget) and built from them
+//! ([`build`]: the base, the staged contexts, the builds, the sizes against their budgets), for
+//! `cargo xtask images` and `cargo xtask ci`. The engines crate knows only the images' names
+//! ([`KvlabImage`]).
+
+mod build;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use build::{build, image_size, local_tag, report, shell, BuildConfig, Built, ImagesError};
 pub use engines::docker::KvlabImage;
 use engines::CommandLine;
 
