@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use kvcache::{PolicyKind, Tier, TierConfig};
+use kvcache::{PolicyKind, Tier};
 use sim::{Capacity, InputFormat, LoadOptions, PolicySpec, SimTrace, SweepConfig, TierModel};
 
 #[derive(clap::Args)]
@@ -151,25 +151,19 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     let mut learned = Vec::new();
     if policies.contains(&PolicyKind::Learned.into()) {
         for t in &traces {
-            let trained = sim::sweep::train_learned(t, args.train_fraction, 300.0);
-            let tiers = swept_tiers(t, &cfg, middle(&capacities))?;
-            let model = PolicySpec::Learned { model: trained.model };
-            let eval = sim::sweep::held_out(t, model, &tiers, tier_model, trained.split_ms);
-            let lru = sim::sweep::held_out(t, PolicyKind::Lru.into(), &tiers, tier_model, trained.split_ms);
+            let r = sim::learned_report(t, &cfg, sim::held_out_capacity(&capacities))?;
             println!(
                 "learned ({}): log loss train {:.3} / test {:.3}; token hit at {} blocks: train {:.2}% test {:.2}% (lru {:.2}% / {:.2}%)",
                 t.name,
-                trained.train_log_loss,
-                trained.test_log_loss,
-                eval.capacity_blocks,
-                100.0 * eval.train_token_hit_ratio,
-                100.0 * eval.test_token_hit_ratio,
-                100.0 * lru.train_token_hit_ratio,
-                100.0 * lru.test_token_hit_ratio,
+                r.training.train_log_loss,
+                r.training.test_log_loss,
+                r.held_out.capacity_blocks,
+                100.0 * r.held_out.train_token_hit_ratio,
+                100.0 * r.held_out.test_token_hit_ratio,
+                100.0 * r.lru.train_token_hit_ratio,
+                100.0 * r.lru.test_token_hit_ratio,
             );
-            learned.push(
-                serde_json::json!({ "trace": t.name, "training": trained, "held_out": eval, "lru": lru }),
-            );
+            learned.push(r);
         }
     }
     let mut tuned = Vec::new();
@@ -177,19 +171,18 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
         None => {}
         Some("conversation-aware") => {
             for t in &traces {
-                let tiers = swept_tiers(t, &cfg, middle(&capacities))?;
-                let r = sim::sweep::tune_conversation_aware(t, &tiers, tier_model, args.train_fraction);
+                let r = sim::tuned_report(t, &cfg, sim::held_out_capacity(&capacities))?;
                 println!(
                     "tuned conversation-aware ({}): {:?}; token hit at {} blocks: train {:.2}% test {:.2}% (lru {:.2}% / {:.2}%)",
                     t.name,
-                    r.best,
-                    r.tuned.capacity_blocks,
-                    100.0 * r.tuned.train_token_hit_ratio,
-                    100.0 * r.tuned.test_token_hit_ratio,
-                    100.0 * r.lru.train_token_hit_ratio,
-                    100.0 * r.lru.test_token_hit_ratio,
+                    r.result.best,
+                    r.result.tuned.capacity_blocks,
+                    100.0 * r.result.tuned.train_token_hit_ratio,
+                    100.0 * r.result.tuned.test_token_hit_ratio,
+                    100.0 * r.result.lru.train_token_hit_ratio,
+                    100.0 * r.result.lru.test_token_hit_ratio,
                 );
-                tuned.push(serde_json::json!({ "trace": t.name, "result": r }));
+                tuned.push(r);
             }
         }
         Some(other) => bail!("--tune {other:?}: only `conversation-aware` can be tuned"),
@@ -258,22 +251,6 @@ fn default_capacities(traces: &[SimTrace]) -> Vec<Capacity> {
     caps.dedup();
     caps.push(Capacity::Infinite);
     caps
-}
-
-/// The middle finite capacity (for held-out reports).
-fn middle(caps: &[Capacity]) -> Capacity {
-    let finite: Vec<Capacity> = caps.iter().copied().filter(|c| *c != Capacity::Infinite).collect();
-    finite.get(finite.len() / 2).copied().unwrap_or(Capacity::Infinite)
-}
-
-fn swept_tiers(t: &SimTrace, cfg: &SweepConfig, cap: Capacity) -> Result<Vec<TierConfig>> {
-    let mut tiers =
-        vec![TierConfig { tier: cfg.tier, capacity_blocks: cap.blocks(t.block_tokens, cfg.kv.as_ref())? }];
-    for &(tier, c) in &cfg.fixed {
-        tiers.push(TierConfig { tier, capacity_blocks: c.blocks(t.block_tokens, cfg.kv.as_ref())? });
-    }
-    tiers.sort_by_key(|t| t.tier);
-    Ok(tiers)
 }
 
 fn convert(traces: &[PathBuf], dest: &Path, opts: &LoadOptions) -> Result<()> {
