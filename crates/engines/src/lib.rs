@@ -14,6 +14,8 @@ pub mod lmcache_redis;
 pub mod orphans;
 mod process;
 pub mod secrets;
+pub mod shell;
+pub mod signals;
 pub mod vllm;
 
 use std::fmt;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LabError, Result};
+use crate::signals::{signal, signal_group, Signal};
 
 /// Label keys on every container the lab starts.
 pub const LABEL_RUN_ID: &str = "kvlab.run-id";
@@ -88,32 +89,16 @@ impl ProcStat {
 }
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain spaces: fields after the last `)`.
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    // `rest` starts at field 3 (state); field 5 is the 3rd from there, field 22 the 20th.
-    let state = rest.next()?.chars().next()?;
-    let pgrp = rest.nth(1)?.parse().ok()?;
-    Some(ProcStat { state, pgrp, start_time: rest.nth(16)?.parse().ok()? })
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    Some(ProcStat { state: stat.state, pgrp: u32::try_from(stat.pgrp).ok()?, start_time: stat.starttime })
 }
 
 /// The live (not zombie) processes of process group `pgid`.
 pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    all.filter_map(|p| u32::try_from(p.ok()?.pid).ok())
         .filter(|&pid| proc_stat(pid).is_some_and(|s| s.pgrp == pgid && !s.exited()))
         .collect()
-}
-
-/// Sends `sig` (`-TERM`, `-KILL`) to every process of group `pgid`: an engine started in its
-/// own group ([`super::process::spawn`]) and the workers it started.
-pub(crate) fn signal_group(pgid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([sig, "--", &format!("-{pgid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// SIGTERM to group `pgid`, up to `grace` for its processes to exit, then SIGKILL and up to
@@ -125,11 +110,11 @@ pub(crate) fn stop_group(pgid: u32, grace: Duration) -> bool {
     if group_members(pgid).is_empty() {
         return true;
     }
-    signal_group(pgid, "-TERM");
+    signal_group(pgid, Signal::TERM);
     if wait_group_empty(pgid, grace) {
         return true;
     }
-    signal_group(pgid, "-KILL");
+    signal_group(pgid, Signal::KILL);
     wait_group_empty(pgid, Duration::from_secs(5))
 }
 
@@ -147,9 +132,7 @@ fn wait_group_empty(pgid: u32, within: Duration) -> bool {
 }
 
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    procfs::sys::kernel::random::boot_id().map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 static REGISTRY: OnceLock<PathBuf> = OnceLock::new();
@@ -331,14 +314,6 @@ fn reap_processes(dir: &Path) -> Result<Vec<Reaped>> {
     Ok(reaped)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 /// Whether the process is gone, replaced by another with its pid, or a zombie (which no signal
 /// can remove but its parent's reaper).
 fn gone(pid: u32, start_time: u64) -> bool {
@@ -346,11 +321,11 @@ fn gone(pid: u32, start_time: u64) -> bool {
 }
 
 fn kill_and_wait(pid: u32, start_time: u64) {
-    signal(pid, "-TERM");
+    signal(pid, Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !gone(pid, start_time) {
         if Instant::now() > deadline {
-            signal(pid, "-KILL");
+            signal(pid, Signal::KILL);
             let hard = Instant::now() + Duration::from_secs(5);
             while !gone(pid, start_time) && Instant::now() < hard {
                 std::thread::sleep(Duration::from_millis(20));

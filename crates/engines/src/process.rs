@@ -69,7 +69,7 @@ impl Drop for ProcessGuard {
         // The child itself is killed on drop (`kill_on_drop`); its group goes with it.
         if let Some(pgid) = self.pgid.take() {
             if !super::orphans::group_members(pgid).is_empty() {
-                super::orphans::signal_group(pgid, "-KILL");
+                crate::signals::signal_group(pgid, crate::signals::Signal::KILL);
             }
         }
         if let Some(record) = self.record.take() {

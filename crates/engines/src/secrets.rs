@@ -25,6 +25,11 @@ impl std::fmt::Debug for Secrets {
 impl Secrets {
     /// Reads `HF_TOKEN` from a dotenv file (`KEY=value` lines, `#` comments, optional quotes,
     /// optional `export `). A missing file means no secrets.
+    ///
+    /// Hand-written rather than dotenvy: dotenvy expands `$VAR` in values, so the token the lab
+    /// would redact could differ from the one `docker --env-file` passes (which expands nothing),
+    /// and its parse error carries the offending line, which may hold the token; this reader
+    /// takes only `HF_TOKEN` and has no error that could echo a line.
     pub fn from_dotenv(path: &Path) -> Result<Secrets> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,

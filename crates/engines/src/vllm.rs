@@ -466,15 +466,12 @@ pub fn vllm_processes(spec: &LaunchSpec, port: u16, lmcache_ports: (u16, u16)) -
 /// The largest DRAM tier LMCache's server should be given on this machine: an eighth of the memory
 /// available now (`MemAvailable`), so that the server, vLLM, the lab and what else runs fit beside them.
 pub fn l1_cap_gb() -> f64 {
-    let available_kb = std::fs::read_to_string("/proc/meminfo")
+    use procfs::Current as _;
+    let available_bytes = procfs::Meminfo::current()
         .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .unwrap_or(4.0 * 1024.0 * 1024.0);
-    available_kb * 1024.0 / 1e9 / 8.0
+        .and_then(|m| m.mem_available)
+        .map_or(4.0 * 1024.0 * 1024.0 * 1024.0, |b| b as f64);
+    available_bytes / 1e9 / 8.0
 }
 
 pub(crate) struct VllmLauncher;

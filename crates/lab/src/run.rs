@@ -182,27 +182,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Vec<RunReport>> {
     bench_until(opts, stop_signal()).await
 }
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. Where a handler cannot be installed, that
-/// signal is simply not awaited (it then keeps its default action).
-pub async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    let int = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = int => {}
-        () = term => {}
-    }
-}
+pub use engines::signals::stop_signal;
 
 /// How often a running engine's process is checked for having exited.
 pub const ENGINE_POLL: Duration = Duration::from_millis(100);

@@ -37,6 +37,7 @@ use serde::Serialize;
 
 use engines::docker::{ContainerFiles, ContainerHost, DockerRun, KvlabImage};
 use engines::secrets::Secrets;
+use engines::shell::quote;
 pub use engines::CommandLine;
 use engines::{CommandWrapper, EngineKind, HostProbe, LaunchSpec};
 use schema::error::{LabError, Result};
@@ -375,14 +376,6 @@ pub fn shell_line(cmd: &CommandLine, secrets: &Secrets) -> String {
     parts.push(quote(&cmd.program));
     parts.extend(cmd.args.iter().map(|a| quote(a)));
     secrets.redact(&parts.join(" "))
-}
-
-fn quote(word: &str) -> String {
-    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c)) {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

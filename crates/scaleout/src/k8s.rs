@@ -27,12 +27,11 @@ pub fn indexed_job(plan: &Plan, cfg: &K8sConfig) -> String {
     let cpus = plan.slurm.cpus_per_task;
     let name = format!("kvlab-{}", lab::run::sanitize(&plan.experiment).to_lowercase());
     let root = format!("{}/{}", cfg.mount_path.trim_end_matches('/'), cfg.root_name);
-    let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
-    let mut line = vec![quote(&format!("{root}/bin/{}", plan.runner_exe))];
-    line.extend(plan.runner_args.iter().map(|a| quote(a)));
+    let mut line = vec![engines::shell::quote(&format!("{root}/bin/{}", plan.runner_exe))];
+    line.extend(plan.runner_args.iter().map(|a| engines::shell::quote(a)));
     line.extend([
         "--root".to_owned(),
-        quote(&root),
+        engines::shell::quote(&root),
         "--index".to_owned(),
         "\"$JOB_COMPLETION_INDEX\"".to_owned(),
     ]);

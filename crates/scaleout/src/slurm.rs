@@ -380,17 +380,13 @@ pub fn sbatch_args(
     a
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// The batch script of one array: each task runs its points with the runner in `<root>/bin/`.
 pub fn batch_script(plan: &Plan, root: &Path, tasks: &BTreeMap<u32, Vec<usize>>) -> String {
-    let root_q = shell_quote(&root.display().to_string());
-    let mut runner = format!("\"$ROOT/bin/\"{}", shell_quote(&plan.runner_exe));
+    let root_q = engines::shell::quote(&root.display().to_string());
+    let mut runner = format!("\"$ROOT/bin/\"{}", engines::shell::quote(&plan.runner_exe));
     for a in &plan.runner_args {
         runner.push(' ');
-        runner.push_str(&shell_quote(a));
+        runner.push_str(&engines::shell::quote(a));
     }
     let mut s = format!(
         "#!/bin/bash\n\
@@ -1151,20 +1147,7 @@ fn append_status(root: &Path, index: usize, event: &StatusEvent) -> Result<()> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what `scancel` and Slurm's time limit send).
-pub async fn terminated() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-}
+pub use engines::signals::stop_signal as terminated;
 
 /// Wall times of the same points run two ways on the current cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

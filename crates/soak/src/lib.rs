@@ -6,7 +6,8 @@
 //! client ([`Programs::client`] with `--client-url` and the round's flags, which runs [`client`]),
 //! each through `sh -c 'ulimit -n <hard limit>; exec …'` so that thousands of streams have file
 //! descriptors. After the warm-up it samples `/proc/PID/status` (`VmRSS`) and counts
-//! `/proc/PID/fd` of both every `interval_secs`, and writes `soak.json` and `samples.csv`.
+//! `/proc/PID/fd` of both (read with procfs) every `interval_secs`, and writes `soak.json` and
+//! `samples.csv`.
 //!
 //! The client sends rounds of `--round-requests` (default `streams x 5`) requests, at most
 //! `streams` in flight, until the time
@@ -23,6 +24,8 @@ use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
 
 /// What a soak does.
 #[derive(Debug, Clone)]
@@ -161,12 +164,9 @@ struct Sample {
 }
 
 fn sample(pid: u32, origin: Instant) -> Option<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let rss_kib = process.status().ok()?.vmrss?;
+    let fds = process.fd_count().ok()? as u64;
     Some(Sample { t_s: origin.elapsed().as_secs_f64(), rss_kib, fds })
 }
 
@@ -223,7 +223,7 @@ impl Proc {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use procfs::Current as _;
+use rustix::process::{kill_process, Pid, Signal};
+
 /// What went wrong bringing the cluster up, down, or asking it something.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -58,13 +61,7 @@ impl UpConfig {
     /// Defaults for `nodes` nodes, in [`default_dir`].
     pub fn new(nodes: u32) -> UpConfig {
         let nodes = nodes.max(1);
-        let total_mb = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .map_or(4096, |kb| kb / 1024);
+        let total_mb = procfs::Meminfo::current().map_or(4096, |m| m.mem_total / (1024 * 1024));
         UpConfig {
             dir: default_dir(),
             nodes,
@@ -263,15 +260,18 @@ pub fn kill_node(cluster: &ClusterHandle, node: &str) -> Result<Vec<u32>> {
     let jobs = client(&cluster.conf, "squeue", &["-h", "-w", node, "-t", "R,CG", "-o", "%A"])?;
     let jobs: Vec<&str> = jobs.split_whitespace().collect();
     for step in procs().into_iter().filter(|(_, comm)| comm == "slurmstepd") {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", step.0)).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let cmdline = i32::try_from(step.0)
+            .ok()
+            .and_then(|pid| procfs::process::Process::new(pid).ok()?.cmdline().ok())
+            .map(|args| args.join(" "))
+            .unwrap_or_default();
         if jobs.iter().any(|j| cmdline.starts_with(&format!("slurmstepd: [{j}."))) {
             pids.extend(descendants(step.0));
             pids.push(step.0);
         }
     }
-    signal(&pids, "STOP");
-    signal(&pids, "KILL");
+    signal(&pids, Signal::STOP);
+    signal(&pids, Signal::KILL);
     Ok(pids)
 }
 
@@ -437,54 +437,49 @@ fn daemon_pidfiles(dir: &Path) -> Vec<(PathBuf, String)> {
 /// The pid in `pidfile` when that process is alive and named `comm` (guards against pid reuse).
 fn ours(pidfile: &Path, comm: &str) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    let actual = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (actual.trim() == comm && alive(pid)).then_some(pid)
+    let stat = stat(pid)?;
+    (stat.comm == comm && !matches!(stat.state, 'Z' | 'X')).then_some(pid)
 }
 
+/// `/proc/PID/stat`, `None` where there is no such process.
+fn stat(pid: u32) -> Option<procfs::process::Stat> {
+    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
-fn signal(pids: &[u32], sig: &str) {
-    if pids.is_empty() {
-        return;
+fn signal(pids: &[u32], sig: Signal) {
+    for pid in pids.iter().filter_map(|&p| Pid::from_raw(i32::try_from(p).ok()?)) {
+        let _ = kill_process(pid, sig);
     }
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .args(pids.iter().map(u32::to_string))
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// SIGTERM, then up to 10 s, then SIGKILL.
 fn stop_all(pids: &[u32]) {
-    signal(pids, "TERM");
+    signal(pids, Signal::TERM);
     let end = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| alive(*p)) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100));
     }
     let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
-    signal(&left, "KILL");
+    signal(&left, Signal::KILL);
 }
 
 /// Every process: (pid, comm).
 fn procs() -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            Some((pid, comm.trim().to_owned()))
-        })
-        .collect()
+    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    all.filter_map(|p| {
+        let stat = p.ok()?.stat().ok()?;
+        Some((u32::try_from(stat.pid).ok()?, stat.comm))
+    })
+    .collect()
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    u32::try_from(stat(pid)?.ppid).ok()
 }
 
 fn descendants(root: u32) -> Vec<u32> {
