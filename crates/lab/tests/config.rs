@@ -192,6 +192,45 @@ fn user_lmcache_yaml_is_checked() {
 }
 
 #[test]
+fn indented_lmcache_lines_are_checked() {
+    // An indented line under a scalar: the old reader skipped it.
+    check_yaml(
+        "local_disk: file:///x\n  local_cpu: true\n",
+        "lmcache.yaml:2: (top level): mapping values are not allowed in this context (column 12)",
+    );
+    check_yaml(
+        "chunk_size: 256\n  local_cpu: true\n",
+        "lmcache.yaml:1: chunk_size: must be a positive integer",
+    );
+    check_yaml(
+        "app_id: abc\n  local_cpu: true\n",
+        "lmcache.yaml:2: (top level): mapping values are not allowed in this context (column 12)",
+    );
+    // A line out of its block's indentation.
+    check_yaml(
+        "extra_config:\n  a: 1\n b: 2\n",
+        "lmcache.yaml:3: (top level): while parsing a block mapping, did not find expected key (column 3)",
+    );
+    // A nested value where the key takes a scalar.
+    check_yaml("chunk_size:\n  - 256\n", "lmcache.yaml:1: chunk_size: must be a positive integer");
+    // A list of ports and extra_config pass through; the keys around them are checked.
+    check_yaml(
+        "lmcache_worker_ports:\n  - 1\n  - 2\nextra_config:\n  anything: {a: [1, 2]}\nchunk_sise: 3\n",
+        "lmcache.yaml:6: chunk_sise: unknown LMCache key (LMCache would only warn and ignore it); did you mean `chunk_size`?",
+    );
+    // An unclosed quote at the end names the last line.
+    check_yaml(
+        "chunk_size: 256\nremote_url: \"redis://x\n",
+        "lmcache.yaml:2: (top level): while scanning a quoted scalar, found unexpected end of stream (column 13)",
+    );
+    // Not a mapping.
+    check_yaml(
+        "- chunk_size\n",
+        "lmcache.yaml:1: (top level): expected a mapping of `key: value` lines (column 1)",
+    );
+}
+
+#[test]
 fn shipped_lmcache_files_match_the_tiers() {
     for tier in [Tier::Cpu, Tier::Disk, Tier::Redis] {
         let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use crate::error::{LabError, Result};
 
@@ -210,72 +212,141 @@ impl LmcacheConfig {
                 LmValue::Bool(b) => b.to_string(),
                 LmValue::Int(i) => i.to_string(),
                 LmValue::Float(f) => format!("{f:?}"),
-                // A JSON string is a valid YAML double-quoted scalar.
-                LmValue::Str(s) => serde_json::to_string(s).expect("strings serialize"),
+                LmValue::Str(s) => double_quoted(s),
             };
             let _ = writeln!(out, "{key}: {v}");
         }
         out
     }
 
-    /// Reads and checks a user-written LMCache YAML file (flat `key: value` mapping; nested
-    /// values under `extra_config:` are passed through unchecked).
+    /// Reads and checks a user-written LMCache YAML file: a mapping of LMCache keys, read by a
+    /// YAML parser (yaml-rust2), so a malformed or wrongly indented line is an error naming its
+    /// line. Every top-level key is checked, with the value when it is a scalar; a nested value
+    /// (`extra_config:`'s mapping, a list of ports) is passed through unchecked, and is refused
+    /// where the key takes a scalar (`chunk_size`, `local_cpu`, ...).
     pub fn check_yaml(file: &str, text: &str) -> Result<LmcacheConfig> {
+        let lines = text.lines().count().max(1);
+        // yaml-rust2's lines count from 1, its columns from 0.
+        // A parser's position past the last line (an unclosed quote at the end) is the last line.
+        let at = |mark: Marker| mark.line().clamp(1, lines);
+        let syntax = |mark: Marker, message: String| {
+            LabError::config(file, at(mark), "(top level)", format!("{message} (column {})", mark.col() + 1))
+        };
+        let mut parser = Parser::new_from_str(text);
+        let mut next = || parser.next_token().map_err(|e| syntax(*e.marker(), e.info().to_owned()));
         let mut config = LmcacheConfig::default();
-        for (idx, raw) in text.lines().enumerate() {
-            let line = idx + 1;
-            let origin = Origin { file, line, table: None };
-            let content = strip_comment(raw);
-            if content.trim().is_empty() || content.starts_with([' ', '\t', '-']) {
-                continue;
-            }
-            let Some((key, value)) = content.split_once(':') else {
-                return Err(LabError::config(
-                    file,
-                    line,
-                    "(top level)",
-                    format!("expected `key: value`, found `{}`", content.trim()),
-                ));
-            };
-            let key = key.trim();
-            let value = value.trim();
-            check_key(key, origin)?;
-            if value.is_empty() {
-                continue; // a nested mapping or list follows
-            }
-            let value = parse_scalar(value);
-            check_value(key, &value, origin)?;
-            config.entries.insert(key.to_owned(), value);
+        // StreamStart, then an empty stream or one document holding one mapping.
+        let (mut event, mut mark) = next()?;
+        if event == Event::StreamStart {
+            (event, mark) = next()?;
         }
-        Ok(config)
+        if event == Event::StreamEnd {
+            return Ok(config);
+        }
+        if event == Event::DocumentStart {
+            (event, mark) = next()?;
+        }
+        match event {
+            Event::MappingStart(..) => {}
+            // An empty document (`---` alone, or only comments).
+            Event::Scalar(ref v, TScalarStyle::Plain, ..) if v.is_empty() || v == "~" => return Ok(config),
+            _ => return Err(syntax(mark, "expected a mapping of `key: value` lines".to_owned())),
+        }
+        loop {
+            let (key_event, key_mark) = next()?;
+            let key = match key_event {
+                Event::MappingEnd => break,
+                Event::Scalar(key, ..) => key,
+                _ => {
+                    return Err(syntax(
+                        key_mark,
+                        "expected a key (a plain word such as `chunk_size`)".to_owned(),
+                    ))
+                }
+            };
+            let origin = Origin { file, line: at(key_mark), table: None };
+            check_key(&key, origin)?;
+            let (value_event, value_mark) = next()?;
+            match value_event {
+                Event::Scalar(value, style, ..) => {
+                    let value = match style {
+                        TScalarStyle::Plain => parse_plain(&value),
+                        _ => LmValue::Str(value),
+                    };
+                    let origin = Origin { line: at(value_mark), ..origin };
+                    check_value(&key, &value, origin)?;
+                    config.entries.insert(key, value);
+                }
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    check_nested(&key, origin)?;
+                    skip_nested(&mut next)?;
+                }
+                _ => return Err(syntax(value_mark, format!("`{key}`: expected a value"))),
+            }
+        }
+        // One document: what follows is its end and the stream's.
+        loop {
+            match next()? {
+                (Event::DocumentEnd, _) => {}
+                (Event::StreamEnd, _) => return Ok(config),
+                (_, mark) => {
+                    return Err(syntax(mark, "a second YAML document: LMCache reads one".to_owned()))
+                }
+            }
+        }
     }
 }
 
-fn strip_comment(line: &str) -> &str {
-    let mut in_quote = None;
-    let mut escaped = false;
-    for (i, c) in line.char_indices() {
-        match (c, in_quote) {
-            // In a double-quoted scalar a backslash escapes the next character (`\"`).
-            _ if escaped => escaped = false,
-            ('\\', Some('"')) => escaped = true,
-            ('"' | '\'', None) => in_quote = Some(c),
-            (q, Some(open)) if q == open => in_quote = None,
-            ('#', None) => return &line[..i],
+/// `s` as a YAML double-quoted scalar: `\"`, `\\`, `\n`, `\t`, `\r`, and `\xXX` or `\uXXXX` for
+/// every other character YAML does not allow as it is in a document (the C0 and C1 controls,
+/// DEL, NEL, the line and paragraph separators, a BOM, U+FFFE/U+FFFF), so that any string reads
+/// back the same.
+fn double_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            ' '..='~' => out.push(c),
+            '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}'
+                if !matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') =>
+            {
+                out.push(c)
+            }
+            '\u{10000}'.. => out.push(c),
+            c if u32::from(c) <= 0xff => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Skips the rest of a nested mapping or list whose start was just read.
+fn skip_nested(next: &mut impl FnMut() -> Result<(Event, Marker)>) -> Result<()> {
+    let mut depth = 1usize;
+    while depth > 0 {
+        match next()?.0 {
+            Event::MappingStart(..) | Event::SequenceStart(..) => depth += 1,
+            Event::MappingEnd | Event::SequenceEnd => depth -= 1,
+            Event::StreamEnd => break,
             _ => {}
         }
     }
-    line
+    Ok(())
 }
 
-fn parse_scalar(value: &str) -> LmValue {
-    if let Some(s) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        // YAML's double-quoted escapes, of which JSON's (what `to_yaml` writes) are a subset.
-        return LmValue::Str(serde_json::from_str(value).unwrap_or_else(|_| s.to_owned()));
-    }
-    if let Some(s) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        return LmValue::Str(s.to_owned());
-    }
+/// A plain (unquoted) scalar: `true`/`false` in YAML's three spellings, an integer, a float, or
+/// else a string.
+fn parse_plain(value: &str) -> LmValue {
     match value {
         "true" | "True" | "TRUE" => return LmValue::Bool(true),
         "false" | "False" | "FALSE" => return LmValue::Bool(false),
@@ -288,6 +359,13 @@ fn parse_scalar(value: &str) -> LmValue {
         return LmValue::Float(f);
     }
     LmValue::Str(value.to_owned())
+}
+
+/// A nested value (mapping or list) where `key` takes a scalar is refused with the scalar's
+/// own message; other keys (`extra_config`, lists of ports) take it unchecked.
+fn check_nested(key: &str, origin: Origin<'_>) -> Result<()> {
+    // The empty string stands for "not a scalar": every key [`check_value`] constrains refuses it.
+    check_value(key, &LmValue::Str(String::new()), origin)
 }
 
 fn check_key(key: &str, origin: Origin<'_>) -> Result<()> {
