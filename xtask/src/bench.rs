@@ -377,7 +377,8 @@ pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions>
     if tiers.len() > 1 {
         anyhow::ensure!(
             args.experiment.is_none(),
-            "--tier {}: a list of tiers compares them without an experiment file; an experiment              lists its tiers in matrix.tiers",
+            "--tier {}: a list of tiers compares them without an experiment file; an experiment \
+             lists its tiers in matrix.tiers",
             args.tier
         );
         opts.tiers = tiers;

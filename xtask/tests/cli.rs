@@ -568,3 +568,17 @@ fn the_help_check_finds_entries_without_help() {
     assert_eq!(missing, ["subcommand `down`", "argument `--model <MODEL>`", "argument `--seed <SEED>`"]);
     assert_eq!(subcommands, ["up", "down"]);
 }
+
+/// A list of tiers with an experiment file is refused before anything runs, in one readable
+/// sentence that says where an experiment lists its tiers.
+#[test]
+fn tier_list_with_an_experiment_is_refused_in_one_sentence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = xtask(&["bench", "--tier", "baseline,cpu", "--experiment", "x.toml"], tmp.path());
+    assert!(!out.status.success(), "a tier list with an experiment ran:\n{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("--tier baseline,cpu: a list of tiers compares them without an experiment file; an experiment lists its tiers in matrix.tiers"),
+        "{msg}"
+    );
+}
