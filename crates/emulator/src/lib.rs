@@ -41,7 +41,6 @@ mod sched;
 mod server;
 mod store;
 pub mod thread;
-mod timer;
 mod virt;
 
 pub use config::{

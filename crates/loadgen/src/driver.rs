@@ -568,7 +568,7 @@ impl RecordWriter {
 
 async fn sleep_until_opt(at: Option<Instant>) {
     if let Some(at) = at {
-        crate::timer::sleep_until(at.into_std()).await;
+        timer::sleep_until(at.into_std()).await;
     }
 }
 

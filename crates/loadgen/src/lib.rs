@@ -47,7 +47,6 @@ pub mod parse;
 mod progress;
 mod results;
 mod sse;
-mod timer;
 
 use std::time::Instant;
 

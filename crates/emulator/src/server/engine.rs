@@ -7,7 +7,7 @@ use super::{lock, Progress, Shared};
 use crate::offload::Change;
 
 /// Steps the core on the model's schedule and publishes each step's tokens at its modelled end
-/// (scaled by `time_scale`, with [`crate::timer`]'s precise sleep). While there is work, a step
+/// (scaled by `time_scale`, with [`timer`]'s precise sleep). While there is work, a step
 /// starts where the last one ended, however late the engine woke up: lateness is not added to
 /// model time, and a late step does not push the later ones (they run back to back until the
 /// schedule is caught up). From idle, a step starts at the earliest arrival of the requests that
@@ -63,7 +63,7 @@ pub(crate) async fn engine_loop(sh: Arc<Shared>) {
         };
         let deadline = t0 + Duration::from_secs_f64(end * scale);
         if scale > 0.0 && Instant::now() < deadline {
-            crate::timer::sleep_until(deadline).await;
+            timer::sleep_until(deadline).await;
         } else {
             // Behind the schedule (or as fast as possible): let the connections run between steps.
             tokio::task::yield_now().await;
