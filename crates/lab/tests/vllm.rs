@@ -616,10 +616,9 @@ async fn emulator_hits_what_vllm_hits(opts: &BenchOptions, vllm: &RunReport) {
     // One request at a time in one order, the emulator's block pool is vLLM's: every request hits
     // exactly what it hit on vLLM (docs/fidelity.md: the null block, partly written blocks freed
     // to the head of the free queue).
+    // Where the two send orders agree throughout, these two checks (every request as on vLLM,
+    // vLLM's requests adding up to its counter) already make the emulator's total vLLM's counter.
     assert!(differ.is_empty(), "requests whose cached tokens differ (id, vLLM, emulator): {differ:?}");
-    if same_order == real.len() {
-        assert_eq!(f64::from(sum_emul), vllm_hits, "the emulator's cached tokens against vLLM's counter");
-    }
 }
 
 /// The same check on a multi-turn plan: each turn resends the conversation, so each hits the
