@@ -628,18 +628,13 @@ fn run_cmd(program: &str, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// A command as a shell line (arguments with spaces or quotes single-quoted).
+/// A command as a shell line, each argument quoted as the lab quotes every command it prints
+/// ([`engines::shell::quote`]).
 pub fn shell(program: &str, args: &[String]) -> String {
-    let mut line = program.to_owned();
-    for a in args {
-        line.push(' ');
-        if a.is_empty() || a.contains([' ', '"', '\'', '$', '*']) {
-            line.push_str(&format!("'{}'", a.replace('\'', r"'\''")));
-        } else {
-            line.push_str(a);
-        }
-    }
-    line
+    std::iter::once(program.to_owned())
+        .chain(args.iter().map(|a| engines::shell::quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Copies the program without its debug info (`strip`, where binutils is installed): a smaller
