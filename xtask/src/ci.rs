@@ -52,6 +52,14 @@ pub(crate) fn run(args: CiArgs) -> Result<()> {
     let sh = Shell::new()?;
     let root = crate::workspace_root();
     sh.change_dir(&root);
+    // A CI run builds once from a clean tree, so incremental caches only take disk (gigabytes,
+    // beside ~50 test binaries); a caller who set CARGO_INCREMENTAL keeps their choice.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        sh.set_var("CARGO_INCREMENTAL", "0");
+    }
+    // The free disk, printed first: a build that runs out of it fails in the linker, far from
+    // the cause.
+    let _ = cmd!(sh, "df -h {root}").run();
 
     step("nvtx and flake.nix");
     nvtx_and_flake(&sh)?;
