@@ -53,7 +53,7 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let mut opts = crate::bench::options(args.bench.clone())?;
     opts.engine = engine;
     opts.image = Some(image.clone()).filter(|i| !i.is_empty());
-    opts.profile = Some(ProfileSpec { placement });
+    opts.instruments = Some(ProfileSpec { placement }.instruments());
     let plan = Plan::new(&opts, placement, &root, &out_parent, &probe)?;
     if args.dry_run {
         eprintln!("kvlab: {reason}");
@@ -156,7 +156,7 @@ impl Plan {
                 Plan { build, nsys: Some(nsys), engine: engine_cmd, stats, secrets, staging, handoff }
             }
             Placement::InContainer => {
-                let image = spec.image.clone().unwrap_or_default();
+                let image = spec.engine.container().and_then(|c| c.image.clone()).unwrap_or_default();
                 let stats = profile::stats_command(
                     &StatsHost::Container { runtime, image },
                     &placeholder,
@@ -219,7 +219,7 @@ fn inside(bench: crate::bench::BenchArgs, engine: EngineKind, handoff: &Path) ->
     let max_failed = bench.workload.max_failed_fraction;
     let mut opts = crate::bench::options(bench)?;
     opts.engine = engine;
-    opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
+    opts.instruments = Some(ProfileSpec { placement: Placement::WrapsLab }.instruments());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let result = rt.block_on(lab::run::bench(&opts));
     let reports = result?;

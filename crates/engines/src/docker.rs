@@ -24,8 +24,8 @@ use super::orphans::{Owner, LABEL_MANAGED, LABEL_RUN_ID};
 use super::process::{self, CommandLine, Liveness};
 use super::vllm::{write_lmcache_yaml, Connector, VllmServe};
 use super::{
-    reserve_port, CommandWrapper, EngineKind, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launcher,
-    RunningEngine,
+    reserve_port, CommandWrapper, EngineKind, EngineSettings, GpuSelection, Guard, LaunchFuture, LaunchSpec,
+    Launcher, RunningEngine,
 };
 use crate::config::Tier;
 use crate::error::{LabError, Result};
@@ -384,12 +384,15 @@ pub struct ContainerFiles {
 /// The container of a run as the launcher starts it (also what `profile --dry-run` prints).
 pub fn docker_run(
     spec: &LaunchSpec,
-    kind: EngineKind,
     host: ContainerHost<'_>,
     image: String,
     port: u16,
     files: ContainerFiles,
 ) -> DockerRun {
+    let vllm = match &spec.engine {
+        EngineSettings::VllmDocker { vllm, .. } => Some(vllm),
+        _ => None,
+    };
     DockerRun {
         runtime: host.runtime.to_owned(),
         run_id: spec.run_id.clone(),
@@ -397,20 +400,20 @@ pub fn docker_run(
         image,
         host_port: port,
         gpus: host.nvidia_gpu.then(|| spec.gpus.clone()),
-        vllm: (kind == EngineKind::VllmDocker).then(|| VllmContainer {
+        vllm: vllm.map(|settings| VllmContainer {
             model: spec.model.clone(),
             tensor_parallel: spec.tensor_parallel,
             pipeline_parallel: spec.pipeline_parallel,
             gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
-            gpu_blocks: spec.emulator.gpu_blocks,
-            served_name: spec.vllm.model_dir.is_some().then(|| spec.model.clone()),
-            cpu: spec.vllm.cpu,
-            max_model_len: spec.vllm.max_model_len,
-            kv_cache_bytes: spec.vllm.kv_cache_bytes,
+            gpu_blocks: spec.gpu_blocks,
+            served_name: settings.model_dir.is_some().then(|| spec.model.clone()),
+            cpu: settings.cpu,
+            max_model_len: settings.max_model_len,
+            kv_cache_bytes: settings.kv_cache_bytes,
             lmcache_mp_port: files.lmcache_mp_port,
         }),
         disk_dir: (spec.tier.tier == Tier::Disk).then(|| spec.disk_dir.clone()),
-        model_dir: if kind == EngineKind::VllmDocker { spec.vllm.model_dir.clone() } else { None },
+        model_dir: vllm.and_then(|settings| settings.model_dir.clone()),
         lmcache_yaml: files.lmcache_yaml,
         engine_env: files.engine_env,
         env_file: files.env_file,
@@ -603,15 +606,18 @@ impl Launcher for DockerLauncher {
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
             let engine = self.kind.as_str();
+            let Some(container) = spec.engine.container().filter(|_| spec.kind() == self.kind) else {
+                return Err(LabError::WrongEngine { launcher: self.kind, given: spec.kind() });
+            };
+            let vllm = spec.engine.vllm();
             let Preflight { runtime, image, nvidia_gpu } =
-                preflight(self.kind, spec.image.as_deref(), spec.port).await?;
+                preflight(self.kind, container.image.as_deref(), spec.port).await?;
             let port = reserve_port(engine, spec.port)?;
             let host_network = spec.tier.tier == Tier::Redis;
             let disk = spec.tier.tier == Tier::Disk;
             // LMCache's multi-process server inside the container, beside vLLM (the CPU image's
             // entrypoint starts it): on the container's loopback, or the host's on the host network.
-            let mp = self.kind == EngineKind::VllmDocker
-                && spec.vllm.lmcache_mode == Some(super::vllm::LmcacheMode::Mp)
+            let mp = vllm.and_then(|v| v.lmcache_mode) == Some(super::vllm::LmcacheMode::Mp)
                 && spec.tier.tier != Tier::Baseline;
             let lmcache_server = if mp {
                 let ports = if host_network {
@@ -624,7 +630,7 @@ impl Launcher for DockerLauncher {
                 None
             };
             let yaml = if mp { None } else { write_lmcache_yaml(spec, CONTAINER_DISK_DIR)? };
-            if disk && spec.vllm.cpu {
+            if disk && vllm.is_some_and(|v| v.cpu) {
                 // The CPU image runs as an unprivileged user (uid 1000): the run's kvcache/ must be
                 // writable by it.
                 use std::os::unix::fs::PermissionsExt as _;
@@ -632,7 +638,7 @@ impl Launcher for DockerLauncher {
                     .map_err(|e| LabError::io(&spec.disk_dir, e))?;
             }
             let redis_url =
-                match (&spec.emulator.redis_url, spec.tier.tier) {
+                match (&spec.redis_url, spec.tier.tier) {
                     (Some(url), Tier::Redis) if url.contains('@') => return Err(LabError::launch(
                         engine,
                         "a Redis URL with credentials cannot be given to an engine image (engine.env is a \
@@ -650,8 +656,8 @@ impl Launcher for DockerLauncher {
                 cache_ram_mib: spec.tier.llamacpp.supported.then_some(spec.tier.llamacpp.cache_ram_mib),
                 disk_dir: disk.then(|| CONTAINER_DISK_DIR.to_owned()),
                 redis_url,
-                gpu_type: spec.gpu_type.clone(),
-                seed: spec.emulator.seed,
+                gpu_type: container.gpu_type.clone(),
+                seed: container.seed,
                 lmcache_server_args: lmcache_server.as_ref().map(|s| s.args().join(" ")),
             })?;
             let env_path = spec.run_dir.join("engine.env");
@@ -662,7 +668,6 @@ impl Launcher for DockerLauncher {
             };
             let run = docker_run(
                 spec,
-                self.kind,
                 ContainerHost { runtime: &runtime, nvidia_gpu, owner: Owner::current() },
                 image,
                 port,

@@ -4,14 +4,17 @@
 
 use std::io::Write as _;
 
-use super::{Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine};
+use super::{
+    EmulatorSettings, EngineKind, EngineSettings, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine,
+};
 use crate::config::Tier;
 use crate::error::{LabError, Result};
 
 /// The emulator configuration for a launch: the tier's capacities, the run's overrides.
 pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorConfig> {
     use emulator::{EmulatorConfig, TierPreset};
-    let redis_url = spec.emulator.redis_url.clone().unwrap_or_else(|| crate::DEFAULT_REDIS_URL.to_owned());
+    let settings = emulator_settings(spec)?;
+    let redis_url = spec.redis_url.clone().unwrap_or_else(|| crate::DEFAULT_REDIS_URL.to_owned());
     let preset = match spec.tier.tier {
         Tier::Baseline => TierPreset::Baseline,
         Tier::Cpu => TierPreset::Cpu,
@@ -20,16 +23,16 @@ pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorCon
     };
     let mut cfg = EmulatorConfig::for_tier(preset);
     cfg.model = spec.model.clone();
-    if let Some(gpu) = &spec.gpu_type {
+    if let Some(gpu) = &settings.gpu_type {
         cfg.gpu = gpu.clone();
     }
     let t = &spec.tier.emulator;
     cfg.byte_scale = t.byte_scale;
-    cfg.scheduler.num_gpu_blocks = spec.emulator.gpu_blocks.or(t.num_gpu_blocks);
-    if let Some(block_size) = spec.emulator.block_size {
+    cfg.scheduler.num_gpu_blocks = spec.gpu_blocks.or(t.num_gpu_blocks);
+    if let Some(block_size) = settings.block_size {
         cfg.scheduler.block_size = block_size;
     }
-    let offload = spec.emulator.offload_bytes.unwrap_or((t.offload_gib * (1u64 << 30) as f64) as u64);
+    let offload = settings.offload_bytes.unwrap_or((t.offload_gib * (1u64 << 30) as f64) as u64);
     match spec.tier.tier {
         Tier::Baseline => {}
         Tier::Cpu => cfg.offload.cpu_bytes = offload,
@@ -50,12 +53,20 @@ pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorCon
     }
     // LMCache evicts LRU; the experiment's switch selects kvcache's conversation-aware policy
     // (the request's `user` names its conversation, see the load generator).
-    if spec.emulator.conversation_aware_eviction {
+    if settings.conversation_aware_eviction {
         cfg.offload.policy = kvcache::PolicyKind::ConversationAware;
     }
     // The redis tier keys its chunks under the run's id and deletes them when the run stops.
     cfg.run_id = Some(spec.run_id.clone());
     Ok(cfg)
+}
+
+/// The emulator's own settings, or [`LabError::WrongEngine`] for another engine's spec.
+fn emulator_settings(spec: &LaunchSpec) -> Result<&EmulatorSettings> {
+    match &spec.engine {
+        EngineSettings::Emulated(settings) => Ok(settings),
+        _ => Err(LabError::WrongEngine { launcher: EngineKind::Emulated, given: spec.kind() }),
+    }
 }
 
 /// The in-process engine; stopping shuts the server down and waits for it.
@@ -83,8 +94,7 @@ impl Launcher for EmulatedLauncher {
         Box::pin(async move {
             let cfg = emulator_config(spec)?;
             if spec.tier.tier == Tier::Redis {
-                let url =
-                    spec.emulator.redis_url.clone().unwrap_or_else(|| crate::DEFAULT_REDIS_URL.to_owned());
+                let url = spec.redis_url.clone().unwrap_or_else(|| crate::DEFAULT_REDIS_URL.to_owned());
                 check_redis(&url).await?;
             }
             let port = spec.port.unwrap_or(0);

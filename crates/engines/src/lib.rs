@@ -52,6 +52,31 @@ pub trait CommandWrapper: fmt::Debug + Send + Sync {
     fn container_args(&self, args: Vec<String>, image: &str, run_dir: &Path) -> Vec<String>;
 }
 
+/// A future a [`RunHook`] or a [`HookSpan`] returns.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// What a run brackets its workload with (profiling: the capture range). The run calls it once
+/// its engine is ready and ends what it began after the workload; what implements it is given in
+/// by the run's caller, so neither the engines nor the lab import it.
+pub trait RunHook: fmt::Debug + Send + Sync {
+    /// The engine of `spec` is ready at `base_url` (the run's result directory is
+    /// `spec.run_dir`); the workload starts when this returns.
+    fn begin<'a>(&'a self, spec: &'a LaunchSpec, base_url: &'a str) -> HookFuture<'a, Box<dyn HookSpan>>;
+}
+
+/// What a [`RunHook`] began: ended once the workload has ended.
+pub trait HookSpan: Send {
+    fn end<'a>(self: Box<Self>, spec: &'a LaunchSpec) -> HookFuture<'a, ()>;
+}
+
+/// What a run is instrumented with (profiling): the wrapper of its engine's command and the hook
+/// around its workload.
+#[derive(Debug, Clone)]
+pub struct Instruments {
+    pub wrapper: Arc<dyn CommandWrapper>,
+    pub hook: Arc<dyn RunHook>,
+}
+
 /// What the host offers, for `--engine auto` and for clear refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostProbe {
@@ -102,11 +127,11 @@ impl HostProbe {
 /// id. Only version commands run; nothing of the engine's environment (no secret) is read.
 pub fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value {
     use serde_json::json;
-    match spec.engine {
-        EngineKind::Auto | EngineKind::Emulated => {
+    match &spec.engine {
+        EngineSettings::Emulated(_) => {
             json!({ "name": "kvlab-emulator", "version": env!("CARGO_PKG_VERSION"), "emulated": true })
         }
-        EngineKind::Vllm => match &spec.vllm.python {
+        EngineSettings::Vllm(settings) => match &settings.python {
             Some(python) => {
                 let mut versions = python_package_versions(python);
                 versions["name"] = json!("vllm");
@@ -115,7 +140,7 @@ pub fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value
             }
             None => json!({ "name": "vllm", "version": first_output_line("vllm", &["--version"]) }),
         },
-        EngineKind::Llamacpp => match (&spec.python, find_on_path("llama-server")) {
+        EngineSettings::Llamacpp(settings) => match (&settings.python, find_on_path("llama-server")) {
             (Some(python), _) => json!({
                 "name": "xllamacpp",
                 "version": first_output_line(
@@ -129,15 +154,16 @@ pub fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value
             }),
             (None, None) => json!({ "name": "llamacpp", "version": null }),
         },
-        EngineKind::VllmDocker | EngineKind::Docker => {
-            let image = spec.image.clone().or_else(|| docker::default_image(spec.engine)).unwrap_or_default();
+        EngineSettings::VllmDocker { container, .. } | EngineSettings::Docker(container) => {
+            let kind = spec.kind();
+            let image = container.image.clone().or_else(|| docker::default_image(kind)).unwrap_or_default();
             let id = probe.container_runtime.as_deref().and_then(|runtime| {
                 first_output_line(runtime, &["image", "inspect", "--format", "{{.Id}}", &image])
             });
-            let mut value = json!({ "name": spec.engine, "image": image, "image_id": id });
+            let mut value = json!({ "name": kind, "image": image, "image_id": id });
             // vLLM, LMCache and torch as installed inside the image (a throwaway container).
             if let (EngineKind::VllmDocker, Some(runtime), Some(_)) =
-                (spec.engine, probe.container_runtime.as_deref(), id.as_ref())
+                (kind, probe.container_runtime.as_deref(), id.as_ref())
             {
                 let inside = package_versions(
                     runtime,
@@ -149,7 +175,7 @@ pub fn engine_version(spec: &LaunchSpec, probe: &HostProbe) -> serde_json::Value
             }
             value
         }
-        EngineKind::External => json!({ "name": "external", "version": null }),
+        EngineSettings::External { .. } => json!({ "name": "external", "version": null }),
     }
 }
 
@@ -249,13 +275,14 @@ impl GpuInventory {
     }
 }
 
-/// Everything a launcher needs for one run.
+/// Everything a launcher needs for one run: what every engine shares, and the description of
+/// the one engine that runs ([`EngineSettings`]), which only that engine's launcher reads.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
-    pub engine: EngineKind,
     /// Unique id of the run: container name and labels carry it.
     pub run_id: String,
-    /// Where `engine.log` and generated files (LMCache YAML, launcher scripts) go.
+    /// Where `engine.log` and generated files (LMCache YAML, launcher scripts) go: the run's
+    /// result directory.
     pub run_dir: PathBuf,
     pub tier: TierConfig,
     /// The tier's LMCache configuration with the run's overrides, if the tier has one. Its
@@ -270,40 +297,128 @@ pub struct LaunchSpec {
     pub tensor_parallel: u32,
     pub pipeline_parallel: u32,
     pub gpus: GpuSelection,
-    /// GPU type for the emulator's cost model (`--gpu`).
-    pub gpu_type: Option<String>,
     /// `None`: pick a free port on 127.0.0.1.
     pub port: Option<u16>,
-    pub image: Option<String>,
-    pub url: Option<String>,
     pub secrets: Secrets,
     pub ready_timeout: Duration,
-    /// llama.cpp: the GGUF model and the Python with xllamacpp.
-    pub llamacpp_model: Option<PathBuf>,
-    pub python: Option<PathBuf>,
-    /// Emulator: extra settings of the run.
-    pub emulator: EmulatorRunSettings,
     /// What wraps the engine's command (profiling); `None` for ordinary runs.
     pub wrapper: Option<Arc<dyn CommandWrapper>>,
-    /// vLLM: its Python, a local model folder, LMCache's mode, the CPU build.
-    pub vllm: vllm::VllmRunSettings,
+    /// GPU KV blocks override (a baseline point's cache size, `--gpu-blocks`): the emulator's
+    /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override` (process or container).
+    pub gpu_blocks: Option<u64>,
+    /// The redis tier's Redis (a vLLM run's own database), for the engines that reach it.
+    pub redis_url: Option<String>,
+    /// The engine that runs, with what only it needs.
+    pub engine: EngineSettings,
 }
 
-/// Settings that come from the run rather than the tier: the emulator's, and the GPU cache
-/// size every engine that has one is given.
+impl LaunchSpec {
+    /// The kind of the engine this spec starts.
+    pub fn kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    /// vLLM's settings (its process or its container), or [`LabError::WrongEngine`] for a spec of
+    /// another engine given to `launcher`.
+    pub fn vllm_settings(&self, launcher: EngineKind) -> Result<&vllm::VllmRunSettings> {
+        self.engine.vllm().ok_or(LabError::WrongEngine { launcher, given: self.kind() })
+    }
+}
+
+/// One engine kind's description: what its launcher, and only its launcher, reads. `auto` has
+/// none: it is resolved ([`HostProbe::choose`]) before a run is described.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineSettings {
+    /// The emulated engine, in the lab's process.
+    Emulated(EmulatorSettings),
+    /// llama.cpp's server.
+    Llamacpp(LlamacppSettings),
+    /// vLLM (and LMCache's server) as local processes.
+    Vllm(vllm::VllmRunSettings),
+    /// vLLM + LMCache in a container.
+    VllmDocker { container: ContainerSettings, vllm: vllm::VllmRunSettings },
+    /// Any engine image that keeps the engine-image contract.
+    Docker(ContainerSettings),
+    /// A server kvlab does not start (`--url`).
+    External { url: Option<String> },
+}
+
+impl EngineSettings {
+    /// Each kind's description with nothing set (`auto` is the emulated engine's, as its
+    /// launcher is).
+    pub fn new(kind: EngineKind) -> EngineSettings {
+        match kind {
+            EngineKind::Auto | EngineKind::Emulated => EngineSettings::Emulated(EmulatorSettings::default()),
+            EngineKind::Llamacpp => EngineSettings::Llamacpp(LlamacppSettings::default()),
+            EngineKind::Vllm => EngineSettings::Vllm(vllm::VllmRunSettings::default()),
+            EngineKind::VllmDocker => EngineSettings::VllmDocker {
+                container: ContainerSettings::default(),
+                vllm: vllm::VllmRunSettings::default(),
+            },
+            EngineKind::Docker => EngineSettings::Docker(ContainerSettings::default()),
+            EngineKind::External => EngineSettings::External { url: None },
+        }
+    }
+
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            EngineSettings::Emulated(_) => EngineKind::Emulated,
+            EngineSettings::Llamacpp(_) => EngineKind::Llamacpp,
+            EngineSettings::Vllm(_) => EngineKind::Vllm,
+            EngineSettings::VllmDocker { .. } => EngineKind::VllmDocker,
+            EngineSettings::Docker(_) => EngineKind::Docker,
+            EngineSettings::External { .. } => EngineKind::External,
+        }
+    }
+
+    /// vLLM's settings, for its process and its container.
+    pub fn vllm(&self) -> Option<&vllm::VllmRunSettings> {
+        match self {
+            EngineSettings::Vllm(v) | EngineSettings::VllmDocker { vllm: v, .. } => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The container's settings, for vllm-docker and docker.
+    pub fn container(&self) -> Option<&ContainerSettings> {
+        match self {
+            EngineSettings::VllmDocker { container, .. } | EngineSettings::Docker(container) => {
+                Some(container)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The emulated engine's settings beyond the common launch spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct EmulatorRunSettings {
+pub struct EmulatorSettings {
     /// Offload capacity override in bytes (an experiment's cache size).
     pub offload_bytes: Option<u64>,
-    /// GPU KV blocks override (a baseline point's cache size): the emulator's
-    /// `num_gpu_blocks`, vLLM's `--num-gpu-blocks-override`.
-    pub gpu_blocks: Option<u64>,
     pub conversation_aware_eviction: bool,
-    pub redis_url: Option<String>,
-    pub seed: u64,
     /// The emulator's KV block size in tokens (`--block-size`; vLLM's own: 16 on CUDA, 128 on
     /// its CPU build), so that it can run the cache a given vLLM runs.
     pub block_size: Option<u32>,
+    /// GPU type for the cost model (`--gpu`).
+    pub gpu_type: Option<String>,
+}
+
+/// llama.cpp's settings: the GGUF model and the Python with xllamacpp (`None`: `llama-server`
+/// on PATH).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LlamacppSettings {
+    pub model: Option<PathBuf>,
+    pub python: Option<PathBuf>,
+}
+
+/// A container engine's settings: its image (`None`: the kind's default image) and what the
+/// engine-image contract passes in `engine.env` (`KVLAB_GPU`, `KVLAB_SEED`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ContainerSettings {
+    pub image: Option<String>,
+    /// GPU type for an emulator image's cost model (`--gpu`).
+    pub gpu_type: Option<String>,
+    pub seed: u64,
 }
 
 /// A future a launcher returns.
@@ -432,7 +547,10 @@ impl Launcher for ExternalLauncher {
     }
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
-            let url = spec.url.clone().ok_or_else(|| {
+            let EngineSettings::External { url } = &spec.engine else {
+                return Err(LabError::WrongEngine { launcher: EngineKind::External, given: spec.kind() });
+            };
+            let url = url.clone().ok_or_else(|| {
                 LabError::launch("external", "--engine external needs --url http://HOST:PORT")
             })?;
             std::fs::write(

@@ -121,8 +121,14 @@ impl Launcher for LlamacppLauncher {
 
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
+            let super::EngineSettings::Llamacpp(settings) = &spec.engine else {
+                return Err(LabError::WrongEngine {
+                    launcher: super::EngineKind::Llamacpp,
+                    given: spec.kind(),
+                });
+            };
             let cache_ram_mib = cache_ram_for(&spec.tier)?;
-            let model_path = spec.llamacpp_model.as_deref().ok_or_else(|| {
+            let model_path = settings.model.as_deref().ok_or_else(|| {
                 LabError::launch(
                     "llamacpp",
                     "no GGUF model: pass --model-path FILE.gguf or set KVLAB_LLAMACPP_MODEL; `cargo xtask ci` \
@@ -140,7 +146,7 @@ impl Launcher for LlamacppLauncher {
                     ),
                 ));
             }
-            let runtime = match (&spec.python, super::find_on_path("llama-server")) {
+            let runtime = match (&settings.python, super::find_on_path("llama-server")) {
                 (Some(python), _) => {
                     let script = spec.run_dir.join("serve_llamacpp.py");
                     std::fs::write(&script, SERVE_SCRIPT).map_err(|e| LabError::io(&script, e))?;

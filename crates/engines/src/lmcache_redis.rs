@@ -63,7 +63,7 @@ impl LmcacheDb {
         let mut con = connect(&base, 0)?;
         let databases = databases(&mut con);
         let me = serde_json::to_string(&Claim { run_id: run_id.to_owned(), owner: Owner::current() })
-            .map_err(|e| LabError::Other(format!("LMCache Redis claim: {e}")))?;
+            .map_err(|source| LabError::Json { what: "LMCache Redis claim".to_owned(), source })?;
         reap_stale(&base, &mut con, databases)?;
         for db in 1..databases {
             let key = claim_key(db);

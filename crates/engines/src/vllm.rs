@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::process::{self, CommandLine};
-use super::{reserve_port, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine, Sidecar};
+use super::{
+    reserve_port, EngineKind, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine, Sidecar,
+};
 use crate::config::Tier;
 use crate::error::{LabError, Result};
 use crate::lmcache::LmValue;
@@ -244,8 +246,8 @@ impl LmcacheServer {
     /// database with the run id as key prefix, the DRAM cap of the run, `disk_dir` as the engine
     /// sees the disk tier's directory. One place for the local server and the container's.
     pub fn for_spec(spec: &LaunchSpec, ports: (u16, u16), disk_dir: &str) -> Result<Option<LmcacheServer>> {
-        let redis = spec.emulator.redis_url.as_deref().map(|url| (url, spec.run_id.as_str()));
-        let cap = spec.vllm.l1_cap_gb.unwrap_or(f64::INFINITY);
+        let redis = spec.redis_url.as_deref().map(|url| (url, spec.run_id.as_str()));
+        let cap = spec.vllm_settings(EngineKind::Vllm)?.l1_cap_gb.unwrap_or(f64::INFINITY);
         LmcacheServer::for_tier(spec.tier.tier, spec.lmcache.as_ref(), ports, disk_dir, redis, cap)
     }
 
@@ -406,7 +408,7 @@ pub fn lmcache_server_command(server: &LmcacheServer, python: Option<&Path>) -> 
 pub(crate) fn write_lmcache_yaml(spec: &LaunchSpec, disk_dir: &str) -> Result<Option<std::path::PathBuf>> {
     let Some(lmcache) = &spec.lmcache else { return Ok(None) };
     let mut lmcache = lmcache.clone();
-    lmcache.substitute(disk_dir, spec.emulator.redis_url.as_deref().unwrap_or(crate::DEFAULT_REDIS_URL));
+    lmcache.substitute(disk_dir, spec.redis_url.as_deref().unwrap_or(crate::DEFAULT_REDIS_URL));
     let path = spec.run_dir.join("lmcache.yaml");
     std::fs::write(&path, lmcache.to_yaml()).map_err(|e| LabError::io(&path, e))?;
     Ok(Some(path))
@@ -423,7 +425,7 @@ pub struct VllmProcesses {
 /// the in-process mode. What the launcher starts (and the command-line snapshots show); the
 /// profiler's dry run builds its GPU `vllm serve` line from [`VllmServe`] directly.
 pub fn vllm_processes(spec: &LaunchSpec, port: u16, lmcache_ports: (u16, u16)) -> Result<VllmProcesses> {
-    let settings = &spec.vllm;
+    let settings = spec.vllm_settings(EngineKind::Vllm)?;
     let mode = settings.lmcache_mode.unwrap_or(LmcacheMode::InProcess);
     let offload = spec.tier.tier != Tier::Baseline;
     let disk_dir = spec.disk_dir.display().to_string();
@@ -445,7 +447,7 @@ pub fn vllm_processes(spec: &LaunchSpec, port: u16, lmcache_ports: (u16, u16)) -
         pipeline_parallel: spec.pipeline_parallel,
         gpu_memory_utilization: spec.tier.vllm.gpu_memory_utilization,
         connector,
-        gpu_blocks: spec.emulator.gpu_blocks,
+        gpu_blocks: spec.gpu_blocks,
         cpu: settings.cpu,
         max_model_len: settings.max_model_len,
         kv_cache_bytes: settings.kv_cache_bytes,
@@ -483,7 +485,7 @@ impl Launcher for VllmLauncher {
 
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
-            match &spec.vllm.python {
+            match &spec.vllm_settings(EngineKind::Vllm)?.python {
                 Some(python) if !python.is_file() => {
                     return Err(LabError::launch(
                         "vllm",

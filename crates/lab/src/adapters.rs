@@ -143,9 +143,9 @@ pub(crate) fn start_samplers(
     pid: Option<u32>,
     metrics_url: Option<String>,
     sidecars: &[engines::SidecarInfo],
-) -> Result<Samplers> {
+) -> Result<Samplers, samplers::SamplerError> {
     use samplers::{cpu, disk, engine, gpu, SamplerSet, SamplerSetConfig};
-    let mut set = SamplerSet::new(SamplerSetConfig::new(dir, origin)).map_err(other)?;
+    let mut set = SamplerSet::new(SamplerSetConfig::new(dir, origin))?;
     let mut add =
         |name: &str, s: std::result::Result<Box<dyn samplers::Sampler>, samplers::SamplerError>| match s {
             Ok(s) => {
@@ -223,14 +223,10 @@ impl Drive<'_> {
         cfg.max_failed_fraction = 1.0;
         cfg.stall_timeout = std::time::Duration::from_secs(120);
         cfg.summary = self.summary;
-        let mut writer = loadgen::ResultWriter::in_dir(self.dir).map_err(other)?;
-        let outcome = loadgen::run(self.plan, &cfg, &mut writer, self.origin).await.map_err(other)?;
+        let mut writer = loadgen::ResultWriter::in_dir(self.dir)?;
+        let outcome = loadgen::run(self.plan, &cfg, &mut writer, self.origin).await?;
         Ok(outcome.summary)
     }
-}
-
-fn other(e: impl std::fmt::Display) -> LabError {
-    LabError::Other(e.to_string())
 }
 
 /// After an interrupted run (or one whose engine died): `requests.csv` and `summary.json` over
@@ -258,20 +254,22 @@ pub(crate) fn finish_partial(
     records.sort_by_key(|r| r.id);
     let csv_path = dir.join("requests.csv");
     let mut w = csv::Writer::from_writer(Vec::new());
-    let csv_err = |e: csv::Error| LabError::Other(format!("{}: {e}", csv_path.display()));
+    let csv_err = |source: csv::Error| LabError::Csv { what: csv_path.display().to_string(), source };
     w.write_record(stats::csv_header()).map_err(csv_err)?;
     for r in &records {
         w.write_record(stats::csv_row(r)).map_err(csv_err)?;
     }
-    let csv = w.into_inner().map_err(|e| LabError::Other(format!("{}: {e}", csv_path.display())))?;
+    let csv = w.into_inner().map_err(|e| LabError::io(&csv_path, e.into_error()))?;
     write_atomic(&csv_path, &csv)?;
     let summary = stats::summarize(&records, summary);
-    let mut value = serde_json::to_value(&summary).map_err(|e| LabError::Other(e.to_string()))?;
+    let summary_path = dir.join("summary.json");
+    let json_err = |source| LabError::Json { what: summary_path.display().to_string(), source };
+    let mut value = serde_json::to_value(&summary).map_err(json_err)?;
     if let Some(obj) = value.as_object_mut() {
         obj.extend(marks.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
-    write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
+    let text = serde_json::to_string_pretty(&value).map_err(json_err)?;
+    write_atomic(&summary_path, (text + "\n").as_bytes())?;
     Ok(summary)
 }
 
@@ -295,12 +293,12 @@ pub(crate) fn tokens_by_source(
 pub(crate) fn record_tokens_by_source(dir: &Path, sources: &BTreeMap<String, u64>) -> Result<()> {
     let path = dir.join("summary.json");
     let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| LabError::Other(format!("{}: {e}", path.display())))?;
+    let json_err = |source| LabError::Json { what: path.display().to_string(), source };
+    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("prompt_tokens_by_source".into(), serde_json::json!(sources));
     }
-    let text = serde_json::to_string_pretty(&value).map_err(|e| LabError::Other(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&value).map_err(json_err)?;
     write_atomic(&path, (text + "\n").as_bytes())
 }
 

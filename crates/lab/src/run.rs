@@ -27,7 +27,10 @@ pub use crate::adapters::write_atomic;
 use crate::adapters::{self, WorkloadRequest};
 pub use crate::resolved::ResolvedRun;
 use engines::secrets::Secrets;
-use engines::{self, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec, RunningEngine};
+use engines::{
+    self, ContainerSettings, EmulatorSettings, EngineKind, EngineSettings, GpuSelection, HostProbe,
+    LaunchSpec, LlamacppSettings, RunningEngine,
+};
 use schema::config::{Experiment, Point, Tier, TierConfig};
 use schema::error::{LabError, Result};
 use schema::lmcache::LmcacheConfig;
@@ -107,9 +110,9 @@ pub struct BenchOptions {
     pub ready_timeout: Duration,
     /// Show the load generator's progress bar.
     pub progress: bool,
-    /// Under Nsight Systems (`cargo xtask profile`): where nsys runs; the launchers and the
-    /// workload's capture range follow it.
-    pub profile: Option<profile::ProfileSpec>,
+    /// What the run is instrumented with (`cargo xtask profile`: the wrapper of the engine's
+    /// command under Nsight Systems and the capture range around the workload); `None`: nothing.
+    pub instruments: Option<engines::Instruments>,
 }
 
 impl BenchOptions {
@@ -156,7 +159,7 @@ impl BenchOptions {
             block_size: None,
             ready_timeout: Duration::from_secs(600),
             progress: true,
-            profile: None,
+            instruments: None,
         }
     }
 }
@@ -303,7 +306,7 @@ async fn run_points(
         }
     }
     if reports.is_empty() {
-        return Err(LabError::Other(format!("every point of {} failed; see {}", exp.name, root.display())));
+        return Err(LabError::AllPointsFailed { experiment: exp.name.clone(), root });
     }
     Ok(reports)
 }
@@ -654,7 +657,8 @@ pub async fn run_point(
 struct Resolution {
     secrets: Secrets,
     probe: HostProbe,
-    engine_kind: EngineKind,
+    /// The engine that runs, with what only its launcher reads.
+    engine: EngineSettings,
     /// Why this engine (`--engine auto`'s choice, or the request).
     reason: String,
     gpus: GpuSelection,
@@ -668,8 +672,6 @@ struct Resolution {
     placement: ModelPlacement,
     sizing: CacheSizing,
     registry_model: Option<costmodel::ModelSpec>,
-    vllm_cpu: bool,
-    lmcache_mode: Option<engines::vllm::LmcacheMode>,
     label: String,
     /// The redis tier's Redis (with credentials), when the tier is redis.
     tier_redis: Option<String>,
@@ -855,14 +857,63 @@ async fn resolve(
             let claim = tokio::task::spawn_blocking(move || {
                 engines::lmcache_redis::LmcacheDb::claim(&url, &claimant)
             });
-            Some(claim.await.map_err(|e| LabError::Other(format!("claiming a Redis database: {e}")))??)
+            Some(
+                claim
+                    .await
+                    .map_err(|source| LabError::Join { what: "claiming a Redis database", source })??,
+            )
         }
         _ => None,
+    };
+    let vllm = || engines::vllm::VllmRunSettings {
+        python: opts.vllm_python.clone(),
+        model_dir: (placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL)).then(|| {
+            opts.vllm_model_dir.clone().unwrap_or_else(|| opts.root.join(".kvlab/models/tiny-llama-hf"))
+        }),
+        lmcache_mode,
+        cpu: vllm_cpu,
+        cache_dir: Some(opts.root.join(".kvlab/cache")),
+        max_model_len: registry_model.as_ref().filter(|_| vllm_cpu).map(|m| m.max_model_len),
+        // Twice the blocks the run asks for, in vLLM's CPU blocks, at least 16 MiB.
+        kv_cache_bytes: match (&registry_model, sizing.gpu_blocks) {
+            (Some(m), Some(blocks)) if vllm_cpu => {
+                Some((blocks * VLLM_CPU_BLOCK_TOKENS * m.kv_bytes(1) * 2).max(16 << 20))
+            }
+            _ => None,
+        },
+        l1_cap_gb: Some(engines::vllm::l1_cap_gb()),
+    };
+    let container = || ContainerSettings {
+        image: opts.image.clone(),
+        gpu_type: point.gpu.clone(),
+        seed: point.seed.unwrap_or(0),
+    };
+    let engine = match engine_kind {
+        EngineKind::Auto | EngineKind::Emulated => EngineSettings::Emulated(EmulatorSettings {
+            offload_bytes: sizing.offload_bytes,
+            conversation_aware_eviction: point.conversation_aware_eviction,
+            block_size: opts.block_size,
+            gpu_type: point.gpu.clone(),
+        }),
+        EngineKind::Llamacpp => EngineSettings::Llamacpp(LlamacppSettings {
+            model: opts.model_path.clone().or_else(|| {
+                let p = opts.root.join(".kvlab/models/tiny.gguf");
+                p.is_file().then_some(p)
+            }),
+            python: opts.python.clone().or_else(|| {
+                let p = opts.root.join(".venv/bin/python");
+                p.is_file().then_some(p)
+            }),
+        }),
+        EngineKind::Vllm => EngineSettings::Vllm(vllm()),
+        EngineKind::VllmDocker => EngineSettings::VllmDocker { container: container(), vllm: vllm() },
+        EngineKind::Docker => EngineSettings::Docker(container()),
+        EngineKind::External => EngineSettings::External { url: opts.url.clone() },
     };
     Ok(Resolution {
         secrets,
         probe,
-        engine_kind,
+        engine,
         reason,
         gpus,
         image_traits,
@@ -873,8 +924,6 @@ async fn resolve(
         placement,
         sizing,
         registry_model,
-        vllm_cpu,
-        lmcache_mode,
         label,
         tier_redis,
         lmcache_db,
@@ -893,7 +942,7 @@ fn result_dir(
     let Resolution {
         secrets,
         probe,
-        engine_kind,
+        engine,
         reason,
         gpus,
         image_traits,
@@ -904,12 +953,12 @@ fn result_dir(
         placement,
         sizing,
         registry_model,
-        vllm_cpu,
-        lmcache_mode,
         label,
         tier_redis,
         lmcache_db,
     } = resolution;
+    let engine_kind = engine.kind();
+    let vllm_cpu = engine.vllm().is_some_and(|v| v.cpu);
     let tp = placement.tensor_parallel;
     let dir = match experiment {
         Some(PointCtx { exact_dir: Some(dir), .. }) => {
@@ -978,7 +1027,7 @@ fn result_dir(
         conversation_aware_eviction: point.conversation_aware_eviction,
         cache_size_bytes: point.cache_size,
         num_gpu_blocks: sizing.gpu_blocks,
-        lmcache_mode,
+        lmcache_mode: engine.vllm().and_then(|v| v.lmcache_mode),
         goodput: point.goodput.clone(),
         url: opts.url.clone(),
         image: opts.image.clone(),
@@ -988,7 +1037,8 @@ fn result_dir(
         lmcache: lmcache.clone(),
         experiment: experiment.map(|ctx| ctx.experiment.to_owned()),
     };
-    let run_toml = toml::to_string(&resolved).map_err(|e| LabError::Other(format!("run.toml: {e}")))?;
+    let run_toml = toml::to_string(&resolved)
+        .map_err(|source| LabError::Toml { what: "run.toml".to_owned(), source })?;
     write(&dir.join("run.toml"), &secrets.redact(&run_toml))?;
 
     let plan = adapters::build_plan(&workload)?;
@@ -1007,7 +1057,6 @@ fn result_dir(
     };
 
     let spec = LaunchSpec {
-        engine: engine_kind,
         run_id,
         run_dir: dir.clone(),
         tier: tier.clone(),
@@ -1017,51 +1066,17 @@ fn result_dir(
         tensor_parallel: tp,
         pipeline_parallel: placement.pipeline_parallel,
         gpus: gpus.clone(),
-        gpu_type: point.gpu.clone(),
         port: opts.port,
-        image: opts.image.clone(),
-        url: opts.url.clone(),
         secrets: secrets.clone(),
         ready_timeout: opts.ready_timeout,
-        llamacpp_model: opts.model_path.clone().or_else(|| {
-            let p = opts.root.join(".kvlab/models/tiny.gguf");
-            p.is_file().then_some(p)
-        }),
-        python: opts.python.clone().or_else(|| {
-            let p = opts.root.join(".venv/bin/python");
-            p.is_file().then_some(p)
-        }),
-        emulator: EmulatorRunSettings {
-            offload_bytes: sizing.offload_bytes,
-            gpu_blocks: sizing.gpu_blocks,
-            conversation_aware_eviction: point.conversation_aware_eviction,
-            redis_url: redis_url.clone(),
-            seed: workload.seed,
-            block_size: opts.block_size,
-        },
-        wrapper: opts.profile.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn engines::CommandWrapper>),
-        vllm: engines::vllm::VllmRunSettings {
-            python: opts.vllm_python.clone(),
-            model_dir: (placement.registry_name.as_deref() == Some(VLLM_CPU_MODEL)).then(|| {
-                opts.vllm_model_dir.clone().unwrap_or_else(|| opts.root.join(".kvlab/models/tiny-llama-hf"))
-            }),
-            lmcache_mode,
-            cpu: vllm_cpu,
-            cache_dir: Some(opts.root.join(".kvlab/cache")),
-            max_model_len: registry_model.as_ref().filter(|_| vllm_cpu).map(|m| m.max_model_len),
-            // Twice the blocks the run asks for, in vLLM's CPU blocks, at least 16 MiB.
-            kv_cache_bytes: match (&registry_model, sizing.gpu_blocks) {
-                (Some(m), Some(blocks)) if vllm_cpu => {
-                    Some((blocks * VLLM_CPU_BLOCK_TOKENS * m.kv_bytes(1) * 2).max(16 << 20))
-                }
-                _ => None,
-            },
-            l1_cap_gb: Some(engines::vllm::l1_cap_gb()),
-        },
+        wrapper: opts.instruments.as_ref().map(|i| i.wrapper.clone()),
+        gpu_blocks: sizing.gpu_blocks,
+        redis_url: redis_url.clone(),
+        engine,
     };
-    if let Some(dir) = spec.vllm.model_dir.as_ref().filter(|d| {
-        matches!(engine_kind, EngineKind::Vllm | EngineKind::VllmDocker) && !d.join("config.json").is_file()
-    }) {
+    if let Some(dir) =
+        spec.engine.vllm().and_then(|v| v.model_dir.as_ref()).filter(|d| !d.join("config.json").is_file())
+    {
         return Err(LabError::Invalid(format!(
             "model `{VLLM_CPU_MODEL}` is generated by the lab and {} has none; `cargo xtask ci` makes it \
              (with the vLLM venv), or point KVLAB_VLLM_MODEL at such a folder",
@@ -1092,13 +1107,14 @@ fn result_dir(
     })
 }
 
-/// Starts the engine (its launcher waits until it is ready) and opens a profiled run's capture.
+/// Starts the engine (its launcher waits until it is ready) and begins the run's hook (a profiled
+/// run's capture).
 /// An engine that cannot start leaves `env.json` saying why.
 async fn launch(
     opts: &BenchOptions,
     run: &mut PreparedRun,
     stop: &CancellationToken,
-) -> Result<(RunningEngine, profile::WorkloadCapture)> {
+) -> Result<(RunningEngine, Option<Box<dyn engines::HookSpan>>)> {
     let PreparedRun { engine_kind, spec, dir, env, secrets, .. } = run;
     let launcher = engines::launcher(*engine_kind);
     let running = tokio::select! {
@@ -1121,25 +1137,24 @@ async fn launch(
     };
     eprintln!("kvlab: {engine_kind} engine ready at {}", running.base_url);
     // Profiled runs: the capture range spans the workload, not the engine's start.
-    let capture = match profile::WorkloadCapture::begin(opts.profile.as_ref(), spec, &running.base_url).await
-    {
-        Ok(c) => c,
+    let Some(hook) = opts.instruments.as_ref().map(|i| &i.hook) else { return Ok((running, None)) };
+    match hook.begin(spec, &running.base_url).await {
+        Ok(span) => Ok((running, Some(span))),
         Err(e) => {
             let _ = running.stop().await;
-            return Err(e);
+            Err(e)
         }
-    };
-    Ok((running, capture))
+    }
 }
 
 /// Drives the workload against the running engine, with the samplers, until it ends, the run
 /// stops, the point's time limit passes or the engine (or a sidecar) dies; watches the redis
-/// tier's store; closes the capture and stops the samplers.
+/// tier's store; ends the run's hook (a profiled run's capture) and stops the samplers.
 async fn drive(
     opts: &BenchOptions,
     run: &PreparedRun,
     running: &RunningEngine,
-    capture: profile::WorkloadCapture,
+    capture: Option<Box<dyn engines::HookSpan>>,
     stop: &CancellationToken,
 ) -> Driven {
     let PreparedRun {
@@ -1164,14 +1179,17 @@ async fn drive(
         .flatten()
         .map(|url| tokio::spawn(store_lost(url, origin)));
     let pid = if running.in_process() { None } else { running.pid };
-    let samplers = adapters::start_samplers(
+    let (samplers, samplers_failed) = match adapters::start_samplers(
         &dir.join("samples"),
         origin,
         disk_dir,
         pid,
         Some(format!("{}/metrics", running.base_url)),
         &running.sidecars(),
-    );
+    ) {
+        Ok(samplers) => (Some(samplers), None),
+        Err(e) => (None, Some(e)),
+    };
     // The engine's own process (not the lab's, for the in-process emulator) is watched: if it
     // dies, the run stops once the requests in flight have ended.
     let engine_log = dir.join("engine.log");
@@ -1198,8 +1216,8 @@ async fn drive(
     let mut time_limit_reached = false;
     // Cancelled by a stop, or at the time limit: the load generator records what is in flight.
     let drive_stop = stop.child_token();
-    let driven = match &samplers {
-        Ok(_) => {
+    let driven = match samplers_failed {
+        None => {
             let drive = adapters::Drive {
                 plan,
                 base_url: &running.base_url,
@@ -1235,10 +1253,7 @@ async fn drive(
                     drive_stop.cancel();
                     match tokio::time::timeout(STOP_GRACE, &mut drive).await {
                         Ok(r) => r,
-                        Err(_) => Err(LabError::Other(format!(
-                            "the load generator did not stop within {} s of the time limit",
-                            STOP_GRACE.as_secs()
-                        ))),
+                        Err(_) => Err(LabError::LoadgenStuck { grace_s: STOP_GRACE.as_secs() }),
                     }
                 }
                 (at, who, log) = engine_exit(watched, origin) => {
@@ -1258,7 +1273,7 @@ async fn drive(
                 }
             }
         }
-        Err(e) => Err(LabError::Other(format!("samplers: {e}"))),
+        Some(e) => Err(LabError::Samplers(e)),
     };
     // Requests to a dead engine fail fast: the drive may end before the watcher's next look.
     let gone = watched_pids.iter().find(|(_, pid, _)| engines::orphans::process_exited(*pid)).cloned();
@@ -1272,7 +1287,11 @@ async fn drive(
         }
         (driven, _) => driven,
     };
-    let driven = match capture.end(engine_kind, opts.ready_timeout).await {
+    let ended = match capture {
+        Some(span) => span.end(spec).await,
+        None => Ok(()),
+    };
+    let driven = match ended {
         Ok(()) => driven,
         Err(e) => driven.and(Err(e)),
     };
@@ -1445,6 +1464,9 @@ fn env_json(run: &ResolvedRun, probe: &HostProbe, tier: &TierConfig, root: &Path
     })
 }
 
+/// The run id a planned command shows (the real one is the result directory's name and the pid).
+pub const PLANNED_RUN_ID: &str = "<run-id>";
+
 /// The launch spec of a flags-only run (no experiment file) with its result directory at
 /// `run_dir`, as `bench` would resolve it: the tier's configuration, the model's placement from
 /// the registry, the secrets of `.env` and the environment.
@@ -1454,9 +1476,23 @@ pub fn planned_spec(opts: &BenchOptions, engine: EngineKind, run_dir: &Path) -> 
     let placement = resolve_model(engine, &model)?;
     let redis_url = (opts.tier == Tier::Redis)
         .then(|| opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()));
+    let mut settings = EngineSettings::new(engine);
+    match &mut settings {
+        EngineSettings::Emulated(emulator) => emulator.gpu_type = opts.gpu.clone(),
+        EngineSettings::Llamacpp(llamacpp) => {
+            llamacpp.model = opts.model_path.clone();
+            llamacpp.python = opts.python.clone();
+        }
+        EngineSettings::Vllm(vllm) => *vllm = planned_vllm(opts),
+        EngineSettings::VllmDocker { container, vllm } => {
+            *container = planned_container(opts);
+            *vllm = planned_vllm(opts);
+        }
+        EngineSettings::Docker(container) => *container = planned_container(opts),
+        EngineSettings::External { url } => *url = opts.url.clone(),
+    }
     Ok(LaunchSpec {
-        engine,
-        run_id: profile::PLANNED_RUN_ID.to_owned(),
+        run_id: PLANNED_RUN_ID.to_owned(),
         run_dir: run_dir.to_path_buf(),
         lmcache: tier.lmcache.clone(),
         tier,
@@ -1465,26 +1501,28 @@ pub fn planned_spec(opts: &BenchOptions, engine: EngineKind, run_dir: &Path) -> 
         tensor_parallel: placement.tensor_parallel,
         pipeline_parallel: placement.pipeline_parallel,
         gpus: opts.gpus.clone(),
-        gpu_type: opts.gpu.clone(),
         port: opts.port,
-        image: opts.image.clone(),
-        url: opts.url.clone(),
         secrets: Secrets::from_dotenv(&opts.root.join(".env"))?.with_process_env(),
         ready_timeout: opts.ready_timeout,
-        llamacpp_model: opts.model_path.clone(),
-        python: opts.python.clone(),
-        emulator: engines::EmulatorRunSettings {
-            redis_url,
-            seed: opts.seed.unwrap_or(0),
-            ..Default::default()
-        },
-        wrapper: opts.profile.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn engines::CommandWrapper>),
-        vllm: engines::vllm::VllmRunSettings {
-            python: opts.vllm_python.clone(),
-            lmcache_mode: Some(engines::vllm::LmcacheMode::InProcess),
-            ..Default::default()
-        },
+        wrapper: opts.instruments.as_ref().map(|i| i.wrapper.clone()),
+        gpu_blocks: None,
+        redis_url,
+        engine: settings,
     })
+}
+
+/// A planned run's vLLM: its Python, LMCache in process (a GPU machine's).
+fn planned_vllm(opts: &BenchOptions) -> engines::vllm::VllmRunSettings {
+    engines::vllm::VllmRunSettings {
+        python: opts.vllm_python.clone(),
+        lmcache_mode: Some(engines::vllm::LmcacheMode::InProcess),
+        ..Default::default()
+    }
+}
+
+/// A planned run's container: its image, and the seed and GPU type its `engine.env` passes.
+fn planned_container(opts: &BenchOptions) -> ContainerSettings {
+    ContainerSettings { image: opts.image.clone(), gpu_type: opts.gpu.clone(), seed: opts.seed.unwrap_or(0) }
 }
 
 /// Options of `serve`: the emulated engine alone.
@@ -1513,7 +1551,6 @@ pub async fn serve_emulated(
     std::fs::create_dir_all(&disk_dir).map_err(|e| LabError::io(&disk_dir, e))?;
     std::fs::create_dir_all(&state).map_err(|e| LabError::io(&state, e))?;
     let spec = LaunchSpec {
-        engine: EngineKind::Emulated,
         run_id: format!("serve-{}", std::process::id()),
         run_dir: state.clone(),
         lmcache: tier.lmcache.clone(),
@@ -1523,20 +1560,16 @@ pub async fn serve_emulated(
         tensor_parallel: 1,
         pipeline_parallel: 1,
         gpus: GpuSelection::All,
-        gpu_type: opts.gpu.clone(),
         port: opts.port,
-        image: None,
-        url: None,
         secrets: Secrets::default(),
         ready_timeout: Duration::from_secs(30),
-        llamacpp_model: None,
-        python: None,
-        emulator: EmulatorRunSettings {
-            redis_url: Some(opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
-            ..Default::default()
-        },
         wrapper: None,
-        vllm: Default::default(),
+        gpu_blocks: None,
+        redis_url: Some(opts.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
+        engine: EngineSettings::Emulated(EmulatorSettings {
+            gpu_type: opts.gpu.clone(),
+            ..Default::default()
+        }),
     };
     let running = engines::launcher(EngineKind::Emulated).start(&spec).await?;
     on_ready(&running.base_url);

@@ -551,7 +551,6 @@ fn vllm_cpu_mp_processes_per_tier() {
     for tier in Tier::ALL {
         let cfg = TierConfig::load(&root().join("configs"), tier).unwrap();
         let spec = engines::LaunchSpec {
-            engine: EngineKind::Vllm,
             run_id: "run-1".into(),
             run_dir: PathBuf::from("/results/run"),
             lmcache: cfg.lmcache.clone(),
@@ -561,21 +560,13 @@ fn vllm_cpu_mp_processes_per_tier() {
             tensor_parallel: 1,
             pipeline_parallel: 1,
             gpus: GpuSelection::All,
-            gpu_type: None,
             port: None,
-            image: None,
-            url: None,
             secrets: secrets.clone(),
             ready_timeout: std::time::Duration::from_secs(1),
-            llamacpp_model: None,
-            python: None,
-            emulator: engines::EmulatorRunSettings {
-                redis_url: Some("redis://127.0.0.1:6379/3".into()),
-                gpu_blocks: Some(40),
-                ..Default::default()
-            },
             wrapper: None,
-            vllm: engines::vllm::VllmRunSettings {
+            gpu_blocks: Some(40),
+            redis_url: Some("redis://127.0.0.1:6379/3".into()),
+            engine: engines::EngineSettings::Vllm(engines::vllm::VllmRunSettings {
                 python: Some(PathBuf::from("/lab/.kvlab/vllm-venv/bin/python")),
                 model_dir: Some(PathBuf::from("/lab/.kvlab/models/tiny-llama-hf")),
                 lmcache_mode: Some(engines::vllm::LmcacheMode::Mp),
@@ -584,7 +575,7 @@ fn vllm_cpu_mp_processes_per_tier() {
                 max_model_len: Some(4096),
                 kv_cache_bytes: Some(20 << 20),
                 l1_cap_gb: Some(4.0),
-            },
+            }),
         };
         let procs = engines::vllm::vllm_processes(&spec, 18001, (18101, 18102)).unwrap();
         let show = |program: &str, args: &[String], env: &std::collections::BTreeMap<String, String>| {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use engines::secrets::Secrets;
-use engines::{launcher, EmulatorRunSettings, EngineKind, GpuSelection, LaunchSpec};
+use engines::{launcher, EngineKind, EngineSettings, GpuSelection, LaunchSpec, LlamacppSettings};
 use schema::config::{Tier, TierConfig};
 
 fn root() -> PathBuf {
@@ -17,7 +17,6 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
     let model = dir.join("tiny.gguf");
     std::fs::write(&model, b"not really a model").unwrap();
     LaunchSpec {
-        engine,
         run_id: "test".into(),
         run_dir: dir.to_owned(),
         lmcache: tier.lmcache.clone(),
@@ -27,18 +26,25 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
         tensor_parallel: 1,
         pipeline_parallel: 1,
         gpus: GpuSelection::All,
-        gpu_type: None,
         port: None,
-        image: None,
-        url: None,
         secrets: Secrets::default(),
         ready_timeout: Duration::from_secs(2),
-        llamacpp_model: Some(model),
-        python: None,
-        emulator: EmulatorRunSettings::default(),
         wrapper: None,
-        vllm: Default::default(),
+        gpu_blocks: None,
+        redis_url: None,
+        engine: match engine {
+            EngineKind::Llamacpp => {
+                EngineSettings::Llamacpp(LlamacppSettings { model: Some(model), python: None })
+            }
+            other => EngineSettings::new(other),
+        },
     }
+}
+
+/// The llama.cpp settings of a llama.cpp spec.
+fn llamacpp(s: &mut LaunchSpec) -> &mut LlamacppSettings {
+    let EngineSettings::Llamacpp(settings) = &mut s.engine else { panic!("not a llama.cpp spec") };
+    settings
 }
 
 /// A fake "python" shell script.
@@ -50,7 +56,7 @@ fn fake_python(dir: &Path, body: &str) -> PathBuf {
 }
 
 async fn start_err(spec: &LaunchSpec) -> String {
-    match launcher(spec.engine).start(spec).await {
+    match launcher(spec.kind()).start(spec).await {
         Ok(r) => {
             r.stop().await.unwrap();
             panic!("the engine started")
@@ -63,7 +69,8 @@ async fn start_err(spec: &LaunchSpec) -> String {
 async fn engine_that_exits_at_start_shows_its_log() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
-    s.python = Some(fake_python(dir.path(), "echo 'error: unknown model architecture' >&2; exit 3"));
+    llamacpp(&mut s).python =
+        Some(fake_python(dir.path(), "echo 'error: unknown model architecture' >&2; exit 3"));
     let err = start_err(&s).await;
     assert!(
         err.starts_with("engine `llamacpp` failed: the engine exited at start (exit status: 3)"),
@@ -109,7 +116,7 @@ async fn readiness_timeout_is_reported_and_the_process_group_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Cpu);
     let (pid_file, child_file) = (dir.path().join("pid"), dir.path().join("child"));
-    s.python = Some(fake_python(
+    llamacpp(&mut s).python = Some(fake_python(
         dir.path(),
         &format!(
             "sleep 60 & echo $! > {}; echo loading; echo $$ > {}; exec sleep 60",
@@ -147,9 +154,9 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 async fn stop_ends_the_engine_and_every_process_it_started() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
-    s.python = Some(fake_python(dir.path(), FAKE_ENGINE_WITH_WORKER));
+    llamacpp(&mut s).python = Some(fake_python(dir.path(), FAKE_ENGINE_WITH_WORKER));
     s.ready_timeout = Duration::from_secs(20);
-    let running = launcher(s.engine).start(&s).await.expect("the fake engine answers /health");
+    let running = launcher(s.kind()).start(&s).await.expect("the fake engine answers /health");
     let pid = running.pid.unwrap();
     let worker = read_pid(&dir.path().join("worker"));
     let members = group_members(pid);
@@ -165,7 +172,7 @@ async fn port_in_use_is_refused() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
-    s.python = Some(fake_python(dir.path(), "exit 0"));
+    llamacpp(&mut s).python = Some(fake_python(dir.path(), "exit 0"));
     s.port = Some(port);
     let err = start_err(&s).await;
     assert!(err.contains(&format!("port {port} on 127.0.0.1 is not available")), "{err}");
@@ -176,7 +183,7 @@ async fn port_in_use_is_refused() {
 async fn missing_pieces_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
-    s.llamacpp_model = Some(dir.path().join("missing.gguf"));
+    llamacpp(&mut s).model = Some(dir.path().join("missing.gguf"));
     let err = start_err(&s).await;
     assert!(err.contains("missing.gguf does not exist") && err.contains("gen_model.py"), "{err}");
 

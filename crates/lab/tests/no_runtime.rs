@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use engines::{launcher, EmulatorRunSettings, EngineKind, GpuSelection, HostProbe, LaunchSpec};
+use engines::{launcher, ContainerSettings, EngineKind, EngineSettings, GpuSelection, HostProbe, LaunchSpec};
 use schema::config::{Tier, TierConfig};
 
 fn root() -> PathBuf {
@@ -18,8 +18,16 @@ static PATH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
     let tier = TierConfig::load(&root().join("configs"), tier).unwrap();
+    // The containers' image: `img:1`.
+    let mut settings = EngineSettings::new(engine);
+    let image = ContainerSettings { image: Some("img:1".into()), ..Default::default() };
+    match &mut settings {
+        EngineSettings::VllmDocker { container, .. } | EngineSettings::Docker(container) => {
+            *container = image
+        }
+        _ => {}
+    }
     LaunchSpec {
-        engine,
         run_id: "t".into(),
         run_dir: dir.to_owned(),
         lmcache: tier.lmcache.clone(),
@@ -29,23 +37,19 @@ fn spec(dir: &Path, engine: EngineKind, tier: Tier) -> LaunchSpec {
         tensor_parallel: 1,
         pipeline_parallel: 1,
         gpus: GpuSelection::All,
-        gpu_type: None,
         port: None,
-        image: Some("img:1".into()),
-        url: None,
         secrets: Default::default(),
         ready_timeout: Duration::from_secs(1),
-        llamacpp_model: None,
-        python: None,
-        emulator: EmulatorRunSettings::default(),
         wrapper: None,
-        vllm: Default::default(),
+        gpu_blocks: None,
+        redis_url: None,
+        engine: settings,
     }
 }
 
 async fn start_err(spec: &LaunchSpec) -> String {
-    match launcher(spec.engine).start(spec).await {
-        Ok(_) => panic!("{} started", spec.engine),
+    match launcher(spec.kind()).start(spec).await {
+        Ok(_) => panic!("{} started", spec.kind()),
         Err(e) => e.to_string(),
     }
 }

@@ -267,7 +267,7 @@ async fn emulated_profile_pipeline_with_a_stand_in_nsys() {
     opts.num_requests = Some(8);
     opts.request_rate = Some(50.0);
     opts.progress = false;
-    opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
+    opts.instruments = Some(ProfileSpec { placement: Placement::WrapsLab }.instruments());
     let reports = lab::run::bench(&opts).await.unwrap();
     let dir = reports[0].dir.clone();
     assert_eq!(reports[0].summary.completed, 8);
@@ -542,7 +542,7 @@ async fn workload_capture_brackets_the_workload_with_vllms_profiler() {
     let ws = common::workspace();
     let mut opts = lab::run::BenchOptions::new(ws.path(), Tier::Cpu);
     let wraps_lab = ProfileSpec { placement: Placement::WrapsLab };
-    opts.profile = Some(wraps_lab);
+    opts.instruments = Some(wraps_lab.instruments());
     let spec = |engine, profiled: bool| {
         let mut spec = lab::run::planned_spec(&opts, engine, ws.path()).unwrap();
         if !profiled {
@@ -624,7 +624,7 @@ fn vllm_process_command_under_profiling() {
     let mut all = String::new();
     for tier in Tier::ALL {
         let mut opts = lab::run::BenchOptions::new(ws.path(), tier);
-        opts.profile = Some(ProfileSpec { placement: Placement::WrapsLab });
+        opts.instruments = Some(ProfileSpec { placement: Placement::WrapsLab }.instruments());
         opts.redis_url = None;
         // `vllm serve` from PATH, as on a GPU machine (not a venv that KVLAB_VLLM_PYTHON names).
         opts.vllm_python = None;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use engines::vllm::VllmRunSettings;
-use engines::{EmulatorRunSettings, EngineKind, GpuSelection, LaunchSpec};
+use engines::{EngineKind, EngineSettings, GpuSelection, LaunchSpec};
 use schema::config::{Tier, TierConfig};
 use serde_json::Value;
 
@@ -68,7 +68,6 @@ fn launch_spec(root: &Path, python: PathBuf, model_dir: PathBuf) -> LaunchSpec {
     std::fs::create_dir_all(run_dir.join("kvcache")).unwrap();
     let blocks = lab::run::VLLM_CPU_DEFAULT_BLOCKS;
     LaunchSpec {
-        engine: EngineKind::Vllm,
         run_id: format!("bench-compat-{}", std::process::id()),
         tier: TierConfig::load(&root.join("configs"), Tier::Baseline).unwrap(),
         lmcache: None,
@@ -78,17 +77,13 @@ fn launch_spec(root: &Path, python: PathBuf, model_dir: PathBuf) -> LaunchSpec {
         tensor_parallel: 1,
         pipeline_parallel: 1,
         gpus: GpuSelection::All,
-        gpu_type: None,
         port: None,
-        image: None,
-        url: None,
         secrets: engines::secrets::Secrets::default(),
         ready_timeout: Duration::from_secs(480),
-        llamacpp_model: None,
-        python: None,
-        emulator: EmulatorRunSettings { gpu_blocks: Some(blocks), ..Default::default() },
         wrapper: None,
-        vllm: VllmRunSettings {
+        gpu_blocks: Some(blocks),
+        redis_url: None,
+        engine: EngineSettings::Vllm(VllmRunSettings {
             python: Some(python),
             model_dir: Some(model_dir),
             lmcache_mode: None,
@@ -100,7 +95,7 @@ fn launch_spec(root: &Path, python: PathBuf, model_dir: PathBuf) -> LaunchSpec {
                 (blocks * lab::run::VLLM_CPU_BLOCK_TOKENS * model.kv_bytes(1) * 2).max(16 << 20),
             ),
             l1_cap_gb: None,
-        },
+        }),
     }
 }
 
@@ -108,8 +103,9 @@ fn launch_spec(root: &Path, python: PathBuf, model_dir: PathBuf) -> LaunchSpec {
 /// --save-detailed`, percentiles 50, 90, 95 and 99 of TTFT, TPOT, ITL and E2EL as kvlab writes
 /// them), its per-request lists (`--save-detailed`) taken out into kvlab's records.
 async fn vllm_bench(spec: &LaunchSpec, base_url: &str, dir: &Path, seed: u64) -> VllmRun {
-    let python = spec.vllm.python.as_ref().unwrap();
-    let model_dir = spec.vllm.model_dir.as_ref().unwrap();
+    let settings = spec.engine.vllm().unwrap();
+    let python = settings.python.as_ref().unwrap();
+    let model_dir = settings.model_dir.as_ref().unwrap();
     let file = format!("vllm-bench-{seed}.json");
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let num = |n: u32| n.to_string();
@@ -128,7 +124,7 @@ async fn vllm_bench(spec: &LaunchSpec, base_url: &str, dir: &Path, seed: u64) ->
         .arg(dir)
         // The engine's own environment: no usage statistics, offline, the CPU platform, caches
         // in the lab's cache and temporary files here.
-        .envs(engines::vllm::vllm_env(&spec.vllm, dir))
+        .envs(engines::vllm::vllm_env(settings, dir))
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(240), cmd.output())
         .await

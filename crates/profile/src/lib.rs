@@ -2,9 +2,10 @@
 //! capture range around the workload, `nsys stats` and its CSV, parsed into
 //! `profile/nvtx_sum.csv`.
 //!
-//! No engine imports this crate: a profiled run gives its [`ProfileSpec`] to the launchers as
-//! their [`engines::CommandWrapper`] (process vLLM's profiler flags, nsys in vLLM's container,
-//! the run's `profile/` made before the engine starts), and the run brackets its workload with a
+//! Neither the engines nor the lab import this crate: the caller of a profiled run gives its
+//! [`ProfileSpec::instruments`] to the run, the launchers' [`engines::CommandWrapper`] (process
+//! vLLM's profiler flags, nsys in vLLM's container, the run's `profile/` made before the engine
+//! starts) and the run's [`engines::RunHook`], which brackets its workload with a
 //! [`WorkloadCapture`].
 //!
 //! Where nsys runs ([`Placement`]):
@@ -39,7 +40,9 @@ use engines::docker::{ContainerFiles, ContainerHost, DockerRun, KvlabImage};
 use engines::secrets::Secrets;
 use engines::shell::quote;
 pub use engines::CommandLine;
-use engines::{CommandWrapper, EngineKind, HostProbe, LaunchSpec};
+use engines::{
+    CommandWrapper, EngineKind, HookFuture, HookSpan, HostProbe, Instruments, LaunchSpec, RunHook,
+};
 use schema::error::{LabError, Result};
 
 /// What nsys traces.
@@ -64,7 +67,7 @@ pub const KERN_SUM_CSV: &str = "cuda_gpu_kern_sum.csv";
 pub const INSTALL_NSYS: &str = "`nix develop` provides it (cudaPackages.nsight_systems); elsewhere install \
      NVIDIA Nsight Systems and put `nsys` on PATH";
 
-/// How a run is profiled; given to the launchers through [`LaunchSpec::profile`].
+/// How a run is profiled; given to the run through [`ProfileSpec::instruments`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProfileSpec {
     pub placement: Placement,
@@ -193,6 +196,30 @@ pub fn vllm_process_args(spec: &LaunchSpec) -> Vec<String> {
     spec.wrapper.as_ref().map(|w| w.process_args()).unwrap_or_default()
 }
 
+impl ProfileSpec {
+    /// What a profiled run is instrumented with: this profile as the launchers' command wrapper
+    /// and as the run's hook around its workload.
+    pub fn instruments(self) -> Instruments {
+        Instruments { wrapper: std::sync::Arc::new(self), hook: std::sync::Arc::new(self) }
+    }
+}
+
+/// The run's hook under a profile: the capture range spans the workload ([`WorkloadCapture`]).
+impl RunHook for ProfileSpec {
+    fn begin<'a>(&'a self, spec: &'a LaunchSpec, base_url: &'a str) -> HookFuture<'a, Box<dyn HookSpan>> {
+        Box::pin(async move {
+            let capture = WorkloadCapture::begin(Some(self), spec, base_url).await?;
+            Ok(Box::new(capture) as Box<dyn HookSpan>)
+        })
+    }
+}
+
+impl HookSpan for WorkloadCapture {
+    fn end<'a>(self: Box<Self>, spec: &'a LaunchSpec) -> HookFuture<'a, ()> {
+        Box::pin(WorkloadCapture::end(*self, spec.kind(), spec.ready_timeout))
+    }
+}
+
 /// The launchers' hooks under a profile: process vLLM gets its profiler's arguments, a container
 /// run gets nsys around vLLM when nsys runs in the container, and the run's `profile/` is made
 /// before the engine starts.
@@ -309,21 +336,18 @@ pub fn stats_command(host: &StatsHost, profile_dir: &Path, report: &str) -> Comm
 // ---------------------------------------------------------------------------------------------
 // Planning (`profile --dry-run`): the engine's command as its launcher would run it.
 
-/// The run id a planned command shows (the real one is the result directory's name and the pid).
-pub const PLANNED_RUN_ID: &str = "<run-id>";
-
 /// The engine's command under the profile, as its launcher runs it on `port`: vllm-docker's
 /// `<runtime> run ...` with nsys inside (always with the GPU flags: its launcher refuses a host
 /// without a GPU), or process vLLM's `vllm serve ...` with its profiler on. `None` for engines in
 /// the lab's process. Secrets appear only as `--env-file PATH` or in the environment.
 pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Option<CommandLine> {
     let lmcache_yaml = spec.lmcache.is_some().then(|| spec.run_dir.join("lmcache.yaml"));
-    match spec.engine {
+    match spec.kind() {
         EngineKind::VllmDocker => {
-            let image = spec.image.clone().or_else(|| engines::docker::default_image(spec.engine))?;
+            let image = spec.engine.container().and_then(|c| c.image.clone());
+            let image = image.or_else(|| engines::docker::default_image(EngineKind::VllmDocker))?;
             let run = engines::docker::docker_run(
                 spec,
-                spec.engine,
                 ContainerHost { runtime, nvidia_gpu: true, owner: engines::orphans::Owner::current() },
                 image,
                 port,
@@ -349,7 +373,7 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
                 } else {
                     engines::vllm::Connector::None
                 },
-                gpu_blocks: spec.emulator.gpu_blocks,
+                gpu_blocks: spec.gpu_blocks,
                 served_name: None,
                 cpu: false,
                 max_model_len: None,
@@ -357,7 +381,7 @@ pub fn planned_engine_command(spec: &LaunchSpec, runtime: &str, port: u16) -> Op
             };
             let mut cmd = engines::vllm::vllm_process_command(
                 &serve,
-                spec.vllm.python.as_deref(),
+                spec.engine.vllm().and_then(|v| v.python.as_deref()),
                 lmcache_yaml.as_deref(),
                 &spec.gpus,
                 spec.secrets.hf_token(),
@@ -639,13 +663,45 @@ pub fn parse_kern_sum(file: &str, text: &str) -> Result<Vec<KernelRow>> {
 }
 
 /// Writes rows as CSV (`profile/nvtx_sum.csv`, `profile/cuda_gpu_kern_sum.csv`).
-pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut w =
-        csv::Writer::from_path(path).map_err(|e| LabError::Other(format!("{}: {e}", path.display())))?;
+pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), ProfileError> {
+    let csv_err = |source| ProfileError::Csv { path: path.to_path_buf(), source };
+    let mut w = csv::Writer::from_path(path).map_err(csv_err)?;
     for row in rows {
-        w.serialize(row).map_err(|e| LabError::Other(format!("{}: {e}", path.display())))?;
+        w.serialize(row).map_err(csv_err)?;
     }
-    w.flush().map_err(|e| LabError::io(path, e))
+    Ok(w.flush().map_err(|e| LabError::io(path, e))?)
+}
+
+/// Why the profile's summaries could not be made ([`summarize`], [`write_csv`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// nsys wrote no report: the capture range never started, or nsys failed.
+    #[error(
+        "{}: no Nsight Systems report; nsys collected nothing (did the capture range start? see engine.log)",
+        report.display()
+    )]
+    NoReport { report: PathBuf },
+    /// `nsys stats` could not be started.
+    #[error("could not run `{program}` for nsys stats: {source}")]
+    StatsSpawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nsys stats` ran and failed; its output is in `log`.
+    #[error("`nsys stats` failed ({status}); its output is in {}", log.display())]
+    StatsFailed { status: std::process::ExitStatus, log: PathBuf },
+    /// A summary could not be written as CSV.
+    #[error("{}: {source}", path.display())]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    /// A file could not be read or written, or `nsys stats`' CSV is malformed (`FILE:LINE: FIELD:
+    /// message`).
+    #[error(transparent)]
+    Lab(#[from] LabError),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,10 +735,10 @@ impl WorkloadCapture {
         base_url: &str,
     ) -> Result<WorkloadCapture> {
         let Some(profile) = profile else { return Ok(WorkloadCapture { kind: CaptureKind::None }) };
-        let kind = match capture(spec.engine) {
+        let kind = match capture(spec.kind()) {
             Capture::Nvtx(_) => CaptureKind::Nvtx(loadgen::nvtx::WorkloadRange::start()),
             Capture::CudaProfilerApi => {
-                post(spec.engine, base_url, "/start_profile").await?;
+                post(spec.kind(), base_url, "/start_profile").await?;
                 let container = (profile.placement == Placement::InContainer).then(|| {
                     (
                         engines::HostProbe::detect().container_runtime.unwrap_or_else(|| "docker".to_owned()),
@@ -766,27 +822,20 @@ pub struct ProfileSummary {
 /// After the capture: `nsys stats` on `profile/<report>.nsys-rep`, parsed into
 /// `profile/nvtx_sum.csv` and `profile/cuda_gpu_kern_sum.csv`. A report without CUDA kernels
 /// (the emulator, llama.cpp on CPU) has no kernel summary: that is not an error.
-pub fn summarize(host: &StatsHost, profile_dir: &Path, report: &str) -> Result<ProfileSummary> {
+pub fn summarize(host: &StatsHost, profile_dir: &Path, report: &str) -> Result<ProfileSummary, ProfileError> {
     let rep = profile_dir.join(format!("{report}.nsys-rep"));
     if !rep.is_file() {
-        return Err(LabError::Other(format!(
-            "{}: no Nsight Systems report; nsys collected nothing (did the capture range start? see engine.log)",
-            rep.display()
-        )));
+        return Err(ProfileError::NoReport { report: rep });
     }
     let cmd = stats_command(host, profile_dir, report);
     let out = std::process::Command::new(&cmd.program)
         .args(&cmd.args)
         .output()
-        .map_err(|e| LabError::Other(format!("could not run `{}` for nsys stats: {e}", cmd.program)))?;
+        .map_err(|source| ProfileError::StatsSpawn { program: cmd.program.clone(), source })?;
     std::fs::write(profile_dir.join("stats.log"), [out.stdout.as_slice(), out.stderr.as_slice()].concat())
         .map_err(|e| LabError::io(profile_dir.join("stats.log"), e))?;
     if !out.status.success() {
-        return Err(LabError::Other(format!(
-            "`nsys stats` failed ({}); its output is in {}",
-            out.status,
-            profile_dir.join("stats.log").display()
-        )));
+        return Err(ProfileError::StatsFailed { status: out.status, log: profile_dir.join("stats.log") });
     }
     let read = |name: &str| -> Result<Option<(PathBuf, String)>> {
         let path = profile_dir.join(format!("stats_{name}.csv"));

@@ -126,7 +126,7 @@ pub struct Jobs {
 }
 
 fn err(msg: impl Into<String>) -> LabError {
-    LabError::Other(msg.into())
+    LabError::Scheduler(msg.into())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -135,7 +135,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|source| LabError::Json { what: path.display().to_string(), source })?;
     lab::run::write_atomic(path, text.as_bytes())
 }
 
