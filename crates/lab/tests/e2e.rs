@@ -458,3 +458,66 @@ async fn env_json_records_the_workspace_revision_and_the_engine_version() {
     insta::assert_json_snapshot!(redacted_keys(&env, ""));
     assert_no_secret(ws.path());
 }
+
+/// What profiling plugs into a run, seen from the lab: the hook begins once the engine answers
+/// and before any request is sent, and ends after the last request's record is written, with the
+/// run's engine and result directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_hook_brackets_the_workload() {
+    use engines::{CommandWrapper, HookFuture, HookSpan, Instruments, LaunchSpec, RunHook};
+    use std::sync::{Arc, Mutex};
+
+    type Log = Arc<Mutex<Vec<String>>>;
+    fn records(spec: &LaunchSpec) -> usize {
+        std::fs::read_to_string(spec.run_dir.join("requests.jsonl")).map_or(0, |t| t.lines().count())
+    }
+    #[derive(Debug)]
+    struct Recording(Log);
+    struct Span(Log);
+    impl RunHook for Recording {
+        fn begin<'a>(&'a self, spec: &'a LaunchSpec, base_url: &'a str) -> HookFuture<'a, Box<dyn HookSpan>> {
+            Box::pin(async move {
+                let answers =
+                    reqwest::get(format!("{base_url}/v1/models")).await.is_ok_and(|r| r.status() == 200);
+                let line =
+                    format!("begin {}: engine answers {answers}, {} records", spec.kind(), records(spec));
+                self.0.lock().unwrap().push(line);
+                Ok(Box::new(Span(self.0.clone())) as Box<dyn HookSpan>)
+            })
+        }
+    }
+    impl HookSpan for Span {
+        fn end<'a>(self: Box<Self>, spec: &'a LaunchSpec) -> HookFuture<'a, ()> {
+            Box::pin(async move {
+                self.0.lock().unwrap().push(format!("end: {} records", records(spec)));
+                Ok(())
+            })
+        }
+    }
+    #[derive(Debug)]
+    struct Unwrapped;
+    impl CommandWrapper for Unwrapped {
+        fn prepare(&self, _: &Path) -> schema::error::Result<()> {
+            Ok(())
+        }
+        fn process_args(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn container_args(&self, args: Vec<String>, _: &str, _: &Path) -> Vec<String> {
+            args
+        }
+    }
+
+    let ws = workspace();
+    let log = Log::default();
+    let mut opts = BenchOptions::new(ws.path(), Tier::Cpu);
+    opts.engine = EngineKind::Emulated;
+    opts.num_requests = Some(8);
+    opts.request_rate = Some(50.0);
+    opts.progress = false;
+    opts.instruments =
+        Some(Instruments { wrapper: Arc::new(Unwrapped), hook: Arc::new(Recording(log.clone())) });
+    let reports = bench(&opts).await.unwrap();
+    assert_eq!(reports[0].summary.completed, 8);
+    assert_eq!(*log.lock().unwrap(), ["begin emulated: engine answers true, 0 records", "end: 8 records"]);
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use engines::secrets::Secrets;
 use engines::{launcher, EngineKind, EngineSettings, GpuSelection, LaunchSpec, LlamacppSettings};
 use schema::config::{Tier, TierConfig};
+use schema::error::LabError;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -236,4 +237,22 @@ async fn an_external_server_is_emulated_only_when_it_says_so() {
     assert!(!engines::external_is_emulated(&format!("{plain}/v1/")).await, "with /v1/");
     let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     assert!(!engines::external_is_emulated(&format!("http://{refused}")).await, "nothing listening");
+}
+
+/// Each launcher reads only its own kind's description: given another kind's spec, it refuses it
+/// with a typed error naming both, before it starts anything.
+#[tokio::test]
+async fn a_launcher_refuses_another_kinds_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), EngineKind::External, Tier::Baseline);
+    for kind in [EngineKind::Emulated, EngineKind::Llamacpp, EngineKind::Vllm, EngineKind::VllmDocker] {
+        let Err(e) = launcher(kind).start(&s).await else { panic!("{kind} started an external spec") };
+        assert!(
+            matches!(e, LabError::WrongEngine { launcher, given: EngineKind::External } if launcher == kind),
+            "{kind}: {e}"
+        );
+    }
+    let s = spec(dir.path(), EngineKind::Llamacpp, Tier::Baseline);
+    let Err(e) = launcher(EngineKind::External).start(&s).await else { panic!("external started") };
+    assert_eq!(e.to_string(), "the `external` launcher was given the launch spec of engine `llamacpp`");
 }
