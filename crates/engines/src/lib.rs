@@ -6,6 +6,12 @@
 //! `/v1/models` with a timeout, and [`RunningEngine::stop`] (or dropping it) stops and reaps it:
 //! SIGTERM, then SIGKILL; `docker rm -f` for containers. What a killed lab leaves behind is
 //! found by [`orphans::reap_orphans`] (container labels, process records).
+//!
+//! A [`LaunchSpec`] holds what every engine shares and one [`EngineSettings`], the description of
+//! its engine kind, which only that kind's launcher reads (another kind's spec is refused with
+//! [`LabError::WrongEngine`]). What instruments a run (profiling) comes in through two seams, the
+//! [`CommandWrapper`] of the spec and the [`RunHook`] around the workload ([`Instruments`]), so
+//! that no engine imports the profiler.
 
 pub mod docker;
 mod emulated;
