@@ -97,6 +97,7 @@ fn inside(bench: crate::bench::BenchArgs, engine: EngineKind, handoff: &Path) ->
     Ok(lab::verdict::check_failures(&reports, max_failed)?)
 }
 
+/// vllm-docker: the run (nsys in the engine's container), then the summaries and the report.
 fn in_container(
     opts: &lab::run::BenchOptions,
     max_failed: f64,
