@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use scaleout::follow;
 
 /// Flags of `cargo xtask bench` (names follow `vllm bench serve` where they overlap).
 #[derive(Debug, Clone, clap::Args)]
@@ -221,19 +222,15 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     let watch =
         scaleout::slurm::WatchConfig { cancel_on_interrupt: sched.cancel_on_interrupt, ..Default::default() };
     if let Some(root) = &sched.attach {
-        return finish(rt.block_on(scaleout::slurm::watch(root, &watch, ctrl_c()))?);
+        return Ok(rt.block_on(follow::attach(root, &watch))?);
     }
     if let Some(root) = &sched.resume {
         let submitted = scaleout::slurm::resume(root)?;
-        if submitted.job_ids.is_empty() {
-            println!("every point of {} is complete; nothing to submit", submitted.root.display());
-            return finish(rt.block_on(scaleout::slurm::watch(&submitted.root, &watch, ctrl_c()))?);
-        }
-        return follow(&rt, &submitted, &sched, &watch);
+        return Ok(rt.block_on(follow::follow_resumed(&submitted, sched.detach, &watch))?);
     }
     if sched.scheduler != Scheduler::Local {
         let max_failed_fraction = args.workload.max_failed_fraction;
-        let mut opts = options(args)?;
+        let opts = options(args)?;
         let cfg = scaleout::slurm::SubmitConfig {
             flags: schema::config::SlurmSettings {
                 partition: sched.partition.clone(),
@@ -255,28 +252,16 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         if sched.scheduler == Scheduler::K8s {
             let emit = sched.emit.clone().context("--scheduler k8s needs --emit DIR")?;
-            opts.out = Some(emit);
-            let (plan, root) = scaleout::slurm::prepare(&opts, &cfg)?;
-            let k8s = scaleout::k8s::K8sConfig {
+            let pod = scaleout::k8s::PodSettings {
                 image: sched.pod_image.clone(),
                 results_claim: sched.results_claim.clone(),
                 mount_path: sched.mount_path.clone(),
-                root_name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             };
-            let job = root.join("job.yaml");
-            std::fs::write(&job, scaleout::k8s::indexed_job(&plan, &k8s))
-                .with_context(|| job.display().to_string())?;
-            println!("{}", job.display());
-            eprintln!(
-                "kvlab: emitted, not run: copy {} into the claim `{}`, then `kubectl apply -f {}`",
-                root.display(),
-                k8s.results_claim,
-                job.display()
-            );
+            scaleout::k8s::emit(opts, &cfg, &pod, &emit)?;
             return Ok(());
         }
         let submitted = scaleout::slurm::submit(&opts, &cfg)?;
-        return follow(&rt, &submitted, &sched, &watch);
+        return Ok(rt.block_on(follow::follow(&submitted, sched.detach, &watch))?);
     }
     let max_failed_fraction = args.workload.max_failed_fraction;
     let opts = options(args)?;
@@ -290,80 +275,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             reports[0].dir.parent().unwrap_or(Path::new(".")).display()
         );
     }
-    check_failures(&reports, max_failed_fraction)
-}
-
-async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Prints the job ids, then returns (`--detach`) or watches the run to its end.
-fn follow(
-    rt: &tokio::runtime::Runtime,
-    submitted: &scaleout::slurm::Submitted,
-    sched: &SchedulerArgs,
-    watch: &scaleout::slurm::WatchConfig,
-) -> anyhow::Result<()> {
-    eprintln!(
-        "kvlab: submitted {} point(s) as Slurm job {}; results in {}",
-        submitted.points.len(),
-        submitted.job_ids.join(", "),
-        submitted.root.display()
-    );
-    if sched.detach {
-        println!("{}", submitted.job_ids.join(","));
-        eprintln!("kvlab: watch it with `cargo xtask bench --attach {}`", submitted.root.display());
-        return Ok(());
-    }
-    finish(rt.block_on(scaleout::slurm::watch(&submitted.root, watch, ctrl_c()))?)
-}
-
-/// Prints the summary table; an error naming each failed point (state, node, log) when any failed.
-fn finish(end: scaleout::slurm::WatchEnd) -> anyhow::Result<()> {
-    let (outcome, verdict) = match end {
-        scaleout::slurm::WatchEnd::Finished(o) => (o, None),
-        scaleout::slurm::WatchEnd::Cancelled(o) => {
-            (o, Some("cancelled; nothing of the run is left in squeue"))
-        }
-        scaleout::slurm::WatchEnd::Detached(o) => {
-            println!("{}", scaleout::slurm::render_table(&o));
-            return Ok(());
-        }
-    };
-    println!("{}", scaleout::slurm::render_table(&outcome));
-    println!("index: {}", outcome.root.join("index.json").display());
-    let failed = outcome.failed();
-    if !failed.is_empty() {
-        let lines: Vec<String> = failed
-            .iter()
-            .map(|p| {
-                format!(
-                    "point {} ({}): {} on {}; log: {}",
-                    p.index,
-                    p.name,
-                    p.state,
-                    p.node.as_deref().unwrap_or("no node"),
-                    match &p.log {
-                        Some(l) if l.is_file() => l.display().to_string(),
-                        _ => "none (never started)".to_owned(),
-                    }
-                )
-            })
-            .collect();
-        anyhow::bail!(
-            "{} of {} points failed (resume with `cargo xtask bench --resume {}`):\n{}",
-            failed.len(),
-            outcome.points.len(),
-            outcome.root.display(),
-            lines.join("\n")
-        );
-    }
-    if let Some(v) = verdict {
-        anyhow::bail!("{v}");
-    }
-    Ok(())
+    Ok(lab::verdict::check_failures(&reports, max_failed_fraction)?)
 }
 
 pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions> {
@@ -402,35 +314,4 @@ pub(crate) fn options(args: BenchArgs) -> anyhow::Result<lab::run::BenchOptions>
     opts.block_size = args.block_size;
     opts.ready_timeout = Duration::from_secs(args.ready_timeout);
     Ok(opts)
-}
-
-/// Unlike `vllm bench serve`, a run where requests failed never looks like a success: the exit
-/// code is non-zero when the failed fraction of any run exceeds `max_failed_fraction`. The
-/// requests a point's `time_limit` cut short (`interrupted`) are not failures of the engine.
-pub(crate) fn check_failures(
-    reports: &[lab::run::RunReport],
-    max_failed_fraction: f64,
-) -> anyhow::Result<()> {
-    for report in reports {
-        let s = &report.summary;
-        let cut = if report.time_limit_reached {
-            s.failed_by_class.get("interrupted").copied().unwrap_or(0)
-        } else {
-            0
-        };
-        let sent = s.completed + s.failed - cut;
-        let failed = s.failed - cut;
-        let fraction = if sent == 0 { 1.0 } else { failed as f64 / sent as f64 };
-        if sent == 0 || fraction > max_failed_fraction {
-            anyhow::bail!(
-                "{}: {} of {} requests failed (allowed fraction {}); records are in {}",
-                report.dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-                failed,
-                sent,
-                max_failed_fraction,
-                report.dir.join("requests.jsonl").display()
-            );
-        }
-    }
-    Ok(())
 }

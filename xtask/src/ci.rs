@@ -413,13 +413,9 @@ fn relink(target: &Path, link: &Path) -> Result<()> {
     std::os::unix::fs::symlink(target, link).with_context(|| format!("linking {}", link.display()))
 }
 
-/// A stable 64-bit FNV-1a hash in hex: the cache key of pins and generators (the same bytes
-/// give the same key on every machine and toolchain).
+/// The cache key of pins and generators: the first 12 hex digits of their FNV-1a 64 hash.
 fn fnv_hex(bytes: &[u8]) -> String {
-    let hash = bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    format!("{hash:016x}")[..12].to_owned()
+    images::fnv1a_hex(bytes)[..12].to_owned()
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {

@@ -37,5 +37,5 @@ pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     args.workload.apply(&mut opts);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let reports = rt.block_on(lab::run::bench(&opts))?;
-    crate::bench::check_failures(&reports, max_failed_fraction)
+    Ok(lab::verdict::check_failures(&reports, max_failed_fraction)?)
 }

@@ -61,13 +61,13 @@ pub(crate) fn run(args: RegressArgs) -> anyhow::Result<()> {
 /// Runs the pinned scenario, writes its result directories and their report under `out`.
 fn pinned_subjects(out: &std::path::Path) -> anyhow::Result<Vec<Subject>> {
     let runs = emulator::scenario::pinned().context("running the pinned scenario")?;
-    let mut data = Vec::new();
-    for run in &runs {
-        let dir = out.join(&run.name);
-        run.write_result_dir(&dir)?;
-        data.push(report::RunData::load(&dir)?);
-    }
-    let written = report::write_report(&data, out)?;
+    let (subjects, written) = regress::pinned_subjects(
+        out,
+        runs.iter().map(|r| {
+            let subject = Subject { name: r.name.clone(), summary: r.summary.clone() };
+            (subject, |dir: &std::path::Path| r.write_result_dir(dir))
+        }),
+    )?;
     println!("pinned scenario (emulated, virtual time): report {}", written.html.display());
-    Ok(runs.into_iter().map(|r| Subject { name: r.name, summary: r.summary }).collect())
+    Ok(subjects)
 }

@@ -131,7 +131,7 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
         );
     }
     let capacities: Vec<Capacity> = if args.capacity.is_empty() {
-        default_capacities(&traces)
+        sim::default_capacities(&traces)
     } else {
         args.capacity.iter().map(|c| Capacity::parse(c)).collect::<Result<_, _>>()?
     };
@@ -194,37 +194,21 @@ pub(crate) fn run(args: SimArgs) -> Result<()> {
     std::fs::create_dir_all(args.out.join("plots"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     write(&args.out.join("sim.csv"), &sim::output::csv(&rows))?;
-    let json = serde_json::json!({
-        "v": 1,
-        "swept_tier": tier,
-        "tier_model": tier_model,
-        "capacities": capacities.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "model": args.model,
-        "gpu": args.gpu,
-        "traces": traces,
-        "rows": rows,
-        "learned": learned,
-        "tuned": tuned,
-        "definitions": {
-            "block_hit_ratio": "pooled: leading resident blocks over queried blocks, over all requests",
-            "token_hit_ratio": "pooled: hit tokens over prompt tokens (a prompt's last block may be partial)",
-            "mean_request_token_hit_ratio": "mean over requests of each request's token hit ratio",
-            "prefill_tokens_saved": "hit tokens, at most prompt - 1 per request",
-            "ttft_saved_s": "sum over requests of the cost model's TTFT without cache minus with the hit, alone on the engine",
-        },
+    let json = sim::output::json(&sim::output::JsonInputs {
+        swept_tier: tier,
+        tier_model,
+        capacities: &capacities,
+        model: args.model.as_deref(),
+        gpu: args.gpu.as_deref(),
+        traces: &traces,
+        rows: &rows,
+        learned: &learned,
+        tuned: &tuned,
     });
     write(&args.out.join("sim.json"), &serde_json::to_string_pretty(&json)?)?;
     for t in &traces {
-        let stem: String = t
-            .name
-            .rsplit('/')
-            .next()
-            .unwrap_or(&t.name)
-            .chars()
-            .map(|c| if c.is_alphanumeric() { c } else { '_' })
-            .collect();
         write(
-            &args.out.join("plots").join(format!("hit_ratio_{stem}.svg")),
+            &args.out.join("plots").join(sim::output::svg_name(&t.name)),
             &sim::output::svg(&rows, &t.name)?,
         )?;
     }
@@ -240,17 +224,6 @@ fn load(path: &Path, opts: &LoadOptions) -> Result<SimTrace> {
 fn write(path: &Path, text: &str) -> Result<()> {
     // Atomic like a run's record files: a full disk leaves no half-written sim.json.
     stats::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
-}
-
-/// 12 capacities from 1% to 100% of the largest trace's unique blocks (geometric), and inf.
-fn default_capacities(traces: &[SimTrace]) -> Vec<Capacity> {
-    let unique = traces.iter().map(|t| t.unique_blocks).max().unwrap_or(1).max(1) as f64;
-    let mut caps: Vec<Capacity> = (0..12)
-        .map(|i| Capacity::Blocks((unique * 0.01 * 100f64.powf(f64::from(i) / 11.0)).round().max(1.0) as u64))
-        .collect();
-    caps.dedup();
-    caps.push(Capacity::Infinite);
-    caps
 }
 
 fn convert(traces: &[PathBuf], dest: &Path, opts: &LoadOptions) -> Result<()> {

@@ -98,13 +98,14 @@ const BASE_RECIPE_VERSION: u32 = 1;
 impl BaseRecipe {
     /// The content hash of the inputs (FNV-1a 64, hex): the base is rebuilt only when it changes.
     pub fn input_hash(&self) -> String {
-        fnv1a_hex(&format!(
+        let inputs = format!(
             "v{BASE_RECIPE_VERSION}\n{}\n{}\n{}\n{}\n",
             self.suite,
             self.variant,
             self.mirror,
             self.include.join(",")
-        ))
+        );
+        fnv1a_hex(inputs.as_bytes())
     }
 
     /// `kvlab/base:<suite>`, the tag every other image builds FROM.
@@ -162,10 +163,12 @@ impl BaseRecipe {
     }
 }
 
-/// FNV-1a 64 of `text`, as 16 hex digits: the content hash that keys the base and `vllm-cpu`.
-fn fnv1a_hex(text: &str) -> String {
+/// FNV-1a 64 of `bytes`, as 16 hex digits: the content hash that keys the base and `vllm-cpu`
+/// (and the lab's cached venvs and generated models). The same bytes give the same key on every
+/// machine and toolchain.
+pub fn fnv1a_hex(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -230,7 +233,7 @@ impl VllmCpuRecipe {
     /// The content hash of every input (FNV-1a 64, hex).
     pub fn input_hash(&self) -> String {
         let (major, minor) = VLLM_CPU_GLIBC;
-        fnv1a_hex(&format!(
+        let inputs = format!(
             "v{VLLM_CPU_RECIPE_VERSION}\nuv {VLLM_CPU_UV_VERSION}\npython {VLLM_CPU_PYTHON}\nglibc {major}.{minor}\n\
              left out {}\n--requirements\n{}\n--overrides\n{}\n--containerfile\n{}\n--entrypoint\n{}\n",
             VLLM_CPU_LEFT_OUT.join(","),
@@ -238,7 +241,8 @@ impl VllmCpuRecipe {
             self.overrides,
             self.containerfile,
             self.entrypoint
-        ))
+        );
+        fnv1a_hex(inputs.as_bytes())
     }
 
     /// Whether the image leaves out the package `name` ([`VLLM_CPU_LEFT_OUT`]; names compared

@@ -11,6 +11,7 @@
 pub mod report;
 mod resolved;
 pub mod run;
+pub mod verdict;
 
 mod adapters;
 

@@ -30,6 +30,8 @@
 //! panics on outside input and names the file, line and column it rejects; no secret reaches a
 //! command line (HF_TOKEN goes through the container's `--env-file` or the environment).
 
+pub mod nsys_run;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

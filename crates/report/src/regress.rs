@@ -577,3 +577,36 @@ pub fn subject_from_dir(dir: &Path) -> Result<Subject, Error> {
         .unwrap_or_else(|| "run".to_owned());
     Ok(Subject { name, summary })
 }
+
+/// Why [`pinned_subjects`] failed: a run's result directory could not be written (`E`, the
+/// writer's error), or the report over them.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Write(E),
+    #[error(transparent)]
+    Report(#[from] Error),
+}
+
+/// The subjects of a pinned scenario run elsewhere (the emulator's, in virtual time): each run's
+/// result directory `<out>/<name>` written by its writer and read back, then the report over them
+/// written into `out`. Returns the subjects in order and the report.
+pub fn pinned_subjects<E, W>(
+    out: &Path,
+    runs: impl IntoIterator<Item = (Subject, W)>,
+) -> Result<(Vec<Subject>, crate::ReportOutput), PinnedError<E>>
+where
+    E: std::error::Error + 'static,
+    W: FnOnce(&Path) -> Result<(), E>,
+{
+    let mut data = Vec::new();
+    let mut subjects = Vec::new();
+    for (subject, write) in runs {
+        let dir = out.join(&subject.name);
+        write(&dir).map_err(PinnedError::Write)?;
+        data.push(crate::RunData::load(&dir)?);
+        subjects.push(subject);
+    }
+    let written = crate::write_report(&data, out)?;
+    Ok((subjects, written))
+}

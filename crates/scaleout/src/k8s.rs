@@ -2,7 +2,12 @@
 //! manifest is written, not run: apply it with `kubectl apply -f` on a cluster whose nodes mount
 //! the results volume. kvlab runs no Kubernetes cluster itself.
 
-use crate::slurm::Plan;
+use std::path::{Path, PathBuf};
+
+use lab::run::BenchOptions;
+use schema::error::LabError;
+
+use crate::slurm::{Plan, SubmitConfig};
 
 /// What the manifest needs besides the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +91,57 @@ pub fn indexed_job(plan: &Plan, cfg: &K8sConfig) -> String {
         args = args.join("\n"),
         mount = yaml_str(&cfg.mount_path),
     )
+}
+
+/// The pod's side of an emitted job: what [`K8sConfig`] holds besides the result root's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodSettings {
+    /// The image that holds the runner and the engines (e.g. the lab image).
+    pub image: String,
+    /// A PersistentVolumeClaim (ReadWriteMany) holding the result root.
+    pub results_claim: String,
+    /// Where the claim is mounted in the pod.
+    pub mount_path: String,
+}
+
+/// Why [`emit`] wrote no job.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// The plan was refused or its result root could not be written.
+    #[error(transparent)]
+    Plan(#[from] LabError),
+    /// `job.yaml` could not be written.
+    #[error("{}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Writes the plan's result root (plan, runner) under `dir` and its Indexed Job as `job.yaml`
+/// in it; prints the job's path and what to do with it. Nothing is run. Returns the job's path.
+pub fn emit(
+    mut opts: BenchOptions,
+    cfg: &SubmitConfig,
+    pod: &PodSettings,
+    dir: &Path,
+) -> Result<PathBuf, EmitError> {
+    opts.out = Some(dir.to_owned());
+    let (plan, root) = crate::slurm::prepare(&opts, cfg)?;
+    let k8s = K8sConfig {
+        image: pod.image.clone(),
+        results_claim: pod.results_claim.clone(),
+        mount_path: pod.mount_path.clone(),
+        root_name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    let job = root.join("job.yaml");
+    std::fs::write(&job, indexed_job(&plan, &k8s))
+        .map_err(|source| EmitError::Write { path: job.clone(), source })?;
+    println!("{}", job.display());
+    eprintln!(
+        "kvlab: emitted, not run: copy {} into the claim `{}`, then `kubectl apply -f {}`",
+        root.display(),
+        k8s.results_claim,
+        job.display()
+    );
+    Ok(job)
 }
 
 fn yaml_str(s: &str) -> String {

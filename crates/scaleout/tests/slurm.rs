@@ -13,11 +13,8 @@ use scaleout::slurm::{self as slurm, Runner, SubmitConfig, WatchConfig, WatchEnd
 use schema::config::SlurmSettings;
 use testcluster::{self as cluster, ClusterHandle};
 
-// The lab's end-to-end test helpers (a workspace with a planted secret, records, processes).
-#[path = "../../lab/tests/common/mod.rs"]
-mod common;
-
-use common::{assert_no_secret, processes_mentioning, records, workspace};
+use testkit::live::{processes_mentioning, records};
+use testkit::workspace::{assert_no_secret, workspace};
 
 /// The cluster tests share one cluster; they take turns.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -272,7 +269,7 @@ fn env_json(dir: &Path) -> serde_json::Value {
 
 /// Each point's records: every request once.
 fn assert_requests_counted_once(dir: &Path) {
-    let recs = records(dir);
+    let recs: Vec<stats::RequestRecord> = records(dir);
     let ids: BTreeSet<u64> = recs.iter().map(|r| r.id).collect();
     assert_eq!(ids.len(), recs.len(), "{}: a request is recorded twice", dir.display());
     let summary: serde_json::Value =

@@ -21,7 +21,8 @@ pub mod trace;
 pub use crate::capacity::Capacity;
 pub use crate::replay::{replay, PolicySpec, ReplayConfig, ReplayResult, TierModel};
 pub use crate::sweep::{
-    held_out_capacity, learned_report, sweep, tuned_report, LearnedReport, Row, SweepConfig, TunedReport,
+    default_capacities, held_out_capacity, learned_report, sweep, tuned_report, LearnedReport, Row,
+    SweepConfig, TunedReport,
 };
 pub use crate::trace::{InputFormat, LoadOptions, SimTrace};
 

@@ -126,3 +126,53 @@ pub fn svg(rows: &[Row], trace: &str) -> Result<String, SimError> {
     };
     figure.svg().map_err(|message| SimError::Plot { trace: trace.to_owned(), message })
 }
+
+/// What `sim.json` holds besides its definitions: the sweep and what it was asked.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonInputs<'a> {
+    pub swept_tier: kvcache::Tier,
+    pub tier_model: crate::TierModel,
+    pub capacities: &'a [crate::Capacity],
+    pub model: Option<&'a str>,
+    pub gpu: Option<&'a str>,
+    pub traces: &'a [crate::SimTrace],
+    pub rows: &'a [Row],
+    pub learned: &'a [crate::LearnedReport],
+    pub tuned: &'a [crate::TunedReport],
+}
+
+/// `sim.json` (version 1): the sweep, its inputs, and what each ratio means.
+pub fn json(i: &JsonInputs<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "v": 1,
+        "swept_tier": i.swept_tier,
+        "tier_model": i.tier_model,
+        "capacities": i.capacities.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "model": i.model,
+        "gpu": i.gpu,
+        "traces": i.traces,
+        "rows": i.rows,
+        "learned": i.learned,
+        "tuned": i.tuned,
+        "definitions": {
+            "block_hit_ratio": "pooled: leading resident blocks over queried blocks, over all requests",
+            "token_hit_ratio": "pooled: hit tokens over prompt tokens (a prompt's last block may be partial)",
+            "mean_request_token_hit_ratio": "mean over requests of each request's token hit ratio",
+            "prefill_tokens_saved": "hit tokens, at most prompt - 1 per request",
+            "ttft_saved_s": "sum over requests of the cost model's TTFT without cache minus with the hit, alone on the engine",
+        },
+    })
+}
+
+/// The file name of a trace's hit-ratio curves: `hit_ratio_<stem>.svg`, the stem the trace's
+/// file name with every character but letters and digits made `_`.
+pub fn svg_name(trace: &str) -> String {
+    let stem: String = trace
+        .rsplit('/')
+        .next()
+        .unwrap_or(trace)
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("hit_ratio_{stem}.svg")
+}

@@ -294,6 +294,18 @@ pub fn tuned_report(
     Ok(TunedReport { trace: trace.name.clone(), result })
 }
 
+/// The default capacities of a sweep: 12 from 1% to 100% of the largest trace's unique blocks
+/// (geometric), and inf.
+pub fn default_capacities(traces: &[SimTrace]) -> Vec<Capacity> {
+    let unique = traces.iter().map(|t| t.unique_blocks).max().unwrap_or(1).max(1) as f64;
+    let mut caps: Vec<Capacity> = (0..12)
+        .map(|i| Capacity::Blocks((unique * 0.01 * 100f64.powf(f64::from(i) / 11.0)).round().max(1.0) as u64))
+        .collect();
+    caps.dedup();
+    caps.push(Capacity::Infinite);
+    caps
+}
+
 /// The capacity the held-out reports use: the middle finite one of the sweep's (infinite when
 /// it has none).
 pub fn held_out_capacity(capacities: &[Capacity]) -> Capacity {

@@ -6,6 +6,8 @@
 //! [`services`]: the services `cargo xtask ci` starts or installs (Redis, the Slurm cluster,
 //! libCacheSim), or a failure naming them.
 //! [`live`]: what a live run looks like from `/proc` and on disk, for the security and fault tests.
+//! [`workspace`]: a lab workspace with the repository's configs and a planted secret, for the
+//! end-to-end tests of every crate that runs the lab.
 
 pub mod services {
     //! The services `cargo xtask ci` starts for the tests, found through the environment; a test
@@ -296,5 +298,80 @@ pub mod live {
             }
         }
         out
+    }
+
+    /// The pids of live (non-zombie) processes whose command line mentions `needle`.
+    pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+        cmdlines_containing(needle)
+            .into_iter()
+            .filter(|proc| !std::fs::read_to_string(proc.join("stat")).is_ok_and(|s| s.contains(") Z ")))
+            .filter_map(|proc| proc.file_name()?.to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// Panics if a file under `dir` other than `.env` contains `secret`.
+    pub fn assert_no_secret(dir: &Path, secret: &str) {
+        for f in files_under(dir) {
+            if f.ends_with(".env") {
+                continue;
+            }
+            // A socket or a pipe an engine left (vLLM's IPC sockets) holds no bytes to read; every
+            // other entry, links included, is read.
+            use std::os::unix::fs::FileTypeExt as _;
+            let kind = std::fs::symlink_metadata(&f).unwrap().file_type();
+            if kind.is_socket() || kind.is_fifo() {
+                continue;
+            }
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains(secret), "secret in {}", f.display());
+        }
+    }
+
+    /// The records of a result directory's `requests.jsonl` (each line must parse).
+    pub fn records<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
+        let path = dir.join("requests.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}: {l}", path.display(), i + 1))
+            })
+            .collect()
+    }
+}
+
+pub mod workspace {
+    //! A lab workspace for the end-to-end tests: the repository's configs and a planted secret.
+
+    use std::path::Path;
+
+    /// The `.env` secret planted in every test workspace; no result file may contain it.
+    pub const TOKEN: &str = "hf_e2ePlantedToken987";
+
+    /// A workspace root with the repository's configs and a planted `.env`.
+    pub fn workspace() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        copy_dir(&repo.join("configs"), &dir.path().join("configs"));
+        std::fs::write(dir.path().join(".env"), format!("HF_TOKEN={TOKEN}\n")).unwrap();
+        dir
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dest = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &dest);
+            } else {
+                std::fs::copy(e.path(), dest).unwrap();
+            }
+        }
+    }
+
+    /// Panics if a file under `dir` other than `.env` contains the planted [`TOKEN`].
+    pub fn assert_no_secret(dir: &Path) {
+        super::live::assert_no_secret(dir, TOKEN);
     }
 }

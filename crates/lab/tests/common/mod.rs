@@ -1,67 +1,20 @@
 //! Helpers shared by the end-to-end tests (each test file uses a subset).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The `.env` secret planted in every test workspace; no result file may contain it.
-pub(crate) const TOKEN: &str = "hf_e2ePlantedToken987";
-
-/// A workspace root with the repository's configs and a planted `.env`.
-pub(crate) fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    copy_dir(&repo.join("configs"), &dir.path().join("configs"));
-    std::fs::write(dir.path().join(".env"), format!("HF_TOKEN={TOKEN}\n")).unwrap();
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
+pub(crate) use testkit::live::processes_mentioning;
+pub(crate) use testkit::workspace::{assert_no_secret, workspace, TOKEN};
 
 /// Every file under `dir`, recursively.
 pub(crate) fn files(dir: &Path) -> Vec<PathBuf> {
     testkit::live::files_under(dir)
 }
 
-/// Panics if a file under `dir` other than `.env` contains the planted secret.
-pub(crate) fn assert_no_secret(dir: &Path) {
-    for f in files(dir) {
-        if f.ends_with(".env") {
-            continue;
-        }
-        // A socket or a pipe an engine left (vLLM's IPC sockets) holds no bytes to read; every
-        // other entry, links included, is read.
-        use std::os::unix::fs::FileTypeExt as _;
-        let kind = std::fs::symlink_metadata(&f).unwrap().file_type();
-        if kind.is_socket() || kind.is_fifo() {
-            continue;
-        }
-        let bytes = std::fs::read(&f).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains(TOKEN), "secret in {}", f.display());
-    }
-}
-
 /// The records of a result directory's `requests.jsonl` (each line must parse).
 pub(crate) fn records(dir: &Path) -> Vec<stats::RequestRecord> {
-    let path = dir.join("requests.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}: {l}", path.display(), i + 1))
-        })
-        .collect()
+    testkit::live::records(dir)
 }
 
 /// Lines of `requests.jsonl` under any result directory below `out` (0 while there is none).
@@ -78,15 +31,6 @@ pub(crate) async fn after_finished(out: PathBuf, n: usize) {
     while finished_requests_under(&out) < n {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The pids of live (non-zombie) processes whose command line mentions `needle`.
-pub(crate) fn processes_mentioning(needle: &str) -> Vec<u32> {
-    testkit::live::cmdlines_containing(needle)
-        .into_iter()
-        .filter(|proc| !std::fs::read_to_string(proc.join("stat")).is_ok_and(|s| s.contains(") Z ")))
-        .filter_map(|proc| proc.file_name()?.to_str()?.parse().ok())
-        .collect()
 }
 
 /// Checks the summary of an interrupted run against its `requests.jsonl`: every finished
