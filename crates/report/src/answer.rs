@@ -98,9 +98,30 @@ pub(crate) const HEADER: [&str; 6] = [
     "from GPU cache / computed",
 ];
 
+/// The answer of one report, computed once (each row's bootstrap included) and read by its
+/// figure, its markdown and its HTML.
+pub(crate) struct Answer {
+    pub(crate) rows: Vec<TierRow>,
+    /// The headline sentences.
+    pub(crate) headline: Vec<String>,
+    /// The table's cells, under [`HEADER`].
+    pub(crate) table: Vec<Vec<String>>,
+}
+
+impl Answer {
+    /// `None` where the report does not lead with an answer ([`applies`]).
+    pub(crate) fn of(runs: &[RunData]) -> Option<Answer> {
+        if !applies(runs) {
+            return None;
+        }
+        let rows = tier_rows(runs);
+        let (headline, table) = cells(&rows);
+        Some(Answer { rows, headline, table })
+    }
+}
+
 /// The answer's table cells and its headline sentences.
-pub(crate) fn cells(runs: &[RunData]) -> (Vec<String>, Vec<Vec<String>>) {
-    let rows = tier_rows(runs);
+fn cells(rows: &[TierRow]) -> (Vec<String>, Vec<Vec<String>>) {
     let mut headline = Vec::new();
     let table = rows
         .iter()
@@ -168,15 +189,14 @@ pub(crate) fn cells(runs: &[RunData]) -> (Vec<String>, Vec<Vec<String>>) {
     (headline, table)
 }
 
-/// The markdown section (empty when it does not apply); `figure`: the tier figure's file stem.
-pub(crate) fn markdown(runs: &[RunData], figure: Option<&str>) -> String {
+/// The markdown section (empty when there is no answer); `figure`: the tier figure's file stem.
+pub(crate) fn markdown(answer: Option<&Answer>, figure: Option<&str>) -> String {
     use std::fmt::Write as _;
-    if !applies(runs) {
+    let Some(Answer { headline, table: rows, .. }) = answer else {
         return String::new();
-    }
-    let (headline, rows) = cells(runs);
+    };
     let mut out = String::from("## Does offloading pay?\n\n");
-    for line in &headline {
+    for line in headline {
         let _ = writeln!(out, "- {line}");
     }
     if !headline.is_empty() {

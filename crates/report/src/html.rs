@@ -55,6 +55,7 @@ fn table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
 pub(crate) fn render(
     runs: &[RunData],
     comparison: &Comparison,
+    answer: Option<&crate::answer::Answer>,
     figures: &[Figure],
     svgs: &[String],
 ) -> String {
@@ -77,18 +78,17 @@ pub(crate) fn render(
                 writeln!(out, "<p class=\"banner\">INCOMPLETE: {}: {}</p>", escape(&run.label), escape(why));
         }
     }
-    if crate::answer::applies(runs) {
+    if let Some(crate::answer::Answer { headline, table: rows, .. }) = answer {
         out.push_str("<h2>Does offloading pay?</h2>\n");
-        let (headline, rows) = crate::answer::cells(runs);
         if !headline.is_empty() {
             out.push_str("<ul>\n");
             for line in headline {
-                let _ = writeln!(out, "<li>{}</li>", escape(&line));
+                let _ = writeln!(out, "<li>{}</li>", escape(line));
             }
             out.push_str("</ul>\n");
         }
         let header: Vec<String> = crate::answer::HEADER.iter().map(|s| (*s).to_owned()).collect();
-        table(&mut out, &header, &rows);
+        table(&mut out, &header, rows);
         if let Some((figure, svg)) = figures.iter().zip(svgs).find(|(f, _)| f.name == "tiers") {
             let start = svg.find("<svg").unwrap_or(0);
             let _ = write!(out, "<figure id=\"{}\">\n{}\n</figure>\n", escape(&figure.name), &svg[start..]);

@@ -71,7 +71,9 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<ReportOutput, Error>
     let io = io_err;
     let plots_dir = out.join("plots");
     std::fs::create_dir_all(&plots_dir).map_err(io(&plots_dir))?;
-    let figures = plots::figures(runs);
+    // The answer's rows each take a bootstrap: computed once, for the figure, markdown and HTML.
+    let answer = answer::Answer::of(runs);
+    let figures = plots::figures_with(runs, answer.as_ref());
     let comparison = compare::Comparison::new(runs);
     let mut plot_files = Vec::new();
     let mut svgs = Vec::new();
@@ -88,9 +90,9 @@ pub fn write_report(runs: &[RunData], out: &Path) -> Result<ReportOutput, Error>
     }
     let markdown = out.join("report.md");
     let html = out.join("report.html");
-    let md = markdown::render(runs, &comparison, &figures);
+    let md = markdown::render(runs, &comparison, answer.as_ref(), &figures);
     stats::write_atomic(&markdown, md.as_bytes()).map_err(io(&markdown))?;
-    let page = html::render(runs, &comparison, &figures, &svgs);
+    let page = html::render(runs, &comparison, answer.as_ref(), &figures, &svgs);
     stats::write_atomic(&html, page.as_bytes()).map_err(io(&html))?;
     Ok(ReportOutput { markdown, html, plots: plot_files, table: comparison.terminal_table() })
 }

@@ -65,7 +65,12 @@ pub(crate) fn missing_plots(figures: &[Figure]) -> Vec<(&'static str, &'static s
     out
 }
 
-pub(crate) fn render(runs: &[RunData], comparison: &Comparison, figures: &[Figure]) -> String {
+pub(crate) fn render(
+    runs: &[RunData],
+    comparison: &Comparison,
+    answer: Option<&crate::answer::Answer>,
+    figures: &[Figure],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {}\n", title(runs));
     if runs.iter().any(|r| r.summary.emulated) {
@@ -77,7 +82,7 @@ pub(crate) fn render(runs: &[RunData], comparison: &Comparison, figures: &[Figur
         }
     }
     let tiers = figures.iter().find(|f| f.name == "tiers").map(|f| f.name.as_str());
-    out.push_str(&crate::answer::markdown(runs, tiers));
+    out.push_str(&crate::answer::markdown(answer, tiers));
     let _ = writeln!(out, "## Runs\n");
     let _ = writeln!(out, "| {} |", RUNS_HEADER.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(RUNS_HEADER.len()));

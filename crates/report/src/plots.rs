@@ -20,7 +20,12 @@ use crate::RunData;
 
 /// Every figure of a report for `runs`, in report order. Figures without data are left out.
 pub fn figures(runs: &[RunData]) -> Vec<Figure> {
-    let mut out: Vec<Figure> = crate::answer::applies(runs).then(|| tiers(runs)).into_iter().collect();
+    figures_with(runs, crate::answer::Answer::of(runs).as_ref())
+}
+
+/// [`figures`] with the report's answer already computed.
+pub(crate) fn figures_with(runs: &[RunData], answer: Option<&crate::answer::Answer>) -> Vec<Figure> {
+    let mut out: Vec<Figure> = answer.map(|a| tiers(runs, &a.rows)).into_iter().collect();
     out.extend(offload_pays(runs));
     // Against prompt length only where the runs have lengths to compare; else over the run.
     if distinct_prompt_lengths(runs) >= MIN_LENGTHS {
@@ -130,11 +135,10 @@ fn ttft_over_time(runs: &[RunData]) -> Figure {
 
 /// The answer's picture: per run (x: its number in the report's run table), the median TTFT
 /// with its 95% interval, and where its prompt tokens came from.
-fn tiers(runs: &[RunData]) -> Figure {
-    let rows = crate::answer::tier_rows(runs);
+fn tiers(runs: &[RunData], rows: &[crate::answer::TierRow]) -> Figure {
     let suffix = emulated_suffix(runs);
     let mut ttft = Vec::new();
-    for r in &rows {
+    for r in rows {
         let x = (r.run + 1) as f64;
         let s = &runs[r.run].summary;
         let name =
@@ -160,7 +164,7 @@ fn tiers(runs: &[RunData]) -> Figure {
         }
     }
     let mut by_source: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in &rows {
+    for r in rows {
         for (source, pct) in r.sources_pct.iter().flatten() {
             by_source.entry(source.clone()).or_default().push(((r.run + 1) as f64, *pct));
         }
