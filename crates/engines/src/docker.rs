@@ -28,7 +28,7 @@ use super::{
     Launcher, RunningEngine,
 };
 use crate::config::Tier;
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 
 /// LMCache's own vLLM image, which `--image` can name. It carries no Nsight Systems, so
 /// `profile` refuses it; it is not the default.
@@ -257,7 +257,7 @@ pub fn engine_env(e: &EngineEnv) -> Result<String> {
     let mut text = String::from("# Written by kvlab for the engine container; sourced by its entrypoint.\n");
     for (k, v) in vars {
         if v.contains(['\'', '\n', '\r']) {
-            return Err(LabError::Invalid(format!(
+            return Err(EngineError::invalid(format!(
                 "{k} `{v}` cannot be passed to an engine image: it contains a quote or a newline"
             )));
         }
@@ -437,9 +437,9 @@ impl SecretEnvFile {
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| LabError::io(&path, e))?;
+            .map_err(|e| EngineError::io(&path, e))?;
         let file = SecretEnvFile(path);
-        writeln!(f, "HF_TOKEN={token}").map_err(|e| LabError::io(&file.0, e))?;
+        writeln!(f, "HF_TOKEN={token}").map_err(|e| EngineError::io(&file.0, e))?;
         Ok(file)
     }
 }
@@ -471,7 +471,7 @@ pub async fn preflight(kind: EngineKind, image: Option<&str>, port: Option<u16>)
     let engine = kind.as_str();
     let probe = super::HostProbe::detect();
     let runtime = probe.container_runtime.clone().ok_or_else(|| {
-        LabError::launch(
+        EngineError::launch(
             engine,
             "no container runtime: neither `docker` nor `podman` is on PATH; install Docker \
              (https://docs.docker.com/engine/install/) or Podman, or use --engine emulated",
@@ -479,7 +479,7 @@ pub async fn preflight(kind: EngineKind, image: Option<&str>, port: Option<u16>)
     })?;
     let vllm = kind == EngineKind::VllmDocker;
     let no_gpu = |image: &str| {
-        LabError::launch(
+        EngineError::launch(
             engine,
             format!(
                 "no NVIDIA GPU found (no nvidia-smi on PATH, no /dev/nvidia0) and image {image} is not vLLM's CPU \
@@ -495,7 +495,7 @@ pub async fn preflight(kind: EngineKind, image: Option<&str>, port: Option<u16>)
     let image =
         match image.map(str::to_owned).or_else(|| default_image(kind)) {
             Some(image) => image,
-            None => return Err(LabError::launch(
+            None => return Err(EngineError::launch(
                 engine,
                 "--engine docker needs --image IMAGE (kvlab/llamacpp, kvlab/emulator: `cargo xtask images`)",
             )),
@@ -520,9 +520,9 @@ async fn check_daemon(engine: &str, runtime: &str) -> Result<()> {
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
+        .map_err(|e| EngineError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
     if !version.status.success() {
-        return Err(LabError::launch(
+        return Err(EngineError::launch(
             engine,
             format!(
                 "the {runtime} daemon is not running or not reachable ({}); start it (`systemctl start \
@@ -551,7 +551,7 @@ async fn ensure_image(engine: &str, runtime: &str, image: &str) -> Result<()> {
         .stderr(Stdio::null())
         .status()
         .await
-        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
+        .map_err(|e| EngineError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
     if inspect.success() {
         return Ok(());
     }
@@ -561,7 +561,7 @@ async fn ensure_image(engine: &str, runtime: &str, image: &str) -> Result<()> {
             Ok(KvlabImage::Base) | Err(_) => "cargo xtask images".to_owned(),
             Ok(known) => format!("cargo xtask images {}", known.as_str()),
         };
-        return Err(LabError::launch(
+        return Err(EngineError::launch(
             engine,
             format!(
                 "image `{image}` is not present locally, and kvlab's images are built here, not pulled \
@@ -578,11 +578,11 @@ async fn ensure_image(engine: &str, runtime: &str, image: &str) -> Result<()> {
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| LabError::launch(engine, format!("could not run `{runtime} pull`: {e}")))?;
+        .map_err(|e| EngineError::launch(engine, format!("could not run `{runtime} pull`: {e}")))?;
     if pull.status.success() {
         return Ok(());
     }
-    Err(LabError::launch(
+    Err(EngineError::launch(
         engine,
         format!(
             "image `{image}` is not present locally and this {runtime} daemon cannot pull it (`{runtime} \
@@ -607,7 +607,7 @@ impl Launcher for DockerLauncher {
         Box::pin(async move {
             let engine = self.kind.as_str();
             let Some(container) = spec.engine.container().filter(|_| spec.kind() == self.kind) else {
-                return Err(LabError::WrongEngine { launcher: self.kind, given: spec.kind() });
+                return Err(EngineError::WrongEngine { launcher: self.kind, given: spec.kind() });
             };
             let vllm = spec.engine.vllm();
             let Preflight { runtime, image, nvidia_gpu } =
@@ -635,11 +635,11 @@ impl Launcher for DockerLauncher {
                 // writable by it.
                 use std::os::unix::fs::PermissionsExt as _;
                 std::fs::set_permissions(&spec.disk_dir, std::fs::Permissions::from_mode(0o777))
-                    .map_err(|e| LabError::io(&spec.disk_dir, e))?;
+                    .map_err(|e| EngineError::io(&spec.disk_dir, e))?;
             }
             let redis_url =
                 match (&spec.redis_url, spec.tier.tier) {
-                    (Some(url), Tier::Redis) if url.contains('@') => return Err(LabError::launch(
+                    (Some(url), Tier::Redis) if url.contains('@') => return Err(EngineError::launch(
                         engine,
                         "a Redis URL with credentials cannot be given to an engine image (engine.env is a \
                          result file); use a Redis without a password on the host's loopback",
@@ -661,7 +661,7 @@ impl Launcher for DockerLauncher {
                 lmcache_server_args: lmcache_server.as_ref().map(|s| s.args().join(" ")),
             })?;
             let env_path = spec.run_dir.join("engine.env");
-            std::fs::write(&env_path, env_text).map_err(|e| LabError::io(&env_path, e))?;
+            std::fs::write(&env_path, env_text).map_err(|e| EngineError::io(&env_path, e))?;
             let secret_file = match spec.secrets.hf_token() {
                 Some(token) => Some(SecretEnvFile::write(&spec.run_id, token)?),
                 None => None,
@@ -684,7 +684,7 @@ impl Launcher for DockerLauncher {
                 wrapper.prepare(&spec.run_dir)?;
             }
             std::fs::write(&log, format!("$ {}\n", cmd.display(&spec.secrets)))
-                .map_err(|e| LabError::io(&log, e))?;
+                .map_err(|e| EngineError::io(&log, e))?;
             let name = container_name(&spec.run_id);
             // From here on, every way out (error, drop on Ctrl-C) removes the container.
             let mut guard =
@@ -694,11 +694,11 @@ impl Launcher for DockerLauncher {
                 .stdin(Stdio::null())
                 .output()
                 .await
-                .map_err(|e| LabError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
+                .map_err(|e| EngineError::launch(engine, format!("could not run `{runtime}`: {e}")))?;
             drop(secret_file);
             if !out.status.success() {
                 let stderr = spec.secrets.redact(String::from_utf8_lossy(&out.stderr).trim());
-                return Err(LabError::launch(engine, format!("`{runtime} run` failed: {stderr}")));
+                return Err(EngineError::launch(engine, format!("`{runtime} run` failed: {stderr}")));
             }
             let logs = CommandLine {
                 program: runtime.clone(),
@@ -791,10 +791,10 @@ impl KvlabImage {
 }
 
 impl std::str::FromStr for KvlabImage {
-    type Err = LabError;
+    type Err = EngineError;
     fn from_str(s: &str) -> Result<KvlabImage> {
         KvlabImage::ALL.into_iter().find(|i| i.as_str() == s).ok_or_else(|| {
-            LabError::Invalid(format!(
+            EngineError::invalid(format!(
                 "unknown image `{s}`; expected base, lab, llamacpp, emulator, vllm-cpu or vllm-lmcache"
             ))
         })

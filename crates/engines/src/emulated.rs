@@ -8,7 +8,7 @@ use super::{
     EmulatorSettings, EngineKind, EngineSettings, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine,
 };
 use crate::config::Tier;
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 
 /// The emulator configuration for a launch: the tier's capacities, the run's overrides.
 pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorConfig> {
@@ -61,11 +61,11 @@ pub(crate) fn emulator_config(spec: &LaunchSpec) -> Result<emulator::EmulatorCon
     Ok(cfg)
 }
 
-/// The emulator's own settings, or [`LabError::WrongEngine`] for another engine's spec.
+/// The emulator's own settings, or [`EngineError::WrongEngine`] for another engine's spec.
 fn emulator_settings(spec: &LaunchSpec) -> Result<&EmulatorSettings> {
     match &spec.engine {
         EngineSettings::Emulated(settings) => Ok(settings),
-        _ => Err(LabError::WrongEngine { launcher: EngineKind::Emulated, given: spec.kind() }),
+        _ => Err(EngineError::WrongEngine { launcher: EngineKind::Emulated, given: spec.kind() }),
     }
 }
 
@@ -79,7 +79,7 @@ impl InProcessGuard {
         self.server
             .shutdown()
             .await
-            .map_err(|e| LabError::launch("emulated", format!("the emulator failed: {e}")))
+            .map_err(|e| EngineError::launch("emulated", format!("the emulator failed: {e}")))
     }
 }
 
@@ -99,15 +99,15 @@ impl Launcher for EmulatedLauncher {
             }
             let port = spec.port.unwrap_or(0);
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
-                LabError::launch(
+                EngineError::launch(
                     "emulated",
                     format!("port {port} on 127.0.0.1 is not available ({e}); choose another with --port"),
                 )
             })?;
-            let addr = listener.local_addr().map_err(|e| LabError::launch("emulated", e.to_string()))?;
+            let addr = listener.local_addr().map_err(|e| EngineError::launch("emulated", e.to_string()))?;
             let base_url = format!("http://{addr}");
             let log = spec.run_dir.join("engine.log");
-            let mut file = std::fs::File::create(&log).map_err(|e| LabError::io(&log, e))?;
+            let mut file = std::fs::File::create(&log).map_err(|e| EngineError::io(&log, e))?;
             let _ = writeln!(
                 file,
                 "emulated engine (in-process, numbers are EMULATED) listening on {base_url}\nconfig: {}",
@@ -115,7 +115,7 @@ impl Launcher for EmulatedLauncher {
             );
             let server = emulator::thread::ServerThread::start(&cfg, listener)
                 .await
-                .map_err(|e| LabError::launch("emulated", e.to_string()))?;
+                .map_err(|e| EngineError::launch("emulated", e.to_string()))?;
             let guard = InProcessGuard { server };
             let mut live = AlwaysAlive;
             super::process::wait_ready(
@@ -157,8 +157,8 @@ async fn check_redis(url: &str) -> Result<()> {
 }
 
 /// The refusal of a redis-tier run of `engine` whose Redis at `url` does not answer.
-pub(crate) fn redis_unreachable(engine: &str, url: &str, why: impl std::fmt::Display) -> LabError {
-    LabError::launch(
+pub(crate) fn redis_unreachable(engine: &str, url: &str, why: impl std::fmt::Display) -> EngineError {
+    EngineError::launch(
         engine,
         format!(
             "the redis tier needs a Redis server, and none answers at {} ({why}); start one \

@@ -9,12 +9,13 @@
 //!
 //! A [`LaunchSpec`] holds what every engine shares and one [`EngineSettings`], the description of
 //! its engine kind, which only that kind's launcher reads (another kind's spec is refused with
-//! [`LabError::WrongEngine`]). What instruments a run (profiling) comes in through two seams, the
+//! [`EngineError::WrongEngine`]). What instruments a run (profiling) comes in through two seams, the
 //! [`CommandWrapper`] of the spec and the [`RunHook`] around the workload ([`Instruments`]), so
 //! that no engine imports the profiler.
 
 pub mod docker;
 mod emulated;
+pub mod error;
 pub mod llamacpp;
 pub mod lmcache_redis;
 pub mod orphans;
@@ -37,10 +38,10 @@ pub use emulated::without_credentials;
 pub use process::CommandLine;
 pub use schema::{EngineKind, GpuSelection};
 
-use schema::{config, error, lmcache};
+use schema::{config, lmcache};
 
 use crate::config::TierConfig;
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 use crate::lmcache::LmcacheConfig;
 use crate::secrets::Secrets;
 
@@ -249,7 +250,7 @@ impl GpuInventory {
     pub fn require(&self) -> Result<u32> {
         match self {
             GpuInventory::Available { count } => Ok(*count),
-            GpuInventory::Unavailable { reason } => Err(LabError::Invalid(format!(
+            GpuInventory::Unavailable { reason } => Err(EngineError::invalid(format!(
                 "--require-gpu: NVML reports no NVIDIA GPU ({reason}); install the NVIDIA driver (it brings \
                  libnvidia-ml), or drop --require-gpu to run on the emulated engine"
             ))),
@@ -262,7 +263,7 @@ impl GpuInventory {
     pub fn resolve(&self, gpus: &GpuSelection) -> Result<GpuSelection> {
         let GpuInventory::Available { count } = *self else { return Ok(gpus.clone()) };
         let refuse = |what: String| {
-            Err(LabError::Invalid(format!(
+            Err(EngineError::invalid(format!(
                 "--gpus {what}, but NVML counts {count} GPU{} (devices 0 to {}); pass --gpus all or at most \
                  --gpus {count}",
                 if count == 1 { "" } else { "s" },
@@ -324,10 +325,10 @@ impl LaunchSpec {
         self.engine.kind()
     }
 
-    /// vLLM's settings (its process or its container), or [`LabError::WrongEngine`] for a spec of
+    /// vLLM's settings (its process or its container), or [`EngineError::WrongEngine`] for a spec of
     /// another engine given to `launcher`.
     pub fn vllm_settings(&self, launcher: EngineKind) -> Result<&vllm::VllmRunSettings> {
-        self.engine.vllm().ok_or(LabError::WrongEngine { launcher, given: self.kind() })
+        self.engine.vllm().ok_or(EngineError::WrongEngine { launcher, given: self.kind() })
     }
 }
 
@@ -554,16 +555,16 @@ impl Launcher for ExternalLauncher {
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
             let EngineSettings::External { url } = &spec.engine else {
-                return Err(LabError::WrongEngine { launcher: EngineKind::External, given: spec.kind() });
+                return Err(EngineError::WrongEngine { launcher: EngineKind::External, given: spec.kind() });
             };
             let url = url.clone().ok_or_else(|| {
-                LabError::launch("external", "--engine external needs --url http://HOST:PORT")
+                EngineError::launch("external", "--engine external needs --url http://HOST:PORT")
             })?;
             std::fs::write(
                 spec.run_dir.join("engine.log"),
                 format!("external engine at {url}; nothing started\n"),
             )
-            .map_err(|e| LabError::io(spec.run_dir.join("engine.log"), e))?;
+            .map_err(|e| EngineError::io(spec.run_dir.join("engine.log"), e))?;
             Ok(RunningEngine {
                 base_url: url.trim_end_matches('/').to_owned(),
                 pid: None,
@@ -577,7 +578,7 @@ impl Launcher for ExternalLauncher {
 /// Binds 127.0.0.1:`port` (or a free port) and returns the port, failing clearly if it is taken.
 pub(crate) fn reserve_port(engine: &str, port: Option<u16>) -> Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).map_err(|e| {
-        LabError::launch(
+        EngineError::launch(
             engine,
             format!(
                 "port {} on 127.0.0.1 is not available ({e}); choose another with --port, or leave it out \
@@ -586,14 +587,14 @@ pub(crate) fn reserve_port(engine: &str, port: Option<u16>) -> Result<u16> {
             ),
         )
     })?;
-    let port = listener.local_addr().map_err(|e| LabError::launch(engine, e.to_string()))?.port();
+    let port = listener.local_addr().map_err(|e| EngineError::launch(engine, e.to_string()))?.port();
     Ok(port)
 }
 
 /// Refuses a model that needs more GPUs (tensor x pipeline parallel) than the selection gives.
 pub fn check_gpu_count(model: &str, needed: u32, gpus: &GpuSelection) -> Result<()> {
     match gpus.count() {
-        Some(n) if n < needed => Err(LabError::Invalid(format!(
+        Some(n) if n < needed => Err(EngineError::invalid(format!(
             "model `{model}` needs {needed} GPUs (tensor x pipeline parallel) but only {n} were given; \
              pass --gpus {needed} or a device list"
         ))),

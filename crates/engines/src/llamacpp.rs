@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::process::{self, CommandLine};
 use super::{reserve_port, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine};
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 
 /// The launcher script for xllamacpp, written into the run directory.
 pub const SERVE_SCRIPT: &str = include_str!("../python/serve_llamacpp.py");
@@ -100,7 +100,7 @@ pub fn llamacpp_command(
 /// Refuses tiers llama.cpp cannot express; returns the host prompt cache size.
 pub fn cache_ram_for(tier: &crate::config::TierConfig) -> Result<u64> {
     if !tier.llamacpp.supported {
-        return Err(LabError::launch(
+        return Err(EngineError::launch(
             "llamacpp",
             format!(
                 "llama.cpp cannot express the `{}` tier (it has no LMCache disk or remote store); use --tier \
@@ -122,21 +122,21 @@ impl Launcher for LlamacppLauncher {
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> LaunchFuture<'a> {
         Box::pin(async move {
             let super::EngineSettings::Llamacpp(settings) = &spec.engine else {
-                return Err(LabError::WrongEngine {
+                return Err(EngineError::WrongEngine {
                     launcher: super::EngineKind::Llamacpp,
                     given: spec.kind(),
                 });
             };
             let cache_ram_mib = cache_ram_for(&spec.tier)?;
             let model_path = settings.model.as_deref().ok_or_else(|| {
-                LabError::launch(
+                EngineError::launch(
                     "llamacpp",
                     "no GGUF model: pass --model-path FILE.gguf or set KVLAB_LLAMACPP_MODEL; `cargo xtask ci` \
                      generates .kvlab/models/tiny.gguf",
                 )
             })?;
             if !model_path.is_file() {
-                return Err(LabError::launch(
+                return Err(EngineError::launch(
                     "llamacpp",
                     format!(
                         "model file {} does not exist; generate the tiny test model with \
@@ -149,12 +149,12 @@ impl Launcher for LlamacppLauncher {
             let runtime = match (&settings.python, super::find_on_path("llama-server")) {
                 (Some(python), _) => {
                     let script = spec.run_dir.join("serve_llamacpp.py");
-                    std::fs::write(&script, SERVE_SCRIPT).map_err(|e| LabError::io(&script, e))?;
+                    std::fs::write(&script, SERVE_SCRIPT).map_err(|e| EngineError::io(&script, e))?;
                     LlamacppRuntime::Python { python: python.clone(), script }
                 }
                 (None, Some(bin)) => LlamacppRuntime::Binary(bin),
                 (None, None) => {
-                    return Err(LabError::launch(
+                    return Err(EngineError::launch(
                         "llamacpp",
                         format!(
                             "neither a Python with xllamacpp nor `llama-server` on PATH was found; {}",

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::emulated::{redis_unreachable, without_credentials};
 use super::orphans::Owner;
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 
 /// The claim of database `N`, in database 0.
 fn claim_key(db: u32) -> String {
@@ -63,7 +63,7 @@ impl LmcacheDb {
         let mut con = connect(&base, 0)?;
         let databases = databases(&mut con);
         let me = serde_json::to_string(&Claim { run_id: run_id.to_owned(), owner: Owner::current() })
-            .map_err(|source| LabError::Json { what: "LMCache Redis claim".to_owned(), source })?;
+            .map_err(|source| EngineError::Json { what: "LMCache Redis claim".to_owned(), source })?;
         reap_stale(&base, &mut con, databases)?;
         for db in 1..databases {
             let key = claim_key(db);
@@ -84,7 +84,7 @@ impl LmcacheDb {
             // Someone else's data: not ours to claim, nor to empty.
             unclaim(&base, &mut con, db, &me)?;
         }
-        Err(LabError::launch(
+        Err(EngineError::launch(
             "vllm",
             format!(
                 "the redis tier gives each run an empty Redis database of its own (LMCache has no key \
@@ -193,14 +193,14 @@ fn connect(base: &str, db: u32) -> Result<redis::Connection> {
     client.get_connection_with_timeout(TIMEOUT).map_err(|e| failed(base, e))
 }
 
-fn failed(base: &str, e: redis::RedisError) -> LabError {
+fn failed(base: &str, e: redis::RedisError) -> EngineError {
     redis_unreachable("vllm", base, e)
 }
 
 /// `url` without its database and query: `redis[s]://[user:password@]host[:port]`.
 fn base_url(url: &str) -> Result<String> {
     let rest = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")).ok_or_else(|| {
-        LabError::Invalid(format!(
+        EngineError::invalid(format!(
             "redis URL `{}`: LMCache's redis tier takes redis://HOST:PORT or rediss://HOST:PORT",
             without_credentials(url)
         ))

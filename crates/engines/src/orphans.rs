@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 use crate::signals::{signal, signal_group, Signal};
 
 /// Label keys on every container the lab starts.
@@ -250,9 +250,9 @@ fn reap_containers(runtime: &str) -> Result<Vec<Reaped>> {
             .args(["rm", "--force", name])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| LabError::launch(runtime, format!("could not run `{runtime} rm`: {e}")))?;
+            .map_err(|e| EngineError::launch(runtime, format!("could not run `{runtime} rm`: {e}")))?;
         if !rm.status.success() {
-            return Err(LabError::launch(
+            return Err(EngineError::launch(
                 runtime,
                 format!(
                     "could not remove the orphaned container {name}: {}",
@@ -275,7 +275,7 @@ fn reap_processes(dir: &Path) -> Result<Vec<Reaped>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(LabError::io(dir, e)),
+        Err(e) => return Err(EngineError::io(dir, e)),
     };
     let mut reaped = Vec::new();
     for entry in entries.flatten() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 use crate::secrets::Secrets;
 
 /// A command line: program, arguments and extra environment. `env` values are given to the
@@ -95,7 +95,7 @@ impl ProcessGuard {
 
     async fn stop_group(&mut self, grace: Duration) -> Result<()> {
         let engine = self.engine;
-        let failed = |what: String| LabError::launch(engine, what);
+        let failed = |what: String| EngineError::launch(engine, what);
         if let Some(pgid) = self.pgid.take() {
             let empty = tokio::task::spawn_blocking(move || super::orphans::stop_group(pgid, grace))
                 .await
@@ -134,10 +134,13 @@ pub(crate) fn spawn(
     secrets: &Secrets,
 ) -> Result<ProcessGuard> {
     use std::io::Write as _;
-    let mut file =
-        std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| LabError::io(log, e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| EngineError::io(log, e))?;
     let _ = writeln!(file, "$ {}", cmd.display(secrets));
-    let err_file = file.try_clone().map_err(|e| LabError::io(log, e))?;
+    let err_file = file.try_clone().map_err(|e| EngineError::io(log, e))?;
     let mut command = Command::new(&cmd.program);
     command
         .args(&cmd.args)
@@ -153,7 +156,7 @@ pub(crate) fn spawn(
         } else {
             format!("could not start `{}`: {e}", cmd.program)
         };
-        LabError::launch(engine, hint)
+        EngineError::launch(engine, hint)
     })?;
     let pgid = child.id();
     let record = pgid.and_then(|pid| super::orphans::register(pid, &cmd.program));
@@ -222,11 +225,11 @@ async fn wait_for(
         .timeout(Duration::from_secs(2))
         .no_proxy()
         .build()
-        .map_err(|e| LabError::launch(engine, e.to_string()))?;
+        .map_err(|e| EngineError::launch(engine, e.to_string()))?;
     let start = Instant::now();
     loop {
         if let Some(why) = live.exited() {
-            return Err(LabError::launch(
+            return Err(EngineError::launch(
                 engine,
                 format!("{why}; last lines of {}:\n{}", log.display(), log_tail(log, 20, secrets)),
             ));
@@ -242,7 +245,7 @@ async fn wait_for(
             return Ok(());
         }
         if start.elapsed() > timeout {
-            return Err(LabError::launch(
+            return Err(EngineError::launch(
                 engine,
                 format!(
                     "not ready after {:.0} s ({}); a slow engine (model download, load, compilation) may \

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 
 /// The secrets of a run. Invariant: `Debug` never shows a value.
 #[derive(Clone, Default)]
@@ -34,7 +34,7 @@ impl Secrets {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Secrets::default()),
-            Err(e) => return Err(LabError::io(path, e)),
+            Err(e) => return Err(EngineError::io(path, e)),
         };
         let mut hf_token = None;
         for line in text.lines() {

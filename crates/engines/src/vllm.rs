@@ -23,7 +23,7 @@ use super::{
     reserve_port, EngineKind, GpuSelection, Guard, LaunchFuture, LaunchSpec, Launcher, RunningEngine, Sidecar,
 };
 use crate::config::Tier;
-use crate::error::{LabError, Result};
+use crate::error::{EngineError, Result};
 use crate::lmcache::LmValue;
 
 /// The in-process KV connector vLLM uses for LMCache.
@@ -71,13 +71,13 @@ impl LmcacheMode {
 }
 
 impl std::str::FromStr for LmcacheMode {
-    type Err = LabError;
+    type Err = EngineError;
     fn from_str(s: &str) -> Result<LmcacheMode> {
         match s {
             "auto" => Ok(LmcacheMode::Auto),
             "mp" => Ok(LmcacheMode::Mp),
             "in-process" => Ok(LmcacheMode::InProcess),
-            other => Err(LabError::Invalid(format!(
+            other => Err(EngineError::invalid(format!(
                 "unknown LMCache mode `{other}`; expected auto, mp (LMCache's server beside vLLM) or \
                  in-process (LMCacheConnectorV1)"
             ))),
@@ -231,7 +231,7 @@ impl LmcacheServer {
             Tier::Disk => Some(L2Adapter::Fs { base_path: disk_dir.to_owned() }),
             Tier::Redis => {
                 let Some((url, prefix)) = redis else {
-                    return Err(LabError::Invalid(
+                    return Err(EngineError::invalid(
                         "the redis tier needs a Redis URL (--redis-url, or KVLAB_REDIS_URL)".to_owned(),
                     ));
                 };
@@ -295,10 +295,10 @@ impl LmcacheServer {
 
 /// `redis://[user@]host:port[/db]` as the Valkey adapter's `host:port` and database.
 fn redis_node(url: &str) -> Result<(String, u32)> {
-    let bad = || LabError::Invalid(format!("Redis URL `{url}`: expected redis://HOST:PORT[/DB]"));
+    let bad = || EngineError::invalid(format!("Redis URL `{url}`: expected redis://HOST:PORT[/DB]"));
     let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
     if rest.contains('@') {
-        return Err(LabError::Invalid(
+        return Err(EngineError::invalid(
             "a Redis URL with credentials cannot be given to LMCache's server (its arguments are in \
              engine.log); use a Redis without a password on the host's loopback"
                 .to_owned(),
@@ -410,7 +410,7 @@ pub(crate) fn write_lmcache_yaml(spec: &LaunchSpec, disk_dir: &str) -> Result<Op
     let mut lmcache = lmcache.clone();
     lmcache.substitute(disk_dir, spec.redis_url.as_deref().unwrap_or(crate::DEFAULT_REDIS_URL));
     let path = spec.run_dir.join("lmcache.yaml");
-    std::fs::write(&path, lmcache.to_yaml()).map_err(|e| LabError::io(&path, e))?;
+    std::fs::write(&path, lmcache.to_yaml()).map_err(|e| EngineError::io(&path, e))?;
     Ok(Some(path))
 }
 
@@ -487,7 +487,7 @@ impl Launcher for VllmLauncher {
         Box::pin(async move {
             match &spec.vllm_settings(EngineKind::Vllm)?.python {
                 Some(python) if !python.is_file() => {
-                    return Err(LabError::launch(
+                    return Err(EngineError::launch(
                         "vllm",
                         format!(
                             "the Python given for vLLM, {}, does not exist; `cargo xtask ci` makes the lab's \
@@ -497,7 +497,7 @@ impl Launcher for VllmLauncher {
                     ))
                 }
                 None if super::find_on_path("vllm").is_none() => {
-                    return Err(LabError::launch(
+                    return Err(EngineError::launch(
                         "vllm",
                         "no vLLM found: neither the lab's venv (.kvlab/vllm-venv, made by `cargo xtask ci`) \
                          nor `vllm` on PATH; install it (`pip install vllm lmcache`, or `nix develop`), or \
@@ -509,7 +509,7 @@ impl Launcher for VllmLauncher {
             let port = reserve_port("vllm", spec.port)?;
             let lmcache_ports = (reserve_port("lmcache", None)?, reserve_port("lmcache", None)?);
             let tmp = spec.run_dir.join("tmp");
-            std::fs::create_dir_all(&tmp).map_err(|e| LabError::io(&tmp, e))?;
+            std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
             let procs = vllm_processes(spec, port, lmcache_ports)?;
             let mut sidecars = Vec::new();
             if let Some((server, cmd)) = &procs.lmcache {

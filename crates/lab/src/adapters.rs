@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use schema::error::{LabError, Result};
+use crate::error::{Result, RunError};
+use schema::error::ConfigError;
 
 /// What the lab asks the workload crate for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -87,7 +88,7 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
             output_len: LengthDist::fixed(w.gen_len),
             prefix_len: 0,
         }),
-        other => return Err(LabError::Invalid(schema::config::check_workload(other).unwrap_err())),
+        other => return Err(RunError::invalid(schema::config::check_workload(other).unwrap_err())),
     };
     let spec = WorkloadSpec {
         source,
@@ -108,7 +109,7 @@ pub(crate) fn build_plan(w: &WorkloadRequest) -> Result<workload::Plan> {
         duration_s: w.time_limit_s,
     };
     let mut plan = workload::build_plan(&spec, &arrival, w.seed, None)
-        .map_err(|e| LabError::Invalid(format!("workload: {e}")))?;
+        .map_err(|e| RunError::invalid(format!("workload: {e}")))?;
     if w.workload == "repeat" {
         repeat_first_half(&mut plan);
     }
@@ -243,10 +244,10 @@ pub(crate) fn finish_partial(
     let text = match std::fs::read_to_string(&jsonl) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(LabError::io(&jsonl, e)),
+        Err(e) => return Err(RunError::io(&jsonl, e)),
     };
     let lines = stats::parse_json_lines::<stats::RequestRecord>(&text)
-        .map_err(|e| LabError::Config(e.in_file(jsonl.display().to_string())))?;
+        .map_err(|e| ConfigError::Config(e.in_file(jsonl.display().to_string())))?;
     if let Some(t) = &lines.torn {
         eprintln!("warning: {}", t.warning(&jsonl.display().to_string()));
     }
@@ -254,16 +255,16 @@ pub(crate) fn finish_partial(
     records.sort_by_key(|r| r.id);
     let csv_path = dir.join("requests.csv");
     let mut w = csv::Writer::from_writer(Vec::new());
-    let csv_err = |source: csv::Error| LabError::Csv { what: csv_path.display().to_string(), source };
+    let csv_err = |source: csv::Error| RunError::Csv { what: csv_path.display().to_string(), source };
     w.write_record(stats::csv_header()).map_err(csv_err)?;
     for r in &records {
         w.write_record(stats::csv_row(r)).map_err(csv_err)?;
     }
-    let csv = w.into_inner().map_err(|e| LabError::io(&csv_path, e.into_error()))?;
+    let csv = w.into_inner().map_err(|e| RunError::io(&csv_path, e.into_error()))?;
     write_atomic(&csv_path, &csv)?;
     let summary = stats::summarize(&records, summary);
     let summary_path = dir.join("summary.json");
-    let json_err = |source| LabError::Json { what: summary_path.display().to_string(), source };
+    let json_err = |source| RunError::Json { what: summary_path.display().to_string(), source };
     let mut value = serde_json::to_value(&summary).map_err(json_err)?;
     if let Some(obj) = value.as_object_mut() {
         obj.extend(marks.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -292,8 +293,8 @@ pub(crate) fn tokens_by_source(
 /// marks of an interrupted run among them).
 pub(crate) fn record_tokens_by_source(dir: &Path, sources: &BTreeMap<String, u64>) -> Result<()> {
     let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
-    let json_err = |source| LabError::Json { what: path.display().to_string(), source };
+    let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
+    let json_err = |source| RunError::Json { what: path.display().to_string(), source };
     let mut value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("prompt_tokens_by_source".into(), serde_json::json!(sources));
@@ -304,7 +305,7 @@ pub(crate) fn record_tokens_by_source(dir: &Path, sources: &BTreeMap<String, u64
 
 /// [`stats::write_atomic`] with the lab's error: whole or not at all.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    stats::write_atomic(path, bytes).map_err(|e| LabError::io(path, e))
+    stats::write_atomic(path, bytes).map_err(|e| RunError::io(path, e))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! every engine the lab starts listens on 127.0.0.1 and is stopped and reaped on exit, error or
 //! Ctrl-C.
 
+pub mod error;
 pub mod report;
 mod resolved;
 pub mod run;

@@ -14,7 +14,7 @@
 //! - An engine process that dies mid-run is noticed within [`ENGINE_POLL`] (or when the drive
 //!   ends, whichever is first): the time is recorded
 //!   (`engine_exited_at_s` in `env.json` and `summary.json`), the requests in flight end as
-//!   classified failures, `engine.log` stays, and the run ends in [`LabError::EngineDied`].
+//!   classified failures, `engine.log` stays, and the run ends in [`RunError::EngineDied`].
 //! - Every duration is measured on [`Instant`] (monotonic); wall-clock time only names things.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::adapters::write_atomic;
 use crate::adapters::{self, WorkloadRequest};
+use crate::error::{Result, RunError};
 pub use crate::resolved::ResolvedRun;
 use engines::secrets::Secrets;
 use engines::{
@@ -32,7 +33,7 @@ use engines::{
     LaunchSpec, LlamacppSettings, RunningEngine,
 };
 use schema::config::{Experiment, Point, Tier, TierConfig};
-use schema::error::{LabError, Result};
+use schema::error::ConfigError;
 use schema::lmcache::LmcacheConfig;
 
 pub use engines::DEFAULT_REDIS_URL;
@@ -202,7 +203,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// `summary.json` over exactly those records (`completed + failed` = lines of
 /// `requests.jsonl`) and `"interrupted": true` in `env.json`. Requests still in flight at that
 /// moment end at once and are recorded as failed with class `interrupted` (their chunks so far
-/// kept), so every request sent has its record. Returns [`LabError::Interrupted`] naming the
+/// kept), so every request sent has its record. Returns [`RunError::Interrupted`] naming the
 /// directory.
 pub async fn bench_until(
     opts: &BenchOptions,
@@ -234,7 +235,7 @@ async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<V
     check_points(opts, &exp, &HostProbe::detect())?;
     let out = out_dir(opts);
     let root = out.join(format!("{}_{}", sanitize(&exp.name), timestamp()));
-    std::fs::create_dir_all(&root).map_err(|e| LabError::io(&root, e))?;
+    std::fs::create_dir_all(&root).map_err(|e| RunError::io(&root, e))?;
     let reports = run_points(opts, &exp, &root, stop).await?;
     // One report over every point of the root: the answer (TTFT and token sources by tier)
     // first.
@@ -277,7 +278,7 @@ async fn run_points(
         apply_flag_overrides(opts, &mut point);
         eprintln!("kvlab: experiment {}: point {}/{}", exp.name, i + 1, exp.points.len());
         if stop.is_cancelled() {
-            return Err(LabError::Interrupted(root));
+            return Err(RunError::Interrupted(root));
         }
         let ctx = PointCtx { experiment: &exp.name, root: &root, index: i, exact_dir: None, env_extra: None };
         let result = run_point(opts, &point, Some(ctx), exp.lmcache.as_ref(), stop).await;
@@ -301,12 +302,12 @@ async fn run_points(
         write(&root.join("index.json"), &serde_json::to_string_pretty(&index_json).unwrap_or_default())?;
         match result {
             Ok(r) => reports.push(r),
-            Err(e @ LabError::Interrupted(_)) => return Err(e),
+            Err(e @ RunError::Interrupted(_)) => return Err(e),
             Err(e) => eprintln!("kvlab: point {} failed: {e}", i + 1),
         }
     }
     if reports.is_empty() {
-        return Err(LabError::AllPointsFailed { experiment: exp.name.clone(), root });
+        return Err(RunError::AllPointsFailed { experiment: exp.name.clone(), root });
     }
     Ok(reports)
 }
@@ -321,7 +322,7 @@ fn check_points(opts: &BenchOptions, exp: &Experiment, probe: &HostProbe) -> Res
     for point in &exp.points {
         let (engine, _) = probe.choose(point_engine(opts, point)?);
         if let Err(e) = resolve_model(engine, &point.model) {
-            return Err(exp.model_error(&point.model, &schema::config::strip_invalid(e)));
+            return Err(exp.model_error(&point.model, &schema::config::strip_invalid(e)).into());
         }
     }
     Ok(())
@@ -330,7 +331,7 @@ fn check_points(opts: &BenchOptions, exp: &Experiment, probe: &HostProbe) -> Res
 /// The engine a point asks for: `--engine` unless it is `auto`, then the point's `engine`.
 fn point_engine(opts: &BenchOptions, point: &Point) -> Result<EngineKind> {
     match &point.engine {
-        Some(e) if opts.engine == EngineKind::Auto => e.parse(),
+        Some(e) if opts.engine == EngineKind::Auto => Ok(e.parse()?),
         _ => Ok(opts.engine),
     }
 }
@@ -345,7 +346,7 @@ pub fn json_rate(r: f64) -> serde_json::Value {
 
 fn point_from_flags(opts: &BenchOptions) -> Result<Point> {
     let workload = opts.workload.clone().unwrap_or_else(|| DEFAULT_WORKLOAD.to_owned());
-    schema::config::check_workload(&workload).map_err(LabError::Invalid)?;
+    schema::config::check_workload(&workload).map_err(RunError::invalid)?;
     let mut point = Point {
         model: opts.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
         tier: opts.tier,
@@ -492,13 +493,13 @@ async fn store_lost(url: String, origin: Instant) -> f64 {
 
 /// A fresh directory `<parent>/<name>`, suffixed `-2`, `-3`, … if it exists.
 fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(parent).map_err(|e| LabError::io(parent, e))?;
+    std::fs::create_dir_all(parent).map_err(|e| RunError::io(parent, e))?;
     for i in 1.. {
         let dir = if i == 1 { parent.join(name) } else { parent.join(format!("{name}-{i}")) };
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(LabError::io(&dir, e)),
+            Err(e) => return Err(RunError::io(&dir, e)),
         }
     }
     unreachable!("an unbounded loop returns")
@@ -531,7 +532,7 @@ impl ModelPlacement {
 ///   Face id; the emulator is given the name as written (it resolves it in the same registry).
 /// - `llamacpp`, `external`: the model is a local GGUF file or whatever the server serves: 1 GPU,
 ///   no lookup.
-pub fn resolve_model(engine: EngineKind, model: &str) -> Result<ModelPlacement> {
+pub fn resolve_model(engine: EngineKind, model: &str) -> schema::error::Result<ModelPlacement> {
     let unplaced = || ModelPlacement {
         served_name: model.to_owned(),
         registry_name: None,
@@ -549,7 +550,7 @@ pub fn resolve_model(engine: EngineKind, model: &str) -> Result<ModelPlacement> 
     let Some(spec) = found else {
         let known: Vec<String> =
             registry.models.iter().map(|m| format!("{} ({})", m.name, m.hf_id)).collect();
-        return Err(LabError::Invalid(format!(
+        return Err(ConfigError::Invalid(format!(
             "unknown model `{model}` for engine `{engine}`; the model registry (configs/models.toml) knows: {}",
             known.join(", ")
         )));
@@ -592,7 +593,7 @@ pub(crate) fn cache_sizing(tier: Tier, bytes: Option<u64>, model: Option<&str>) 
         Tier::Baseline => {
             let registry = costmodel::Registry::builtin();
             let Some(spec) = model.and_then(|m| registry.model(m).ok()) else {
-                return Err(LabError::Invalid(format!(
+                return Err(RunError::invalid(format!(
                     "cache_sizes on the baseline tier size the GPU's KV cache in blocks of a registry                      model, and model `{}` is not one (configs/models.toml); drop cache_sizes for it",
                     model.unwrap_or("?")
                 )));
@@ -600,7 +601,7 @@ pub(crate) fn cache_sizing(tier: Tier, bytes: Option<u64>, model: Option<&str>) 
             let block = spec.kv_bytes(KV_BLOCK_TOKENS);
             let blocks = bytes / block.max(1);
             if blocks == 0 {
-                return Err(LabError::Invalid(format!(
+                return Err(RunError::invalid(format!(
                     "cache size of {bytes} bytes is less than one KV block of `{}` ({block} bytes)",
                     spec.name
                 )));
@@ -733,14 +734,14 @@ async fn resolve(
     }
     let gpus = inventory.resolve(&opts.gpus)?;
     if opts.require_gpu && matches!(engine_kind, EngineKind::Emulated | EngineKind::External) {
-        return Err(LabError::Invalid(format!(
+        return Err(RunError::invalid(format!(
             "--require-gpu: engine `{engine_kind}` does not measure a GPU; use --engine vllm-docker or vllm"
         )));
     }
     // Only the emulated engine evicts by conversation (kvcache's policy): refuse it before
     // anything starts for every other engine.
     if point.conversation_aware_eviction && engine_kind != EngineKind::Emulated {
-        return Err(LabError::Invalid(format!(
+        return Err(RunError::invalid(format!(
             "conversation_aware_eviction = true: engine `{engine_kind}` has no conversation-aware \
              eviction (only the emulated engine does, through kvcache's policy); set it to false \
              or use --engine emulated"
@@ -811,7 +812,7 @@ async fn resolve(
         && point.tier != Tier::Baseline)
         .then(|| opts.lmcache_mode.resolve(probe.nvidia_gpu && !vllm_cpu));
     if lmcache_mode == Some(LmcacheMode::Mp) && engine_kind == EngineKind::VllmDocker && !image_traits.cpu {
-        return Err(LabError::Invalid(
+        return Err(RunError::invalid(
             "--lmcache-mode mp with --engine vllm-docker needs an image that starts LMCache's server \
              beside vLLM (kvlab/vllm-cpu, label kvlab.device=cpu); use --lmcache-mode in-process, or \
              --engine vllm"
@@ -841,7 +842,7 @@ async fn resolve(
             r = engines::docker::preflight(engine_kind, opts.image.as_deref(), opts.port) => { r?; }
             () = stop.cancelled() => {
                 let parent = experiment.map_or_else(|| out_dir(opts), |ctx| ctx.root.to_path_buf());
-                return Err(LabError::Interrupted(parent));
+                return Err(RunError::Interrupted(parent));
             }
         }
     }
@@ -860,7 +861,7 @@ async fn resolve(
             Some(
                 claim
                     .await
-                    .map_err(|source| LabError::Join { what: "claiming a Redis database", source })??,
+                    .map_err(|source| RunError::Join { what: "claiming a Redis database", source })??,
             )
         }
         _ => None,
@@ -962,7 +963,7 @@ fn result_dir(
     let tp = placement.tensor_parallel;
     let dir = match experiment {
         Some(PointCtx { exact_dir: Some(dir), .. }) => {
-            std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
             dir.to_path_buf()
         }
         Some(ctx) => fresh_dir(ctx.root, &format!("{label}_{}", timestamp()))?,
@@ -975,8 +976,8 @@ fn result_dir(
     )
     .to_lowercase();
     let disk_dir = dir.join("kvcache");
-    std::fs::create_dir_all(&disk_dir).map_err(|e| LabError::io(&disk_dir, e))?;
-    std::fs::create_dir_all(dir.join("samples")).map_err(|e| LabError::io(dir.join("samples"), e))?;
+    std::fs::create_dir_all(&disk_dir).map_err(|e| RunError::io(&disk_dir, e))?;
+    std::fs::create_dir_all(dir.join("samples")).map_err(|e| RunError::io(dir.join("samples"), e))?;
 
     let workload = WorkloadRequest {
         workload: point.workload.clone(),
@@ -1038,7 +1039,7 @@ fn result_dir(
         experiment: experiment.map(|ctx| ctx.experiment.to_owned()),
     };
     let run_toml = toml::to_string(&resolved)
-        .map_err(|source| LabError::Toml { what: "run.toml".to_owned(), source })?;
+        .map_err(|source| RunError::Toml { what: "run.toml".to_owned(), source })?;
     write(&dir.join("run.toml"), &secrets.redact(&run_toml))?;
 
     let plan = adapters::build_plan(&workload)?;
@@ -1047,7 +1048,7 @@ fn result_dir(
         .as_deref()
         .map(schema::config::parse_goodput)
         .transpose()
-        .map_err(|e| LabError::Invalid(format!("--goodput: {e}")))?;
+        .map_err(|e| RunError::invalid(format!("--goodput: {e}")))?;
     let summary_cfg = stats::SummaryConfig {
         engine: engine_kind.to_string(),
         tier: point.tier.to_string(),
@@ -1077,7 +1078,7 @@ fn result_dir(
     if let Some(dir) =
         spec.engine.vllm().and_then(|v| v.model_dir.as_ref()).filter(|d| !d.join("config.json").is_file())
     {
-        return Err(LabError::Invalid(format!(
+        return Err(RunError::invalid(format!(
             "model `{VLLM_CPU_MODEL}` is generated by the lab and {} has none; `cargo xtask ci` makes it \
              (with the vLLM venv), or point KVLAB_VLLM_MODEL at such a folder",
             dir.display()
@@ -1118,14 +1119,14 @@ async fn launch(
     let PreparedRun { engine_kind, spec, dir, env, secrets, .. } = run;
     let launcher = engines::launcher(*engine_kind);
     let running = tokio::select! {
-        r = launcher.start(spec) => r,
-        () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
+        r = launcher.start(spec) => r.map_err(RunError::from),
+        () = stop.cancelled() => Err(RunError::Interrupted(dir.clone())),
     };
     let running = match running {
         Ok(r) => r,
         Err(e) => {
             env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
-            if let LabError::Interrupted(_) = &e {
+            if let RunError::Interrupted(_) = &e {
                 env["interrupted"] = serde_json::json!(true);
             }
             write(
@@ -1142,7 +1143,7 @@ async fn launch(
         Ok(span) => Ok((running, Some(span))),
         Err(e) => {
             let _ = running.stop().await;
-            Err(e)
+            Err(e.into())
         }
     }
 }
@@ -1233,14 +1234,14 @@ async fn drive(
             tokio::select! {
                 // A stop ends the drive at once too (its in-flight requests end as interrupted).
                 r = &mut drive => match r {
-                    Ok(_) if stop.is_cancelled() => Err(LabError::Interrupted(dir.clone())),
+                    Ok(_) if stop.is_cancelled() => Err(RunError::Interrupted(dir.clone())),
                     r => r,
                 },
                 () = stop.cancelled() => {
                     // The load generator saw the stop too: it sends nothing more and records
                     // the requests in flight as interrupted; the partial summary is made below.
                     let _ = tokio::time::timeout(STOP_GRACE, &mut drive).await;
-                    Err(LabError::Interrupted(dir.clone()))
+                    Err(RunError::Interrupted(dir.clone()))
                 }
                 limit = time_limit(*time_limit_s, origin) => {
                     // A deadline, not only the end of arrivals: requests still streaming end now
@@ -1253,7 +1254,7 @@ async fn drive(
                     drive_stop.cancel();
                     match tokio::time::timeout(STOP_GRACE, &mut drive).await {
                         Ok(r) => r,
-                        Err(_) => Err(LabError::LoadgenStuck { grace_s: STOP_GRACE.as_secs() }),
+                        Err(_) => Err(RunError::LoadgenStuck { grace_s: STOP_GRACE.as_secs() }),
                     }
                 }
                 (at, who, log) = engine_exit(watched, origin) => {
@@ -1264,16 +1265,16 @@ async fn drive(
                         log.display()
                     );
                     died_process = Some(who.clone());
-                    let died = || LabError::EngineDied { engine: who.clone(), at_s: at, log: log.clone() };
+                    let died = || RunError::EngineDied { engine: who.clone(), at_s: at, log: log.clone() };
                     tokio::select! {
                         r = &mut drive => r.and_then(|_| Err(died())),
                         () = tokio::time::sleep(CRASH_GRACE) => Err(died()),
-                        () = stop.cancelled() => Err(LabError::Interrupted(dir.clone())),
+                        () = stop.cancelled() => Err(RunError::Interrupted(dir.clone())),
                     }
                 }
             }
         }
-        Some(e) => Err(LabError::Samplers(e)),
+        Some(e) => Err(RunError::Samplers(e)),
     };
     // Requests to a dead engine fail fast: the drive may end before the watcher's next look.
     let gone = watched_pids.iter().find(|(_, pid, _)| engines::orphans::process_exited(*pid)).cloned();
@@ -1283,7 +1284,7 @@ async fn drive(
             engine_died_at = Some(at);
             eprintln!("kvlab: the {who} process exited by {at:.3} s into the run");
             died_process = Some(who.clone());
-            Err(LabError::EngineDied { engine: who, at_s: at, log })
+            Err(RunError::EngineDied { engine: who, at_s: at, log })
         }
         (driven, _) => driven,
     };
@@ -1293,7 +1294,7 @@ async fn drive(
     };
     let driven = match ended {
         Ok(()) => driven,
-        Err(e) => driven.and(Err(e)),
+        Err(e) => driven.and(Err(e.into())),
     };
     let sampler_status = samplers.map(|s| s.stop()).unwrap_or(serde_json::Value::Null);
     // Where the prompt tokens came from (GPU cache, each offload tier, computed), from the
@@ -1373,7 +1374,7 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
             marks.insert("exited_process".into(), serde_json::json!(who));
         }
     }
-    if let Err(LabError::Interrupted(_)) = &driven {
+    if let Err(RunError::Interrupted(_)) = &driven {
         env["interrupted"] = serde_json::json!(true);
         marks.insert("interrupted".into(), serde_json::json!(true));
     }
@@ -1548,8 +1549,8 @@ pub async fn serve_emulated(
     let tier = TierConfig::load(&opts.root.join("configs"), opts.tier)?;
     let state = opts.root.join(".kvlab").join("serve");
     let disk_dir = opts.disk_dir.clone().unwrap_or_else(|| state.join("kvcache"));
-    std::fs::create_dir_all(&disk_dir).map_err(|e| LabError::io(&disk_dir, e))?;
-    std::fs::create_dir_all(&state).map_err(|e| LabError::io(&state, e))?;
+    std::fs::create_dir_all(&disk_dir).map_err(|e| RunError::io(&disk_dir, e))?;
+    std::fs::create_dir_all(&state).map_err(|e| RunError::io(&state, e))?;
     let spec = LaunchSpec {
         run_id: format!("serve-{}", std::process::id()),
         run_dir: state.clone(),
@@ -1577,5 +1578,5 @@ pub async fn serve_emulated(
         () = stop_signal() => {}
         _ = stop => {}
     }
-    running.stop().await
+    Ok(running.stop().await?)
 }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use engines::EngineKind;
+use lab::error::RunError;
 use lab::run::{bench, bench_until, BenchOptions};
 use schema::config::Tier;
-use schema::error::LabError;
 
 mod common;
 
@@ -215,7 +215,7 @@ async fn interrupt_keeps_every_finished_request() {
     let start = std::time::Instant::now();
     let err = bench_until(&opts, common::after_finished(out, 5)).await.expect_err("the run was interrupted");
     assert!(start.elapsed().as_secs() < 15, "the interrupted run took {:?}", start.elapsed());
-    let LabError::Interrupted(dir) = &err else { panic!("expected an interruption, got: {err}") };
+    let RunError::Interrupted(dir) = &err else { panic!("expected an interruption, got: {err}") };
     assert!(err.to_string().contains("partial results are kept"), "{err}");
     let n = common::assert_partial_accounting(dir);
     assert!((5..400).contains(&n), "{n} requests recorded");
@@ -497,7 +497,7 @@ async fn run_hook_brackets_the_workload() {
     #[derive(Debug)]
     struct Unwrapped;
     impl CommandWrapper for Unwrapped {
-        fn prepare(&self, _: &Path) -> schema::error::Result<()> {
+        fn prepare(&self, _: &Path) -> engines::error::Result<()> {
             Ok(())
         }
         fn process_args(&self) -> Vec<String> {

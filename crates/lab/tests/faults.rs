@@ -18,9 +18,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engines::EngineKind;
+use lab::error::RunError;
 use lab::run::{bench_until, serve_emulated, BenchOptions, ServeOptions};
 use schema::config::Tier;
-use schema::error::LabError;
 
 use common::{after_finished, assert_no_secret, processes_mentioning, workspace};
 
@@ -190,7 +190,7 @@ async fn llamacpp_engine_killed_mid_run() {
     let err = bench_until(&opts, std::future::pending()).await.expect_err("the engine died");
     let killed = killer.await.unwrap();
     eprintln!("the run ended {:.3} s after the engine was killed", killed.elapsed().as_secs_f64());
-    let LabError::EngineDied { engine, at_s, log } = &err else { panic!("expected EngineDied, got: {err}") };
+    let RunError::EngineDied { engine, at_s, log } = &err else { panic!("expected EngineDied, got: {err}") };
     assert_eq!(engine, "llamacpp");
     assert!(killed.elapsed() < Duration::from_secs(20), "the run stopped soon after the engine died");
     let dir = log.parent().unwrap();

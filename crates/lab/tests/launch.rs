@@ -4,10 +4,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use engines::error::EngineError;
 use engines::secrets::Secrets;
 use engines::{launcher, EngineKind, EngineSettings, GpuSelection, LaunchSpec, LlamacppSettings};
 use schema::config::{Tier, TierConfig};
-use schema::error::LabError;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -248,7 +248,7 @@ async fn a_launcher_refuses_another_kinds_spec() {
     for kind in [EngineKind::Emulated, EngineKind::Llamacpp, EngineKind::Vllm, EngineKind::VllmDocker] {
         let Err(e) = launcher(kind).start(&s).await else { panic!("{kind} started an external spec") };
         assert!(
-            matches!(e, LabError::WrongEngine { launcher, given: EngineKind::External } if launcher == kind),
+            matches!(e, EngineError::WrongEngine { launcher, given: EngineKind::External } if launcher == kind),
             "{kind}: {e}"
         );
     }

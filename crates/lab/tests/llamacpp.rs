@@ -11,9 +11,9 @@ mod common;
 use std::path::Path;
 
 use engines::EngineKind;
+use lab::error::RunError;
 use lab::run::{bench, bench_until, BenchOptions, RunReport};
 use schema::config::Tier;
-use schema::error::LabError;
 
 use common::{assert_no_secret, records, workspace};
 
@@ -161,7 +161,7 @@ async fn interrupt_reaps_the_engine() {
     let opts = options(ws.path(), &load);
     let out = opts.out.clone().unwrap();
     let err = bench_until(&opts, common::after_finished(out, 3)).await.expect_err("the run was interrupted");
-    let LabError::Interrupted(dir) = &err else { panic!("expected an interruption, got: {err}") };
+    let RunError::Interrupted(dir) = &err else { panic!("expected an interruption, got: {err}") };
     let n = common::assert_partial_accounting(dir);
     assert!((3..200).contains(&n), "{n} finished requests recorded");
     let script = dir.join("serve_llamacpp.py").display().to_string();

@@ -336,7 +336,7 @@ async fn redis_then_lmcache_server_killed_mid_run() {
         }
     };
     let killed = killer.await.unwrap();
-    let schema::error::LabError::EngineDied { engine, at_s, log } = &err else {
+    let lab::error::RunError::EngineDied { engine, at_s, log } = &err else {
         panic!("expected EngineDied, got: {err}")
     };
     assert_eq!(engine, "lmcache", "the process that died is named: {err}");
@@ -416,7 +416,7 @@ async fn vllm_killed_mid_run() {
     });
     let err = lab::run::bench_until(&opts, std::future::pending()).await.expect_err("vLLM died");
     let killed = killer.await.unwrap();
-    let schema::error::LabError::EngineDied { engine, at_s, log } = &err else {
+    let lab::error::RunError::EngineDied { engine, at_s, log } = &err else {
         panic!("expected EngineDied, got: {err}")
     };
     assert_eq!(engine, "vllm");

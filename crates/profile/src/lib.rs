@@ -39,13 +39,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 use engines::docker::{ContainerFiles, ContainerHost, DockerRun, KvlabImage};
+use engines::error::EngineError;
 use engines::secrets::Secrets;
 use engines::shell::quote;
 pub use engines::CommandLine;
 use engines::{
     CommandWrapper, EngineKind, HookFuture, HookSpan, HostProbe, Instruments, LaunchSpec, RunHook,
 };
-use schema::error::{LabError, Result};
+use schema::error::{ConfigError, Result};
 
 /// What nsys traces.
 pub const NSYS_TRACE: &str = "cuda,nvtx,osrt";
@@ -117,17 +118,17 @@ pub fn placement(engine: EngineKind) -> Result<Placement> {
     match engine {
         EngineKind::Emulated | EngineKind::Llamacpp | EngineKind::Vllm => Ok(Placement::WrapsLab),
         EngineKind::VllmDocker => Ok(Placement::InContainer),
-        EngineKind::Docker => Err(LabError::Invalid(
+        EngineKind::Docker => Err(ConfigError::Invalid(
             "profile: --engine docker runs an image kvlab knows nothing of, so it cannot put nsys in it; \
              profile vLLM with --engine vllm-docker (the lab's image carries nsys) or --engine vllm"
                 .to_owned(),
         )),
-        EngineKind::External => Err(LabError::Invalid(
+        EngineKind::External => Err(ConfigError::Invalid(
             "profile: an external engine is not started by kvlab, so nsys cannot wrap it; run the engine \
              under `nsys profile` yourself, or use --engine vllm / vllm-docker / llamacpp / emulated"
                 .to_owned(),
         )),
-        EngineKind::Auto => Err(LabError::Invalid(
+        EngineKind::Auto => Err(ConfigError::Invalid(
             "profile: resolve --engine auto before choosing where nsys runs".to_owned(),
         )),
     }
@@ -226,7 +227,7 @@ impl HookSpan for WorkloadCapture {
 /// run gets nsys around vLLM when nsys runs in the container, and the run's `profile/` is made
 /// before the engine starts.
 impl CommandWrapper for ProfileSpec {
-    fn prepare(&self, run_dir: &Path) -> Result<()> {
+    fn prepare(&self, run_dir: &Path) -> Result<(), EngineError> {
         prepare(Some(self), run_dir)
     }
     fn process_args(&self) -> Vec<String> {
@@ -538,7 +539,7 @@ impl<'a> Table<'a> {
                 l.starts_with("Time")
             })
             .ok_or_else(|| {
-                LabError::config(
+                ConfigError::config(
                     file,
                     1,
                     "(header)",
@@ -550,7 +551,7 @@ impl<'a> Table<'a> {
             csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(body.as_bytes());
         let header: Vec<String> = reader
             .headers()
-            .map_err(|e| LabError::config(file, start + 1, "(header)", e.to_string()))?
+            .map_err(|e| ConfigError::config(file, start + 1, "(header)", e.to_string()))?
             .iter()
             .map(|h| h.trim().to_owned())
             .collect();
@@ -558,7 +559,7 @@ impl<'a> Table<'a> {
         for rec in reader.records() {
             let rec = rec.map_err(|e| {
                 let line = e.position().map_or(start + 1, |p| start + p.line() as usize);
-                LabError::config(file, line, "(row)", e.to_string())
+                ConfigError::config(file, line, "(row)", e.to_string())
             })?;
             let line = rec.position().map_or(0, |p| start + p.line() as usize);
             rows.push((line, rec));
@@ -570,7 +571,7 @@ impl<'a> Table<'a> {
     /// between versions: `Avg (ns)` was `Average`).
     fn col(&self, names: &[&str]) -> Result<usize> {
         self.header.iter().position(|h| names.iter().any(|n| h.eq_ignore_ascii_case(n))).ok_or_else(|| {
-            LabError::config(
+            ConfigError::config(
                 self.file,
                 self.header_line,
                 "(header)",
@@ -587,7 +588,7 @@ impl<'a> Table<'a> {
         let raw = rec.get(col).unwrap_or("").trim();
         let cleaned: String = raw.chars().filter(|c| *c != ',' && *c != '_').collect();
         cleaned.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
-            LabError::config(
+            ConfigError::config(
                 self.file,
                 line,
                 self.header[col].as_str(),
@@ -599,7 +600,7 @@ impl<'a> Table<'a> {
     fn count(&self, line: usize, rec: &csv::StringRecord, col: usize) -> Result<u64> {
         let v = self.num(line, rec, col)?;
         if v.fract() != 0.0 || v > u64::MAX as f64 {
-            return Err(LabError::config(
+            return Err(ConfigError::config(
                 self.file,
                 line,
                 self.header[col].as_str(),
@@ -671,7 +672,7 @@ pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), ProfileErr
     for row in rows {
         w.serialize(row).map_err(csv_err)?;
     }
-    Ok(w.flush().map_err(|e| LabError::io(path, e))?)
+    Ok(w.flush().map_err(|e| ConfigError::io(path, e))?)
 }
 
 /// Why the profile's summaries could not be made ([`summarize`], [`write_csv`]).
@@ -703,7 +704,7 @@ pub enum ProfileError {
     /// A file could not be read or written, or `nsys stats`' CSV is malformed (`FILE:LINE: FIELD:
     /// message`).
     #[error(transparent)]
-    Lab(#[from] LabError),
+    Config(#[from] ConfigError),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -735,7 +736,7 @@ impl WorkloadCapture {
         profile: Option<&ProfileSpec>,
         spec: &LaunchSpec,
         base_url: &str,
-    ) -> Result<WorkloadCapture> {
+    ) -> Result<WorkloadCapture, EngineError> {
         let Some(profile) = profile else { return Ok(WorkloadCapture { kind: CaptureKind::None }) };
         let kind = match capture(spec.kind()) {
             Capture::Nvtx(_) => CaptureKind::Nvtx(loadgen::nvtx::WorkloadRange::start()),
@@ -755,7 +756,7 @@ impl WorkloadCapture {
 
     /// Ends the capture. In a container, nsys then shuts vLLM down and writes its report: this
     /// waits (up to `wait`) for the container to exit so that the report is complete.
-    pub async fn end(self, engine: EngineKind, wait: Duration) -> Result<()> {
+    pub async fn end(self, engine: EngineKind, wait: Duration) -> Result<(), EngineError> {
         match self.kind {
             CaptureKind::None | CaptureKind::Nvtx(_) => Ok(()),
             CaptureKind::Vllm { base_url, container } => {
@@ -771,7 +772,7 @@ impl WorkloadCapture {
                     )
                     .await;
                     if waited.is_err() {
-                        return Err(LabError::launch(
+                        return Err(EngineError::launch(
                             engine.as_str(),
                             format!(
                                 "nsys did not finish its report within {} s after the capture ended; the \
@@ -787,21 +788,21 @@ impl WorkloadCapture {
     }
 }
 
-async fn post(engine: EngineKind, base_url: &str, path: &str) -> Result<()> {
+async fn post(engine: EngineKind, base_url: &str, path: &str) -> Result<(), EngineError> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(600))
         .build()
-        .map_err(|e| LabError::launch(engine.as_str(), e.to_string()))?;
+        .map_err(|e| EngineError::launch(engine.as_str(), e.to_string()))?;
     let url = format!("{base_url}{path}");
     let resp = client.post(&url).send().await.map_err(|e| {
-        LabError::launch(
+        EngineError::launch(
             engine.as_str(),
             format!("POST {url} failed ({e}); vLLM's profiler could not be driven"),
         )
     })?;
     if !resp.status().is_success() {
-        return Err(LabError::launch(
+        return Err(EngineError::launch(
             engine.as_str(),
             format!(
                 "POST {url} answered {}: vLLM was not started with its CUDA profiler (--profiler-config \
@@ -835,7 +836,7 @@ pub fn summarize(host: &StatsHost, profile_dir: &Path, report: &str) -> Result<P
         .output()
         .map_err(|source| ProfileError::StatsSpawn { program: cmd.program.clone(), source })?;
     std::fs::write(profile_dir.join("stats.log"), [out.stdout.as_slice(), out.stderr.as_slice()].concat())
-        .map_err(|e| LabError::io(profile_dir.join("stats.log"), e))?;
+        .map_err(|e| ConfigError::io(profile_dir.join("stats.log"), e))?;
     if !out.status.success() {
         return Err(ProfileError::StatsFailed { status: out.status, log: profile_dir.join("stats.log") });
     }
@@ -844,7 +845,7 @@ pub fn summarize(host: &StatsHost, profile_dir: &Path, report: &str) -> Result<P
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Some((path, text))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(LabError::io(path, e)),
+            Err(e) => Err(ConfigError::io(path, e)),
         }
     };
     let nvtx = match read("nvtx_sum")? {
@@ -865,7 +866,7 @@ pub fn summarize(host: &StatsHost, profile_dir: &Path, report: &str) -> Result<P
 pub fn preflight(engine: EngineKind, probe: &HostProbe, image: &str) -> Result<()> {
     let needs_gpu = matches!(engine, EngineKind::Vllm | EngineKind::VllmDocker);
     if needs_gpu && !probe.nvidia_gpu {
-        return Err(LabError::Invalid(format!(
+        return Err(ConfigError::Invalid(format!(
             "profile --engine {engine}: no NVIDIA GPU was found (no nvidia-smi on PATH, no /dev/nvidia0); \
              vLLM needs one. Install the NVIDIA driver (`nix develop` makes NVML find the host's, and \
              provides nsys), or rehearse the pipeline on a machine without a GPU with --engine emulated"
@@ -874,14 +875,14 @@ pub fn preflight(engine: EngineKind, probe: &HostProbe, image: &str) -> Result<(
     match placement(engine)? {
         Placement::WrapsLab => {
             if engines::find_on_path("nsys").is_none() {
-                return Err(LabError::Invalid(format!(
+                return Err(ConfigError::Invalid(format!(
                     "profile: `nsys` (Nsight Systems) is not on PATH; {INSTALL_NSYS}"
                 )));
             }
         }
         Placement::InContainer => {
             let runtime = probe.container_runtime.as_deref().ok_or_else(|| {
-                LabError::Invalid(
+                ConfigError::Invalid(
                     "profile --engine vllm-docker: neither docker nor podman is on PATH; install one, or \
                      profile --engine vllm from `nix develop`, which provides nsys"
                         .to_owned(),
@@ -911,20 +912,20 @@ fn image_has_nsys(runtime: &str, image: &str) -> Result<()> {
             .output()
     };
     let inspect = quiet(&["image", "inspect", "--format", "{{.Id}}", image]).map_err(|e| {
-        LabError::Invalid(format!("profile --engine vllm-docker: could not run `{runtime}`: {e}"))
+        ConfigError::Invalid(format!("profile --engine vllm-docker: could not run `{runtime}`: {e}"))
     })?;
     if !inspect.status.success() {
-        return Err(LabError::Invalid(format!(
+        return Err(ConfigError::Invalid(format!(
             "profile --engine vllm-docker: the image {image} is not here (`{runtime} image inspect` failed); {build}"
         )));
     }
     let version = quiet(&["run", "--rm", "--entrypoint", "nsys", image, "--version"]).map_err(|e| {
-        LabError::Invalid(format!("profile --engine vllm-docker: could not run `{runtime}`: {e}"))
+        ConfigError::Invalid(format!("profile --engine vllm-docker: could not run `{runtime}`: {e}"))
     })?;
     if !version.status.success() {
         let why = String::from_utf8_lossy(&version.stderr);
         let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned();
-        return Err(LabError::Invalid(format!(
+        return Err(ConfigError::Invalid(format!(
             "profile --engine vllm-docker: the image {image} has no `nsys` (`{runtime} run --entrypoint nsys \
              {image} --version` failed: {why}); nsys runs inside the engine's container. {build}"
         )));
@@ -935,14 +936,14 @@ fn image_has_nsys(runtime: &str, image: &str) -> Result<()> {
 /// Creates the run's `profile/` directory when the run is profiled. The container mounts it,
 /// and the engine image may run as an unprivileged user (the lab's vLLM image does): it is made
 /// writable for that user.
-pub fn prepare(profile: Option<&ProfileSpec>, run_dir: &Path) -> Result<()> {
+pub fn prepare(profile: Option<&ProfileSpec>, run_dir: &Path) -> Result<(), EngineError> {
     let Some(profile) = profile else { return Ok(()) };
     let dir = run_dir.join("profile");
-    std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
     if profile.placement == Placement::InContainer {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| LabError::io(&dir, e))?;
+            .map_err(|e| EngineError::io(&dir, e))?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use schema::error::LabError;
+use crate::slurm::SlurmError;
 
 use crate::slurm::{self, Submitted, WatchConfig, WatchEnd};
 
@@ -13,7 +13,7 @@ use crate::slurm::{self, Submitted, WatchConfig, WatchEnd};
 pub enum FollowError {
     /// The watch failed.
     #[error(transparent)]
-    Watch(#[from] LabError),
+    Watch(#[from] SlurmError),
     /// Points ended without a result; one line per point.
     #[error(
         "{} of {total} points failed (resume with `cargo xtask bench --resume {}`):\n{}",

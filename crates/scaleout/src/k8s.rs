@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::slurm::SlurmError;
 use lab::run::BenchOptions;
-use schema::error::LabError;
 
 use crate::slurm::{Plan, SubmitConfig};
 
@@ -109,7 +109,7 @@ pub struct PodSettings {
 pub enum EmitError {
     /// The plan was refused or its result root could not be written.
     #[error(transparent)]
-    Plan(#[from] LabError),
+    Plan(#[from] SlurmError),
     /// `job.yaml` could not be written.
     #[error("{}", path.display())]
     Write { path: PathBuf, source: std::io::Error },

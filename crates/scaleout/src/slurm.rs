@@ -24,9 +24,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use engines::{EngineKind, GpuSelection, HostProbe};
+use lab::error::RunError;
 use lab::run::{self, BenchOptions, ModelPlacement, PointCtx};
 use schema::config::{Experiment, Point, SlurmSettings, TierConfig};
-use schema::error::{LabError, Result};
+use schema::error::ConfigError;
 
 /// Version of `plan.json`, `slurm/jobs.json` and the status files.
 pub const PLAN_VERSION: u32 = 1;
@@ -125,19 +126,55 @@ pub struct Jobs {
     pub arrays: Vec<ArraySubmission>,
 }
 
-fn err(msg: impl Into<String>) -> LabError {
-    LabError::Scheduler(msg.into())
+/// What submitting, watching or cancelling a run on Slurm can go wrong with.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    /// A scheduler command (`sbatch`, `squeue`, `scancel`) could not be run, failed or answered
+    /// what kvlab cannot use, or a run under it failed. The message says which command and what it
+    /// said; the commands' failures differ in what they carry (an I/O error, an exit status, a
+    /// stderr, an unparsable answer), so it is kept as the sentence shown to the person.
+    #[error("{0}")]
+    Scheduler(String),
+    /// The experiment or a flag is invalid, or a file could not be read or written.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A point's run failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// JSON that could not be written (`what`: the file).
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl SlurmError {
+    fn io(path: impl Into<PathBuf>, source: std::io::Error) -> SlurmError {
+        SlurmError::Config(ConfigError::io(path, source))
+    }
+
+    fn invalid(message: impl Into<String>) -> SlurmError {
+        SlurmError::Config(ConfigError::Invalid(message.into()))
+    }
+}
+
+pub type Result<T, E = SlurmError> = std::result::Result<T, E>;
+
+fn err(msg: impl Into<String>) -> SlurmError {
+    SlurmError::Scheduler(msg.into())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-    stats::parse_json(&text).map_err(|e| LabError::Config(e.in_file(path.display().to_string())))
+    let text = std::fs::read_to_string(path).map_err(|e| SlurmError::io(path, e))?;
+    Ok(stats::parse_json(&text).map_err(|e| ConfigError::Config(e.in_file(path.display().to_string())))?)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
-        .map_err(|source| LabError::Json { what: path.display().to_string(), source })?;
-    lab::run::write_atomic(path, text.as_bytes())
+        .map_err(|source| SlurmError::Json { what: path.display().to_string(), source })?;
+    Ok(lab::run::write_atomic(path, text.as_bytes())?)
 }
 
 /// Flags over file: each key the flags set wins.
@@ -170,11 +207,11 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
     let path = opts
         .experiment
         .as_ref()
-        .ok_or_else(|| LabError::Invalid("--scheduler slurm needs --experiment FILE".into()))?;
+        .ok_or_else(|| SlurmError::invalid("--scheduler slurm needs --experiment FILE"))?;
     let exp = Experiment::load(path)?;
     let slurm = merge_settings(&cfg.flags, &exp.slurm);
     if slurm.points_per_task == Some(0) || slurm.max_parallel == Some(0) {
-        return Err(LabError::Invalid("points_per_task and max_parallel must be at least 1".into()));
+        return Err(SlurmError::invalid("points_per_task and max_parallel must be at least 1"));
     }
     let probe = HostProbe::detect();
     let mut points = Vec::new();
@@ -184,7 +221,7 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
         run::apply_flag_overrides(opts, &mut point);
         let name = run::point_label(&exp.name, i, &point);
         let at = |key: &str, msg: String| {
-            LabError::Invalid(format!("point {i} ({name}): {}: {key}: {msg}", exp.file))
+            SlurmError::invalid(format!("point {i} ({name}): {}: {key}: {msg}", exp.file))
         };
         let requested = match &point.engine {
             Some(e) if opts.engine == EngineKind::Auto => {
@@ -199,7 +236,8 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
         // An error about the point's model is at its entry of `matrix.models`.
         let model_error =
             |message: String| exp.model_error(&p.model, &format!("point {i} ({name}): {message}"));
-        let placement = run::resolve_model(engine, &point.model).map_err(|e| model_error(strip(e)))?;
+        let placement = run::resolve_model(engine, &point.model)
+            .map_err(|e| model_error(schema::config::strip_invalid(e)))?;
         TierConfig::load(&opts.root.join("configs"), point.tier)
             .map_err(|e| at("matrix.tiers", e.to_string()))?;
         let gpus = if needs_gpus(engine) { placement.gpus() } else { 0 };
@@ -215,7 +253,8 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
                 return Err(model_error(format!(
                     "model `{}` needs {gpus} GPUs (tensor parallel {} x pipeline parallel {}) but a node has {n}",
                     point.model, placement.tensor_parallel, placement.pipeline_parallel
-                )));
+                ))
+                .into());
             }
         }
         let resources = resources(engine, &placement, point.time_limit_s, &slurm);
@@ -226,7 +265,7 @@ pub fn plan(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<Plan> {
         .exe
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
-        .ok_or_else(|| LabError::Invalid(format!("runner {}: not a file", cfg.runner.exe.display())))?;
+        .ok_or_else(|| SlurmError::invalid(format!("runner {}: not a file", cfg.runner.exe.display())))?;
     Ok(Plan {
         v: PLAN_VERSION,
         experiment: exp.name.clone(),
@@ -265,13 +304,6 @@ pub fn resources(
         partition: slurm.partition.clone(),
         account: slurm.account.clone(),
         qos: slurm.qos.clone(),
-    }
-}
-
-fn strip(e: LabError) -> String {
-    match e {
-        LabError::Invalid(m) => m,
-        other => other.to_string(),
     }
 }
 
@@ -443,20 +475,20 @@ pub fn prepare(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<(Plan, PathBuf
     let root = unique(&root);
     for sub in ["bin", "slurm", "status", "configs/tiers"] {
         let p = root.join(sub);
-        std::fs::create_dir_all(&p).map_err(|e| LabError::io(&p, e))?;
+        std::fs::create_dir_all(&p).map_err(|e| SlurmError::io(&p, e))?;
     }
-    let root = root.canonicalize().map_err(|e| LabError::io(&root, e))?;
+    let root = root.canonicalize().map_err(|e| SlurmError::io(&root, e))?;
     let bin = root.join("bin").join(&plan.runner_exe);
-    std::fs::copy(&cfg.runner.exe, &bin).map_err(|e| LabError::io(&cfg.runner.exe, e))?;
+    std::fs::copy(&cfg.runner.exe, &bin).map_err(|e| SlurmError::io(&cfg.runner.exe, e))?;
     let tiers = opts.root.join("configs/tiers");
-    for e in std::fs::read_dir(&tiers).map_err(|e| LabError::io(&tiers, e))?.flatten() {
+    for e in std::fs::read_dir(&tiers).map_err(|e| SlurmError::io(&tiers, e))?.flatten() {
         if e.path().extension().is_some_and(|x| x == "toml") {
             let to = root.join("configs/tiers").join(e.file_name());
-            std::fs::copy(e.path(), &to).map_err(|e| LabError::io(&to, e))?;
+            std::fs::copy(e.path(), &to).map_err(|e| SlurmError::io(&to, e))?;
         }
     }
     if let Some(exp) = &opts.experiment {
-        std::fs::copy(exp, root.join("experiment.toml")).map_err(|e| LabError::io(exp, e))?;
+        std::fs::copy(exp, root.join("experiment.toml")).map_err(|e| SlurmError::io(exp, e))?;
     }
     write_json(&root.join("plan.json"), &plan)?;
     Ok((plan, root))
@@ -464,7 +496,7 @@ pub fn prepare(opts: &BenchOptions, cfg: &SubmitConfig) -> Result<(Plan, PathBuf
 
 /// Submits again the points of `root` that have no `summary.json` (missing or failed).
 pub fn resume(root: &Path) -> Result<Submitted> {
-    let root = root.canonicalize().map_err(|e| LabError::io(root, e))?;
+    let root = root.canonicalize().map_err(|e| SlurmError::io(root, e))?;
     let plan: Plan = read_json(&root.join("plan.json"))?;
     let jobs = load_jobs(&root)?;
     let active = active_tasks(&jobs)?;
@@ -514,7 +546,7 @@ pub fn submit_points(plan: &Plan, root: &Path, indices: &[usize]) -> Result<Subm
     for (res, tasks) in arrays(plan, indices) {
         let n = jobs.arrays.len();
         let script = root.join(format!("slurm/array-{n}.sh"));
-        std::fs::write(&script, batch_script(plan, root, &tasks)).map_err(|e| LabError::io(&script, e))?;
+        std::fs::write(&script, batch_script(plan, root, &tasks)).map_err(|e| SlurmError::io(&script, e))?;
         let args = sbatch_args(plan, root, &res, &tasks, &script);
         let out = Command::new("sbatch")
             .args(&args)
@@ -901,7 +933,7 @@ pub async fn watch(
     cfg: &WatchConfig,
     interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<WatchEnd> {
-    let root = root.canonicalize().map_err(|e| LabError::io(root, e))?;
+    let root = root.canonicalize().map_err(|e| SlurmError::io(root, e))?;
     tokio::pin!(interrupt);
     let mut last = String::new();
     loop {
@@ -1013,7 +1045,7 @@ pub async fn run_planned_point(
 ) -> Result<()> {
     let plan_path = root.join("plan.json");
     if !plan_path.is_file() {
-        return Err(LabError::Invalid(format!(
+        return Err(SlurmError::invalid(format!(
             "{} is not visible on node {}: the result root must be on a filesystem that every node shares",
             plan_path.display(),
             env("SLURMD_NODENAME").unwrap_or_else(|| "?".into())
@@ -1021,7 +1053,7 @@ pub async fn run_planned_point(
     }
     let plan: Plan = read_json(&plan_path)?;
     let p = plan.points.get(index).ok_or_else(|| {
-        LabError::Invalid(format!(
+        SlurmError::invalid(format!(
             "{}: no point {index} (the plan has {})",
             plan_path.display(),
             plan.points.len()
@@ -1045,9 +1077,9 @@ pub async fn run_planned_point(
     }
     let partial = root.join(".partial").join(&p.name);
     if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| LabError::io(&partial, e))?;
+        std::fs::remove_dir_all(&partial).map_err(|e| SlurmError::io(&partial, e))?;
     }
-    std::fs::create_dir_all(&partial).map_err(|e| LabError::io(&partial, e))?;
+    std::fs::create_dir_all(&partial).map_err(|e| SlurmError::io(&partial, e))?;
     append_status(root, index, &event("start", None))?;
 
     let mut opts = BenchOptions::new(root, p.point.tier);
@@ -1089,7 +1121,7 @@ pub async fn run_planned_point(
         r = &mut work => r,
         () = &mut shutdown => { stop.cancel(); work.await }
     };
-    let result = result.and_then(|report| {
+    let result = result.map_err(SlurmError::from).and_then(|report| {
         let s = &report.summary;
         let sent = s.completed + s.failed;
         let fraction = if sent == 0 { 1.0 } else { s.failed as f64 / sent as f64 };
@@ -1102,9 +1134,9 @@ pub async fn run_planned_point(
     match result {
         Ok(()) => {
             if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).map_err(|e| LabError::io(&final_dir, e))?;
+                std::fs::remove_dir_all(&final_dir).map_err(|e| SlurmError::io(&final_dir, e))?;
             }
-            std::fs::rename(&partial, &final_dir).map_err(|e| LabError::io(&final_dir, e))?;
+            std::fs::rename(&partial, &final_dir).map_err(|e| SlurmError::io(&final_dir, e))?;
             // run.toml names the point's directory (disk_dir): the final one, not `.partial/`.
             let run_toml = final_dir.join("run.toml");
             if let Ok(text) = std::fs::read_to_string(&run_toml) {
@@ -1136,15 +1168,15 @@ fn env(name: &str) -> Option<String> {
 fn append_status(root: &Path, index: usize, event: &StatusEvent) -> Result<()> {
     use std::io::Write as _;
     let dir = root.join("status");
-    std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| SlurmError::io(&dir, e))?;
     let path = dir.join(format!("{index}.jsonl"));
     let line = serde_json::to_string(event).map_err(|e| err(e.to_string()))?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| LabError::io(&path, e))?;
-    writeln!(f, "{line}").map_err(|e| LabError::io(&path, e))
+        .map_err(|e| SlurmError::io(&path, e))?;
+    writeln!(f, "{line}").map_err(|e| SlurmError::io(&path, e))
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what `scancel` and Slurm's time limit send).
@@ -1189,7 +1221,8 @@ async fn bare_run(opts: &BenchOptions, cfg: &SubmitConfig, wait: bool) -> Result
     let start = Instant::now();
     for (i, (res, tasks)) in arrays(&plan, &all).into_iter().enumerate() {
         let script = root.join(format!("slurm/bare-{i}.sh"));
-        std::fs::write(&script, batch_script(&plan, &root, &tasks)).map_err(|e| LabError::io(&script, e))?;
+        std::fs::write(&script, batch_script(&plan, &root, &tasks))
+            .map_err(|e| SlurmError::io(&script, e))?;
         let mut args = sbatch_args(&plan, &root, &res, &tasks, &script);
         if wait {
             args[0] = "--wait".to_owned();

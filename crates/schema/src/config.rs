@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::error::{LabError, Result};
+use crate::error::{ConfigError, Result};
 use crate::lmcache::{LmValue, LmcacheConfig, Origin};
 
 /// A KV-cache tier. `scalability` is accepted as an alias of `redis`.
@@ -51,14 +51,14 @@ impl fmt::Display for Tier {
 }
 
 impl FromStr for Tier {
-    type Err = LabError;
+    type Err = ConfigError;
     fn from_str(s: &str) -> Result<Tier> {
         match s {
             "baseline" => Ok(Tier::Baseline),
             "cpu" => Ok(Tier::Cpu),
             "disk" => Ok(Tier::Disk),
             "redis" | "scalability" => Ok(Tier::Redis),
-            other => Err(LabError::Invalid(format!(
+            other => Err(ConfigError::Invalid(format!(
                 "unknown tier `{other}`; expected one of baseline, cpu, disk, redis (alias scalability)"
             ))),
         }
@@ -67,11 +67,11 @@ impl FromStr for Tier {
 
 /// Parses TOML text into `T`; an error is `file:LINE: FIELD: message (column C)`.
 pub(crate) fn parse_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T> {
-    stats::parse_toml(text).map_err(|e| LabError::Config(e.in_file(file)))
+    stats::parse_toml(text).map_err(|e| ConfigError::Config(e.in_file(file)))
 }
 
 pub(crate) fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))
+    std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))
 }
 
 /// Capacities of the emulated engine for one tier file.
@@ -187,7 +187,7 @@ pub(crate) fn lmcache_from_toml(
             toml::Value::Float(f) => LmValue::Float(*f),
             toml::Value::String(s) => LmValue::Str(s.clone()),
             other => {
-                return Err(LabError::at(
+                return Err(ConfigError::at(
                     file,
                     text,
                     value.span().start,
@@ -468,7 +468,7 @@ impl Experiment {
     pub fn parse(file: &str, text: &str) -> Result<Experiment> {
         let raw: ExperimentFile = parse_toml(file, text)?;
         let err = |span: std::ops::Range<usize>, field: String, msg: String| {
-            LabError::at(file, text, span.start, field, msg)
+            ConfigError::at(file, text, span.start, field, msg)
         };
         let m = &raw.matrix;
         for (name, list) in [("models", &m.models), ("tiers", &m.tiers), ("workloads", &m.workloads)] {
@@ -611,7 +611,7 @@ impl Experiment {
             if !is_slurm_mem(mem) {
                 let offset =
                     text.find("[slurm]").and_then(|at| Some(at + text[at..].find("mem")?)).unwrap_or(0);
-                return Err(LabError::at(
+                return Err(ConfigError::at(
                     file,
                     text,
                     offset,
@@ -634,7 +634,7 @@ impl Experiment {
     }
 
     /// An error at the entry of `matrix.models` that names `model` (the file alone if none does).
-    pub fn model_error(&self, model: &str, message: &str) -> LabError {
+    pub fn model_error(&self, model: &str, message: &str) -> ConfigError {
         let mut seen: Vec<&str> = Vec::new();
         for p in &self.points {
             if !seen.contains(&p.model.as_str()) {
@@ -642,13 +642,13 @@ impl Experiment {
             }
         }
         match seen.iter().position(|m| *m == model).and_then(|i| Some((i, self.model_positions.get(i)?))) {
-            Some((i, &(line, col))) => LabError::config(
+            Some((i, &(line, col))) => ConfigError::config(
                 &self.file,
                 line,
                 format!("matrix.models[{i}]"),
                 format!("{message} (column {col})"),
             ),
-            None => LabError::config(&self.file, 1, "matrix.models", message),
+            None => ConfigError::config(&self.file, 1, "matrix.models", message),
         }
     }
 }
@@ -691,9 +691,9 @@ fn is_slurm_mem(s: &str) -> bool {
     !digits.is_empty() && digits.len() + 1 >= s.len() && digits.chars().all(|c| c.is_ascii_digit())
 }
 
-pub fn strip_invalid(e: LabError) -> String {
+pub fn strip_invalid(e: ConfigError) -> String {
     match e {
-        LabError::Invalid(m) => m,
+        ConfigError::Invalid(m) => m,
         other => other.to_string(),
     }
 }

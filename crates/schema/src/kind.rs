@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::error::{LabError, Result};
+use crate::error::{ConfigError, Result};
 
 /// Which engine serves the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -42,7 +42,7 @@ impl fmt::Display for EngineKind {
 }
 
 impl FromStr for EngineKind {
-    type Err = LabError;
+    type Err = ConfigError;
     fn from_str(s: &str) -> Result<EngineKind> {
         Ok(match s {
             "auto" => EngineKind::Auto,
@@ -53,7 +53,7 @@ impl FromStr for EngineKind {
             "llamacpp" => EngineKind::Llamacpp,
             "external" => EngineKind::External,
             other => {
-                return Err(LabError::Invalid(format!(
+                return Err(ConfigError::Invalid(format!(
                     "unknown engine `{other}`; expected auto, emulated, vllm-docker, docker, vllm, llamacpp or external"
                 )))
             }
@@ -101,10 +101,11 @@ impl GpuSelection {
 }
 
 impl FromStr for GpuSelection {
-    type Err = LabError;
+    type Err = ConfigError;
     fn from_str(s: &str) -> Result<GpuSelection> {
-        let bad =
-            || LabError::Invalid(format!("--gpus `{s}`: expected `all`, a count (2) or a device list (0,2)"));
+        let bad = || {
+            ConfigError::Invalid(format!("--gpus `{s}`: expected `all`, a count (2) or a device list (0,2)"))
+        };
         if s == "all" {
             return Ok(GpuSelection::All);
         }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::error::{LabError, Result};
+use crate::error::{ConfigError, Result};
 
 /// The YAML keys LMCache 0.5.6 understands: every key of its configuration's definitions
 /// (`lmcache/v1/config.py`, `_CONFIG_DEFINITIONS`, 108 keys), then the old names it still
@@ -169,12 +169,12 @@ pub struct Origin<'a> {
 
 impl Origin<'_> {
     /// An error about `key` set here.
-    fn error(&self, key: &str, message: String) -> LabError {
+    fn error(&self, key: &str, message: String) -> ConfigError {
         let field = match self.table {
             Some(table) => format!("{table}.{key}"),
             None => key.to_owned(),
         };
-        LabError::config(self.file, self.line, field, message)
+        ConfigError::config(self.file, self.line, field, message)
     }
 }
 
@@ -230,7 +230,12 @@ impl LmcacheConfig {
         // A parser's position past the last line (an unclosed quote at the end) is the last line.
         let at = |mark: Marker| mark.line().clamp(1, lines);
         let syntax = |mark: Marker, message: String| {
-            LabError::config(file, at(mark), "(top level)", format!("{message} (column {})", mark.col() + 1))
+            ConfigError::config(
+                file,
+                at(mark),
+                "(top level)",
+                format!("{message} (column {})", mark.col() + 1),
+            )
         };
         let mut parser = Parser::new_from_str(text);
         let mut next = || parser.next_token().map_err(|e| syntax(*e.marker(), e.info().to_owned()));
