@@ -72,18 +72,14 @@ struct Conn {
 }
 
 impl Conn {
-    /// Reads what the socket has into `buf`; `Ok(0)` at its end.
+    /// Reads what the socket has into `buf`; `Ok(0)` at its end. Through tokio's `AsyncRead`,
+    /// which takes a read shorter than the buffer as the socket drained: no second `recv` that
+    /// only says "would block" per wake-up.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     async fn read(&mut self) -> io::Result<usize> {
