@@ -109,6 +109,20 @@ async fn refused_and_dropped_connections() {
     }
 }
 
+/// A root the HTTP/1.1 client does not take (user info in the URL) goes through reqwest, with the
+/// same records.
+#[tokio::test]
+async fn unusual_roots_go_through_reqwest() {
+    let server = start(Behavior { itl: Duration::from_millis(1), ..Default::default() });
+    let url = server.url.replace("http://", "http://user:secret@");
+    let (out, _dir) = run(&plan(3, 6, Mode::Closed { concurrency: 2 }), &config(&url)).await;
+    assert_eq!((out.sent, out.summary.completed, out.summary.failed), (3, 3, 0));
+    for r in &out.records {
+        assert_eq!((r.output_tokens, r.chunks.len()), (6, 6), "{r:?}");
+        assert!(r.first_byte.is_some() && r.first_token.is_some());
+    }
+}
+
 #[tokio::test]
 async fn request_timeout_is_a_timeout() {
     let server = start(Behavior {

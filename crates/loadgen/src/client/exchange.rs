@@ -3,6 +3,10 @@
 //! its stream followed; the total timeout and the stop token around it all.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use stats::{RequestError, RequestRecord};
@@ -10,6 +14,7 @@ use tokio::time::Instant;
 
 use super::error::{chain, excerpt, is_stale_connection, read_excerpt, secs, SendError, EVENT_EXCERPT};
 use super::guarded::GuardedBody;
+use super::h1::H1;
 use super::record::Partial;
 use super::request::{Endpoint, Prepared};
 use super::stream::follow;
@@ -34,23 +39,9 @@ impl Client {
     /// Sends `req` and follows its stream to the end. Never fails: a failure is classified in
     /// the record's `error`.
     pub(crate) async fn send(&self, req: &Prepared, when: Timing) -> RequestRecord {
-        let url = match req.endpoint {
-            Endpoint::Completions => &self.completions_url,
-            Endpoint::Chat => &self.chat_url,
-        };
-        let request = || {
-            let (body, wire) = StampedBody::body(req.body.clone());
-            let mut builder =
-                self.http.post(url.as_str()).header(CONTENT_TYPE, "application/json").body(body);
-            if let Some(auth) = &self.auth {
-                builder = builder.header(AUTHORIZATION, auth.clone());
-            }
-            (builder, wire)
-        };
-
         let mut st = Partial::new(req.max_tokens, when.origin);
         let started = Instant::now();
-        let exchange = tokio::time::timeout(self.request_timeout, self.exchange(request, &mut st));
+        let exchange = tokio::time::timeout(self.request_timeout, self.exchange(req, &mut st));
         let outcome = match &self.stop {
             Some(stop) => until_stopped(exchange, stop).await,
             None => Some(exchange.await),
@@ -73,15 +64,67 @@ impl Client {
         st.finish(req, when, sent, end, result.err())
     }
 
-    async fn exchange(
+    async fn exchange(&self, req: &Prepared, st: &mut Partial) -> Result<(), RequestError> {
+        let (url, path) = match req.endpoint {
+            Endpoint::Completions => (&self.completions_url, "/v1/completions"),
+            Endpoint::Chat => (&self.chat_url, "/v1/chat/completions"),
+        };
+        match &self.h1 {
+            Some(h1) => self.exchange_h1(h1, url, path, req, st).await,
+            None => self.exchange_reqwest(url, req, st).await,
+        }
+    }
+
+    /// The exchange on the worker's own HTTP/1.1 connections.
+    async fn exchange_h1(
         &self,
-        request: impl Fn() -> (reqwest::RequestBuilder, Wire),
+        h1: &H1,
+        url: &str,
+        path: &str,
+        req: &Prepared,
         st: &mut Partial,
     ) -> Result<(), RequestError> {
+        let request =
+            h1.render("POST", path, self.auth.as_ref().map(HeaderValue::as_bytes), Some(&req.body[..]));
         // A server may close a kept-alive connection after a response while still advertising
         // keep-alive (llama.cpp's server does; vLLM closes idle ones after 5 s). A request that
         // went out on such a connection fails before any response byte; it is sent once more on
         // a fresh connection, as browsers do. Any other failure is final.
+        let mut fresh = false;
+        let resp = loop {
+            let wire = Wire::default();
+            st.wire = Some(Arc::clone(&wire));
+            match tokio::time::timeout(self.stall_timeout, h1.send(&request, fresh, &wire)).await {
+                Err(_) => return Err(self.headers_timeout()),
+                Ok(Err(e)) if e.stale && !fresh => fresh = true,
+                Ok(Err(e)) => {
+                    return Err(RequestError::Connect {
+                        message: format!("error sending request for url ({url}): {}", e.cause),
+                    })
+                }
+                Ok(Ok(resp)) => break resp,
+            }
+        };
+        st.first_byte = Some(st.secs(Instant::now()));
+        self.answered(resp.status, resp.retry_after, resp.content_type, resp.body, st).await
+    }
+
+    /// The exchange through reqwest.
+    async fn exchange_reqwest(
+        &self,
+        url: &str,
+        req: &Prepared,
+        st: &mut Partial,
+    ) -> Result<(), RequestError> {
+        let request = || {
+            let (body, wire) = StampedBody::body(req.body.clone());
+            let mut builder = self.http.post(url).header(CONTENT_TYPE, "application/json").body(body);
+            if let Some(auth) = &self.auth {
+                builder = builder.header(AUTHORIZATION, auth.clone());
+            }
+            (builder, wire)
+        };
+        // The one retry on a stale connection, as in [`Client::exchange_h1`].
         let (builder, wire) = request();
         st.wire = Some(wire);
         let resp = match self.response(builder).await {
@@ -93,30 +136,45 @@ impl Client {
             other => other,
         };
         let resp = match resp {
-            Err(e) if e.is_timeout() => {
-                return Err(RequestError::Timeout {
-                    message: format!(
-                        "no response headers within the stall timeout of {}",
-                        secs(self.stall_timeout)
-                    ),
-                })
-            }
+            Err(e) if e.is_timeout() => return Err(self.headers_timeout()),
             Err(e) => return Err(RequestError::Connect { message: chain(&e) }),
             Ok(resp) => resp,
         };
         st.first_byte = Some(st.secs(Instant::now()));
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let retry_after = header_text(resp.headers().get(RETRY_AFTER));
         let content_type = header_text(resp.headers().get(CONTENT_TYPE));
-        let mut body = GuardedBody::new(Box::pin(resp.bytes_stream()), self.caps, Some(self.stall_timeout));
-        if !status.is_success() {
+        self.answered(status, retry_after, content_type, Box::pin(resp.bytes_stream()), st).await
+    }
+
+    fn headers_timeout(&self) -> RequestError {
+        RequestError::Timeout {
+            message: format!("no response headers within the stall timeout of {}", secs(self.stall_timeout)),
+        }
+    }
+
+    /// The response after its head: its status and content type checked, its stream followed.
+    async fn answered<S, E>(
+        &self,
+        status: u16,
+        retry_after: Option<String>,
+        content_type: Option<String>,
+        body: S,
+        st: &mut Partial,
+    ) -> Result<(), RequestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::error::Error,
+    {
+        let mut body = GuardedBody::new(body, self.caps, Some(self.stall_timeout));
+        if !(200..300).contains(&status) {
             // No retry, whatever Retry-After says: a benchmark must not hide overload.
             let text = read_excerpt(&mut body).await;
             let body = match retry_after {
                 Some(after) => format!("[Retry-After: {}] {text}", excerpt(&after, 64)),
                 None => text,
             };
-            return Err(RequestError::HttpStatus { status: status.as_u16(), body });
+            return Err(RequestError::HttpStatus { status, body });
         }
         if let Some(ct) = content_type.filter(|ct| !is_event_stream(ct)) {
             let text = read_excerpt(&mut body).await;

@@ -177,6 +177,12 @@ impl<S> GuardedBody<S> {
         }
     }
 
+    /// When the body last gave bytes: the arrival time of every piece cut from them (one clock
+    /// read per read of the body, not one more per event).
+    pub(crate) fn last_byte(&self) -> Instant {
+        self.last_byte
+    }
+
     /// The next piece of `pending`, or the cap it passes.
     fn next_piece<E>(&mut self) -> Result<Bytes, BodyError<E>> {
         let cr_before = self.lines.after_cr;

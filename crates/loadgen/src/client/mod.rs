@@ -10,6 +10,10 @@
 //!   the warm-up, the model discovered by `GET /v1/models`;
 //! - `request`: what is sent ([`Endpoint`](request::Endpoint), the JSON body, [`Prepared`] requests, prompt block
 //!   hashes), built before the clock;
+//! - `h1`: the HTTP/1.1 client of plain `http://` roots (chosen once per run; anything else,
+//!   such as user info in the URL, goes through reqwest): the request written and its response
+//!   read by the request's own future, on the worker's kept-alive connections; `chunked`: its
+//!   chunked-body decoder;
 //! - `exchange`: one request's HTTP exchange ([`Client::send`]), its timeouts, the one retry on a
 //!   stale connection, the stop token;
 //! - `wire`: when the request went on the wire (the body that stamps the time it is taken);
@@ -20,9 +24,11 @@
 //!   the [`RequestRecord`](stats::RequestRecord) it ends in;
 //! - `error`: failures classified into [`stats::RequestError`], with their messages.
 
+mod chunked;
 mod error;
 mod exchange;
 mod guarded;
+mod h1;
 mod record;
 mod request;
 mod stream;
@@ -40,9 +46,11 @@ use crate::Error;
 use self::error::{chain, excerpt, secs, BODY_EXCERPT};
 pub(crate) use self::exchange::Timing;
 pub(crate) use self::guarded::{Caps, GuardedBody};
+use self::h1::H1;
 pub(crate) use self::record::Partial;
 pub(crate) use self::request::Prepared;
 pub(crate) use self::stream::follow;
+use self::wire::Wire;
 
 /// Longest `GET /v1/models` answer read, in bytes.
 const MAX_MODELS_BODY: usize = 1 << 20;
@@ -52,6 +60,8 @@ const MAX_MODELS_BODY: usize = 1 << 20;
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
+    /// The streaming requests' client, when the root is a plain `http://host:port`.
+    h1: Option<H1>,
     completions_url: String,
     chat_url: String,
     model: String,
@@ -89,6 +99,7 @@ impl Client {
         };
         Ok(Client {
             http,
+            h1: H1::new(root),
             completions_url: format!("{root}/v1/completions"),
             chat_url: format!("{root}/v1/chat/completions"),
             model,
@@ -107,13 +118,16 @@ impl Client {
     /// The same client with a connection pool of its own, for a worker thread: connections
     /// are driven by the runtime that opened them, so each worker must open its own.
     pub(crate) fn for_worker(&self) -> Result<Client, Error> {
-        Ok(Client { http: http_client()?, ..self.clone() })
+        Ok(Client { http: http_client()?, h1: self.h1.as_ref().map(H1::fresh_pool), ..self.clone() })
     }
 
     /// Opens up to `n` connections (as many concurrent `GET /v1/models`, each read to its end)
     /// and leaves them idle in the pool; returns how many answered. Any HTTP answer counts: the
     /// connection is open.
     pub(crate) async fn open_connections(&self, n: usize) -> u64 {
+        if let Some(h1) = &self.h1 {
+            return self.open_h1_connections(h1, n).await;
+        }
         let url = self.completions_url.replace("/v1/completions", "/v1/models");
         let mut answers: futures_util::stream::FuturesUnordered<_> = (0..n)
             .map(|_| {
@@ -134,6 +148,35 @@ impl Client {
                     }
                     Some(())
                 }
+            })
+            .collect();
+        let mut opened = 0;
+        while let Some(answer) = answers.next().await {
+            opened += u64::from(answer.is_some());
+        }
+        opened
+    }
+
+    /// [`Client::open_connections`] on the HTTP/1.1 client's pool.
+    async fn open_h1_connections(&self, h1: &H1, n: usize) -> u64 {
+        let request = h1.render("GET", "/v1/models", self.auth.as_ref().map(HeaderValue::as_bytes), None);
+        let request = &request;
+        let mut answers: futures_util::stream::FuturesUnordered<_> = (0..n)
+            .map(|_| async move {
+                let answer = async {
+                    let resp = h1.send(request, true, &Wire::default()).await.ok()?;
+                    // Read to the end (bounded) so that the connection goes back to the pool.
+                    let mut body = resp.body;
+                    let mut read = 0usize;
+                    while let Some(Ok(piece)) = body.next().await {
+                        read += piece.len();
+                        if read > MAX_MODELS_BODY {
+                            break;
+                        }
+                    }
+                    Some(())
+                };
+                tokio::time::timeout(self.stall_timeout, answer).await.ok().flatten()
             })
             .collect();
         let mut opened = 0;

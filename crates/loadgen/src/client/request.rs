@@ -176,6 +176,7 @@ mod tests {
         cfg(&mut c);
         let client = Client {
             http: reqwest::Client::new(),
+            h1: None,
             completions_url: String::new(),
             chat_url: String::new(),
             model: "m".into(),

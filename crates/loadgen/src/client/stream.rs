@@ -26,7 +26,7 @@ where
     let mut events = Events::default();
     let mut drained = 0usize;
     while let Some(piece) = body.next().await {
-        let now = Instant::now();
+        let now = body.last_byte();
         let piece = match piece {
             Ok(piece) => piece,
             // Whatever fails after `[DONE]` does not change the result.

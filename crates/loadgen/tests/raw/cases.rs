@@ -6,7 +6,7 @@ use std::time::Duration;
 use loadgen::LoadgenConfig;
 use workload::Mode;
 
-use super::{head, sse_body, sse_head, start_raw, with_length, Script, Step};
+use super::{chunked, chunked_head, head, sse_body, sse_head, start_raw, with_length, Script, Step};
 use crate::common::{config, plan, run};
 
 /// One hostile server and what the load generator must make of it.
@@ -117,6 +117,15 @@ pub fn all() -> Vec<Case> {
         }
         steps
     });
+    let chunked_body = chunked(&sse_body(2));
+    let mut with_extras = chunked_body.clone();
+    // A chunk extension on the first chunk, a trailer after the last.
+    let first_eol = with_extras.iter().position(|&b| b == b'\r').expect("a size line");
+    with_extras.splice(first_eol..first_eol, b";ext=1".iter().copied());
+    with_extras.truncate(with_extras.len() - 2);
+    with_extras.extend_from_slice(b"X-Trailer: 1\r\n\r\n");
+    let mut cut_mid_chunk = b"100\r\n".to_vec();
+    cut_mid_chunk.extend_from_slice(&sse_body(2).as_bytes()[..40]);
     let tokens_forever = content("t");
     let after_done = content("x");
     vec![
@@ -342,6 +351,103 @@ pub fn all() -> Vec<Case> {
                 ]
             }),
             expect: "sent=2 completed=2 failed=0 received=2 tokens=[2/Usage/2] | ",
+        },
+        Case {
+            // Kept alive: each connection answers every request of the stream.
+            name: "chunked, a chunk extension and a trailer",
+            n: 3,
+            mode: Mode::Closed { concurrency: 1 },
+            tweak: keep,
+            script: script(move |_| vec![Step::Write(chunked_head()), Step::Write(with_extras.clone())]),
+            expect: "sent=3 completed=3 failed=0 received=3 tokens=[2/Usage/2] | ",
+        },
+        Case {
+            name: "a bad chunk size line",
+            n: 2,
+            mode: Mode::Open,
+            tweak: keep,
+            script: script(|_| vec![Step::Write(chunked_head()), Step::Write(b"zz\r\ndata: x\n\n\r\n".to_vec())]),
+            expect: "sent=2 completed=0 failed=2 received=2 tokens=[] | stream_cut: error decoding response body…",
+        },
+        Case {
+            name: "chunked body closed mid-chunk",
+            n: 2,
+            mode: Mode::Open,
+            tweak: keep,
+            script: script(move |_| {
+                vec![Step::Write(chunked_head()), Step::Write(cut_mid_chunk.clone()), Step::Close]
+            }),
+            expect: "sent=2 completed=0 failed=2 received=2 tokens=[] | stream_cut: error decoding response body…",
+        },
+        Case {
+            // No answer is lost to a reused connection: each goes on a new one.
+            name: "Connection: close on every answer",
+            n: 5,
+            mode: Mode::Closed { concurrency: 1 },
+            tweak: keep,
+            script: script(|_| {
+                vec![
+                    Step::Write(with_length(
+                        "200 OK",
+                        "text/event-stream",
+                        &[("Connection", "close")],
+                        sse_body(2).as_bytes(),
+                    )),
+                    Step::Close,
+                ]
+            }),
+            expect: "sent=5 completed=5 failed=0 received=5 tokens=[2/Usage/2] | ",
+        },
+        Case {
+            // Each request after the first meets a closed connection, and is sent once more on a
+            // new one: the server receives each request once.
+            name: "chunked keep-alive closed after every answer",
+            n: 5,
+            mode: Mode::Closed { concurrency: 1 },
+            tweak: keep,
+            script: {
+                let body = chunked_body.clone();
+                script(move |_| vec![Step::Write(chunked_head()), Step::Write(body.clone()), Step::Close])
+            },
+            expect: "sent=5 completed=5 failed=0 received=5 tokens=[2/Usage/2] | ",
+        },
+        Case {
+            name: "the response head one byte at a time",
+            n: 2,
+            mode: Mode::Closed { concurrency: 1 },
+            tweak: keep,
+            script: {
+                let body = chunked_body.clone();
+                script(move |_| {
+                    vec![Step::Trickle(chunked_head(), Duration::from_millis(1)), Step::Write(body.clone())]
+                })
+            },
+            expect: "sent=2 completed=2 failed=0 received=2 tokens=[2/Usage/2] | ",
+        },
+        Case {
+            name: "100 Continue before the answer",
+            n: 2,
+            mode: Mode::Closed { concurrency: 1 },
+            tweak: keep,
+            script: {
+                let body = chunked_body.clone();
+                script(move |_| {
+                    vec![
+                        Step::Write(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+                        Step::Write(chunked_head()),
+                        Step::Write(body.clone()),
+                    ]
+                })
+            },
+            expect: "sent=2 completed=2 failed=0 received=2 tokens=[2/Usage/2] | ",
+        },
+        Case {
+            name: "no HTTP response head",
+            n: 2,
+            mode: Mode::Open,
+            tweak: keep,
+            script: script(|_| vec![Step::Write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()), Step::Close]),
+            expect: "sent=2 completed=0 failed=2 received=2 tokens=[] | connect: error sending request for url (URL/v1/completions)…",
         },
     ]
 }

@@ -103,6 +103,21 @@ pub fn sse_body(n: u32) -> String {
     s
 }
 
+/// A kept-alive chunked streaming head.
+pub fn chunked_head() -> Vec<u8> {
+    head("200 OK", &[("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")])
+}
+
+/// `body` as a chunked body: one chunk per event, then the last chunk.
+pub fn chunked(body: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in body.split_inclusive("\n\n") {
+        out.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
 /// Starts a server that answers each request with `script`, on its own thread.
 pub fn start_raw(script: impl Fn(ReqInfo) -> Vec<Step> + Send + Sync + 'static) -> RawServer {
     let script: Script = Arc::new(script);
