@@ -125,53 +125,26 @@ impl Client {
     /// and leaves them idle in the pool; returns how many answered. Any HTTP answer counts: the
     /// connection is open.
     pub(crate) async fn open_connections(&self, n: usize) -> u64 {
-        if let Some(h1) = &self.h1 {
-            return self.open_h1_connections(h1, n).await;
-        }
         let url = self.completions_url.replace("/v1/completions", "/v1/models");
-        let mut answers: futures_util::stream::FuturesUnordered<_> = (0..n)
-            .map(|_| {
-                let mut req = self.http.get(url.as_str());
-                if let Some(auth) = &self.auth {
-                    req = req.header(AUTHORIZATION, auth.clone());
-                }
-                async move {
-                    let resp = tokio::time::timeout(self.stall_timeout, req.send()).await.ok()?.ok()?;
-                    // Read to the end (bounded) so that the connection goes back to the pool.
-                    let mut body = resp.bytes_stream();
-                    let mut read = 0usize;
-                    while let Some(Ok(piece)) = body.next().await {
-                        read += piece.len();
-                        if read > MAX_MODELS_BODY {
-                            break;
-                        }
-                    }
-                    Some(())
-                }
-            })
-            .collect();
-        let mut opened = 0;
-        while let Some(answer) = answers.next().await {
-            opened += u64::from(answer.is_some());
-        }
-        opened
-    }
-
-    /// [`Client::open_connections`] on the HTTP/1.1 client's pool.
-    async fn open_h1_connections(&self, h1: &H1, n: usize) -> u64 {
-        let request = h1.render("GET", "/v1/models", self.auth.as_ref().map(HeaderValue::as_bytes), None);
-        let request = &request;
+        let h1_request = self
+            .h1
+            .as_ref()
+            .map(|h1| h1.render("GET", "/v1/models", self.auth.as_ref().map(HeaderValue::as_bytes), None));
+        let (url, h1_request) = (&url, &h1_request);
         let mut answers: futures_util::stream::FuturesUnordered<_> = (0..n)
             .map(|_| async move {
                 let answer = async {
-                    let resp = h1.send(request, true, &Wire::default()).await.ok()?;
                     // Read to the end (bounded) so that the connection goes back to the pool.
-                    let mut body = resp.body;
-                    let mut read = 0usize;
-                    while let Some(Ok(piece)) = body.next().await {
-                        read += piece.len();
-                        if read > MAX_MODELS_BODY {
-                            break;
+                    match (&self.h1, h1_request) {
+                        (Some(h1), Some(request)) => {
+                            drain_bounded(h1.send(request, true, &Wire::default()).await.ok()?.body).await
+                        }
+                        _ => {
+                            let mut req = self.http.get(url.as_str());
+                            if let Some(auth) = &self.auth {
+                                req = req.header(AUTHORIZATION, auth.clone());
+                            }
+                            drain_bounded(req.send().await.ok()?.bytes_stream()).await
                         }
                     }
                     Some(())
@@ -253,4 +226,15 @@ fn http_client() -> Result<reqwest::Client, Error> {
         .pool_max_idle_per_host(usize::MAX)
         .build()
         .map_err(Error::Client)
+}
+
+/// Reads a body to its end, or to [`MAX_MODELS_BODY`] bytes, or to its first error.
+async fn drain_bounded<E>(mut body: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin) {
+    let mut read = 0usize;
+    while let Some(Ok(piece)) = body.next().await {
+        read += piece.len();
+        if read > MAX_MODELS_BODY {
+            break;
+        }
+    }
 }
