@@ -9,6 +9,9 @@
 //!   on a two-core machine). In the same run, a minimal raw client (pre-rendered requests, reads
 //!   until the chunked body's end, parses nothing) gives the server's ceiling on the same cores.
 //!   Reported: tokens/s, requests/s and the load generator's ratio to the ceiling.
+//! - scaling: the same streams at the same levels against a server that writes each response
+//!   whole (cheap per token, so that the client is the bottleneck), the client on one core and on
+//!   two: the client's own speed, and how it scales with cores.
 //! - accuracy: a server that sends the first token 80 ms after a request arrived and then one
 //!   every 20 ms, 32 tokens, closed loop at 1, 100 and 500 streams for `--accuracy-secs`. The
 //!   server records when each request arrived and when it wrote each token (its own lateness);
@@ -135,14 +138,14 @@ fn orchestrate(args: &[String]) {
     }
     if only.is_none() || only == Some("scaling") {
         println!(
-            "\nscaling: the same streams at 256 and 1,000, against a server that writes each response \
+            "\nscaling: the same streams at each level, against a server that writes each response \
              whole (cheap per token, so that the client is the bottleneck), client on one core and on two"
         );
         println!(
             "{:>6} | {:>12} {:>9} | {:>12} {:>9} | {:>7}",
             "conc", "1 core tok/s", "req/s", "2 cores tok/s", "req/s", "2 / 1"
         );
-        for c in [256, 1000] {
+        for &c in &levels {
             let server = Server::start(server_core, &["--ttft-ms", "0", "--itl-ms", "0", "--write", "whole"]);
             let (mut one, mut two) = (Measured::default(), Measured::default());
             for _ in 0..repeat {
