@@ -74,22 +74,33 @@ pub fn pinned() -> Result<Vec<ScenarioRun>, ScenarioError> {
                 "cpu" => TierPreset::Cpu,
                 _ => TierPreset::Baseline,
             };
-            let mut cfg = EmulatorConfig::for_tier(preset);
-            cfg.scheduler.max_model_len = 16_384;
-            cfg.scheduler.num_gpu_blocks = Some(1100);
-            let records = run_virtual(&cfg, &plan)?;
-            let summary = summarize(
-                &records,
-                &SummaryConfig {
-                    engine: "emulated".to_owned(),
-                    tier: tier.to_owned(),
-                    emulated: true,
-                    ..SummaryConfig::default()
-                },
-            );
+            let records = run_virtual(&small_gpu(preset), &plan)?;
+            let summary = emulated_summary(&records, tier);
             Ok(ScenarioRun { name: format!("emulated-pinned-{tier}"), tier, records, summary })
         })
         .collect()
+}
+
+/// The scenario's engine at `preset`: a small GPU of 1100 blocks of 16 tokens (17.6k tokens),
+/// so that a few long documents evict each other, and a 16k-token context.
+pub fn small_gpu(preset: TierPreset) -> EmulatorConfig {
+    let mut cfg = EmulatorConfig::for_tier(preset);
+    cfg.scheduler.max_model_len = 16_384;
+    cfg.scheduler.num_gpu_blocks = Some(1100);
+    cfg
+}
+
+/// The summary of an emulated run's records at `tier`.
+pub fn emulated_summary(records: &[RequestRecord], tier: &str) -> Summary {
+    summarize(
+        records,
+        &SummaryConfig {
+            engine: "emulated".to_owned(),
+            tier: tier.to_owned(),
+            emulated: true,
+            ..SummaryConfig::default()
+        },
+    )
 }
 
 impl ScenarioRun {

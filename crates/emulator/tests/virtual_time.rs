@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use emulator::{run_virtual, EmulatorConfig, TierPreset};
-use stats::{summarize, RequestError, RequestRecord, Summary, SummaryConfig};
+use stats::{RequestError, RequestRecord, Summary};
 use workload::{Dependency, Limits, Mode, Plan, Prompt, Request, RequestMeta};
 
 /// `groups` documents of `prefix_len` tokens, asked about round-robin (`n` requests, one every
@@ -40,23 +40,11 @@ fn config(tier: &str) -> EmulatorConfig {
         "redis" => TierPreset::Redis { url: "redis://127.0.0.1:1".to_owned() },
         other => panic!("no tier {other}"),
     };
-    let mut cfg = EmulatorConfig::for_tier(preset);
-    cfg.scheduler.max_model_len = 16_384;
-    cfg.scheduler.num_gpu_blocks = Some(1100);
-    cfg
+    emulator::scenario::small_gpu(preset)
 }
 
 fn summary(tier: &str, plan: &Plan) -> Summary {
-    let records = run_virtual(&config(tier), plan).unwrap();
-    summarize(
-        &records,
-        &SummaryConfig {
-            engine: "emulated".to_owned(),
-            tier: tier.to_owned(),
-            emulated: true,
-            ..SummaryConfig::default()
-        },
-    )
+    emulator::scenario::emulated_summary(&run_virtual(&config(tier), plan).unwrap(), tier)
 }
 
 #[test]
