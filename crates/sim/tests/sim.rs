@@ -422,8 +422,9 @@ fn sweep_writes_csv_and_curves() {
     insta::assert_snapshot!("sweep_svg", svg);
 }
 
-#[test]
-fn tuning_and_training_report_both_ranges() {
+/// Two conversations, one second apart, each growing by a block per turn: the trace the tuning
+/// and training tests split at 2 s.
+fn two_conversations() -> sim::SimTrace {
     let t = mooncake(&[
         (0, 1536, &[0, 1, 2]),
         (1000, 1536, &[5, 6, 7]),
@@ -431,7 +432,12 @@ fn tuning_and_training_report_both_ranges() {
         (3000, 2048, &[5, 6, 7, 8]),
         (4000, 2560, &[0, 1, 2, 3, 4]),
     ]);
-    let trace = load(&t, &LoadOptions::default());
+    load(&t, &LoadOptions::default())
+}
+
+#[test]
+fn tuning_and_training_report_both_ranges() {
+    let trace = two_conversations();
     let tiers = [TierConfig { tier: Tier::Cpu, capacity_blocks: 4 }];
     let tuned = sim::sweep::tune_conversation_aware(&trace, &tiers, TierModel::default(), 0.5);
     assert_eq!((tuned.split_ms, tuned.candidates), (2000, 100));
@@ -451,14 +457,7 @@ fn tuning_and_training_report_both_ranges() {
 /// held-out evaluations at that cache, split at the config's fraction.
 #[test]
 fn learned_and_tuned_reports_train_and_evaluate_at_the_held_out_capacity() {
-    let t = mooncake(&[
-        (0, 1536, &[0, 1, 2]),
-        (1000, 1536, &[5, 6, 7]),
-        (2000, 2048, &[0, 1, 2, 3]),
-        (3000, 2048, &[5, 6, 7, 8]),
-        (4000, 2560, &[0, 1, 2, 3, 4]),
-    ]);
-    let trace = load(&t, &LoadOptions::default());
+    let trace = two_conversations();
     let caps = [Capacity::Blocks(2), Capacity::Blocks(4), Capacity::Blocks(8), Capacity::Infinite];
     assert_eq!(sim::held_out_capacity(&caps), Capacity::Blocks(4));
     assert_eq!(sim::held_out_capacity(&[Capacity::Blocks(3)]), Capacity::Blocks(3));
