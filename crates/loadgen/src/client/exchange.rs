@@ -65,27 +65,25 @@ impl Client {
     }
 
     async fn exchange(&self, req: &Prepared, st: &mut Partial) -> Result<(), RequestError> {
-        let (url, path) = match req.endpoint {
-            Endpoint::Completions => (&self.completions_url, "/v1/completions"),
-            Endpoint::Chat => (&self.chat_url, "/v1/chat/completions"),
+        let url = match req.endpoint {
+            Endpoint::Completions => &self.completions_url,
+            Endpoint::Chat => &self.chat_url,
         };
-        match &self.h1 {
-            Some(h1) => self.exchange_h1(h1, url, path, req, st).await,
-            None => self.exchange_reqwest(url, req, st).await,
+        match (&self.h1, req.h1_request()) {
+            (Some(h1), Some(request)) => self.exchange_h1(h1, url, request, st).await,
+            _ => self.exchange_reqwest(url, req, st).await,
         }
     }
 
-    /// The exchange on the worker's own HTTP/1.1 connections.
+    /// The exchange on the worker's own HTTP/1.1 connections: `request` is the whole request,
+    /// rendered before the clock.
     async fn exchange_h1(
         &self,
         h1: &H1,
         url: &str,
-        path: &str,
-        req: &Prepared,
+        request: &[u8],
         st: &mut Partial,
     ) -> Result<(), RequestError> {
-        let request =
-            h1.render("POST", path, self.auth.as_ref().map(HeaderValue::as_bytes), Some(&req.body[..]));
         // A server may close a kept-alive connection after a response while still advertising
         // keep-alive (llama.cpp's server does; vLLM closes idle ones after 5 s). A request that
         // went out on such a connection fails before any response byte; it is sent once more on
@@ -94,7 +92,7 @@ impl Client {
         let resp = loop {
             let wire = Wire::default();
             st.wire = Some(Arc::clone(&wire));
-            match tokio::time::timeout(self.stall_timeout, h1.send(&request, fresh, &wire)).await {
+            match tokio::time::timeout(self.stall_timeout, h1.send(request, fresh, &wire)).await {
                 Err(_) => return Err(self.headers_timeout()),
                 Ok(Err(e)) if e.stale && !fresh => fresh = true,
                 Ok(Err(e)) => {
@@ -117,7 +115,7 @@ impl Client {
         st: &mut Partial,
     ) -> Result<(), RequestError> {
         let request = || {
-            let (body, wire) = StampedBody::body(req.body.clone());
+            let (body, wire) = StampedBody::body(req.body());
             let mut builder = self.http.post(url).header(CONTENT_TYPE, "application/json").body(body);
             if let Some(auth) = &self.auth {
                 builder = builder.header(AUTHORIZATION, auth.clone());

@@ -48,6 +48,7 @@ pub(crate) use self::exchange::Timing;
 pub(crate) use self::guarded::{Caps, GuardedBody};
 use self::h1::H1;
 pub(crate) use self::record::Partial;
+use self::request::Endpoint;
 pub(crate) use self::request::Prepared;
 pub(crate) use self::stream::follow;
 use self::wire::Wire;
@@ -100,8 +101,8 @@ impl Client {
         Ok(Client {
             http,
             h1: H1::new(root),
-            completions_url: format!("{root}/v1/completions"),
-            chat_url: format!("{root}/v1/chat/completions"),
+            completions_url: format!("{root}{}", Endpoint::Completions.path()),
+            chat_url: format!("{root}{}", Endpoint::Chat.path()),
             model,
             api: cfg.api,
             auth,

@@ -15,6 +15,16 @@ pub(crate) enum Endpoint {
     Chat,
 }
 
+impl Endpoint {
+    /// Its path under the server's root.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Chat => "/v1/chat/completions",
+        }
+    }
+}
+
 impl Client {
     /// Where `prompt` goes under the configured [`Api`], or why it cannot be sent.
     pub(crate) fn endpoint(api: Api, prompt: &Prompt) -> Result<Endpoint, &'static str> {
@@ -68,7 +78,10 @@ impl Client {
 pub(crate) struct Prepared {
     pub(crate) id: u64,
     pub(crate) endpoint: Endpoint,
-    pub(crate) body: Bytes,
+    /// What goes on the wire, made before the clock: for the HTTP/1.1 client the whole request
+    /// (head and body), else the JSON body alone; the body is `wire[body_at..]`.
+    wire: Bytes,
+    body_at: usize,
     pub(crate) max_tokens: u32,
     /// A token-ID prompt's length: the prompt tokens when the server reports none.
     pub(crate) known_prompt_tokens: Option<u32>,
@@ -80,10 +93,22 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     pub(crate) fn new(client: &Client, req: &Request) -> Prepared {
+        let endpoint = Client::endpoint(client.api, &req.prompt).unwrap_or(Endpoint::Completions);
+        let body = client.body(req);
+        let (wire, body_at) = match &client.h1 {
+            Some(h1) => {
+                let auth = client.auth.as_ref().map(reqwest::header::HeaderValue::as_bytes);
+                let request = h1.render("POST", endpoint.path(), auth, Some(&body));
+                let at = request.len() - body.len();
+                (Bytes::from(request), at)
+            }
+            None => (Bytes::from(body), 0),
+        };
         Prepared {
             id: req.id,
-            endpoint: Client::endpoint(client.api, &req.prompt).unwrap_or(Endpoint::Completions),
-            body: Bytes::from(client.body(req)),
+            endpoint,
+            wire,
+            body_at,
             max_tokens: req.max_tokens,
             known_prompt_tokens: match req.prompt {
                 Prompt::Tokens(_) => Some(req.prompt_len),
@@ -93,6 +118,18 @@ impl Prepared {
             turn: req.meta.turn,
             blocks: prompt_blocks(&req.prompt),
         }
+    }
+}
+
+impl Prepared {
+    /// The JSON body.
+    pub(crate) fn body(&self) -> Bytes {
+        self.wire.slice(self.body_at..)
+    }
+
+    /// The whole HTTP/1.1 request, where it was rendered for the HTTP/1.1 client.
+    pub(crate) fn h1_request(&self) -> Option<&[u8]> {
+        (self.body_at > 0).then_some(&self.wire[..])
     }
 }
 
