@@ -37,7 +37,7 @@ impl Events {
         mut on_data: impl FnMut(&str) -> bool,
     ) -> Result<bool, NotUtf8> {
         while !piece.is_empty() {
-            let Some(eol) = piece.iter().position(|&b| b == b'\n') else {
+            let Some(eol) = memchr::memchr(b'\n', piece) else {
                 self.line.extend_from_slice(piece);
                 return Ok(true);
             };

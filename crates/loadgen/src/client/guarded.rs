@@ -103,7 +103,7 @@ impl Lines {
             }
             self.at_line_start = false;
             self.after_cr = false;
-            i += buf[i..].iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(buf.len() - i);
+            i += memchr::memchr2(b'\n', b'\r', &buf[i..]).unwrap_or(buf.len() - i);
         }
         Cut { len: i, event_end: false, saw_cr }
     }
