@@ -6,12 +6,16 @@
 //!   --max-concurrency C` as `cargo xtask loadgen` builds them) at C = 64, 256 and 1,000 against
 //!   a zero-delay SSE server (one write per token) pinned to the last core, the client pinned to
 //!   the first core (one core) and then to the first two (two cores, sharing the server's core
-//!   on a two-core machine). In the same run, a minimal raw client (pre-rendered requests, reads
-//!   until the chunked body's end, parses nothing) gives the server's ceiling on the same cores.
-//!   Reported: tokens/s, requests/s and the load generator's ratio to the ceiling.
+//!   on a two-core machine). In the same run, two minimal raw clients (pre-rendered requests,
+//!   reading until the chunked body's end, parsing nothing) give the server's ceiling on the same
+//!   cores: one polls its sockets and lets tokens gather between reads (the cheapest way to read
+//!   this server), the other waits in `epoll` and reads each arrival as the load generator must
+//!   to time tokens. Reported: tokens/s, the clients' CPU per request and the load generator's
+//!   ratio to each.
 //! - scaling: the same streams at the same levels against a server that writes each response
 //!   whole (cheap per token, so that the client is the bottleneck), the client on one core and on
-//!   two: the client's own speed, and how it scales with cores.
+//!   two: the client's own speed, how it scales with cores, and its CPU per request on each (the
+//!   same cost per request on two cores means the work spreads without a shared bottleneck).
 //! - accuracy: a server that sends the first token 80 ms after a request arrived and then one
 //!   every 20 ms, 32 tokens, closed loop at 1, 100 and 500 streams for `--accuracy-secs`. The
 //!   server records when each request arrived and when it wrote each token (its own lateness);
@@ -101,37 +105,47 @@ fn orchestrate(args: &[String]) {
     if only.is_none() || only == Some("speed") {
         println!("\nspeed: 128-token prompts, 128-token streams, zero-delay server (one write per token), {secs} s per point");
         println!(
-            "{:>6} {:>6} | {:>12} {:>9} {:>8} | {:>12} {:>9} {:>8} | {:>6}",
-            "cores", "conc", "raw tok/s", "req/s", "CPU µs/r", "kvlab tok/s", "req/s", "CPU µs/r", "ratio"
+            "{:>6} {:>6} | {:>12} {:>8} | {:>12} {:>8} | {:>12} {:>9} {:>8} | {:>6} {:>6}",
+            "cores",
+            "conc",
+            "raw tok/s",
+            "CPU µs/r",
+            "epoll tok/s",
+            "CPU µs/r",
+            "kvlab tok/s",
+            "req/s",
+            "CPU µs/r",
+            "/raw",
+            "/epoll"
         );
         for &n in &client_cores {
             let client_cpus = (0..n as usize).map(|c| c.to_string()).collect::<Vec<_>>().join(",");
             for &c in &levels {
-                // Alternating raw and kvlab, `repeat` times each, keeping each one's best: other
-                // processes on the machine only ever slow a client down.
+                // Alternating the three clients, `repeat` times each, keeping each one's best:
+                // other processes on the machine only ever slow a client down.
                 let server = Server::start(server_core, &["--ttft-ms", "0", "--itl-ms", "0"]);
-                let (mut raw, mut kvlab) = (Measured::default(), Measured::default());
+                let mut best = [Measured::default(), Measured::default(), Measured::default()];
                 for _ in 0..repeat {
-                    let r = run_client(&client_cpus, &server.url, "raw", c, secs, n);
-                    let k = run_client(&client_cpus, &server.url, "loadgen", c, secs, n);
-                    if r.tokens_per_s > raw.tokens_per_s {
-                        raw = r;
-                    }
-                    if k.tokens_per_s > kvlab.tokens_per_s {
-                        kvlab = k;
+                    for (kind, best) in ["raw", "raw-epoll", "loadgen"].into_iter().zip(best.iter_mut()) {
+                        let m = run_client(&client_cpus, &server.url, kind, c, secs, n);
+                        if m.tokens_per_s > best.tokens_per_s {
+                            *best = m;
+                        }
                     }
                 }
                 drop(server);
-                let ratio = kvlab.tokens_per_s / raw.tokens_per_s;
+                let [raw, epoll, kvlab] = best;
                 println!(
-                    "{n:>6} {c:>6} | {:>12.0} {:>9.0} {:>8.1} | {:>12.0} {:>9.0} {:>8.1} | {:>5.0}%",
+                    "{n:>6} {c:>6} | {:>12.0} {:>8.1} | {:>12.0} {:>8.1} | {:>12.0} {:>9.0} {:>8.1} | {:>5.0}% {:>5.0}%",
                     raw.tokens_per_s,
-                    raw.requests_per_s,
                     raw.cpu_us_per_request,
+                    epoll.tokens_per_s,
+                    epoll.cpu_us_per_request,
                     kvlab.tokens_per_s,
                     kvlab.requests_per_s,
                     kvlab.cpu_us_per_request,
-                    100.0 * ratio
+                    100.0 * kvlab.tokens_per_s / raw.tokens_per_s,
+                    100.0 * kvlab.tokens_per_s / epoll.tokens_per_s
                 );
             }
         }
@@ -141,9 +155,21 @@ fn orchestrate(args: &[String]) {
             "\nscaling: the same streams at each level, against a server that writes each response \
              whole (cheap per token, so that the client is the bottleneck), client on one core and on two"
         );
+        // The client's CPU per request on one core and on two: the same cost per request means
+        // the work spreads over the cores without a shared bottleneck (scaling per core used),
+        // which a two-core machine, whose second core also runs the server, cannot show as
+        // throughput.
         println!(
-            "{:>6} | {:>12} {:>9} | {:>12} {:>9} | {:>7}",
-            "conc", "1 core tok/s", "req/s", "2 cores tok/s", "req/s", "2 / 1"
+            "{:>6} | {:>12} {:>9} {:>8} | {:>12} {:>9} {:>8} | {:>7} {:>9}",
+            "conc",
+            "1 core tok/s",
+            "req/s",
+            "CPU µs/r",
+            "2 cores tok/s",
+            "req/s",
+            "CPU µs/r",
+            "2 / 1",
+            "per CPU"
         );
         for &c in &levels {
             let server = Server::start(server_core, &["--ttft-ms", "0", "--itl-ms", "0", "--write", "whole"]);
@@ -160,12 +186,15 @@ fn orchestrate(args: &[String]) {
             }
             drop(server);
             println!(
-                "{c:>6} | {:>12.0} {:>9.0} | {:>12.0} {:>9.0} | {:>6.2}x",
+                "{c:>6} | {:>12.0} {:>9.0} {:>8.1} | {:>12.0} {:>9.0} {:>8.1} | {:>6.2}x {:>8.2}x",
                 one.tokens_per_s,
                 one.requests_per_s,
+                one.cpu_us_per_request,
                 two.tokens_per_s,
                 two.requests_per_s,
-                two.tokens_per_s / one.tokens_per_s
+                two.cpu_us_per_request,
+                two.tokens_per_s / one.tokens_per_s,
+                one.cpu_us_per_request / two.cpu_us_per_request
             );
         }
     }
@@ -624,6 +653,7 @@ fn client(args: &[String]) {
     let threads: usize = opt_num(args, "--threads", 1);
     let m = match kind {
         "raw" => raw_client(&url, concurrency, secs, threads),
+        "raw-epoll" => raw_epoll_client(&url, concurrency, secs, threads),
         "loadgen" => loadgen_client(&url, concurrency, secs),
         "accuracy" => accuracy_client(&url, concurrency, secs),
         other => panic!("unknown client {other}"),
@@ -639,6 +669,96 @@ fn prompt_body(max_tokens: u32) -> String {
     )
 }
 
+/// The rendered request of the raw clients: the speed section's completion, streamed.
+fn raw_request(addr: &str) -> Arc<[u8]> {
+    let body = prompt_body(SPEED_TOKENS);
+    format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into()
+}
+
+/// Keeps the last 7 bytes read in `tail`; true when they end a chunked body ("\r\n0\r\n\r\n").
+fn ends_body(tail: &mut [u8; 7], read: &[u8]) -> bool {
+    let n = read.len();
+    if n >= 7 {
+        tail.copy_from_slice(&read[n - 7..]);
+    } else {
+        tail.rotate_left(n);
+        tail[7 - n..].copy_from_slice(read);
+    }
+    if tail == b"\r\n0\r\n\r\n" {
+        *tail = [0; 7];
+        return true;
+    }
+    false
+}
+
+/// A client that reads each response as it arrives, as any client that times tokens must, and
+/// does nothing else: `concurrency` keep-alive connections on `threads` current-thread tokio
+/// runtimes (one per thread, as the load generator's workers), each task writing its pre-rendered
+/// request and reading until the chunked body ends, parsing nothing. Against the per-token
+/// server this is the ceiling of a client that waits in `epoll` and reads per arrival; the
+/// polling raw client's is that of one that lets tokens gather between reads.
+fn raw_epoll_client(url: &str, concurrency: u32, secs: f64, threads: usize) -> Measured {
+    let addr = url.trim_start_matches("http://").to_string();
+    let request = raw_request(&addr);
+    let done = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_seconds();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (addr, request, done) = (addr.clone(), request.clone(), done.clone());
+            let conns = concurrency as usize / threads + usize::from(t < concurrency as usize % threads);
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..conns)
+                        .map(|_| {
+                            let (addr, request, done) = (addr.clone(), request.clone(), done.clone());
+                            tokio::spawn(async move {
+                                let mut sock = TcpStream::connect(&addr).await.expect("connect");
+                                sock.set_nodelay(true).expect("nodelay");
+                                let mut buf = vec![0u8; 64 * 1024];
+                                let mut tail = [0u8; 7];
+                                while Instant::now() < deadline {
+                                    sock.write_all(&request).await.expect("write");
+                                    loop {
+                                        let n = sock.read(&mut buf).await.expect("read");
+                                        assert!(n > 0, "server closed");
+                                        if ends_body(&mut tail, &buf[..n]) {
+                                            break;
+                                        }
+                                    }
+                                    done.fetch_add(1, Ordering::Relaxed);
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("raw-epoll task");
+                    }
+                });
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("raw-epoll client thread");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    Measured {
+        requests: n,
+        requests_per_s: n as f64 / elapsed,
+        tokens_per_s: (n * u64::from(SPEED_TOKENS)) as f64 / elapsed,
+        cpu_us_per_request: (cpu_seconds() - cpu) * 1e6 / n as f64,
+        ..Default::default()
+    }
+}
+
 /// The server's ceiling: `concurrency` keep-alive connections, each sending a pre-rendered request
 /// and reading until the chunked body ends, parsing nothing, on `threads` threads. The sockets
 /// are polled, not waited on (no `epoll`): the server never has to wake its client, which is
@@ -647,13 +767,7 @@ fn prompt_body(max_tokens: u32) -> String {
 fn raw_client(url: &str, concurrency: u32, secs: f64, threads: usize) -> Measured {
     use std::io::{ErrorKind, Read, Write};
     let addr = url.trim_start_matches("http://").to_string();
-    let body = prompt_body(SPEED_TOKENS);
-    let request: Arc<[u8]> = format!(
-        "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-    .into();
+    let request = raw_request(&addr);
     let done = Arc::new(AtomicU64::new(0));
     let cpu = cpu_seconds();
     let start = Instant::now();
@@ -693,15 +807,7 @@ fn raw_client(url: &str, concurrency: u32, secs: f64, threads: usize) -> Measure
                                 Ok(0) => panic!("server closed"),
                                 Ok(n) => {
                                     progress = true;
-                                    // The body ends with "\r\n0\r\n\r\n".
-                                    if n >= 7 {
-                                        tail.copy_from_slice(&buf[n - 7..n]);
-                                    } else {
-                                        tail.rotate_left(n);
-                                        tail[7 - n..].copy_from_slice(&buf[..n]);
-                                    }
-                                    if tail == b"\r\n0\r\n\r\n" {
-                                        *tail = [0; 7];
+                                    if ends_body(tail, &buf[..n]) {
                                         *waiting = false;
                                         local += 1;
                                         break;
