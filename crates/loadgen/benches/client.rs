@@ -6,6 +6,8 @@
 //! - `stream/chunks_stoppable`: `chunks` with a stop token set, as the lab runs it (Ctrl-C
 //!   records the requests in flight); its ratio to `chunks` is the cost of watching for the stop.
 //! - `requests/short`: requests of one token, 64 in flight; throughput = requests per second.
+//! - `chunk/parse_fast`, `chunk/parse_serde`: parsing three typical chunks (a vLLM completion
+//!   chunk, a chat delta, the final usage chunk) as the client does, and by serde alone.
 //! - after the criterion groups, `concurrent streams`: about 1,100 streams in flight (open loop,
 //!   one token every 50 ms each), reporting the client's send lag p50/p99/max.
 //!
@@ -68,6 +70,33 @@ fn requests(c: &mut Criterion) {
     g.finish();
 }
 
+/// Three typical chunks parsed as the client does (the scanner) and by serde's derive alone.
+fn chunks(c: &mut Criterion) {
+    let data = [
+        r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":" the","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}]}"#,
+        r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":100,"total_tokens":108,"completion_tokens":8,"prompt_tokens_details":{"cached_tokens":64}}}"#,
+    ];
+    for d in data {
+        assert_eq!(loadgen::parse::chunk(d), loadgen::parse::chunk_serde(d), "{d}");
+    }
+    let mut g = c.benchmark_group("chunk");
+    g.throughput(Throughput::Elements(data.len() as u64));
+    type Parse = fn(&str) -> Result<loadgen::parse::ChunkReport, String>;
+    let parsers: [(&str, Parse); 2] =
+        [("parse_fast", loadgen::parse::chunk), ("parse_serde", loadgen::parse::chunk_serde)];
+    for (name, parse) in parsers {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for d in data {
+                    std::hint::black_box(parse(std::hint::black_box(d))).expect("a valid chunk");
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 /// About 1,000 streams in flight for a few seconds; prints the client lag percentiles.
 fn concurrent_streams() {
     let server = start(Behavior { itl: Duration::from_millis(50), ..Default::default() });
@@ -96,7 +125,7 @@ fn concurrent_streams() {
     );
 }
 
-criterion_group!(benches, streams, requests);
+criterion_group!(benches, chunks, streams, requests);
 
 fn main() {
     benches();

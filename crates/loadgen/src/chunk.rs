@@ -3,6 +3,12 @@
 //! A chunk is one `data:` event of `/v1/completions` or `/v1/chat/completions` with
 //! `stream: true`. Only `choices[0]` is looked at (the load generator sends `n = 1`); the text is
 //! never copied, only tested for being non-empty.
+//!
+//! [`Chunk::parse`] first runs a hand-written scanner (`scan`) that answers for the shapes servers
+//! send; whatever it is not sure of goes to serde's derive on the types below, so every result,
+//! error messages included, is serde's.
+
+mod scan;
 
 use std::fmt;
 
@@ -11,6 +17,7 @@ use serde::Deserialize;
 
 /// One parsed chunk.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct Chunk {
     #[serde(default)]
     pub(crate) choices: FirstChoice,
@@ -22,8 +29,18 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    /// Parses the `data` of one event.
+    /// Parses the `data` of one event. The result, `Ok` or `Err` with its message, is always
+    /// [`Chunk::parse_serde`]'s: the scanner answers only where it is sure to agree.
     pub(crate) fn parse(data: &str) -> Result<Chunk, serde_json::Error> {
+        match scan::parse(data.as_bytes()) {
+            Some(chunk) => Ok(chunk),
+            None => Chunk::parse_serde(data),
+        }
+    }
+
+    /// Parses the `data` of one event with serde's derive alone: the reference the scanner is
+    /// held against, and what it leaves to.
+    pub(crate) fn parse_serde(data: &str) -> Result<Chunk, serde_json::Error> {
         serde_json::from_str(data)
     }
 
@@ -47,6 +64,7 @@ impl Chunk {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct Usage {
     #[serde(default)]
     pub(crate) prompt_tokens: Option<u32>,
@@ -57,12 +75,14 @@ pub(crate) struct Usage {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct PromptTokensDetails {
     #[serde(default)]
     pub(crate) cached_tokens: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct Choice {
     /// `None`: absent or `null` (a chat chunk).
     #[serde(default)]
@@ -74,6 +94,7 @@ pub(crate) struct Choice {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 struct Delta {
     #[serde(default)]
     content: NonEmpty,
@@ -85,6 +106,7 @@ struct Delta {
 
 /// `choices[0]`, skipping the other elements without building them.
 #[derive(Debug, Default)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct FirstChoice(pub(crate) Option<Choice>);
 
 impl<'de> Deserialize<'de> for FirstChoice {
@@ -110,6 +132,7 @@ impl<'de> Deserialize<'de> for FirstChoice {
 
 /// Whether a string field is present and non-empty (`null` counts as empty).
 #[derive(Debug, Default, Clone, Copy)]
+#[cfg_attr(test, derive(PartialEq))]
 struct NonEmpty(bool);
 
 impl<'de> Deserialize<'de> for NonEmpty {
