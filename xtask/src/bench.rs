@@ -193,6 +193,10 @@ pub(crate) struct WorkloadArgs {
     /// Exit non-zero when more than this fraction of the requests failed (0: any failure).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) max_failed_fraction: f64,
+    /// The served model's vocabulary size: prompt token ids are drawn below it (default: the
+    /// registry model's, where the model is one of configs/models.toml, else ids 1000..30000).
+    #[arg(long, value_name = "N")]
+    pub(crate) vocab_size: Option<u32>,
 }
 
 impl WorkloadArgs {
@@ -208,6 +212,7 @@ impl WorkloadArgs {
         opts.label = self.label;
         opts.out = self.out;
         opts.goodput = self.goodput;
+        opts.vocab_size = self.vocab_size;
     }
 }
 

@@ -527,25 +527,47 @@ pub fn launcher(kind: EngineKind) -> Box<dyn Launcher> {
 
 struct ExternalLauncher;
 
+/// What a server given with `--url` says of itself on its `/v1/models`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalServer {
+    /// It is kvlab's emulated engine ([`emulator::ENGINE_HEADER`], or a model owned by
+    /// [`emulator::OWNED_BY`]).
+    pub emulated: bool,
+    /// The first model it lists: the one a run without `--model` requests.
+    pub first_model: Option<String>,
+}
+
+/// Asks the server at `url` what it serves (`GET /v1/models`, 2 s at most). Unreachable, a URL
+/// the load generator would refuse, or an answer that is not a model list: nothing known.
+pub async fn probe_external(url: &str) -> ExternalServer {
+    let cfg = loadgen::LoadgenConfig::new(url);
+    let Ok(root) = cfg.root_url() else { return ExternalServer::default() };
+    let Ok(client) = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).no_proxy().build()
+    else {
+        return ExternalServer::default();
+    };
+    let Ok(resp) = client.get(format!("{root}/v1/models")).send().await else {
+        return ExternalServer::default();
+    };
+    let header = resp.headers().get(emulator::ENGINE_HEADER).is_some_and(|v| v.as_bytes() == b"emulated");
+    let ok = resp.status().is_success();
+    let body = match resp.json::<serde_json::Value>().await {
+        Ok(body) if ok => body,
+        _ => return ExternalServer { emulated: header, first_model: None },
+    };
+    let models = body["data"].as_array().map(Vec::as_slice).unwrap_or_default();
+    ExternalServer {
+        emulated: header || models.iter().any(|m| m["owned_by"] == emulator::OWNED_BY),
+        first_model: models.first().and_then(|m| m["id"].as_str()).map(str::to_owned),
+    }
+}
+
 /// Whether the server at `url` says it is kvlab's emulated engine ([`emulator::ENGINE_HEADER`]
 /// on its `/v1/models`, or a model owned by [`emulator::OWNED_BY`]), so that a run against it
 /// through `--engine external` is labelled emulated like any other. Unreachable, a URL the load
 /// generator would refuse, or anything else: false.
 pub async fn external_is_emulated(url: &str) -> bool {
-    let cfg = loadgen::LoadgenConfig::new(url);
-    let Ok(root) = cfg.root_url() else { return false };
-    let Ok(client) = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).no_proxy().build()
-    else {
-        return false;
-    };
-    let Ok(resp) = client.get(format!("{root}/v1/models")).send().await else {
-        return false;
-    };
-    if resp.headers().get(emulator::ENGINE_HEADER).is_some_and(|v| v.as_bytes() == b"emulated") {
-        return true;
-    }
-    let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
-    body["data"].as_array().is_some_and(|models| models.iter().any(|m| m["owned_by"] == emulator::OWNED_BY))
+    probe_external(url).await.emulated
 }
 
 impl Launcher for ExternalLauncher {

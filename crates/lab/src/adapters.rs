@@ -230,6 +230,14 @@ impl Drive<'_> {
     }
 }
 
+/// The hint for the first failed request of `dir`'s `requests.jsonl` that the lab recognises
+/// ([`crate::verdict::failure_hint`]); `None` when none is (or the records cannot be read).
+pub(crate) fn failure_hint(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("requests.jsonl")).ok()?;
+    let lines = stats::parse_json_lines::<stats::RequestRecord>(&text).ok()?;
+    lines.items.iter().filter_map(|(_, r)| r.error.as_ref()).find_map(crate::verdict::failure_hint)
+}
+
 /// After an interrupted run (or one whose engine died): `requests.csv` and `summary.json` over
 /// the records that `requests.jsonl` holds (every request that finished before the end; a torn
 /// last line is skipped with a warning), so that `completed + failed` equals its records.

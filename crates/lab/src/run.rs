@@ -108,6 +108,10 @@ pub struct BenchOptions {
     pub gpu_blocks: Option<u64>,
     /// The emulator's KV block size in tokens (`--block-size`), to run the cache of a given vLLM.
     pub block_size: Option<u32>,
+    /// The served model's vocabulary size (`--vocab-size`): prompt token ids are drawn below it
+    /// (see [`workload::Vocab::within`]), whatever the registry says of the model. `None`: the
+    /// registry model's vocabulary where the lab knows it, else the default range.
+    pub vocab_size: Option<u32>,
     pub ready_timeout: Duration,
     /// Show the load generator's progress bar.
     pub progress: bool,
@@ -158,6 +162,7 @@ impl BenchOptions {
             lmcache_mode: engines::vllm::LmcacheMode::Auto,
             gpu_blocks: None,
             block_size: None,
+            vocab_size: None,
             ready_timeout: Duration::from_secs(600),
             progress: true,
             instruments: None,
@@ -177,6 +182,9 @@ pub struct RunReport {
     /// The point's `time_limit` ended the run while requests were in flight (they are recorded
     /// as failed with class `interrupted`; `"time_limit_reached": true` in summary.json).
     pub time_limit_reached: bool,
+    /// What to do about the run's failed requests, where the lab recognises why they failed
+    /// (a server refusing the prompts' token ids: `--vocab-size`); printed after the table.
+    pub hint: Option<String>,
 }
 
 /// Runs the bench: one run, or every point of `--experiment` (then also `index.json`).
@@ -223,6 +231,8 @@ pub async fn bench_until(
 }
 
 async fn bench_points(opts: &BenchOptions, stop: &CancellationToken) -> Result<Vec<RunReport>> {
+    // A flag that every point would refuse is refused once, before any point runs.
+    run_vocab(opts.vocab_size, None, false)?;
     let exp = match &opts.experiment {
         Some(path) => Experiment::load(path)?,
         None if opts.tiers.len() > 1 => tier_comparison(opts)?,
@@ -542,12 +552,8 @@ pub fn resolve_model(engine: EngineKind, model: &str) -> schema::error::Result<M
     if matches!(engine, EngineKind::Llamacpp | EngineKind::External) {
         return Ok(unplaced());
     }
-    let registry = costmodel::Registry::builtin();
-    let found = registry
-        .models
-        .iter()
-        .find(|m| m.name.eq_ignore_ascii_case(model) || m.hf_id.eq_ignore_ascii_case(model));
-    let Some(spec) = found else {
+    let Some(spec) = registry_entry(model) else {
+        let registry = costmodel::Registry::builtin();
         let known: Vec<String> =
             registry.models.iter().map(|m| format!("{} ({})", m.name, m.hf_id)).collect();
         return Err(ConfigError::Invalid(format!(
@@ -565,6 +571,40 @@ pub fn resolve_model(engine: EngineKind, model: &str) -> schema::error::Result<M
         tensor_parallel: spec.tensor_parallel,
         pipeline_parallel: spec.pipeline_parallel,
     })
+}
+
+/// The registry's entry for `model`, by registry name or Hugging Face id, ignoring ASCII case
+/// (first match wins, as in the emulator).
+fn registry_entry(model: &str) -> Option<costmodel::ModelSpec> {
+    costmodel::Registry::builtin()
+        .models
+        .into_iter()
+        .find(|m| m.name.eq_ignore_ascii_case(model) || m.hf_id.eq_ignore_ascii_case(model))
+}
+
+/// The token ids a run draws, `start..end` (`None`: the workload's default range): below
+/// `--vocab-size` when it is given; else below the vocabulary of `model`, the registry's entry
+/// for the model the engine serves, where it is smaller than the default range. An emulated
+/// engine knows every id: only `--vocab-size` narrows its range. Both go through
+/// [`workload::Vocab::within`], so that every engine, launched or external, draws the same ids
+/// for the same model.
+pub(crate) fn run_vocab(
+    vocab_size: Option<u32>,
+    model: Option<&costmodel::ModelSpec>,
+    emulated: bool,
+) -> Result<Option<(u32, u32)>> {
+    let within = |n: u32| workload::Vocab::within(n).map(|v| (v.start, v.end));
+    match vocab_size {
+        Some(n) => within(n).map(Some).ok_or_else(|| {
+            RunError::invalid(format!(
+                "--vocab-size {n}: the model's vocabulary must have at least {} tokens",
+                workload::Vocab::MIN_VOCAB_SIZE
+            ))
+        }),
+        None => Ok(model
+            .filter(|m| !emulated && m.vocab_size < workload::Vocab::default().end)
+            .and_then(|m| within(m.vocab_size))),
+    }
 }
 
 /// Tokens of one KV block: vLLM's default block size on CUDA, and the emulator's.
@@ -672,7 +712,8 @@ struct Resolution {
     model: String,
     placement: ModelPlacement,
     sizing: CacheSizing,
-    registry_model: Option<costmodel::ModelSpec>,
+    /// The token ids the workload draws ([`run_vocab`]).
+    vocab: Option<(u32, u32)>,
     label: String,
     /// The redis tier's Redis (with credentials), when the tier is redis.
     tier_redis: Option<String>,
@@ -753,12 +794,13 @@ async fn resolve(
         (EngineKind::Docker | EngineKind::VllmDocker, Some(image)) => engines::docker::image_traits(image),
         _ => engines::docker::ImageTraits::default(),
     };
-    // So does a server: kvlab's emulator behind `--engine external` says it is one.
-    let external_emulated = match (engine_kind, opts.url.as_deref()) {
-        (EngineKind::External, Some(url)) => engines::external_is_emulated(url).await,
-        _ => false,
+    // So does a server: kvlab's emulator behind `--engine external` says it is one; and what it
+    // serves is the model a run without `--model` requests.
+    let external = match (engine_kind, opts.url.as_deref()) {
+        (EngineKind::External, Some(url)) => engines::probe_external(url).await,
+        _ => engines::ExternalServer::default(),
     };
-    let emulated = engine_kind == EngineKind::Emulated || image_traits.emulated || external_emulated;
+    let emulated = engine_kind == EngineKind::Emulated || image_traits.emulated || external.emulated;
 
     let configs = opts.root.join("configs");
     let tier = TierConfig::load(&configs, point.tier)?;
@@ -789,6 +831,9 @@ async fn resolve(
             );
             VLLM_CPU_MODEL.to_owned()
         }
+        (EngineKind::External, _) if opts.model.is_none() && opts.experiment.is_none() => {
+            external.first_model.clone().unwrap_or_else(|| point.model.clone())
+        }
         _ => point.model.clone(),
     };
     let placement = resolve_model(engine_kind, &model)?;
@@ -798,6 +843,13 @@ async fn resolve(
         .registry_name
         .as_deref()
         .and_then(|name| costmodel::Registry::builtin().model(name).ok().cloned());
+    // The registry places no external server's model, but knows its vocabulary when the server
+    // serves one of its models (by name or Hugging Face id).
+    let served = match engine_kind {
+        EngineKind::External => registry_entry(&model),
+        _ => registry_model.clone(),
+    };
+    let vocab = run_vocab(opts.vocab_size, served.as_ref(), emulated)?;
     // vLLM's CPU build: the local process without a GPU, or an image that says it is one.
     let vllm_cpu = (engine_kind == EngineKind::Vllm && !probe.nvidia_gpu)
         || (engine_kind == EngineKind::VllmDocker && image_traits.cpu);
@@ -924,7 +976,7 @@ async fn resolve(
         model,
         placement,
         sizing,
-        registry_model,
+        vocab,
         label,
         tier_redis,
         lmcache_db,
@@ -953,7 +1005,7 @@ fn result_dir(
         model,
         placement,
         sizing,
-        registry_model,
+        vocab,
         label,
         tier_redis,
         lmcache_db,
@@ -991,10 +1043,7 @@ fn result_dir(
         time_limit_s: point.time_limit_s,
         seed: point.seed.unwrap_or(0),
         text_prompts: engine_kind == EngineKind::Llamacpp || image_traits.text_prompts,
-        vocab: registry_model
-            .as_ref()
-            .filter(|m| !emulated && m.vocab_size < workload::Vocab::default().end)
-            .map(|m| ((m.vocab_size / 80).max(4), m.vocab_size)),
+        vocab,
         // The engine's cache as the tier, the engine and the command line (`--gpu-blocks`,
         // `--block-size`) set it, not as an experiment's point varies it (`matrix.gpu_blocks`,
         // a baseline cache size): a sweep over the cache keeps one workload, and the emulator
@@ -1423,10 +1472,19 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
             summary.failed_by_class.get("interrupted").copied().unwrap_or(0)
         );
     }
+    // Only a run with refused requests reads its records again.
+    let hint = if summary.failed_by_class.contains_key("http_status") {
+        adapters::failure_hint(&dir).map(|h| secrets.redact(&h))
+    } else {
+        None
+    };
+    if let Some(hint) = &hint {
+        println!("{hint}");
+    }
     println!("results: {}", dir.display());
     // The redis tier's database is emptied and released now that the engine has stopped.
     drop(lmcache_db);
-    Ok(RunReport { dir, engine: engine_kind, emulated, summary, table, time_limit_reached })
+    Ok(RunReport { dir, engine: engine_kind, emulated, summary, table, time_limit_reached, hint })
 }
 
 /// `env.json`: revision of the workspace `root`, tool versions, GPU, host, engine.

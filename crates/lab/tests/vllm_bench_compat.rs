@@ -233,7 +233,6 @@ async fn kvlab_run(
     use workload::{
         ArrivalSpec, LengthDist, PromptFormat, RandomSpec, Schedule, Source, Vocab, WorkloadSpec,
     };
-    let vocab = tiny_llama().vocab_size;
     let spec = WorkloadSpec {
         source: Source::Random(RandomSpec {
             num_requests: u64::from(num),
@@ -242,7 +241,7 @@ async fn kvlab_run(
             prefix_len: 0,
         }),
         format: PromptFormat::Tokens,
-        vocab: Vocab { start: (vocab / 80).max(4), end: vocab },
+        vocab: Vocab::within(tiny_llama().vocab_size).unwrap(),
     };
     let arrival = ArrivalSpec {
         schedule: Schedule::Constant { rate: f64::INFINITY },

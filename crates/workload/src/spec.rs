@@ -158,6 +158,25 @@ impl Default for Vocab {
     }
 }
 
+impl Vocab {
+    /// The smallest vocabulary [`Vocab::within`] takes: below it the range would hold a handful
+    /// of ids (or none).
+    pub const MIN_VOCAB_SIZE: u32 = 16;
+
+    /// The ids to draw for a model whose vocabulary has `vocab_size` tokens: the default range
+    /// when the vocabulary holds it, else `vocab_size / 80 .. vocab_size` (at least 4: clear of
+    /// the usual special tokens at the bottom), every id one the model knows. `None` when
+    /// `vocab_size` is below [`Vocab::MIN_VOCAB_SIZE`].
+    pub fn within(vocab_size: u32) -> Option<Vocab> {
+        let default = Vocab::default();
+        match vocab_size {
+            n if n < Self::MIN_VOCAB_SIZE => None,
+            n if n >= default.end => Some(default),
+            n => Some(Vocab { start: (n / 80).max(4), end: n }),
+        }
+    }
+}
+
 /// A distribution of token counts. Samples are rounded and clamped to `[min, max]` (default
 /// `[1, u32::MAX]`) for `normal` and `lognormal`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

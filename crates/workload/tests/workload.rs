@@ -666,3 +666,26 @@ fn specs_read_from_toml_and_reject_unknown_fields() {
         "unknown variant `shared`, expected one of `random`, `shared_prefix`, `rag`, `sessions`, `trace`",
     );
 }
+
+/// A model's vocabulary gives the ids a run draws: the default range where the vocabulary holds
+/// it, else the top of the vocabulary (every id below its size), and nothing for a vocabulary
+/// too small to draw from.
+#[test]
+fn vocab_within_a_model_vocabulary() {
+    let cases: [(u32, Option<(u32, u32)>); 7] = [
+        (0, None),
+        (Vocab::MIN_VOCAB_SIZE - 1, None),
+        (Vocab::MIN_VOCAB_SIZE, Some((4, 16))),
+        (354, Some((4, 354))),
+        (8192, Some((102, 8192))),
+        (30_000, Some((1000, 30_000))),
+        (128_256, Some((1000, 30_000))),
+    ];
+    for (size, want) in cases {
+        let got = Vocab::within(size);
+        assert_eq!(got.map(|v| (v.start, v.end)), want, "vocab_size {size}");
+        if let Some(v) = got {
+            assert!(v.start < v.end && v.end <= size, "vocab_size {size}: {v:?} is not within it");
+        }
+    }
+}
