@@ -182,6 +182,12 @@ pub(crate) fn start_samplers(
 }
 
 impl Samplers {
+    /// Asks the running samplers for a sample now (the engine's counters at the end of the
+    /// warm-up).
+    pub(crate) fn sample_now(&self) -> samplers::SampleNow {
+        self.set.sample_now()
+    }
+
     /// Stops every sampler; returns their statuses as JSON for env.json.
     pub(crate) fn stop(self) -> serde_json::Value {
         serde_json::to_value(self.set.stop()).unwrap_or(serde_json::Value::Null)
@@ -199,9 +205,12 @@ pub(crate) fn gpu_info() -> serde_json::Value {
     }
 }
 
-/// A run of the plan by the load generator, writing requests.jsonl/csv and summary.json into
-/// `dir`; [`Drive::run`] returns the summary.
+/// A run of the plan by the load generator, writing requests.jsonl/csv into `dir`;
+/// [`Drive::run`] returns the summary and what `summary.json` is to hold, which the lab writes
+/// once, with what it adds.
 pub(crate) struct Drive<'a> {
+    /// Called between the warm-up requests and the measured ones.
+    pub(crate) on_measured_start: Option<loadgen::MeasuredStartHook>,
     pub(crate) plan: &'a workload::Plan,
     pub(crate) base_url: &'a str,
     pub(crate) model: &'a str,
@@ -215,8 +224,14 @@ pub(crate) struct Drive<'a> {
     pub(crate) stop: tokio_util::sync::CancellationToken,
 }
 
+/// What the load generator's run gave: its summary, and `summary.json`'s content so far.
+pub(crate) struct DriveOutcome {
+    pub(crate) summary: stats::Summary,
+    pub(crate) file: serde_json::Value,
+}
+
 impl Drive<'_> {
-    pub(crate) async fn run(self) -> Result<stats::Summary> {
+    pub(crate) async fn run(self) -> Result<DriveOutcome> {
         let mut cfg = loadgen::LoadgenConfig::new(self.base_url);
         cfg.stop = Some(self.stop);
         cfg.model = Some(self.model.to_owned());
@@ -224,9 +239,11 @@ impl Drive<'_> {
         cfg.max_failed_fraction = 1.0;
         cfg.stall_timeout = std::time::Duration::from_secs(120);
         cfg.summary = self.summary;
+        cfg.on_measured_start = self.on_measured_start;
+        cfg.summary_file = loadgen::SummaryOutput::Caller;
         let mut writer = loadgen::ResultWriter::in_dir(self.dir)?;
         let outcome = loadgen::run(self.plan, &cfg, &mut writer, self.origin).await?;
-        Ok(outcome.summary)
+        Ok(DriveOutcome { file: outcome.summary_json(), summary: outcome.summary })
     }
 }
 
@@ -241,13 +258,16 @@ pub(crate) fn failure_hint(dir: &Path) -> Option<String> {
 /// After an interrupted run (or one whose engine died): `requests.csv` and `summary.json` over
 /// the records that `requests.jsonl` holds (every request that finished before the end; a torn
 /// last line is skipped with a warning), so that `completed + failed` equals its records.
-/// `marks` (`"interrupted": true`, `engine_exited_at_s`) are added to `summary.json`. A missing
-/// `requests.jsonl` means no request finished. Both files are written atomically.
+/// `marks` (`"interrupted": true`, `engine_exited_at_s`) are added to what `summary.json` is to
+/// hold (returned, for [`write_summary`]), with the keys of the load generator's `file` that the
+/// summary does not have (`connection_warmup`, `client_threads`) when it ended. A missing
+/// `requests.jsonl` means no request finished. `requests.csv` is written atomically.
 pub(crate) fn finish_partial(
     dir: &Path,
     summary: &stats::SummaryConfig,
     marks: &serde_json::Map<String, serde_json::Value>,
-) -> Result<stats::Summary> {
+    file: Option<&serde_json::Value>,
+) -> Result<(stats::Summary, serde_json::Value)> {
     let jsonl = dir.join("requests.jsonl");
     let text = match std::fs::read_to_string(&jsonl) {
         Ok(text) => text,
@@ -275,11 +295,22 @@ pub(crate) fn finish_partial(
     let json_err = |source| RunError::Json { what: summary_path.display().to_string(), source };
     let mut value = serde_json::to_value(&summary).map_err(json_err)?;
     if let Some(obj) = value.as_object_mut() {
+        if let Some(loadgen) = file.and_then(serde_json::Value::as_object) {
+            for (k, v) in loadgen {
+                obj.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         obj.extend(marks.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    let text = serde_json::to_string_pretty(&value).map_err(json_err)?;
-    write_atomic(&summary_path, (text + "\n").as_bytes())?;
-    Ok(summary)
+    Ok((summary, value))
+}
+
+/// Writes the run's `summary.json`, whole or not at all (once per run).
+pub(crate) fn write_summary(dir: &Path, file: &serde_json::Value) -> Result<()> {
+    let path = dir.join("summary.json");
+    let json_err = |source| RunError::Json { what: path.display().to_string(), source };
+    let text = serde_json::to_string_pretty(file).map_err(json_err)?;
+    write_atomic(&path, (text + "\n").as_bytes())
 }
 
 /// Prompt tokens by source over the run, from `samples/engine.csv` (`report::tokens_by_source`);
@@ -295,20 +326,6 @@ pub(crate) fn tokens_by_source(
     }
     let table = report::Table::read(&path).ok()?;
     report::tokens_by_source(&table, tier.as_str(), origin)
-}
-
-/// Adds `prompt_tokens_by_source` to the run's `summary.json`, keeping every other key (the
-/// marks of an interrupted run among them).
-pub(crate) fn record_tokens_by_source(dir: &Path, sources: &BTreeMap<String, u64>) -> Result<()> {
-    let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
-    let json_err = |source| RunError::Json { what: path.display().to_string(), source };
-    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert("prompt_tokens_by_source".into(), serde_json::json!(sources));
-    }
-    let text = serde_json::to_string_pretty(&value).map_err(json_err)?;
-    write_atomic(&path, (text + "\n").as_bytes())
 }
 
 /// [`stats::write_atomic`] with the lab's error: whole or not at all.

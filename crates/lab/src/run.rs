@@ -744,13 +744,16 @@ struct PreparedRun {
 
 /// What driving the workload gave: the output of [`drive`].
 struct Driven {
-    result: Result<stats::Summary>,
+    result: Result<adapters::DriveOutcome>,
     /// When the engine or a sidecar was seen gone (run clock), and which.
     engine_died_at: Option<f64>,
     died_process: Option<String>,
     time_limit_reached: bool,
     sampler_status: serde_json::Value,
     by_source: Option<std::collections::BTreeMap<String, u64>>,
+    /// The engine's scrape that `by_source` counts from (run clock), for a run with warm-up
+    /// requests: the end of the warm-up.
+    counters_from_s: Option<f64>,
     /// When the redis tier's store stopped answering (run clock).
     store_lost_at_s: Option<f64>,
 }
@@ -1266,9 +1269,26 @@ async fn drive(
     let mut time_limit_reached = false;
     // Cancelled by a stop, or at the time limit: the load generator records what is in flight.
     let drive_stop = stop.child_token();
+    // With warm-up requests, the engine is scraped between them and the measured ones: the
+    // counters' deltas (the prompt tokens by source) count from there.
+    let warmup_scrape: std::sync::Arc<std::sync::Mutex<Option<f64>>> = std::sync::Arc::default();
+    let on_measured_start = samplers.as_ref().filter(|_| plan.limits.warmup > 0).map(|samplers| {
+        let now = samplers.sample_now();
+        let scraped = std::sync::Arc::clone(&warmup_scrape);
+        let hook: loadgen::MeasuredStartHook = std::sync::Arc::new(move || {
+            let now = now.clone();
+            let scraped = std::sync::Arc::clone(&scraped);
+            Box::pin(async move {
+                let t = tokio::task::spawn_blocking(move || now.sample("engine")).await.ok().flatten();
+                *scraped.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = t;
+            })
+        });
+        hook
+    });
     let driven = match samplers_failed {
         None => {
             let drive = adapters::Drive {
+                on_measured_start,
                 plan,
                 base_url: &running.base_url,
                 model,
@@ -1353,7 +1373,13 @@ async fn drive(
     } else {
         report::CounterOrigin::EngineStart
     };
-    let by_source = adapters::tokens_by_source(dir, *tier, origin);
+    let counters_from_s = *warmup_scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let by_source = match (plan.limits.warmup, counters_from_s) {
+        (0, _) => adapters::tokens_by_source(dir, *tier, origin),
+        (_, Some(at)) => adapters::tokens_by_source(dir, *tier, report::CounterOrigin::Scrape(at)),
+        // No scrape at the end of the warm-up: the counters cannot be split from it.
+        (_, None) => None,
+    };
     let mut store_lost_at_s = None;
     if let Some(watch) = store_watch {
         if watch.is_finished() {
@@ -1369,6 +1395,7 @@ async fn drive(
         time_limit_reached,
         sampler_status,
         by_source,
+        counters_from_s,
         store_lost_at_s,
     }
 }
@@ -1396,6 +1423,7 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
         time_limit_reached,
         sampler_status,
         by_source,
+        counters_from_s,
         store_lost_at_s,
     } = driven;
     let mut marks = serde_json::Map::new();
@@ -1407,10 +1435,6 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
         env["tier_store_lost_at_s"] = serde_json::json!(at);
         marks.insert("tier_store_lost_at_s".into(), serde_json::json!(at));
     }
-    let stopped = running.stop().await;
-    // The engine's temporary files (vLLM's TMPDIR: IPC sockets, scratch) go with it.
-    let _ = std::fs::remove_dir_all(dir.join("tmp"));
-    env["samplers"] = sampler_status;
     if let Err(e) = &driven {
         env["error"] = serde_json::json!(secrets.redact(&e.to_string()));
     }
@@ -1427,31 +1451,53 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
         env["interrupted"] = serde_json::json!(true);
         marks.insert("interrupted".into(), serde_json::json!(true));
     }
-    if driven.is_err() && !marks.is_empty() {
-        if let Err(e) = adapters::finish_partial(&dir, &summary_cfg, &marks) {
-            env["partial_results_error"] = serde_json::json!(secrets.redact(&e.to_string()));
-        }
+    if driven.is_ok() && time_limit_reached {
+        env["time_limit_reached"] = serde_json::json!(true);
+        marks.insert("time_limit_reached".into(), serde_json::json!(true));
+        marks.insert("time_limit_s".into(), serde_json::json!(time_limit_s));
     }
-    let driven = match driven {
-        Ok(_) if time_limit_reached => {
-            env["time_limit_reached"] = serde_json::json!(true);
-            marks.insert("time_limit_reached".into(), serde_json::json!(true));
-            marks.insert("time_limit_s".into(), serde_json::json!(time_limit_s));
-            adapters::finish_partial(&dir, &summary_cfg, &marks)
+    // `summary.json`, written once, whole, before the engine is stopped (which can take a while):
+    // a run that did not end normally (its marks say how) is summarized over the records that
+    // `requests.jsonl` holds; the prompt tokens by source join a summary that is not an error's.
+    let summary = match driven {
+        Err(e) => {
+            if !marks.is_empty() {
+                let written = adapters::finish_partial(&dir, &summary_cfg, &marks, None)
+                    .and_then(|(_, file)| adapters::write_summary(&dir, &file));
+                if let Err(e) = written {
+                    env["partial_results_error"] = serde_json::json!(secrets.redact(&e.to_string()));
+                }
+            }
+            Err(e)
         }
-        // summary.json says when the store was lost, as env.json does.
-        Ok(_) if marks.contains_key("tier_store_lost_at_s") => {
-            adapters::finish_partial(&dir, &summary_cfg, &marks)
+        Ok(outcome) => {
+            let finished = if marks.is_empty() {
+                Ok((outcome.summary, outcome.file))
+            } else {
+                // summary.json says when the time limit was reached or the store was lost, as
+                // env.json does.
+                adapters::finish_partial(&dir, &summary_cfg, &marks, Some(&outcome.file))
+            };
+            finished.and_then(|(mut summary, mut file)| {
+                if let Some(sources) = by_source {
+                    file["prompt_tokens_by_source"] = serde_json::json!(sources);
+                    summary.prompt_tokens_by_source = Some(sources);
+                }
+                if let Some(at) = counters_from_s {
+                    file["engine_counters_from_s"] = serde_json::json!(at);
+                }
+                adapters::write_summary(&dir, &file)?;
+                Ok(summary)
+            })
         }
-        driven => driven,
     };
+    let stopped = running.stop().await;
+    // The engine's temporary files (vLLM's TMPDIR: IPC sockets, scratch) go with it.
+    let _ = std::fs::remove_dir_all(dir.join("tmp"));
+    env["samplers"] = sampler_status;
     write(&dir.join("env.json"), &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()))?;
-    let mut summary = driven?;
+    let summary = summary?;
     stopped?;
-    if let Some(sources) = by_source {
-        adapters::record_tokens_by_source(&dir, &sources)?;
-        summary.prompt_tokens_by_source = Some(sources);
-    }
 
     let table = stats::render_table(&summary);
     // The full report (report.md, report.html, plots/) from the files just written; the short

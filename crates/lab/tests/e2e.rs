@@ -357,8 +357,62 @@ async fn time_limit_ends_requests_still_streaming() {
     assert_eq!(summary["time_limit_reached"], true, "{summary}");
     assert_eq!(summary["time_limit_s"], 1.5, "{summary}");
     assert_eq!(summary["failed"], 4, "{summary}");
+    // The load generator's own keys stay in the summary made over the records.
+    assert!(summary["client_threads"].as_u64().is_some(), "{summary}");
     assert_eq!(json(&r.dir.join("env.json"))["time_limit_reached"], true);
     assert_no_secret(ws.path());
+}
+
+/// The engine's counters in `summary.json` (prompt tokens by source) count the measured requests
+/// only: the engine is scraped between the warm-up requests, which all end first, and the
+/// measured ones. `summary.json` is written once, whole: with the load generator's keys, the
+/// counters' origin and no temporary file left beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_requests_stay_out_of_the_engine_counters() {
+    let ws = workspace();
+    // The same eight prompts twice: the first round (warm-up) computes them, the second finds
+    // them in the GPU cache; all sent at once, so without a phase the rounds would overlap.
+    let opts = experiment_options(
+        ws.path(),
+        "warm",
+        "name = \"warm\"\n[defaults]\nnum_prompts = 16\nwarmup = 8\nprompt_len = 256\ngen_len = 4\n\
+         [matrix]\nmodels = [\"llama-3-8b\"]\ntiers = [\"cpu\"]\nworkloads = [\"repeat\"]\n\
+         request_rates = [inf]\n",
+    );
+    let reports = bench(&opts).await.expect("run");
+    let r = &reports[0];
+    let records = common::records(&r.dir);
+    assert_eq!(records.iter().filter(|rec| rec.warmup).count(), 8);
+    let measured: Vec<_> = records.iter().filter(|rec| !rec.warmup).collect();
+    assert_eq!(measured.len(), 8);
+    assert!(measured.iter().all(|rec| rec.error.is_none()), "{measured:?}");
+    let measured_prompt_tokens: u64 =
+        measured.iter().map(|rec| u64::from(rec.prompt_tokens.unwrap_or(0))).sum();
+    assert_eq!(r.summary.total_input_tokens, measured_prompt_tokens);
+
+    let sources = r.summary.prompt_tokens_by_source.clone().expect("the emulator counts token sources");
+    let counted: u64 = sources.values().sum();
+    assert_eq!(counted, measured_prompt_tokens, "the warm-up's tokens are not counted: {sources:?}");
+    // The second round finds the first round's prompts cached (in the GPU cache, a little in
+    // the cpu tier): the records' cached tokens are what was not computed.
+    let cached: u64 = measured.iter().map(|rec| u64::from(rec.cached_tokens.unwrap_or(0))).sum();
+    assert_eq!(counted - sources["computed"], cached, "{sources:?}");
+    assert!(sources["gpu"] * 2 > counted, "{sources:?}");
+
+    let summary = json(&r.dir.join("summary.json"));
+    assert_eq!(summary["prompt_tokens_by_source"], serde_json::json!(sources));
+    let from = summary["engine_counters_from_s"].as_f64().expect("the counters' origin");
+    let warm_end = records.iter().filter(|rec| rec.warmup).map(|rec| rec.end).fold(0.0, f64::max);
+    let first_sent = measured.iter().map(|rec| rec.sent).fold(f64::MAX, f64::min);
+    assert!(warm_end <= from && from <= first_sent, "{warm_end} {from} {first_sent}");
+    assert!(summary["connection_warmup"]["connections"].as_u64().is_some(), "{summary}");
+    assert!(summary["client_threads"].as_u64().is_some(), "{summary}");
+    assert_eq!(summary["warmup_excluded"], 8);
+    let names: Vec<String> = std::fs::read_dir(&r.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp") && !n.starts_with('.')), "{names:?}");
 }
 
 /// A local experiment of several points: one result directory per point and `index.json`

@@ -38,6 +38,23 @@ pub enum Connections {
     Cold,
 }
 
+/// Whether [`crate::run`] writes `summary.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SummaryOutput {
+    /// At the end of the run, atomically.
+    #[default]
+    Write,
+    /// Not at all: the caller writes it once, with what it adds
+    /// ([`crate::RunOutcome::summary_json`] is what would have been written).
+    Caller,
+}
+
+/// Called once, between the warm-up requests and the measured ones: every warm-up request has
+/// ended, and no measured request goes out before the future it returns has completed (the lab
+/// reads the engine's counters there, so that the run's deltas count the measured requests only).
+pub type MeasuredStartHook =
+    std::sync::Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Most connections the warm-up opens for an open loop without `max_concurrency`.
 pub const MAX_WARM_CONNECTIONS: usize = 1024;
 
@@ -89,6 +106,11 @@ pub struct LoadgenConfig {
     /// failed with class `interrupted` (their chunks so far kept), so that every request sent
     /// still has a record.
     pub stop: Option<tokio_util::sync::CancellationToken>,
+    /// Called at the end of the warm-up requests (a plan with `Limits::warmup > 0`), before the
+    /// first measured request (see [`MeasuredStartHook`]).
+    pub on_measured_start: Option<MeasuredStartHook>,
+    /// Whether the run writes `summary.json`.
+    pub summary_file: SummaryOutput,
 }
 
 impl LoadgenConfig {
@@ -115,6 +137,8 @@ impl LoadgenConfig {
             max_failed_fraction: 0.0,
             summary: stats::SummaryConfig::default(),
             stop: None,
+            on_measured_start: None,
+            summary_file: SummaryOutput::Write,
         }
     }
 
@@ -156,6 +180,8 @@ impl fmt::Debug for LoadgenConfig {
             .field("connections", &self.connections)
             .field("max_failed_fraction", &self.max_failed_fraction)
             .field("summary", &self.summary)
+            .field("on_measured_start", &self.on_measured_start.as_ref().map(|_| "<hook>"))
+            .field("summary_file", &self.summary_file)
             .finish()
     }
 }

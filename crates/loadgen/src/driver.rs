@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use workload::{Mode, Plan};
 
 use crate::client::{Client, Prepared, Timing};
-use crate::config::{Connections, LoadgenConfig, MAX_WARM_CONNECTIONS};
+use crate::config::{Connections, LoadgenConfig, SummaryOutput, MAX_WARM_CONNECTIONS};
 use crate::progress::Progress;
 use crate::results::{RequestsFile, ResultWriter, ResultsError, SUMMARY_JSON};
 use crate::Error;
@@ -67,9 +67,25 @@ pub struct RunOutcome {
     pub connection_warmup: Option<ConnectionWarmup>,
     /// Worker threads the run used.
     pub threads: usize,
+    /// When the measured requests' phase began (seconds since the run's origin): every warm-up
+    /// request had ended and [`LoadgenConfig::on_measured_start`] had returned. `None` for a plan
+    /// without warm-up requests, or a run that stopped before its warm-up ended.
+    pub measured_start_s: Option<f64>,
 }
 
 impl RunOutcome {
+    /// What `summary.json` holds: the summary with `vllm bench serve`'s names, the connection
+    /// warm-up and the client's threads (written by [`crate::run`] unless
+    /// [`LoadgenConfig::summary_file`] leaves it to the caller).
+    pub fn summary_json(&self) -> serde_json::Value {
+        serde_json::to_value(SummaryFile {
+            summary: &self.summary,
+            connection_warmup: self.connection_warmup.as_ref(),
+            client_threads: self.threads,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
     /// Failed fraction of the non-warm-up requests sent; 1 when none was sent.
     pub fn failed_fraction(&self) -> f64 {
         if self.summary.sent == 0 {
@@ -126,7 +142,7 @@ pub(crate) async fn run(
         Mode::Closed { concurrency } => (limit(concurrency).min(max_concurrency), true),
     };
     let shared = Arc::new(Shared::new(plan, &client, closed, cfg.threads.unwrap_or_else(cores)));
-    let threads = worker_count(cfg.threads, cap, shared.roots.len());
+    let threads = worker_count(cfg.threads, cap, shared.roots.iter().map(Vec::len).sum());
     let warm = match cfg.connections {
         Connections::Warm => shared.warm_connections(cap, closed),
         Connections::Cold => 0,
@@ -157,7 +173,18 @@ pub(crate) async fn run(
         })
         .map_err(Error::Threads)?;
 
-    let sync = Arc::new(StartLine { barrier: Barrier::new(threads), start: OnceLock::new() });
+    // The end of the warm-up: the last worker to finish its warm-up requests says so, and the
+    // workers wait for the measured phase's start, given once the caller's hook has returned.
+    let (warmed_tx, warmed_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(None);
+    let gated = shared.warmup > 0;
+    let sync = Arc::new(StartLine {
+        barrier: Barrier::new(threads),
+        start: OnceLock::new(),
+        warming: AtomicUsize::new(threads),
+        warmed: std::sync::Mutex::new(Some(warmed_tx)),
+        go: go_rx,
+    });
     let mut handles = Vec::with_capacity(threads);
     for k in 0..threads {
         let worker = Worker {
@@ -185,8 +212,21 @@ pub(crate) async fn run(
         }
     }
     drop(records_tx);
-    let written =
-        done_rx.await.map_err(|_| Error::Threads(std::io::Error::other("the record writer stopped")))?;
+    let gate = async {
+        if !gated || warmed_rx.await.is_err() {
+            return None;
+        }
+        // A stopped run sends nothing more: no measured phase to mark.
+        let stopped = stop.is_cancelled();
+        if let (Some(hook), false) = (&cfg.on_measured_start, stopped) {
+            hook().await;
+        }
+        let now = Instant::now();
+        let _ = go_tx.send(Some(now));
+        (!stopped).then(|| now.into_std().saturating_duration_since(origin).as_secs_f64())
+    };
+    let (measured_start_s, written) = tokio::join!(gate, done_rx);
+    let written = written.map_err(|_| Error::Threads(std::io::Error::other("the record writer stopped")))?;
     abandon.armed = false;
     let mut warmups = Vec::with_capacity(threads);
     for h in handles {
@@ -205,16 +245,8 @@ pub(crate) async fn run(
         connections: warmups.iter().map(|w| w.0).sum(),
         seconds: warmups.iter().map(|w| w.1).fold(0.0, f64::max),
     });
-    sink.write_json(
-        SUMMARY_JSON,
-        &SummaryFile {
-            summary: &summary,
-            connection_warmup: connection_warmup.as_ref(),
-            client_threads: threads,
-        },
-    )?;
     let sent = records.len() as u64;
-    Ok(RunOutcome {
+    let outcome = RunOutcome {
         records,
         summary,
         model: client.model().to_string(),
@@ -223,7 +255,12 @@ pub(crate) async fn run(
         max_failed_fraction: cfg.max_failed_fraction,
         connection_warmup,
         threads,
-    })
+        measured_start_s,
+    };
+    if cfg.summary_file == SummaryOutput::Write {
+        sink.write_json(SUMMARY_JSON, &outcome.summary_json())?;
+    }
+    Ok(outcome)
 }
 
 /// What the warm-up phase did before the run clock started.
@@ -260,13 +297,21 @@ fn share(total: usize, workers: usize, k: usize) -> usize {
     total / workers + usize::from(k < total % workers)
 }
 
+/// The warm-up requests' phase, then the measured requests'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Warmup = 0,
+    Measured = 1,
+}
+
 /// What every worker reads: the prepared requests and the order they go out in.
 struct Shared {
     prepared: Vec<Prepared>,
-    /// Requests that depend on none, by intended send time (closed loop: all at the start).
-    roots: Vec<(Duration, usize)>,
-    /// The next root to send; a worker takes one by moving it on.
-    next_root: AtomicUsize,
+    /// Per [`Phase`]: the requests that depend on none, by intended send time (closed loop: all
+    /// at the start).
+    roots: [Vec<(Duration, usize)>; 2],
+    /// Per [`Phase`]: the next root to send; a worker takes one by moving it on.
+    next_root: [AtomicUsize; 2],
     /// The requests that depend on each request, with their think time.
     children: Vec<Vec<(usize, Duration)>>,
     is_root: Vec<bool>,
@@ -288,14 +333,14 @@ impl Shared {
                 is_root[i] = false;
             }
         }
-        let mut roots: Vec<(Duration, usize)> = plan
-            .requests
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.depends_on.is_none())
-            .map(|(i, r)| (if closed { Duration::ZERO } else { r.send_at.unwrap_or_default() }, i))
-            .collect();
-        roots.sort();
+        let warmup = u64::from(plan.limits.warmup);
+        let mut roots: [Vec<(Duration, usize)>; 2] = [Vec::new(), Vec::new()];
+        for (i, r) in plan.requests.iter().enumerate().filter(|(_, r)| r.depends_on.is_none()) {
+            let at = if closed { Duration::ZERO } else { r.send_at.unwrap_or_default() };
+            let phase = if r.id < warmup { Phase::Warmup } else { Phase::Measured };
+            roots[phase as usize].push((at, i));
+        }
+        roots.iter_mut().for_each(|r| r.sort());
         let per = n.div_ceil(threads.max(1)).max(256);
         let prepared = std::thread::scope(|scope| {
             let parts: Vec<_> = plan
@@ -313,11 +358,11 @@ impl Shared {
         Shared {
             prepared,
             roots,
-            next_root: AtomicUsize::new(0),
+            next_root: [AtomicUsize::new(0), AtomicUsize::new(0)],
             children,
             is_root,
             closed,
-            warmup: u64::from(plan.limits.warmup),
+            warmup,
             duration: plan.limits.duration,
         }
     }
@@ -327,28 +372,61 @@ impl Shared {
         let wanted = if closed || cap != usize::MAX {
             cap
         } else {
-            let first_second = self.roots.partition_point(|&(at, _)| at < Duration::from_secs(1));
-            first_second.min(MAX_WARM_CONNECTIONS)
+            // The busier first second of either phase (each starts its schedule afresh).
+            let first_second =
+                |r: &[(Duration, usize)]| r.partition_point(|&(at, _)| at < Duration::from_secs(1));
+            self.roots.iter().map(|r| first_second(r)).max().unwrap_or(0).min(MAX_WARM_CONNECTIONS)
         };
-        wanted.min(self.roots.len())
+        wanted.min(self.roots.iter().map(Vec::len).max().unwrap_or(0))
     }
 
-    /// The next root not yet taken: its position and when it is due.
-    fn peek_root(&self, start: Instant) -> Option<(usize, Instant)> {
-        let pos = self.next_root.load(Ordering::Acquire);
-        self.roots.get(pos).map(|&(at, _)| (pos, start + at))
+    /// The phase's next root not yet taken: its position and when it is due, its planned time
+    /// after `start`.
+    fn peek_root(&self, phase: Phase, start: Instant) -> Option<(usize, Instant)> {
+        let pos = self.next_root[phase as usize].load(Ordering::Acquire);
+        self.roots[phase as usize].get(pos).map(|&(at, _)| (pos, start + at))
     }
 
-    /// Takes the root at `pos`, unless another worker took it first.
-    fn take_root(&self, pos: usize) -> bool {
-        self.next_root.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    /// Takes the phase's root at `pos`, unless another worker took it first.
+    fn take_root(&self, phase: Phase, pos: usize) -> bool {
+        self.next_root[phase as usize]
+            .compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
-/// Where the workers wait for each other after the warm-up, and the run clock's start.
+/// Where the workers wait for each other after the connection warm-up, and the run clock's
+/// start; then, after the warm-up requests, the measured phase's start.
 struct StartLine {
     barrier: Barrier,
     start: OnceLock<Instant>,
+    /// Workers still sending warm-up requests; the last one to finish tells [`run`] (`warmed`).
+    warming: AtomicUsize,
+    warmed: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// The measured phase's start, once [`run`] gives it.
+    go: tokio::sync::watch::Receiver<Option<Instant>>,
+}
+
+impl StartLine {
+    /// One worker has ended its warm-up requests; the last one tells [`run`].
+    fn warmup_ended(&self) {
+        if self.warming.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let warmed = self.warmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(tx) = warmed {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Waits (without blocking the worker's thread) until every worker has ended its warm-up
+    /// requests and [`run`] has started the measured phase; returns its start.
+    async fn measured_start(&self) -> Instant {
+        self.warmup_ended();
+        let mut go = self.go.clone();
+        // A run that gave up drops its sender: nothing more is sent then (its stop is cancelled).
+        let start = go.wait_for(Option::is_some).await.ok().and_then(|s| *s);
+        start.unwrap_or_else(Instant::now)
+    }
 }
 
 /// One worker thread: its own current-thread runtime and connections; takes roots from the
@@ -378,6 +456,7 @@ impl Worker {
                 // Without a runtime this worker sends nothing; the others still start.
                 self.stop.cancel();
                 self.sync.barrier.wait();
+                self.sync.warmup_ended();
                 (0, 0.0)
             }
         }
@@ -391,44 +470,74 @@ impl Worker {
         self.sync.barrier.wait();
         let start = *self.sync.start.get_or_init(Instant::now);
         let shared = &*self.shared;
-        let client = &self.client;
-        let stop_at = shared.duration.map(|d| start + d);
+        let mut queues = Queues { pending: BinaryHeap::new(), later: BinaryHeap::new(), sending: true };
+        if shared.warmup > 0 {
+            // The warm-up requests first, every one of them ended before a measured one goes out:
+            // what the engine counted by then (the caller's hook reads it) is the warm-up's alone.
+            let stop_at = shared.duration.map(|d| start + d);
+            // A worker that panics in its warm-up still counts as done, so the others go on.
+            let guard = WarmupEnd(&self.sync);
+            self.send_phase(Phase::Warmup, start, stop_at, &mut queues).await;
+            std::mem::forget(guard);
+            let measured = self.sync.measured_start().await;
+            // The measured schedule keeps its planned times, later by however long the warm-up
+            // ran past the first measured root's; so does the duration limit. A measured turn
+            // whose warm-up parent has ended is due its think time after it, or now.
+            let first = shared.roots[Phase::Measured as usize].first().map_or(Duration::ZERO, |r| r.0);
+            let delay = measured.saturating_duration_since(start + first);
+            for Reverse((at, i)) in std::mem::take(&mut queues.later) {
+                queues.pending.push(Reverse((at.max(measured), i)));
+            }
+            let stop_at = shared.duration.map(|d| start + delay + d);
+            self.send_phase(Phase::Measured, start + delay, stop_at, &mut queues).await;
+        } else {
+            let stop_at = shared.duration.map(|d| start + d);
+            self.send_phase(Phase::Measured, start, stop_at, &mut queues).await;
+        }
+        (opened, warm_secs)
+    }
 
-        let mut pending: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    /// Sends the phase's roots (due at `start` plus their planned time) and the turns that
+    /// follow them, until none is left in flight or to send. In the warm-up, a measured turn that
+    /// follows a warm-up request waits in `later`.
+    async fn send_phase(&self, phase: Phase, start: Instant, stop_at: Option<Instant>, q: &mut Queues) {
+        let shared = &*self.shared;
+        let client = &self.client;
         let mut in_flight = FuturesUnordered::new();
         let mut batch: Vec<RequestRecord> = Vec::new();
         // Since when every slot of this worker has been taken, and when the last request of its
         // own that ended was seen: a request due in between waited for a slot until then.
         let mut full_since: Option<Instant> = None;
         let mut freed: Option<Instant> = None;
-        let mut sending = true;
         let stopped = self.stop.cancelled();
         tokio::pin!(stopped);
         loop {
             let now = Instant::now();
-            if sending && (stop_at.is_some_and(|s| now >= s) || self.stop.is_cancelled()) {
-                sending = false;
-                pending.clear();
+            if q.sending && (stop_at.is_some_and(|s| now >= s) || self.stop.is_cancelled()) {
+                q.sending = false;
+                q.pending.clear();
+                q.later.clear();
             }
             // The earliest of the shared queue's next root and this worker's next turn goes
             // first, when due and a slot is free.
             let mut wake = None;
-            while sending && in_flight.len() < self.cap {
-                let local = pending.peek().map(|&Reverse(t)| t);
-                let root = shared.peek_root(start).filter(|&(_, at)| local.is_none_or(|(t, _)| at <= t));
+            while q.sending && in_flight.len() < self.cap {
+                let local = q.pending.peek().map(|&Reverse(t)| t);
+                let root =
+                    shared.peek_root(phase, start).filter(|&(_, at)| local.is_none_or(|(t, _)| at <= t));
                 let (at, i) = match (root, local) {
                     (Some((_, at)), _) | (None, Some((at, _))) if at > now => {
                         wake = Some(at);
                         break;
                     }
                     (Some((pos, at)), _) => {
-                        if !shared.take_root(pos) {
+                        if !shared.take_root(phase, pos) {
                             continue;
                         }
-                        (at, shared.roots[pos].1)
+                        (at, shared.roots[phase as usize][pos].1)
                     }
                     (None, Some((at, i))) => {
-                        pending.pop();
+                        q.pending.pop();
                         (at, i)
                     }
                     (None, None) => break,
@@ -453,8 +562,8 @@ impl Worker {
                 full_since = Some(Instant::now());
             }
             freed = None;
-            let roots_left = shared.peek_root(start).is_some();
-            if in_flight.is_empty() && pending.is_empty() && (!sending || !roots_left) {
+            let roots_left = shared.peek_root(phase, start).is_some();
+            if in_flight.is_empty() && q.pending.is_empty() && (!q.sending || !roots_left) {
                 break;
             }
             let wake = wake.map(|w| stop_at.map_or(w, |s| s.min(w)));
@@ -465,7 +574,9 @@ impl Worker {
                     let mut on_record = |r: RequestRecord| {
                         let end = self.origin + Duration::from_secs_f64(r.end.max(0.0));
                         for &(c, think) in &shared.children[r.id as usize] {
-                            pending.push(Reverse((end + think, c)));
+                            let measured = shared.prepared[c].id >= shared.warmup;
+                            let queue = if phase == Phase::Warmup && measured { &mut q.later } else { &mut q.pending };
+                            queue.push(Reverse((end + think, c)));
                         }
                         batch.push(r);
                     };
@@ -478,11 +589,29 @@ impl Worker {
                 }
                 () = sleep_until_opt(wake), if wake.is_some() => {}
                 // In-flight requests see the stop themselves; this wakes a loop waiting to send.
-                () = &mut stopped, if sending => {}
+                () = &mut stopped, if q.sending => {}
             }
         }
-        (opened, warm_secs)
     }
+}
+
+/// Says the worker's warm-up ended if it is dropped (a panic) before the worker says so itself.
+struct WarmupEnd<'a>(&'a StartLine);
+
+impl Drop for WarmupEnd<'_> {
+    fn drop(&mut self) {
+        self.0.warmup_ended();
+    }
+}
+
+/// A worker's turns waiting for their time, and whether it still sends.
+struct Queues {
+    /// Turns of the current phase whose parent has ended, by due time.
+    pending: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Measured turns whose warm-up parent has ended, held until the measured phase.
+    later: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// False once the run was stopped or its duration passed.
+    sending: bool,
 }
 
 /// The writer thread: adds each record's prompt blocks, updates the progress bar and appends

@@ -51,7 +51,8 @@ mod sse;
 use std::time::Instant;
 
 pub use crate::config::{
-    Api, Connections, LoadgenConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES, MAX_WARM_CONNECTIONS,
+    Api, Connections, LoadgenConfig, MeasuredStartHook, SummaryOutput, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_EVENT_BYTES, MAX_WARM_CONNECTIONS,
 };
 pub use crate::driver::{ConnectionWarmup, RunOutcome};
 pub use crate::results::{timestamp, ResultWriter, ResultsError};
@@ -93,8 +94,15 @@ pub enum Error {
 /// current-thread runtime and connections (request futures and connection tasks on one thread),
 /// and the records are written by a writer thread; the calling task only waits for them.
 ///
-/// Writes `requests.jsonl` (as requests finish), `requests.csv` and `summary.json` (at the end)
-/// into `sink`'s directory. Returns an error only for a run that cannot be carried out or a write
+/// The plan's warm-up requests (`Limits::warmup`) go first, on the schedule's clock; the measured
+/// ones wait until every warm-up request has ended (and [`LoadgenConfig::on_measured_start`] has
+/// returned), and keep their planned times from then on, later by however long the warm-up ran
+/// past the first one's planned time (the duration limit moves with them). A measured turn of a
+/// session whose parent was a warm-up request is due its think time after its parent, or at the
+/// measured phase's start if that is later.
+///
+/// Writes `requests.jsonl` (as requests finish), `requests.csv` and `summary.json` (at the end,
+/// unless [`LoadgenConfig::summary_file`] leaves it to the caller) into `sink`'s directory. Returns an error only for a run that cannot be carried out or a write
 /// error; check [`RunOutcome::is_success`] for the failed-fraction verdict.
 pub async fn run(
     plan: &workload::Plan,

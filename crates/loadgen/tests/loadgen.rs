@@ -329,6 +329,87 @@ async fn warmup_is_flagged_and_excluded() {
     }
 }
 
+/// The warm-up is a phase of its own: every warm-up request has ended before the caller's hook
+/// runs, and no measured request goes out before the hook has returned (what an engine counted
+/// by then is the warm-up's alone). A measured turn whose parent was a warm-up request waits too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measured_requests_wait_for_the_end_of_the_warm_up_and_its_hook() {
+    use std::sync::{Arc, Mutex};
+    let server = start(Behavior { ttft: Duration::from_millis(30), ..Behavior::default() });
+    for mode in [Mode::Closed { concurrency: 4 }, Mode::Open] {
+        let mut p = plan(8, 3, mode);
+        p.limits.warmup = 3;
+        // Request 3 is the next turn of warm-up request 2, due as soon as it has ended.
+        p.requests[3].depends_on = Some(Dependency { parent: 2, think_time: Duration::ZERO });
+        let origin = Instant::now();
+        let hook_at: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+        let mut cfg = config(&server.url);
+        let seen = Arc::clone(&hook_at);
+        cfg.on_measured_start = Some(Arc::new(move || {
+            let seen = Arc::clone(&seen);
+            Box::pin(async move {
+                let called = origin.elapsed().as_secs_f64();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                seen.lock().unwrap().push((called, origin.elapsed().as_secs_f64()));
+            })
+        }));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = ResultWriter::in_dir(tmp.path()).unwrap();
+        let out = loadgen::run(&p, &cfg, &mut sink, origin).await.expect("run");
+        let hooks = hook_at.lock().unwrap().clone();
+        assert_eq!(hooks.len(), 1, "{mode:?}: the hook runs once");
+        let (called, returned) = hooks[0];
+        assert_eq!(out.summary.completed, 5, "{mode:?}");
+        let warm_end = out.records.iter().filter(|r| r.warmup).map(|r| r.end).fold(0.0, f64::max);
+        let first_measured =
+            out.records.iter().filter(|r| !r.warmup).map(|r| r.sent).fold(f64::MAX, f64::min);
+        assert!(
+            warm_end <= called,
+            "{mode:?}: a warm-up request ended at {warm_end} after the hook, {called}"
+        );
+        assert!(
+            returned <= first_measured,
+            "{mode:?}: a measured request went out at {first_measured}, before the hook returned at {returned}"
+        );
+        let start = out.measured_start_s.expect("a run with warm-up has a measured start");
+        assert!(
+            returned <= start && start <= first_measured,
+            "{mode:?}: {returned} {start} {first_measured}"
+        );
+        // A measured request is not late for the wait: its intended time is the phase's start.
+        for r in out.records.iter().filter(|r| !r.warmup) {
+            assert!(
+                r.intended >= start - 1e-6,
+                "{mode:?}: request {} intended at {} < {start}",
+                r.id,
+                r.intended
+            );
+        }
+    }
+    // Without warm-up requests there is no phase and no hook.
+    let mut cfg = config(&server.url);
+    cfg.on_measured_start = Some(std::sync::Arc::new(|| panic!("no warm-up, no hook")));
+    let (out, _dir) = run(&plan(3, 2, Mode::Open), &cfg).await;
+    assert_eq!((out.summary.completed, out.measured_start_s), (3, None));
+}
+
+/// Left to the caller, `summary.json` is not written by the run; what it would hold is
+/// [`loadgen::RunOutcome::summary_json`].
+#[tokio::test]
+async fn summary_json_can_be_left_to_the_caller() {
+    let server = start(Behavior::default());
+    let mut cfg = config(&server.url);
+    let (written, dir) = run(&plan(3, 2, Mode::Open), &cfg).await;
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, written.summary_json());
+    assert_eq!(on_disk["completed"].as_u64(), Some(3));
+    cfg.summary_file = loadgen::SummaryOutput::Caller;
+    let (out, dir) = run(&plan(3, 2, Mode::Open), &cfg).await;
+    assert!(!dir.path().join("summary.json").exists());
+    assert_eq!(out.summary_json()["completed"].as_u64(), Some(3));
+}
+
 /// The run's connections are opened before its clock starts, one per request slot, and
 /// `summary.json` says so; cold connections are opened by the requests themselves.
 #[tokio::test]

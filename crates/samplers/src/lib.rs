@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::prom::{parse_exposition, PromParseError, PromSample};
-pub use crate::set::{SamplerSet, SamplerSetConfig, SamplerState, SamplerStatus};
+pub use crate::set::{SampleNow, SamplerSet, SamplerSetConfig, SamplerState, SamplerStatus};
 
 /// One CSV row without its leading `t` cell. Its length equals [`Sampler::columns`]`.len()`.
 /// An empty cell means "not available for this row" (e.g. a counter that has no previous value).

@@ -71,10 +71,39 @@ pub struct SamplerStatus {
     pub note: Option<String>,
 }
 
+/// What a sampler's thread is told between its ticks.
+enum Command {
+    /// Take one sample now (besides the ticks) and answer with its `t` once it is written, or
+    /// with nothing when the sample failed.
+    Sample(mpsc::Sender<Option<f64>>),
+    /// Take the last sample and end.
+    Stop,
+}
+
 struct Running {
     name: String,
-    stop: mpsc::Sender<()>,
+    commands: mpsc::Sender<Command>,
     handle: JoinHandle<SamplerStatus>,
+}
+
+/// Asks the samplers of a [`SamplerSet`] for a sample now, from any thread, for as long as the
+/// set runs ([`SamplerSet::sample_now`]).
+#[derive(Clone)]
+pub struct SampleNow {
+    samplers: Vec<(String, mpsc::Sender<Command>)>,
+}
+
+impl SampleNow {
+    /// Has the sampler named `name` take a sample at once, and waits until its rows are written:
+    /// returns its `t` (seconds since the set's origin, as the file writes it), or `None` when
+    /// there is no such sampler, it has stopped, or the sample failed (which stops it).
+    /// Blocks: call it off any async runtime's threads (`spawn_blocking`).
+    pub fn sample(&self, name: &str) -> Option<f64> {
+        let (_, commands) = self.samplers.iter().find(|(n, _)| n == name)?;
+        let (tx, rx) = mpsc::channel();
+        commands.send(Command::Sample(tx)).ok()?;
+        rx.recv().ok().flatten()
+    }
 }
 
 /// Samplers running on background threads, one thread each.
@@ -118,7 +147,7 @@ impl SamplerSet {
             .map_err(csv_err)?;
         writer.flush().map_err(|source| SamplerError::Io { path: path.clone(), source })?;
 
-        let (stop, stop_rx) = mpsc::channel();
+        let (commands, commands_rx) = mpsc::channel();
         let worker = Worker {
             sampler,
             writer,
@@ -126,14 +155,19 @@ impl SamplerSet {
             width: columns.len(),
             origin: self.config.origin,
             interval,
-            stop: stop_rx,
+            commands: commands_rx,
         };
         let handle = std::thread::Builder::new()
             .name(format!("sampler-{name}"))
             .spawn(move || worker.run())
             .map_err(|source| SamplerError::Io { path: self.config.dir.clone(), source })?;
-        self.running.push(Running { name, stop, handle });
+        self.running.push(Running { name, commands, handle });
         Ok(())
+    }
+
+    /// A handle that asks the running samplers for a sample between their ticks.
+    pub fn sample_now(&self) -> SampleNow {
+        SampleNow { samplers: self.running.iter().map(|r| (r.name.clone(), r.commands.clone())).collect() }
     }
 
     /// Records a sampler that could not be built (usually [`SamplerError::Unavailable`]) so that
@@ -168,7 +202,8 @@ impl SamplerSet {
         let handles: Vec<_> = running
             .into_iter()
             .map(|r| {
-                drop(r.stop);
+                // A sampler that has already stopped (failed) no longer listens.
+                let _ = r.commands.send(Command::Stop);
                 (r.name, r.handle)
             })
             .collect();
@@ -227,7 +262,7 @@ struct Worker {
     width: usize,
     origin: Instant,
     interval: Duration,
-    stop: mpsc::Receiver<()>,
+    commands: mpsc::Receiver<Command>,
 }
 
 impl Worker {
@@ -260,9 +295,35 @@ impl Worker {
                 tick = due;
             }
             let next = start + nanos(self.interval.as_nanos() * u128::from(tick));
-            match self.stop.recv_timeout(next.saturating_duration_since(now)) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => last = true,
+            // Samples asked for between two ticks are taken at once; the next tick stays due.
+            let failed = loop {
+                let now = Instant::now();
+                match self.commands.recv_timeout(next.saturating_duration_since(now)) {
+                    Err(RecvTimeoutError::Timeout) => break None,
+                    Ok(Command::Sample(answer)) => {
+                        let t = self.origin.elapsed().as_secs_f64();
+                        match self.sample_once(t) {
+                            Ok(n) => {
+                                rows += n;
+                                // As the file writes it, so that a reader finds this very row.
+                                let _ = answer.send(format!("{t:.6}").parse().ok());
+                            }
+                            Err(error) => {
+                                let _ = answer.send(None);
+                                break Some((t, error));
+                            }
+                        }
+                    }
+                    Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                        last = true;
+                        break None;
+                    }
+                }
+            };
+            if let Some((t, error)) = failed {
+                let error = error.to_string();
+                eprintln!("warning: sampler {name} stopped at t={t:.3}s: {error}");
+                break SamplerState::Failed { t, error };
             }
         };
         SamplerStatus {

@@ -282,6 +282,35 @@ fn a_failing_sampler_is_stopped_and_the_others_go_on() {
     assert!(t.windows(2).all(|w| w[0] <= w[1]), "t not monotonic: {t:?}");
 }
 
+/// A sample asked for between two ticks is taken at once and written before the call returns,
+/// at the `t` it answers; the ticks go on; a stopped or unknown sampler answers nothing.
+#[test]
+fn a_sample_asked_for_is_written_before_the_answer() {
+    let out = tempfile::tempdir().unwrap();
+    // Ticks far apart: only the first sample, the asked ones and the last one are taken.
+    let mut samplers = set(out.path(), 60_000);
+    samplers.spawn(Box::new(Scripted::new("steady"))).unwrap();
+    samplers.spawn(Box::new(Scripted { fail_at: Some(1), ..Scripted::new("fails") })).unwrap();
+    let now = samplers.sample_now();
+    for call in 1..=2 {
+        let t = now.sample("steady").expect("a running sampler answers");
+        let rows = read_csv(&out.path().join("steady.csv"));
+        assert_eq!(rows.len(), call + 1, "the asked sample is on disk when the call returns");
+        let last = rows.last().unwrap();
+        assert_eq!(
+            (last["t"].parse::<f64>().unwrap(), last["call"].as_str()),
+            (t, call.to_string().as_str())
+        );
+    }
+    assert_eq!(now.sample("fails"), None, "the failed sample answers nothing");
+    assert_eq!(now.sample("fails"), None, "nor does the stopped sampler");
+    assert_eq!(now.sample("absent"), None);
+    let statuses = samplers.stop();
+    assert_eq!(status(&statuses, "steady").rows, 4);
+    assert_eq!(status(&statuses, "steady").state, SamplerState::Ok);
+    assert_eq!(now.sample("steady"), None, "after the stop");
+}
+
 #[test]
 fn names_are_checked() {
     let out = tempfile::tempdir().unwrap();
