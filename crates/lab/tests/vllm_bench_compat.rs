@@ -264,6 +264,40 @@ async fn kvlab_run(
     (serde_json::from_str(&text).unwrap(), outcome.records)
 }
 
+/// `cargo xtask loadgen --url URL --workload random` (the lab's external engine), 8 requests of
+/// the comparison's lengths: every request answered, for the model the server lists, with token
+/// ids below the registry model's vocabulary (`run.toml`'s `workload.vocab`).
+async fn first_pass_as_a_user_runs_it(root: &Path, url: &str, served: &str) {
+    let mut opts = lab::run::BenchOptions::new(root, Tier::Baseline);
+    opts.engine = EngineKind::External;
+    opts.url = Some(url.to_owned());
+    opts.workload = Some("random".into());
+    opts.num_requests = Some(2 * CONCURRENCY);
+    opts.prompt_len = Some(PROMPT_LEN);
+    opts.gen_len = Some(OUTPUT_LEN);
+    opts.max_concurrency = Some(CONCURRENCY);
+    opts.request_rate = Some(f64::INFINITY);
+    opts.progress = false;
+    opts.out = Some(root.join("first-pass"));
+    let mut reports = lab::run::bench(&opts).await.expect("the first pass, as `xtask loadgen` runs it");
+    let r = reports.remove(0);
+    assert_eq!(
+        (r.summary.completed, r.summary.failed),
+        (u64::from(2 * CONCURRENCY), 0),
+        "{}: {:?}",
+        r.dir.display(),
+        r.hint
+    );
+    let run: toml::Value = toml::from_str(&std::fs::read_to_string(r.dir.join("run.toml")).unwrap()).unwrap();
+    assert_eq!(run["model"].as_str(), Some(served), "the model /v1/models lists: {run}");
+    let vocab = workload::Vocab::within(tiny_llama().vocab_size).unwrap();
+    assert_eq!(
+        run["workload"]["vocab"].as_array().map(|v| v.iter().filter_map(toml::Value::as_integer).collect()),
+        Some(vec![i64::from(vocab.start), i64::from(vocab.end)]),
+        "run.toml: {run}"
+    );
+}
+
 /// The server's counters, each metric summed over its series.
 async fn counters(base_url: &str) -> BTreeMap<String, f64> {
     let text = reqwest::get(format!("{base_url}/metrics")).await.unwrap().text().await.unwrap();
@@ -487,8 +521,11 @@ async fn summary_json_agrees_with_vllm_bench_serve() {
     eprintln!("vLLM ready in {:.0} s", started.elapsed().as_secs_f64());
     let url = engine.base_url.clone();
 
-    // A first pass that nothing measures: the first requests of a fresh vLLM are slower.
-    kvlab_run(&url, &spec.model, &root.join("warmup"), 100, 2 * CONCURRENCY).await;
+    // A first pass that nothing measures (the first requests of a fresh vLLM are slower), run as
+    // a user runs `cargo xtask loadgen --url URL` with neither `--model` nor `--vocab-size`: the
+    // lab asks the server what it serves, knows that model from its registry and draws token
+    // ids below its vocabulary, so that the real vLLM refuses none.
+    first_pass_as_a_user_runs_it(root, &url, &spec.model).await;
 
     // Alternating, each run with prompts of its own (different seeds), so that no run finds
     // another's prompts in vLLM's prefix cache.
