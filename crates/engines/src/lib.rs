@@ -562,14 +562,6 @@ pub async fn probe_external(url: &str) -> ExternalServer {
     }
 }
 
-/// Whether the server at `url` says it is kvlab's emulated engine ([`emulator::ENGINE_HEADER`]
-/// on its `/v1/models`, or a model owned by [`emulator::OWNED_BY`]), so that a run against it
-/// through `--engine external` is labelled emulated like any other. Unreachable, a URL the load
-/// generator would refuse, or anything else: false.
-pub async fn external_is_emulated(url: &str) -> bool {
-    probe_external(url).await.emulated
-}
-
 impl Launcher for ExternalLauncher {
     fn name(&self) -> &'static str {
         "external"

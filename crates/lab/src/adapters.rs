@@ -224,10 +224,12 @@ pub(crate) struct Drive<'a> {
     pub(crate) stop: tokio_util::sync::CancellationToken,
 }
 
-/// What the load generator's run gave: its summary, and `summary.json`'s content so far.
+/// What the load generator's run gave: its summary, `summary.json`'s content so far, and the
+/// hint for the first failed request that the lab recognises ([`crate::verdict::failure_hint`]).
 pub(crate) struct DriveOutcome {
     pub(crate) summary: stats::Summary,
     pub(crate) file: serde_json::Value,
+    pub(crate) hint: Option<String>,
 }
 
 impl Drive<'_> {
@@ -243,16 +245,15 @@ impl Drive<'_> {
         cfg.summary_file = loadgen::SummaryOutput::Caller;
         let mut writer = loadgen::ResultWriter::in_dir(self.dir)?;
         let outcome = loadgen::run(self.plan, &cfg, &mut writer, self.origin).await?;
-        Ok(DriveOutcome { file: outcome.summary_json(), summary: outcome.summary })
+        // Only for a run with refused requests, over the records it holds in memory, after it.
+        let refused = outcome.summary.failed_by_class.contains_key("http_status");
+        let hint = refused
+            .then(|| {
+                outcome.records.iter().filter_map(|r| r.error.as_ref()).find_map(crate::verdict::failure_hint)
+            })
+            .flatten();
+        Ok(DriveOutcome { file: outcome.summary_json(), summary: outcome.summary, hint })
     }
-}
-
-/// The hint for the first failed request of `dir`'s `requests.jsonl` that the lab recognises
-/// ([`crate::verdict::failure_hint`]); `None` when none is (or the records cannot be read).
-pub(crate) fn failure_hint(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("requests.jsonl")).ok()?;
-    let lines = stats::parse_json_lines::<stats::RequestRecord>(&text).ok()?;
-    lines.items.iter().filter_map(|(_, r)| r.error.as_ref()).find_map(crate::verdict::failure_hint)
 }
 
 /// After an interrupted run (or one whose engine died): `requests.csv` and `summary.json` over

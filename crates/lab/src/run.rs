@@ -1471,6 +1471,7 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
             Err(e)
         }
         Ok(outcome) => {
+            let hint = outcome.hint.map(|h| secrets.redact(&h));
             let finished = if marks.is_empty() {
                 Ok((outcome.summary, outcome.file))
             } else {
@@ -1487,7 +1488,7 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
                     file["engine_counters_from_s"] = serde_json::json!(at);
                 }
                 adapters::write_summary(&dir, &file)?;
-                Ok(summary)
+                Ok((summary, hint))
             })
         }
     };
@@ -1496,7 +1497,7 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
     let _ = std::fs::remove_dir_all(dir.join("tmp"));
     env["samplers"] = sampler_status;
     write(&dir.join("env.json"), &secrets.redact(&serde_json::to_string_pretty(&env).unwrap_or_default()))?;
-    let summary = summary?;
+    let (summary, hint) = summary?;
     stopped?;
 
     let table = stats::render_table(&summary);
@@ -1518,12 +1519,6 @@ async fn finalize(run: PreparedRun, running: RunningEngine, driven: Driven) -> R
             summary.failed_by_class.get("interrupted").copied().unwrap_or(0)
         );
     }
-    // Only a run with refused requests reads its records again.
-    let hint = if summary.failed_by_class.contains_key("http_status") {
-        adapters::failure_hint(&dir).map(|h| secrets.redact(&h))
-    } else {
-        None
-    };
     if let Some(hint) = &hint {
         println!("{hint}");
     }

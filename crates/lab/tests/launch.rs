@@ -233,10 +233,10 @@ fn plain_models_server() -> String {
 #[tokio::test]
 async fn an_external_server_is_emulated_only_when_it_says_so() {
     let plain = plain_models_server();
-    assert!(!engines::external_is_emulated(&plain).await, "a plain OpenAI server");
-    assert!(!engines::external_is_emulated(&format!("{plain}/v1/")).await, "with /v1/");
+    assert!(!engines::probe_external(&plain).await.emulated, "a plain OpenAI server");
+    assert!(!engines::probe_external(&format!("{plain}/v1/")).await.emulated, "with /v1/");
     let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    assert!(!engines::external_is_emulated(&format!("http://{refused}")).await, "nothing listening");
+    assert!(!engines::probe_external(&format!("http://{refused}")).await.emulated, "nothing listening");
 }
 
 /// Each launcher reads only its own kind's description: given another kind's spec, it refuses it
